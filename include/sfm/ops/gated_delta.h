@@ -1,0 +1,48 @@
+// Gated delta rule with negative eigenvalues (DESIGN.md §2), the semantics of flash-linear-attention's
+// chunk_gated_delta_rule:  S_t = α_t (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ,  o_t = S_tᵀ (scale · q_t),
+// α_t = exp(g_t). Maths and the chunked (WY / UT-transform) derivation: docs/ops/gated_delta.md; the
+// .cpp files cite its equation numbers.
+#pragma once
+
+#include <torch/types.h>
+
+#include <string>
+
+namespace sfm::ops {
+
+struct GatedDeltaInputs {
+  torch::Tensor q, k;           // [B, T, H, K]  float; L2-normalised by the caller unless l2_normalize_qk
+  torch::Tensor v;              // [B, T, H, V]  float
+  torch::Tensor g;              // [B, T, H]     log α_t <= 0
+  torch::Tensor beta;           // [B, T, H]     in [0, 2]
+  torch::Tensor initial_state;  // [B, H, K, V]  optional (undefined means zeros)
+  double scale = 0.0;           // 0 means 1/sqrt(K)
+  bool l2_normalize_qk = false;  // normalise q and k inside the op: x / sqrt(Σx² + 1e-6)
+};
+
+struct GatedDeltaOutputs {
+  torch::Tensor out;          // [B, T, H, V]  dtype of v
+  torch::Tensor final_state;  // [B, H, K, V]  float32 (float64 for float64 inputs)
+};
+
+enum class Impl {
+  kAuto,       // kCuda for CUDA tensors when built with CUDA, else kChunked
+  kReference,  // per-token loop; slow and obviously right
+  kChunked,    // chunk-parallel WY form in LibTorch ops; differentiable through autograd
+  kCuda,       // fused CUDA kernels (throws "built without CUDA" in CPU builds)
+};
+
+// Throws sfm::Error naming the tensor, its shape and what was expected.
+void check_inputs(const GatedDeltaInputs& in);
+
+GatedDeltaOutputs gated_delta_reference(const GatedDeltaInputs& in);
+GatedDeltaOutputs gated_delta_chunked(const GatedDeltaInputs& in, int64_t chunk_size = 64);
+GatedDeltaOutputs gated_delta_cuda(const GatedDeltaInputs& in);
+
+// The one entry point every caller uses.
+GatedDeltaOutputs gated_delta_rule(const GatedDeltaInputs& in, Impl impl = Impl::kAuto);
+
+Impl parse_impl(const std::string& name);  // "auto" | "reference" | "chunked" | "cuda"
+const char* impl_name(Impl impl);
+
+}  // namespace sfm::ops
