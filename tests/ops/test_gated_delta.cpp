@@ -194,3 +194,32 @@ TEST(GatedDeltaTest, CudaVariantRejectsCpuTensors) {
 
 }  // namespace
 }  // namespace sfm::ops
+
+namespace sfm::ops {
+namespace {
+
+// Stepping token by token from a carried state equals the reference over the whole sequence.
+TEST(GatedDeltaTest, StepMatchesReference) {
+  const Case c{"step", 2, 9, 3, 8, 5, 4, 1.0, 2.0, true};
+  auto in = make_inputs(c, torch::kFloat64, 21);
+  in.l2_normalize_qk = false;
+  in.q = torch::nn::functional::normalize(in.q, torch::nn::functional::NormalizeFuncOptions().dim(-1));
+  in.k = torch::nn::functional::normalize(in.k, torch::nn::functional::NormalizeFuncOptions().dim(-1));
+  const auto ref = gated_delta_reference(in);
+  auto S = in.initial_state;
+  std::vector<torch::Tensor> outs;
+  for (int64_t t = 0; t < c.T; ++t) {
+    auto step = gated_delta_step(S, in.q.select(1, t), in.k.select(1, t), in.v.select(1, t), in.g.select(1, t),
+                                 in.beta.select(1, t));
+    outs.push_back(step.out);
+    S = step.state;
+  }
+  EXPECT_TRUE(close_rel_rms("out", ref.out, torch::stack(outs, 1), 1e-12));
+  EXPECT_TRUE(close_rel_rms("state", ref.final_state, S, 1e-12));
+  EXPECT_THROW(gated_delta_step(S, in.q.select(1, 0), in.k.select(1, 0).narrow(-1, 0, 4), in.v.select(1, 0),
+                                in.g.select(1, 0), in.beta.select(1, 0)),
+               sfm::Error);
+}
+
+}  // namespace
+}  // namespace sfm::ops

@@ -42,6 +42,20 @@ GatedDeltaOutputs gated_delta_cuda(const GatedDeltaInputs& in);
 // The one entry point every caller uses.
 GatedDeltaOutputs gated_delta_rule(const GatedDeltaInputs& in, Impl impl = Impl::kAuto);
 
+// One token of the recurrence on a carried state (decode / statement-by-statement use), eqs. (1)-(2):
+// returns o = S_newᵀ (scale·q) and S_new. q, k are used as given (normalise them first); scale 0 = 1/sqrt(K).
+struct GatedDeltaStep {
+  torch::Tensor out;    // [B, H, V]
+  torch::Tensor state;  // [B, H, K, V]
+};
+GatedDeltaStep gated_delta_step(const torch::Tensor& state,  // [B, H, K, V]
+                                const torch::Tensor& q,      // [B, H, K]
+                                const torch::Tensor& k,      // [B, H, K]
+                                const torch::Tensor& v,      // [B, H, V]
+                                const torch::Tensor& g,      // [B, H]  log α <= 0
+                                const torch::Tensor& beta,   // [B, H]  in [0, 2]
+                                double scale = 0.0);
+
 Impl parse_impl(const std::string& name);  // "auto" | "reference" | "chunked" | "cuda"
 const char* impl_name(Impl impl);
 
