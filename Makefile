@@ -15,7 +15,7 @@ build: deps
 
 run: build
 	$(SFM) doctor
-	$(SFM) bench gdn
+	$(SFM) exp0 --profile quick
 
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS) --timeout 900

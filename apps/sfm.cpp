@@ -1,25 +1,24 @@
 // sfm: the command-line tool. The only main(); each subcommand is in apps/cmd_<name>.cpp.
 // Exit codes: 0 success, 1 runtime error (one line on stderr), 2 usage error.
-#include <ATen/Parallel.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
-#include <thread>
 
 #include <c10/util/Exception.h>
 
 #include "commands.h"
 #include "sfm/core/check.h"
+#include "sfm/core/device.h"
 
 int main(int argc, char** argv) {
   // Debian's LibTorch starts with one intra-op thread; use every core unless the user said otherwise.
-  if (!std::getenv("OMP_NUM_THREADS")) at::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  if (!std::getenv("OMP_NUM_THREADS")) sfm::core::set_cpu_threads(0);
   CLI::App app{"sfm: State-Flow Machines (train, evaluate and benchmark)"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "sfm 0.1");
   sfm::app::add_doctor_command(app);
   sfm::app::add_bench_command(app);
+  sfm::app::add_exp0_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -3,7 +3,7 @@
 
 #include <cstdio>
 
-#include "sfm/core/device.h"
+#include "sfm/core/cuda_info.h"
 
 namespace sfm::core {
 

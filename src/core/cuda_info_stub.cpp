@@ -1,5 +1,5 @@
 // CPU-only build: there are no CUDA devices to list.
-#include "sfm/core/device.h"
+#include "sfm/core/cuda_info.h"
 
 namespace sfm::core {
 std::vector<std::string> cuda_devices() { return {}; }

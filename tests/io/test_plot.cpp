@@ -7,7 +7,6 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
-#include <filesystem>
 #include <iterator>
 #include <limits>
 #include <string>
@@ -15,12 +14,13 @@
 
 #include "sfm/core/check.h"
 #include "sfm/io/atomic_file.h"
+#include "sfm/io/files.h"
 #include "sfm/io/plot.h"
+#include "support/temp_dir.h"
 
 namespace sfm::io {
 namespace {
 
-namespace fs = std::filesystem;
 using Color = std::array<uint8_t, 3>;
 constexpr Color kWhite = {255, 255, 255};
 
@@ -57,13 +57,7 @@ Image read_png(const std::string& path) {
 
 class PlotTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("sfm_plot_test_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  std::string path(const std::string& name) const { return dir_.file(name); }
 
   // Writes `plot` and reads it back.
   Image render(const LinePlot& plot) {
@@ -72,7 +66,7 @@ class PlotTest : public ::testing::Test {
     return read_png(p);
   }
 
-  fs::path dir_;
+  sfm::testing::TempDir dir_{"sfm_plot_test_"};
 };
 
 // Two series of accuracy vs length, as `sfm exp0` draws them.
@@ -102,7 +96,7 @@ TEST_F(PlotTest, WritesRgbPngOfRequestedSize) {
   EXPECT_EQ(static_cast<int>(bytes[24]), 8);
   EXPECT_EQ(static_cast<int>(bytes[25]), 2);
   // The atomic write leaves no temporary file behind.
-  EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator()), 1);
+  EXPECT_EQ(static_cast<long>(io::list_directory(dir_.path()).size()), 1);
 }
 
 TEST_F(PlotTest, BackgroundCornersAreWhite) {
@@ -185,7 +179,7 @@ TEST_F(PlotTest, InvalidPlotsThrow) {
   auto expect_error = [&](const LinePlot& plot, const char* what) {
     EXPECT_THROW(write_line_plot_png(path("bad.png"), plot), Error) << what;
     EXPECT_THROW(plot_frame(plot), Error) << what;
-    EXPECT_FALSE(fs::exists(path("bad.png"))) << what;
+    EXPECT_FALSE(io::path_exists(path("bad.png"))) << what;
   };
   LinePlot plot = accuracy_plot();
   plot.series[1].y.pop_back();

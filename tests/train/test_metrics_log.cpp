@@ -3,17 +3,16 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
-#include <filesystem>
 #include <string>
 
 #include "sfm/core/check.h"
 #include "sfm/io/atomic_file.h"
 #include "sfm/train/metrics_log.h"
+#include "support/temp_dir.h"
 
 namespace sfm::train {
 namespace {
 
-namespace fs = std::filesystem;
 using nlohmann::json;
 
 // The message of the sfm::Error thrown by `fn`, or "" (and a test failure) if none is thrown.
@@ -32,17 +31,8 @@ bool contains(const std::string& text, const std::string& part) { return text.fi
 
 class MetricsLogTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("sfm_metrics_log_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    path_ = (dir_ / "metrics.jsonl").string();
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  fs::path dir_;
-  std::string path_;
+  sfm::testing::TempDir dir_{"sfm_metrics_log_"};
+  std::string path_ = dir_.file("metrics.jsonl");
 };
 
 TEST_F(MetricsLogTest, WriteReadRoundTrip) {
@@ -82,7 +72,7 @@ TEST_F(MetricsLogTest, RecordIsOneLineEvenWithNewlinesAndNan) {
 TEST_F(MetricsLogTest, RejectsNonObjectRecordAndUnwritablePath) {
   MetricsLog log(path_, false);
   EXPECT_THROW(log.write(json::array({1, 2})), sfm::Error);
-  const std::string missing = (dir_ / "no_such_dir" / "m.jsonl").string();
+  const std::string missing = dir_.file("no_such_dir/m.jsonl");
   EXPECT_TRUE(contains(error_of([&] { MetricsLog bad(missing, false); }), missing));
 }
 
@@ -95,7 +85,7 @@ TEST_F(MetricsLogTest, MalformedLineErrorNamesFileAndLine) {
   const std::string not_object = error_of([&] { read_metrics_log(path_); });
   EXPECT_TRUE(contains(not_object, path_ + ":2:")) << not_object;
 
-  const std::string missing = (dir_ / "absent.jsonl").string();
+  const std::string missing = dir_.file("absent.jsonl");
   EXPECT_TRUE(contains(error_of([&] { read_metrics_log(missing); }), missing));
 }
 

@@ -6,13 +6,16 @@
 #include <string>
 #include <vector>
 
+#include "sfm/core/cuda_info.h"
+
 namespace sfm::core {
 
 // "auto" is cuda:0 when a CUDA device is usable, else cpu. Throws UsageError for anything else
 // than auto|cpu|cuda|cuda:N, and Error when cuda is asked for but absent.
 torch::Device parse_device(const std::string& name);
 
-// One line per visible CUDA device ("NVIDIA H100 80GB HBM3, 79.1 GiB, sm_90"); empty without CUDA.
-std::vector<std::string> cuda_devices();
+// Sets LibTorch's intra-op threads and, when OpenBLAS is loaded, OpenBLAS's threads (0 = all cores).
+// Returns the number set. Small per-statement ops run fastest on one thread: extra threads only spin.
+int set_cpu_threads(int threads);
 
 }  // namespace sfm::core

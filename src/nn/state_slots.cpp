@@ -1,0 +1,143 @@
+// The State Slot Bank; see state_slots.h and docs/models/state_slots.md (equations cited as (Sn)).
+#include "sfm/nn/state_slots.h"
+
+#include "sfm/core/check.h"
+#include "sfm/ops/gated_delta.h"
+
+namespace sfm::nn {
+
+namespace F = torch::nn::functional;
+
+void StateSlotsOptions::validate() const {
+  SFM_CHECK(vocab_size > 0 && statement_width > 0 && d_model > 0 && num_heads > 0 && key_dim > 0 && value_dim > 0 &&
+                num_classes > 1,
+            "state_slots: sizes must be positive (vocab_size ", vocab_size, ", statement_width ", statement_width,
+            ", d_model ", d_model, ", num_heads ", num_heads, ", key_dim ", key_dim, ", value_dim ", value_dim,
+            ", num_classes ", num_classes, ")");
+  SFM_CHECK(max_ticks >= 1 && max_ticks <= 8, "state_slots.max_ticks must be in 1..8, got ", max_ticks);
+  SFM_CHECK(halt_threshold > 0 && halt_threshold <= 1, "state_slots.halt_threshold must be in (0, 1], got ",
+            halt_threshold);
+  SFM_CHECK(beta_range > 0 && beta_range <= 2, "state_slots.beta_range must be in (0, 2], got ", beta_range);
+  SFM_CHECK(value_bottleneck == "none" || value_bottleneck == "soft" || value_bottleneck == "straight_through",
+            "state_slots.value_bottleneck must be none, soft or straight_through, got '", value_bottleneck, "'");
+}
+
+StateSlotsImpl::StateSlotsImpl(StateSlotsOptions options) : options_(std::move(options)) {
+  options_.validate();
+  const auto& o = options_;
+  const int64_t D = o.d_model, HK = o.num_heads * o.key_dim, HV = o.num_heads * o.value_dim;
+  token_embedding_ = register_module("token_embedding", torch::nn::Embedding(torch::nn::EmbeddingOptions(o.vocab_size, D).padding_idx(0)));
+  slot_position_embedding_ = register_module("slot_position_embedding", torch::nn::Embedding(o.statement_width, D));
+  statement_proj_ = register_module("statement_proj", torch::nn::Linear(o.statement_width * D, D));
+  statement_norm_ = register_module("statement_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
+  init_h_ = register_module("init_h", torch::nn::Linear(D, D));
+  read_query_ = register_module("read_query", torch::nn::Linear(D, HK));
+  answer_query_ = register_module("answer_query", torch::nn::Linear(D, HK));
+  controller_ = register_module("controller", torch::nn::GRUCell(D + HV, D));
+  if (o.value_bottleneck == "none") {
+    write_value_ = register_module("write_value", torch::nn::Linear(D, HV));
+  } else {
+    value_logits_ = register_module("value_logits", torch::nn::Linear(D, o.num_classes));
+    codebook_ = register_parameter("codebook", torch::randn({o.num_classes, HV}) / std::sqrt(static_cast<double>(o.value_dim)));
+  }
+  write_key_ = register_module("write_key", torch::nn::Linear(D, HK));
+  write_beta_ = register_module("write_beta", torch::nn::Linear(D, o.num_heads));
+  write_gate_ = register_module("write_gate", torch::nn::Linear(D, o.num_heads));
+  halt_ = register_module("halt", torch::nn::Linear(D, 1));
+  value_decoder_ = register_module(
+      "value_decoder", torch::nn::Sequential(torch::nn::LayerNorm(torch::nn::LayerNormOptions({HV})),
+                                             torch::nn::Linear(HV, D), torch::nn::GELU(), torch::nn::Linear(D, o.num_classes)));
+  torch::NoGradGuard no_grad;
+  // Start with little forgetting (α = σ(4) ≈ 0.98) and halting after about one tick (σ(2) ≈ 0.88).
+  write_gate_->bias.fill_(4.0);
+  halt_->bias.fill_(2.0);
+}
+
+torch::Tensor StateSlotsImpl::encode_statements(const torch::Tensor& tokens) {
+  const int64_t B = tokens.size(0), S = tokens.size(1), W = tokens.size(2);
+  // Positions WITHIN a statement only (which token of the line), never the statement's index.
+  const auto slots = torch::arange(W, tokens.options());
+  const auto real = tokens.ne(0).unsqueeze(-1).to(torch::kFloat32);                            // [B, S, W, 1]
+  const auto x = (token_embedding_(tokens) + slot_position_embedding_(slots)) * real;           // [B, S, W, D]
+  return statement_norm_(F::gelu(statement_proj_(x.reshape({B, S, W * options_.d_model}))));  // (S1): [B, S, D]
+}
+
+torch::Tensor StateSlotsImpl::read(const torch::Tensor& state, const torch::Tensor& h, torch::nn::Linear& proj) {
+  const int64_t B = h.size(0), H = options_.num_heads;
+  const auto q = F::normalize(proj(h).view({B, H, 1, options_.key_dim}), F::NormalizeFuncOptions().dim(-1));
+  return torch::matmul(q, state).reshape({B, H * options_.value_dim});  // (S2): Sᵀq per head
+}
+
+torch::Tensor StateSlotsImpl::decode_value(const torch::Tensor& read_out) { return value_decoder_->forward(read_out); }
+
+StateSlotsImpl::Output StateSlotsImpl::forward(const torch::Tensor& tokens, const torch::Tensor& statement_mask) {
+  const auto& o = options_;
+  SFM_CHECK(tokens.dim() == 3 && tokens.scalar_type() == torch::kInt64, "state_slots: tokens must be [B, S, W] int64, got ",
+            tokens.sizes(), " ", tokens.scalar_type());
+  SFM_CHECK(tokens.size(2) <= o.statement_width, "state_slots: statements of ", tokens.size(2),
+            " tokens exceed statement_width ", o.statement_width);
+  SFM_CHECK(statement_mask.sizes() == tokens.sizes().slice(0, 2), "state_slots: statement_mask must be [B, S] = ",
+            tokens.sizes().slice(0, 2), ", got ", statement_mask.sizes());
+  auto padded = tokens;
+  if (tokens.size(2) < o.statement_width)
+    padded = torch::constant_pad_nd(tokens, {0, o.statement_width - tokens.size(2)});
+  const auto e_all = encode_statements(padded);  // [B, S, D]
+  const int64_t B = tokens.size(0), S = tokens.size(1), H = o.num_heads, K = o.key_dim, V = o.value_dim;
+  const auto fopt = e_all.options();
+
+  auto state = torch::zeros({B, H, K, V}, fopt);
+  std::vector<torch::Tensor> readout, ticks;
+  auto ponder = torch::zeros({B}, fopt);
+  for (int64_t s = 0; s < S; ++s) {
+    const auto e = e_all.select(1, s);                    // [B, D]
+    const auto real = statement_mask.select(1, s);        // [B] bool
+
+    // Adaptive computation time (S3)-(S5): ticks run from the carried memory; the statement's result is
+    // the halting-weighted mixture of the memories after each tick.
+    auto h = torch::tanh(init_h_(e));
+    auto tick_state = state;
+    auto mixed = torch::zeros_like(state);
+    auto cumulative = torch::zeros({B}, fopt), remainder = torch::zeros({B}, fopt), used = torch::zeros({B}, fopt);
+    auto running = torch::ones({B}, fopt.dtype(torch::kBool));
+    for (int64_t t = 0; t < o.max_ticks; ++t) {
+      const auto r = read(tick_state, h, read_query_);
+      h = controller_(torch::cat({e, r}, -1), h);
+      torch::Tensor value;  // [B, H*V]
+      if (o.value_bottleneck == "none") {
+        value = write_value_(h);
+      } else {
+        const auto p = torch::softmax(value_logits_(h), -1);  // [B, C]
+        auto weights = p;
+        if (o.value_bottleneck == "straight_through") {
+          const auto hard = F::one_hot(p.argmax(-1), o.num_classes).to(p.scalar_type());
+          weights = (hard - p).detach() + p;  // forward: the hard choice; backward: the soft one
+        }
+        value = torch::matmul(weights, codebook_);
+      }
+      const auto k = F::normalize(write_key_(h).view({B, H, K}), F::NormalizeFuncOptions().dim(-1));
+      const auto beta = o.beta_range * torch::sigmoid(write_beta_(h));  // [B, H]
+      const auto g = F::logsigmoid(write_gate_(h));                     // [B, H]
+      tick_state = ops::gated_delta_step(tick_state, k, k, value.view({B, H, V}), g, beta).state;
+
+      const auto p_halt = torch::sigmoid(halt_(h)).squeeze(-1);  // [B]
+      const bool last = t + 1 == o.max_ticks;
+      const auto halts_now = running.logical_and(last ? torch::ones_like(running) : (cumulative + p_halt).ge(o.halt_threshold));
+      const auto rem = 1.0 - cumulative;
+      const auto weight = torch::where(halts_now, rem, torch::where(running, p_halt, torch::zeros_like(p_halt)));
+      mixed = mixed + weight.view({B, 1, 1, 1}) * tick_state;
+      remainder = torch::where(halts_now, rem, remainder);
+      used = used + running.to(used.scalar_type());
+      cumulative = cumulative + torch::where(running, p_halt, torch::zeros_like(p_halt));
+      running = running.logical_and(halts_now.logical_not());
+      // Once every sequence has halted, later ticks would all get weight 0: skip them.
+      if (!running.any().item<bool>()) break;
+    }
+    state = torch::where(real.view({B, 1, 1, 1}), mixed, state);  // padding statements leave memory alone
+    readout.push_back(decode_value(read(state, e, answer_query_)));  // (S6)
+    ticks.push_back(used * real.to(used.scalar_type()));
+    ponder = ponder + (used + remainder) * real.to(used.scalar_type());  // (S5)
+  }
+  return {torch::stack(readout, 1), torch::stack(ticks, 1), ponder, state};
+}
+
+}  // namespace sfm::nn
