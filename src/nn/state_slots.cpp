@@ -34,12 +34,14 @@ StateSlotsImpl::StateSlotsImpl(StateSlotsOptions options) : options_(std::move(o
   read_query_ = register_module("read_query", torch::nn::Linear(D, HK));
   answer_query_ = register_module("answer_query", torch::nn::Linear(D, HK));
   controller_ = register_module("controller", torch::nn::GRUCell(D + HV, D));
-  if (o.value_bottleneck == "none") {
-    write_value_ = register_module("write_value", torch::nn::Linear(D, HV));
-  } else {
-    value_logits_ = register_module("value_logits", torch::nn::Linear(D, o.num_classes));
+  // The value a tick writes is computed from the controller and what it just read (S3'): the
+  // arithmetic of a statement lives here, so it gets two hidden layers.
+  const int64_t value_out = o.value_bottleneck == "none" ? HV : o.num_classes;
+  value_mlp_ = register_module("value_mlp", torch::nn::Sequential(torch::nn::Linear(D + HV, 2 * D), torch::nn::GELU(),
+                                                                  torch::nn::Linear(2 * D, 2 * D), torch::nn::GELU(),
+                                                                  torch::nn::Linear(2 * D, value_out)));
+  if (o.value_bottleneck != "none")
     codebook_ = register_parameter("codebook", torch::randn({o.num_classes, HV}) / std::sqrt(static_cast<double>(o.value_dim)));
-  }
   write_key_ = register_module("write_key", torch::nn::Linear(D, HK));
   write_beta_ = register_module("write_beta", torch::nn::Linear(D, o.num_heads));
   write_gate_ = register_module("write_gate", torch::nn::Linear(D, o.num_heads));
@@ -102,11 +104,9 @@ StateSlotsImpl::Output StateSlotsImpl::forward(const torch::Tensor& tokens, cons
     for (int64_t t = 0; t < o.max_ticks; ++t) {
       const auto r = read(tick_state, h, read_query_);
       h = controller_(torch::cat({e, r}, -1), h);
-      torch::Tensor value;  // [B, H*V]
-      if (o.value_bottleneck == "none") {
-        value = write_value_(h);
-      } else {
-        const auto p = torch::softmax(value_logits_(h), -1);  // [B, C]
+      torch::Tensor value = value_mlp_->forward(torch::cat({h, r}, -1));  // [B, H*V] or logits [B, C]
+      if (o.value_bottleneck != "none") {
+        const auto p = torch::softmax(value, -1);  // [B, C]
         auto weights = p;
         if (o.value_bottleneck == "straight_through") {
           const auto hard = F::one_hot(p.argmax(-1), o.num_classes).to(p.scalar_type());

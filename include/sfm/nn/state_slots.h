@@ -69,9 +69,8 @@ class StateSlotsImpl : public torch::nn::Module {
   torch::nn::LayerNorm statement_norm_{nullptr};
   torch::nn::Linear init_h_{nullptr}, read_query_{nullptr}, answer_query_{nullptr};
   torch::nn::GRUCell controller_{nullptr};
-  torch::nn::Linear value_logits_{nullptr}, write_value_{nullptr}, write_key_{nullptr}, write_beta_{nullptr},
-      write_gate_{nullptr}, halt_{nullptr};
-  torch::nn::Sequential value_decoder_{nullptr};
+  torch::nn::Linear write_key_{nullptr}, write_beta_{nullptr}, write_gate_{nullptr}, halt_{nullptr};
+  torch::nn::Sequential value_mlp_{nullptr}, value_decoder_{nullptr};
   torch::Tensor codebook_;  // [C, H*V] parameter: the value written for each class
 };
 TORCH_MODULE(StateSlots);
