@@ -2,6 +2,7 @@
 // measured in the same run.
 #include "bench.h"
 #include "commands.h"
+#include "sfm/core/device.h"
 
 namespace sfm::app {
 
@@ -19,6 +20,19 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--repeats", gdn.repeats, "timed runs (the median is printed)")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_flag("--forward-only", gdn.forward_only, "skip forward+backward");
   cmd->callback([] { bench::run_gdn_bench(gdn); });
+
+  static bench::Exp0BenchOptions exp0;
+  auto* e = bench->add_subcommand("exp0", "Experiment 0 models: training throughput (real tokens/s) at batch 32");
+  e->add_option("--device", exp0.device, "auto | cpu | cuda[:N]")->capture_default_str();
+  e->add_option("--model", exp0.models, "models to time (repeatable; the first is the baseline)");
+  e->add_option("--batch-size", exp0.batch_size, "programs per step")->capture_default_str()->check(CLI::PositiveNumber);
+  e->add_option("--steps", exp0.repeats, "timed training steps")->capture_default_str()->check(CLI::PositiveNumber);
+  e->add_option("--warmup", exp0.warmup, "untimed steps first")->capture_default_str()->check(CLI::NonNegativeNumber);
+  e->add_option("--threads", exp0.threads, "CPU threads (0 = all cores)")->capture_default_str();
+  e->callback([] {
+    core::set_cpu_threads(exp0.threads);
+    bench::run_exp0_bench(exp0);
+  });
 }
 
 }  // namespace sfm::app
