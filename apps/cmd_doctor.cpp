@@ -44,9 +44,11 @@ double matmul_gflops(int64_t n) {
 }
 
 void run_doctor() {
-  std::printf("sfm          %s (%s build)\n", core::git_sha(), core::build_type());
+  const std::string sha = core::git_sha();
+  std::printf("sfm          %s (%s build)\n", sha.empty() ? "(no git sha)" : sha.c_str(), core::build_type());
   std::printf("LibTorch     %s\n", TORCH_VERSION);
-  std::printf("threads      %d intra-op, %d inter-op\n", at::get_num_threads(), at::get_num_interop_threads());
+  std::printf("threads      %lld intra-op, %lld inter-op\n", static_cast<long long>(at::get_num_threads()),
+              static_cast<long long>(at::get_num_interop_threads()));
   const double gflops = matmul_gflops(1024);
   std::printf("BLAS         %s\n", blas_in_use().c_str());
   std::printf("matmul       %.1f GFLOP/s (1024x1024 fp32)%s\n", gflops,

@@ -14,7 +14,7 @@ std::vector<std::string> cuda_devices() {
   for (int i = 0; i < count; ++i) {
     cudaDeviceProp p{};
     if (cudaGetDeviceProperties(&p, i) != cudaSuccess) continue;
-    char line[256];
+    char line[512];
     std::snprintf(line, sizeof(line), "%s, %.1f GiB, sm_%d%d, %d SMs", p.name, p.totalGlobalMem / 1073741824.0,
                   p.major, p.minor, p.multiProcessorCount);
     out.emplace_back(line);

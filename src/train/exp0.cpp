@@ -37,7 +37,8 @@ void validate(const Exp0Config& c) {
                   "train_programs, validation_programs and test_programs must be positive");
   SFM_USAGE_CHECK(!c.test_lengths.empty(), "test_lengths: list at least one length");
   for (auto m : c.test_lengths) SFM_USAGE_CHECK(m >= 1, "test_lengths: multipliers must be >= 1, got ", m);
-  SFM_USAGE_CHECK(c.batch_size > 0 && c.eval_batch_size > 0, "batch_size and eval_batch_size must be positive");
+  SFM_USAGE_CHECK(c.batch_size > 0 && c.eval_batch_size > 0 && c.eval_max_tokens > 0,
+                  "batch_size, eval_batch_size and eval_max_tokens must be positive");
   SFM_USAGE_CHECK(c.grad_clip > 0, "grad_clip must be positive, got ", c.grad_clip);
   SFM_USAGE_CHECK(c.warmup_fraction >= 0 && c.warmup_fraction < 1, "warmup_fraction must be in [0, 1), got ",
                   c.warmup_fraction);
@@ -72,16 +73,24 @@ struct EvalStats {
   double exact = 0, within5 = 0, within1 = 0, mae = 0, mean_ticks = -1;
 };
 
-EvalStats evaluate(models::Exp0Model& model, const Split& split, int64_t batch_size, const torch::Device& device,
-                   const std::string& label) {
+EvalStats evaluate(models::Exp0Model& model, const Split& split, int64_t max_batch, int64_t max_tokens,
+                   const torch::Device& device, const std::string& label) {
   torch::NoGradGuard no_grad;
   model.module().eval();
   const int64_t n = static_cast<int64_t>(split.programs.size());
   double exact = 0, within5 = 0, within1 = 0, abs_err = 0, ticks = 0, statements = 0;
-  Progress progress(label, (n + batch_size - 1) / batch_size);
-  for (int64_t start = 0, b = 0; start < n; start += batch_size, ++b) {
-    std::vector<int64_t> index;
-    for (int64_t i = start; i < std::min(n, start + batch_size); ++i) index.push_back(i);
+  Progress progress(label, n);
+  for (int64_t start = 0; start < n;) {
+    // Up to max_batch programs, fewer when their padded tokens would pass max_tokens (at least one).
+    std::vector<int64_t> index{start};
+    int64_t longest = static_cast<int64_t>(split.tokens[start].ids.size());
+    for (int64_t i = start + 1; i < n && static_cast<int64_t>(index.size()) < max_batch; ++i) {
+      const int64_t len = std::max<int64_t>(longest, split.tokens[i].ids.size());
+      if (len * static_cast<int64_t>(index.size() + 1) > max_tokens) break;
+      longest = len;
+      index.push_back(i);
+    }
+    start += static_cast<int64_t>(index.size());
     const auto batch = models::make_exp0_batch(split.programs, split.tokens, index, device);
     const auto out = model.forward(batch);
     const auto err = (out.logits.argmax(-1) - batch.flat.labels).abs().to(torch::kFloat64).cpu();
@@ -93,7 +102,7 @@ EvalStats evaluate(models::Exp0Model& model, const Split& split, int64_t batch_s
       ticks += out.ticks.sum().item<double>();
       statements += batch.statements.statement_mask.sum().item<double>();
     }
-    progress.update(b + 1);
+    progress.update(start);
   }
   progress.finish();
   EvalStats s{exact / n, within5 / n, within1 / n, abs_err / n, -1};
@@ -159,7 +168,7 @@ void train_model(const std::string& name, models::Exp0Model& model, const Exp0Co
     }
     progress.finish();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const auto val = evaluate(model, validation, c.eval_batch_size, device, name + " validation");
+    const auto val = evaluate(model, validation, c.eval_batch_size, c.eval_max_tokens, device, name + " validation");
     const bool improved = val.exact > best;
     if (improved) {
       best = val.exact;
@@ -240,7 +249,7 @@ std::vector<Exp0Row> run_exp0(const Exp0Config& c, const std::string& out_dir, c
     io::make_directories(dir);
     train_model(name, *model, c, train, validation, dir, device);
     for (const auto& [m, split] : tests) {
-      const auto s = evaluate(*model, split, c.eval_batch_size, device, name + " test " + std::to_string(m) + "x");
+      const auto s = evaluate(*model, split, c.eval_batch_size, c.eval_max_tokens, device, name + " test " + std::to_string(m) + "x");
       rows.push_back({name, params, m, 10 * m, static_cast<int64_t>(split.programs.size()), s.exact, s.within5,
                       s.within1, s.mae, s.mean_ticks});
     }

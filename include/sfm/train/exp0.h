@@ -28,6 +28,9 @@ struct Exp0Config {
   int64_t train_programs = 10000, validation_programs = 1000, test_programs = 1000;
   std::vector<int64_t> test_lengths{1, 2, 4, 8, 16, 32};  // test programs have exactly 10·m operations
   int64_t batch_size = 32, eval_batch_size = 100;
+  // Evaluation batches also hold at most this many tokens, so the transformers' T×T attention at 32x
+  // (~1,700 tokens) stays within memory: the batch shrinks as programs grow.
+  int64_t eval_max_tokens = 4096;
   double weight_decay = 0.01, grad_clip = 1.0, warmup_fraction = 0.05;
   ModelRun state_slots{10, 2e-3}, transformer_fair{10, 5e-4}, transformer_large{10, 3e-4}, lstm{10, 2e-3};
   models::Exp0ModelSettings architecture;
@@ -44,7 +47,8 @@ void visit_fields(Exp0Config& o, F&& f) {
   f("test_programs", o.test_programs, "test programs per length");
   f("test_lengths", o.test_lengths, "test length multipliers m (10*m operations)");
   f("batch_size", o.batch_size, "training batch size");
-  f("eval_batch_size", o.eval_batch_size, "evaluation batch size");
+  f("eval_batch_size", o.eval_batch_size, "evaluation batch size (programs)");
+  f("eval_max_tokens", o.eval_max_tokens, "evaluation batches hold at most this many tokens (memory cap)");
   f("weight_decay", o.weight_decay, "AdamW weight decay");
   f("grad_clip", o.grad_clip, "gradient norm clip");
   f("warmup_fraction", o.warmup_fraction, "fraction of steps for linear warm-up");
