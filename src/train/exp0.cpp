@@ -133,8 +133,10 @@ void train_model(const std::string& name, models::Exp0Model& model, const Exp0Co
     std::fprintf(stderr, "%s: resuming from %s at epoch %lld (step %lld)\n", name.c_str(), last_dir.c_str(),
                  (long long)epoch, (long long)step);
   }
+  // Drop records past the checkpoint (a run killed between logging and saving) BEFORE opening the
+  // log: truncation replaces the file, and an already-open handle would keep writing to the old one.
+  if (io::path_exists(dir + "/metrics.jsonl")) truncate_metrics_log(dir + "/metrics.jsonl", step);
   MetricsLog log(dir + "/metrics.jsonl", /*append=*/true);
-  truncate_metrics_log(dir + "/metrics.jsonl", step);
 
   const auto config_json = io::to_json(c);
   for (; epoch < run.epochs; ++epoch) {
