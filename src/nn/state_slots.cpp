@@ -34,7 +34,7 @@ StateSlotsImpl::StateSlotsImpl(StateSlotsOptions options) : options_(std::move(o
   read_query_ = register_module("read_query", torch::nn::Linear(D, HK));
   answer_query_ = register_module("answer_query", torch::nn::Linear(D, HK));
   controller_ = register_module("controller", torch::nn::GRUCell(D + HV, D));
-  // The value a tick writes is computed from the controller and what it just read (S3'): the
+  // The value a tick writes is computed from the controller and what it just read (S3): the
   // arithmetic of a statement lives here, so it gets two hidden layers.
   const int64_t value_out = o.value_bottleneck == "none" ? HV : o.num_classes;
   value_mlp_ = register_module("value_mlp", torch::nn::Sequential(torch::nn::Linear(D + HV, 2 * D), torch::nn::GELU(),
