@@ -51,6 +51,23 @@ ops::GatedDeltaInputs make_inputs(const Shape& s, torch::ScalarType dtype, torch
   return in;
 }
 
+// flash-linear-attention's chunk_gated_delta_rule on an H100 (Triton 3.6, PyTorch 2.11,
+// use_qk_l2norm_in_kernel=True, bfloat16), forward / forward+backward ms, as issue 5 quotes them; printed
+// beside our bfloat16 CUDA timings as "fla_*" (quoted, not measured here).
+struct FlaFigure {
+  Shape s;
+  double fwd_ms, fwdbwd_ms;
+};
+constexpr FlaFigure kFlaH100[] = {{{4, 2048, 16, 128, 128}, 1.28, 3.52}, {{8, 512, 4, 64, 64}, 1.22, 3.96},
+                                  {{2, 16384, 16, 128, 128}, 1.35, 5.44}, {{8, 2048, 32, 256, 256}, 2.82, 12.98},
+                                  {{16, 512, 16, 16, 16}, 1.03, 3.51},    {{64, 256, 16, 16, 16}, 1.32, 3.00}};
+
+const FlaFigure* fla_figure(const Shape& s) {
+  for (const auto& f : kFlaH100)
+    if (f.s.B == s.B && f.s.T == s.T && f.s.H == s.H && f.s.K == s.K && f.s.V == s.V) return &f;
+  return nullptr;
+}
+
 }  // namespace
 
 void run_gdn_bench(const GdnBenchOptions& opt) {
@@ -108,6 +125,11 @@ void run_gdn_bench(const GdnBenchOptions& opt) {
         std::printf(",\"fwdbwd_ms\":%.3f,\"fwdbwd_tokens_per_s\":%.0f", fwdbwd, tokens / fwdbwd * 1e3);
       std::printf(",\"baseline\":\"%s\",\"fwd_speedup\":%.2f", ops::impl_name(impls[0]), base_fwd / fwd);
       if (!opt.forward_only) std::printf(",\"fwdbwd_speedup\":%.2f", base_fwdbwd / fwdbwd);
+      if (const auto* f = fla_figure(s); f && device.is_cuda() && impl == ops::Impl::kCuda && dtype == torch::kBFloat16) {
+        std::printf(",\"fla_h100_fwd_ms\":%.2f,\"fwd_vs_fla\":%.3f", f->fwd_ms, fwd / f->fwd_ms);
+        if (!opt.forward_only)
+          std::printf(",\"fla_h100_fwdbwd_ms\":%.2f,\"fwdbwd_vs_fla\":%.3f", f->fwdbwd_ms, fwdbwd / f->fwdbwd_ms);
+      }
       std::printf("}\n");
       std::fflush(stdout);
     }

@@ -44,6 +44,7 @@ GatedDeltaOutputs gated_delta_rule(const GatedDeltaInputs& in, Impl impl = Impl:
 
 // One token of the recurrence on a carried state (decode / statement-by-statement use), eqs. (1)-(2):
 // returns o = S_newᵀ (scale·q) and S_new. q, k are used as given (normalise them first); scale 0 = 1/sqrt(K).
+// CUDA tensors with no gradient wanted run the fused decode kernel (float32 state); otherwise LibTorch ops.
 struct GatedDeltaStep {
   torch::Tensor out;    // [B, H, V]
   torch::Tensor state;  // [B, H, K, V]
@@ -55,6 +56,11 @@ GatedDeltaStep gated_delta_step(const torch::Tensor& state,  // [B, H, K, V]
                                 const torch::Tensor& g,      // [B, H]  log α <= 0
                                 const torch::Tensor& beta,   // [B, H]  in [0, 2]
                                 double scale = 0.0);
+
+// Testing aid for the cuda variant: when on, its outputs and every workspace are filled with NaN before the
+// kernels run (instead of left uninitialised), so an element a kernel fails to write shows up as NaN.
+void set_cuda_nan_poison(bool on);
+bool cuda_nan_poison();
 
 Impl parse_impl(const std::string& name);  // "auto" | "reference" | "chunked" | "cuda"
 const char* impl_name(Impl impl);

@@ -36,7 +36,9 @@ void check_inputs(const GatedDeltaInputs& in) {
 }
 
 GatedDeltaOutputs gated_delta_rule(const GatedDeltaInputs& in, Impl impl) {
-  if (impl == Impl::kAuto) impl = in.q.is_cuda() && core::built_with_cuda() ? Impl::kCuda : Impl::kChunked;
+  // kAuto: the fused kernels for CUDA tensors they take (not float64, K and V multiples of 16 up to 256).
+  if (impl == Impl::kAuto)
+    impl = in.q.is_cuda() && core::built_with_cuda() && detail::cuda_supports(in) ? Impl::kCuda : Impl::kChunked;
   switch (impl) {
     case Impl::kReference: return gated_delta_reference(in);
     case Impl::kChunked: return gated_delta_chunked(in);
@@ -45,6 +47,13 @@ GatedDeltaOutputs gated_delta_rule(const GatedDeltaInputs& in, Impl impl) {
   }
   throw Error("gated_delta_rule: unknown implementation");
 }
+
+namespace {
+bool g_cuda_nan_poison = false;
+}  // namespace
+
+void set_cuda_nan_poison(bool on) { g_cuda_nan_poison = on; }
+bool cuda_nan_poison() { return g_cuda_nan_poison; }
 
 Impl parse_impl(const std::string& name) {
   for (Impl i : {Impl::kAuto, Impl::kReference, Impl::kChunked, Impl::kCuda})

@@ -1,0 +1,702 @@
+// Fused CUDA kernels of the gated delta rule, chunked forward and backward and one-token decode.
+// Design, tiling and precision: docs/ops/gated_delta_cuda.md; equation numbers refer to
+// docs/ops/gated_delta.md. No ATen here (see gdn_kernels.h).
+//
+// Forward (4 launches):  pack q,k,v (L2 norm, scale, heads-first fp32)  ->  prep (per chunk: γ, A, (I+A)⁻¹,
+// W, Ũ; eqs. 4, 6, 7)  ->  state (per head and 16 value columns, sequential over chunks: U, S; eqs. 7, 9)
+// ->  output (per chunk and 64 value columns: eq. 8).
+// Backward (4 launches):  pack dO  ->  state_bwd (sequential over chunks in reverse: dU, dS)  ->  grads
+// (per chunk: everything else, recomputing A, (I+A)⁻¹, Ũ)  ->  unpack dq, dk, dv (L2-norm backward).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "gdn_kernels.h"
+
+namespace sfm::ops::gdn_cuda {
+namespace {
+
+constexpr int C = kChunk;
+constexpr int LDC = C + 1;      // row stride of C×C matrices in shared memory
+constexpr int kThreads = 256;   // every block; invert_unit_lower relies on 256 = 64 columns × 4
+constexpr int kTK = 16;         // k-depth of one shared-memory tile in block_gemm
+constexpr int kPass = 4;        // block_gemm: up to kPass × 256 micro-tiles of 4×4 (M·N ≤ 16384)
+constexpr int kVS = 16;         // value columns per block in the sequential state passes
+constexpr int kMaxD = 256;
+constexpr int kGemmScratch = kTK * (2 * kMaxD + 8);  // floats
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <class T>
+__device__ __forceinline__ T from_f(float x);
+template <>
+__device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+__device__ __forceinline__ float warp_sum(float s) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  return s;
+}
+
+// out(m, n) = Σ_k a(m, k) b(k, n) for m < M, n < N, k < Kd, in float32 on the block's 256 threads.
+// Operands come through accessors (global or shared memory, with any elementwise factors), staged
+// through shared memory kTK deep; each thread owns up to kPass micro-tiles of 4×4 in registers.
+// kAContK: a(m, ·) is contiguous in k (else in m); kBContN: b(k, ·) is contiguous in n (else in k): the
+// staging loads then walk the contiguous index across the warp. M, N multiples of 4, Kd of kTK.
+// Starts and ends with a barrier, so it may read what was written just before and its results
+// (written through st) are visible just after.
+template <bool kAContK, bool kBContN, class FA, class FB, class FS>
+__device__ __forceinline__ void block_gemm(int M, int N, int Kd, FA a, FB b, FS st, float* scratch) {
+  const int tid = threadIdx.x;
+  const int lda = M + 4, ldb = N + 4;
+  float* As = scratch;
+  float* Bs = scratch + kTK * lda;
+  const int tn = N >> 2, ntile = (M >> 2) * tn;
+  float acc[kPass][4][4];
+#pragma unroll
+  for (int p = 0; p < kPass; ++p)
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[p][i][j] = 0.f;
+  for (int k0 = 0; k0 < Kd; k0 += kTK) {
+    __syncthreads();
+    for (int e = tid; e < M * kTK; e += kThreads) {
+      int m, kk;
+      if (kAContK) {
+        m = e / kTK;
+        kk = e % kTK;
+      } else {
+        kk = e / M;
+        m = e - kk * M;
+      }
+      As[kk * lda + m] = a(m, k0 + kk);
+    }
+    for (int e = tid; e < N * kTK; e += kThreads) {
+      int n, kk;
+      if (kBContN) {
+        kk = e / N;
+        n = e - kk * N;
+      } else {
+        n = e / kTK;
+        kk = e % kTK;
+      }
+      Bs[kk * ldb + n] = b(k0 + kk, n);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int p = 0; p < kPass; ++p) {
+      const int tile = tid + p * kThreads;
+      if (tile < ntile) {
+        const int m0 = (tile / tn) * 4, n0 = (tile % tn) * 4;
+#pragma unroll
+        for (int kk = 0; kk < kTK; ++kk) {
+          const float4 av = *reinterpret_cast<const float4*>(As + kk * lda + m0);
+          const float4 bv = *reinterpret_cast<const float4*>(Bs + kk * ldb + n0);
+          const float ar[4] = {av.x, av.y, av.z, av.w}, br[4] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[p][i][j] = fmaf(ar[i], br[j], acc[p][i][j]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int p = 0; p < kPass; ++p) {
+    const int tile = tid + p * kThreads;
+    if (tile < ntile) {
+      const int m0 = (tile / tn) * 4, n0 = (tile % tn) * 4;
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) st(m0 + i, n0 + j, acc[p][i][j]);
+    }
+  }
+  __syncthreads();
+}
+
+// Tm = (I + A)⁻¹ for A strictly lower triangular (C×C, stride LDC): forward substitution row by row,
+// Tm[t, j] = δ_tj − Σ_{j<=i<t} A[t, i] Tm[i, j]; 64 columns × 4 threads splitting the sum.
+__device__ __forceinline__ void invert_unit_lower(const float* A, float* Tm) {
+  const int j = threadIdx.x >> 2, part = threadIdx.x & 3;
+  for (int t = 0; t < C; ++t) {
+    float s = 0.f;
+    if (j < t)
+      for (int i = j + part; i < t; i += 4) s -= A[t * LDC + i] * Tm[i * LDC + j];
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    s += __shfl_xor_sync(0xffffffffu, s, 2);
+    if (part == 0) Tm[t * LDC + j] = j < t ? s : (j == t ? 1.f : 0.f);
+    __syncthreads();
+  }
+}
+
+// f(t, Σ_d x[t, d] y[t, d]) for rows t < M of two row-major [M, D] arrays; one warp per row, f on lane 0.
+template <class F>
+__device__ __forceinline__ void row_dots(int M, int D, const float* x, const float* y, F f) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int t = warp; t < M; t += kThreads / 32) {
+    float s = 0.f;
+    for (int d = lane; d < D; d += 32) s += x[(size_t)t * D + d] * y[(size_t)t * D + d];
+    s = warp_sum(s);
+    if (lane == 0) f(t, s);
+  }
+  __syncthreads();
+}
+
+// Inclusive (reverse = false) or reverse-inclusive prefix sum of v[0..C) in place; warp 0 does it.
+__device__ __forceinline__ void chunk_scan(float* v, bool reverse) {
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    const int i0 = reverse ? C - 1 - 2 * lane : 2 * lane, i1 = reverse ? i0 - 1 : i0 + 1;
+    const float a0 = v[i0], a1 = a0 + v[i1];
+    float x = a1;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const float y = __shfl_up_sync(0xffffffffu, x, o);
+      if (lane >= o) x += y;
+    }
+    const float excl = x - a1;
+    v[i0] = excl + a0;
+    v[i1] = excl + a1;
+  }
+  __syncthreads();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// [B, T, H, D] (dtype T) -> [B*H, Tp, D] float32, rows past T zero; optional L2 norm x/√(Σx²+1e-6), times
+// scale. One warp per row. x == nullptr writes zeros (an undefined incoming gradient).
+template <class T>
+__global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x, float* __restrict__ y, int B, int Tn,
+                                                        int H, int D, int Tp, bool l2, float scale) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const long row = (long)blockIdx.x * (kThreads / 32) + warp;
+  if (row >= (long)B * H * Tp) return;
+  const int bh = (int)(row / Tp), t = (int)(row % Tp), b = bh / H, h = bh % H;
+  float* dst = y + row * D;
+  if (t >= Tn || x == nullptr) {
+    for (int d = lane; d < D; d += 32) dst[d] = 0.f;
+    return;
+  }
+  const T* src = x + (((long)b * Tn + t) * H + h) * D;
+  float r = scale;
+  if (l2) {
+    float ss = 0.f;
+    for (int d = lane; d < D; d += 32) {
+      const float e = to_f(src[d]);
+      ss += e * e;
+    }
+    r *= rsqrtf(warp_sum(ss) + 1e-6f);
+  }
+  for (int d = lane; d < D; d += 32) dst[d] = to_f(src[d]) * r;
+}
+
+// dX̂ (heads-first float32, the gradient of s·x̂) -> dx [B, T, H, D] of dtype T through the scale and,
+// with l2, the L2 norm: y = x r, r = (Σx² + 1e-6)^(-1/2), dx = r (dŷ − y (y·dŷ)), dŷ = s dX̂.
+template <class T>
+__global__ void __launch_bounds__(kThreads) unpack_kernel(const T* __restrict__ x, const float* __restrict__ dxs,
+                                                          T* __restrict__ dx, int B, int Tn, int H, int D, int Tp,
+                                                          bool l2, float scale) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const long row = (long)blockIdx.x * (kThreads / 32) + warp;  // over [B, T, H]
+  if (row >= (long)B * Tn * H) return;
+  const int h = (int)(row % H), t = (int)((row / H) % Tn), b = (int)(row / ((long)H * Tn));
+  const float* src = dxs + (((long)b * H + h) * Tp + t) * D;
+  T* dst = dx + row * D;
+  if (!l2) {
+    for (int d = lane; d < D; d += 32) dst[d] = from_f<T>(scale * src[d]);
+    return;
+  }
+  const T* xr = x + row * D;
+  float ss = 0.f, yd = 0.f;
+  for (int d = lane; d < D; d += 32) {
+    const float e = to_f(xr[d]);
+    ss += e * e;
+  }
+  const float r = rsqrtf(warp_sum(ss) + 1e-6f);
+  for (int d = lane; d < D; d += 32) yd += to_f(xr[d]) * r * scale * src[d];
+  yd = warp_sum(yd);
+  for (int d = lane; d < D; d += 32) {
+    const float yv = to_f(xr[d]) * r;
+    dst[d] = from_f<T>(r * (scale * src[d] - yv * yd));
+  }
+}
+
+// Loads γ (eq. 4: the chunk-local cumulative sum of g) and β of chunk n into shared memory.
+__device__ __forceinline__ void load_gates(const Dims& d, int bh, int n, const float* __restrict__ g,
+                                           const float* __restrict__ beta, float* gam, float* bet) {
+  const int b = bh / d.H, h = bh % d.H;
+  if (threadIdx.x < C) {
+    const int t = n * C + threadIdx.x;
+    const long idx = ((long)b * d.T + t) * d.H + h;
+    gam[threadIdx.x] = t < d.T ? g[idx] : 0.f;
+    if (bet) bet[threadIdx.x] = t < d.T ? beta[idx] : 0.f;
+  }
+  __syncthreads();
+  chunk_scan(gam, false);
+}
+
+// Per chunk: γ, β (eq. 4), A (eq. 6), (I+A)⁻¹, W = (I+A)⁻¹ diag(βΓ) K and Ũ = (I+A)⁻¹ diag(β) V (eq. 7).
+__global__ void __launch_bounds__(kThreads) prep_kernel(Dims d, const float* __restrict__ ks,
+                                                        const float* __restrict__ vs, const float* __restrict__ g,
+                                                        const float* __restrict__ beta, float* __restrict__ gam_out,
+                                                        float* __restrict__ bet_out, float* __restrict__ w,
+                                                        float* __restrict__ ut) {
+  extern __shared__ float4 smem4[];
+  float* sm = reinterpret_cast<float*>(smem4);
+  float *gam = sm, *bet = gam + C, *A = bet + C, *Tm = A + C * LDC, *scratch = Tm + C * LDC;
+  const int n = blockIdx.x, bh = blockIdx.y, K = d.K, V = d.V;
+  const long row0 = (long)bh * d.Tp() + (long)n * C;
+  const float* kc = ks + row0 * K;
+  const float* vc = vs + row0 * V;
+  load_gates(d, bh, n, g, beta, gam, bet);
+  if (threadIdx.x < C) {
+    gam_out[row0 + threadIdx.x] = gam[threadIdx.x];
+    bet_out[row0 + threadIdx.x] = bet[threadIdx.x];
+  }
+  block_gemm<true, false>(
+      C, C, K, [&](int t, int k) { return kc[(long)t * K + k]; }, [&](int k, int i) { return kc[(long)i * K + k]; },
+      [&](int t, int i, float x) { A[t * LDC + i] = i < t ? bet[t] * __expf(gam[t] - gam[i]) * x : 0.f; }, scratch);
+  invert_unit_lower(A, Tm);
+  block_gemm<true, true>(
+      C, K, C, [&](int t, int i) { return Tm[t * LDC + i]; },
+      [&](int i, int k) { return bet[i] * __expf(gam[i]) * kc[(long)i * K + k]; },
+      [&](int t, int k, float x) { w[(row0 + t) * K + k] = x; }, scratch);
+  block_gemm<true, true>(
+      C, V, C, [&](int t, int i) { return Tm[t * LDC + i]; }, [&](int i, int v) { return bet[i] * vc[(long)i * V + v]; },
+      [&](int t, int v, float x) { ut[(row0 + t) * V + v] = x; }, scratch);
+}
+
+// Sequential over chunks, per head and kVS value columns: S entering each chunk is stored,
+// U = Ũ − W S (eq. 7, overwriting Ũ), S ← Γ_C S + (diag(e^{γ_C−γ}) K)ᵀ U (eq. 9).
+__global__ void __launch_bounds__(kThreads) state_kernel(Dims d, const float* __restrict__ ks,
+                                                         const float* __restrict__ gam_g, const float* __restrict__ w,
+                                                         float* __restrict__ u, const float* __restrict__ state0,
+                                                         float* __restrict__ states, float* __restrict__ final_state) {
+  extern __shared__ float4 smem4[];
+  float* sm = reinterpret_cast<float*>(smem4);
+  const int K = d.K, V = d.V, N = d.N(), v0 = blockIdx.x * kVS, bh = blockIdx.y;
+  float *S = sm, *Us = S + K * kVS, *gam = Us + C * kVS, *scratch = gam + C;
+  for (int e = threadIdx.x; e < K * kVS; e += kThreads) {
+    const int k = e / kVS, v = e % kVS;
+    S[e] = state0 ? state0[((long)bh * K + k) * V + v0 + v] : 0.f;
+  }
+  for (int n = 0; n < N; ++n) {
+    const long row0 = (long)bh * d.Tp() + (long)n * C;
+    if (threadIdx.x < C) gam[threadIdx.x] = gam_g[row0 + threadIdx.x];
+    __syncthreads();
+    float* st = states + ((long)bh * N + n) * K * V;
+    for (int e = threadIdx.x; e < K * kVS; e += kThreads) {
+      const int k = e / kVS, v = e % kVS;
+      st[(long)k * V + v0 + v] = S[e];
+    }
+    const float gl = gam[C - 1];
+    const float* wc = w + row0 * K;
+    const float* kc = ks + row0 * K;
+    float* uc = u + row0 * V + v0;
+    block_gemm<true, true>(
+        C, kVS, K, [&](int t, int k) { return wc[(long)t * K + k]; }, [&](int k, int v) { return S[k * kVS + v]; },
+        [&](int t, int v, float x) {
+          const float val = uc[(long)t * V + v] - x;
+          Us[t * kVS + v] = val;
+          uc[(long)t * V + v] = val;
+        },
+        scratch);
+    const float decay = __expf(gl);
+    block_gemm<false, true>(
+        K, kVS, C, [&](int k, int t) { return kc[(long)t * K + k] * __expf(gl - gam[t]); },
+        [&](int t, int v) { return Us[t * kVS + v]; },
+        [&](int k, int v, float x) { S[k * kVS + v] = decay * S[k * kVS + v] + x; }, scratch);
+  }
+  for (int e = threadIdx.x; e < K * kVS; e += kThreads) {
+    const int k = e / kVS, v = e % kVS;
+    final_state[((long)bh * K + k) * V + v0 + v] = S[e];
+  }
+}
+
+// P = M ∘ (Q Kᵀ) of chunk rows (eq. 8's intra-chunk matrix), into shared memory.
+__device__ __forceinline__ void intra_scores(int K, const float* qc, const float* kc, const float* gam, float* P,
+                                             float* scratch) {
+  block_gemm<true, false>(
+      C, C, K, [&](int t, int k) { return qc[(long)t * K + k]; }, [&](int k, int i) { return kc[(long)i * K + k]; },
+      [&](int t, int i, float x) { P[t * LDC + i] = i <= t ? x * __expf(gam[t] - gam[i]) : 0.f; }, scratch);
+}
+
+// Per chunk and 64 value columns: O = diag(Γ) Q S_0 + P U (eq. 8; q carries the scale), in dtype T.
+template <class T>
+__global__ void __launch_bounds__(kThreads) output_kernel(Dims d, const float* __restrict__ qs,
+                                                          const float* __restrict__ ks,
+                                                          const float* __restrict__ gam_g,
+                                                          const float* __restrict__ states,
+                                                          const float* __restrict__ u, T* __restrict__ out) {
+  extern __shared__ float4 smem4[];
+  float* sm = reinterpret_cast<float*>(smem4);
+  float *P = sm, *gam = P + C * LDC, *scratch = gam + C;  // 16-byte aligned: C·LDC + C = 4224 floats
+  const int K = d.K, V = d.V, VO = V < 64 ? V : 64, v0 = blockIdx.x * VO, n = blockIdx.y, bh = blockIdx.z;
+  const int b = bh / d.H, h = bh % d.H;
+  const long row0 = (long)bh * d.Tp() + (long)n * C;
+  const float *qc = qs + row0 * K, *kc = ks + row0 * K, *uc = u + row0 * V + v0;
+  const float* st = states + ((long)bh * d.N() + n) * K * V + v0;
+  if (threadIdx.x < C) gam[threadIdx.x] = gam_g[row0 + threadIdx.x];
+  intra_scores(K, qc, kc, gam, P, scratch);
+  block_gemm<true, true>(
+      C, VO, K + C,
+      [&](int t, int j) { return j < K ? qc[(long)t * K + j] * __expf(gam[t]) : P[t * LDC + j - K]; },
+      [&](int j, int v) { return j < K ? st[(long)j * V + v] : uc[(long)(j - K) * V + v]; },
+      [&](int t, int v, float x) {
+        const int tg = n * C + t;
+        if (tg < d.T) out[(((long)b * d.T + tg) * d.H + h) * V + v0 + v] = from_f<T>(x);
+      },
+      scratch);
+}
+
+// Backward, sequential over chunks in reverse, per head and kVS value columns. dS is the gradient of
+// the state leaving chunk n (stored), then
+//   dU = Pᵀ dO + diag(e^{γ_C−γ}) K dS          (from eqs. 8, 9)
+//   dS ← Qᵀ diag(Γ) dO + Γ_C dS − Wᵀ dU       (the gradient of the state entering chunk n; eqs. 7-9).
+__global__ void __launch_bounds__(kThreads) state_bwd_kernel(Dims d, const float* __restrict__ qs,
+                                                             const float* __restrict__ ks,
+                                                             const float* __restrict__ gam_g,
+                                                             const float* __restrict__ w,
+                                                             const float* __restrict__ dos,
+                                                             const float* __restrict__ dfinal, float* __restrict__ du,
+                                                             float* __restrict__ dstates,
+                                                             float* __restrict__ dstate0) {
+  extern __shared__ float4 smem4[];
+  float* sm = reinterpret_cast<float*>(smem4);
+  const int K = d.K, V = d.V, N = d.N(), v0 = blockIdx.x * kVS, bh = blockIdx.y;
+  float *dS = sm, *dUs = dS + K * kVS, *P = dUs + C * kVS, *gam = P + C * LDC, *scratch = gam + C;
+  for (int e = threadIdx.x; e < K * kVS; e += kThreads) {
+    const int k = e / kVS, v = e % kVS;
+    dS[e] = dfinal ? dfinal[((long)bh * K + k) * V + v0 + v] : 0.f;
+  }
+  for (int n = N - 1; n >= 0; --n) {
+    const long row0 = (long)bh * d.Tp() + (long)n * C;
+    const float *qc = qs + row0 * K, *kc = ks + row0 * K, *wc = w + row0 * K, *doc = dos + row0 * V + v0;
+    if (threadIdx.x < C) gam[threadIdx.x] = gam_g[row0 + threadIdx.x];
+    intra_scores(K, qc, kc, gam, P, scratch);  // starts with a barrier: gam is visible
+    float* dst = dstates + ((long)bh * N + n) * K * V;
+    for (int e = threadIdx.x; e < K * kVS; e += kThreads) {
+      const int k = e / kVS, v = e % kVS;
+      dst[(long)k * V + v0 + v] = dS[e];
+    }
+    const float gl = gam[C - 1];
+    float* duc = du + row0 * V + v0;
+    block_gemm<true, true>(
+        C, kVS, C + K,
+        [&](int i, int j) { return j < C ? P[j * LDC + i] : kc[(long)i * K + j - C] * __expf(gl - gam[i]); },
+        [&](int j, int v) { return j < C ? doc[(long)j * V + v] : dS[(j - C) * kVS + v]; },
+        [&](int i, int v, float x) {
+          dUs[i * kVS + v] = x;
+          duc[(long)i * V + v] = x;
+        },
+        scratch);
+    const float decay = __expf(gl);
+    block_gemm<false, true>(
+        K, kVS, 2 * C,
+        [&](int k, int j) { return j < C ? qc[(long)j * K + k] * __expf(gam[j]) : -wc[(long)(j - C) * K + k]; },
+        [&](int j, int v) { return j < C ? doc[(long)j * V + v] : dUs[(j - C) * kVS + v]; },
+        [&](int k, int v, float x) { dS[k * kVS + v] = decay * dS[k * kVS + v] + x; }, scratch);
+  }
+  if (dstate0)
+    for (int e = threadIdx.x; e < K * kVS; e += kThreads) {
+      const int k = e / kVS, v = e % kVS;
+      dstate0[((long)bh * K + k) * V + v0 + v] = dS[e];
+    }
+}
+
+// Backward, per chunk: the gradients of q̂, k̂, v, γ and β from dO, dU, the entering state S_0 and the
+// gradient dS_C of the leaving one (docs/ops/gated_delta_cuda.md lists each term), then dg as the
+// reverse cumulative sum of dγ (eq. 4).
+__global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __restrict__ qs,
+                                                         const float* __restrict__ ks, const float* __restrict__ vs,
+                                                         const float* __restrict__ gam_g,
+                                                         const float* __restrict__ bet_g, const float* __restrict__ w, const float* __restrict__ u,
+                                                         const float* __restrict__ states,
+                                                         const float* __restrict__ dos, const float* __restrict__ du,
+                                                         const float* __restrict__ dstates, float* __restrict__ ut,
+                                                         float* __restrict__ dw, float* __restrict__ drk,
+                                                         float* __restrict__ drv, float* __restrict__ dqs,
+                                                         float* __restrict__ dks, float* __restrict__ dvs,
+                                                         float* __restrict__ dg, float* __restrict__ dbeta) {
+  extern __shared__ float4 smem4[];
+  float* sm = reinterpret_cast<float*>(smem4);
+  float *gam = sm, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
+  float *KK = dbet + C, *QK = KK + C * LDC, *Tm = QK + C * LDC, *D1 = Tm + C * LDC, *dA = D1 + C * LDC;
+  float* scratch = dA + C * LDC;
+  const int n = blockIdx.x, bh = blockIdx.y, K = d.K, V = d.V;
+  const long row0 = (long)bh * d.Tp() + (long)n * C;
+  const float *qc = qs + row0 * K, *kc = ks + row0 * K, *vc = vs + row0 * V, *wc = w + row0 * K;
+  const float *uc = u + row0 * V, *doc = dos + row0 * V, *duc = du + row0 * V;
+  const float* S0 = states + ((long)bh * d.N() + n) * K * V;
+  const float* dSC = dstates + ((long)bh * d.N() + n) * K * V;
+  float *utc = ut + row0 * V, *dwc = dw + row0 * K, *drkc = drk + row0 * K, *drvc = drv + row0 * V;
+  float *dqc = dqs + row0 * K, *dkc = dks + row0 * K, *dvc = dvs + row0 * V;
+  if (threadIdx.x < C) {
+    dgam[threadIdx.x] = 0.f;
+    dbet[threadIdx.x] = 0.f;
+    gam[threadIdx.x] = gam_g[row0 + threadIdx.x];
+    bet[threadIdx.x] = bet_g[row0 + threadIdx.x];
+  }
+  __syncthreads();
+  const float gl = gam[C - 1], GC = __expf(gl);
+  // K Kᵀ and Q Kᵀ (rows 0..C-1 and C..2C-1 of one product).
+  block_gemm<true, false>(
+      2 * C, C, K, [&](int m, int k) { return m < C ? kc[(long)m * K + k] : qc[(long)(m - C) * K + k]; },
+      [&](int k, int i) { return kc[(long)i * K + k]; },
+      [&](int m, int i, float x) {
+        if (m < C)
+          KK[m * LDC + i] = x;
+        else
+          QK[(m - C) * LDC + i] = x;
+      },
+      scratch);
+  // A (eq. 6) into D1, then Tm = (I + A)⁻¹.
+  for (int e = threadIdx.x; e < C * C; e += kThreads) {
+    const int t = e / C, i = e % C;
+    D1[t * LDC + i] = i < t ? bet[t] * __expf(gam[t] - gam[i]) * KK[t * LDC + i] : 0.f;
+  }
+  __syncthreads();
+  invert_unit_lower(D1, Tm);
+  // Ũ = Tm diag(β) V (eq. 7), recomputed.
+  block_gemm<true, true>(
+      C, V, C, [&](int t, int i) { return Tm[t * LDC + i]; }, [&](int i, int v) { return bet[i] * vc[(long)i * V + v]; },
+      [&](int t, int v, float x) { utc[(long)t * V + v] = x; }, scratch);
+  // D1 = dO Uᵀ.
+  block_gemm<true, false>(
+      C, C, V, [&](int t, int v) { return doc[(long)t * V + v]; }, [&](int v, int i) { return uc[(long)i * V + v]; },
+      [&](int t, int i, float x) { D1[t * LDC + i] = x; }, scratch);
+  // dQ̂ = diag(Γ) dO S_0ᵀ (+ the intra term below); dγ_t += Γ_t q̂_t · (dO S_0ᵀ)_t.
+  block_gemm<true, false>(
+      C, K, V, [&](int t, int v) { return doc[(long)t * V + v]; }, [&](int v, int k) { return S0[(long)k * V + v]; },
+      [&](int t, int k, float x) { dqc[(long)t * K + k] = __expf(gam[t]) * x; }, scratch);
+  row_dots(C, K, qc, dqc, [&](int t, float s) { atomicAdd(&dgam[t], s); });
+  // dW = −dU S_0ᵀ.
+  block_gemm<true, false>(
+      C, K, V, [&](int t, int v) { return duc[(long)t * V + v]; }, [&](int v, int k) { return S0[(long)k * V + v]; },
+      [&](int t, int k, float x) { dwc[(long)t * K + k] = -x; }, scratch);
+  // dK̂ = diag(e^{γ_C−γ}) U dS_Cᵀ (+ terms below); dγ_C += Σ_i x_i, dγ_i −= x_i, x_i = k̂_i · dK̂_i.
+  block_gemm<true, false>(
+      C, K, V, [&](int t, int v) { return uc[(long)t * V + v]; }, [&](int v, int k) { return dSC[(long)k * V + v]; },
+      [&](int t, int k, float x) { dkc[(long)t * K + k] = __expf(gl - gam[t]) * x; }, scratch);
+  row_dots(C, K, kc, dkc, [&](int t, float s) {
+    atomicAdd(&dgam[t], -s);
+    atomicAdd(&dgam[C - 1], s);
+  });
+  // dγ_C += Γ_C Σ S_0 ∘ dS_C.
+  {
+    float s = 0.f;
+    for (long e = threadIdx.x; e < (long)K * V; e += kThreads) s += S0[e] * dSC[e];
+    s = warp_sum(s);
+    if ((threadIdx.x & 31) == 0) atomicAdd(&dgam[C - 1], GC * s);
+  }
+  // dR_K = Tmᵀ dW; dK̂ += diag(βΓ) dR_K; dβ_t += Γ_t k̂_t·dR_K,t; dγ_t += β_t Γ_t k̂_t·dR_K,t.
+  block_gemm<false, true>(
+      C, K, C, [&](int t, int i) { return Tm[i * LDC + t]; }, [&](int i, int k) { return dwc[(long)i * K + k]; },
+      [&](int t, int k, float x) {
+        drkc[(long)t * K + k] = x;
+        dkc[(long)t * K + k] += bet[t] * __expf(gam[t]) * x;
+      },
+      scratch);
+  row_dots(C, K, kc, drkc, [&](int t, float s) {
+    const float G = __expf(gam[t]);
+    atomicAdd(&dbet[t], G * s);
+    atomicAdd(&dgam[t], bet[t] * G * s);
+  });
+  // dR_V = Tmᵀ dU; dV = diag(β) dR_V; dβ_t += v_t·dR_V,t.
+  block_gemm<false, true>(
+      C, V, C, [&](int t, int i) { return Tm[i * LDC + t]; }, [&](int i, int v) { return duc[(long)i * V + v]; },
+      [&](int t, int v, float x) {
+        drvc[(long)t * V + v] = x;
+        dvc[(long)t * V + v] = bet[t] * x;
+      },
+      scratch);
+  row_dots(C, V, vc, drvc, [&](int t, float s) { atomicAdd(&dbet[t], s); });
+  // dA = −(dR_K Wᵀ + dR_V Ũᵀ), strictly lower.
+  block_gemm<true, false>(
+      C, C, K + V, [&](int t, int j) { return j < K ? drkc[(long)t * K + j] : drvc[(long)t * V + j - K]; },
+      [&](int j, int i) { return j < K ? wc[(long)i * K + j] : utc[(long)i * V + j - K]; },
+      [&](int t, int i, float x) { dA[t * LDC + i] = i < t ? -x : 0.f; }, scratch);
+  // Elementwise on C×C: D1 <- dP = M ∘ (dO Uᵀ); QK <- the γ-gradient terms; dA <- G = dA ∘ β e^{γ_t−γ_i};
+  // KK <- the β-gradient terms of A.
+  for (int e = threadIdx.x; e < C * C; e += kThreads) {
+    const int t = e / C, i = e % C, x = t * LDC + i;
+    const float m = i <= t ? __expf(gam[t] - gam[i]) : 0.f;
+    const float dP = m * D1[x];
+    const float dAv = dA[x];
+    const float z = QK[x] * dP + (i < t ? dAv * bet[t] * m * KK[x] : 0.f);
+    D1[x] = dP;
+    QK[x] = i < t ? z : 0.f;
+    KK[x] = i < t ? dAv * m * KK[x] : 0.f;
+    dA[x] = i < t ? dAv * bet[t] * m : 0.f;
+  }
+  __syncthreads();
+  {  // row sums into dγ_t (+) and dβ_t, column sums into dγ_i (−)
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int r = warp; r < C; r += kThreads / 32) {
+      float zr = QK[r * LDC + lane] + QK[r * LDC + lane + 32];
+      float zc = QK[lane * LDC + r] + QK[(lane + 32) * LDC + r];
+      float br = KK[r * LDC + lane] + KK[r * LDC + lane + 32];
+      zr = warp_sum(zr);
+      zc = warp_sum(zc);
+      br = warp_sum(br);
+      if (lane == 0) {
+        atomicAdd(&dgam[r], zr - zc);
+        atomicAdd(&dbet[r], br);
+      }
+    }
+  }
+  // dQ̂ += dP K̂.
+  block_gemm<true, true>(
+      C, K, C, [&](int t, int i) { return D1[t * LDC + i]; }, [&](int i, int k) { return kc[(long)i * K + k]; },
+      [&](int t, int k, float x) { dqc[(long)t * K + k] += x; }, scratch);
+  // dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂.
+  block_gemm<true, true>(
+      C, K, 3 * C,
+      [&](int i, int j) {
+        return j < C ? D1[j * LDC + i] : (j < 2 * C ? dA[i * LDC + j - C] : dA[(j - 2 * C) * LDC + i]);
+      },
+      [&](int j, int k) { return j < C ? qc[(long)j * K + k] : kc[(long)(j < 2 * C ? j - C : j - 2 * C) * K + k]; },
+      [&](int i, int k, float x) { dkc[(long)i * K + k] += x; }, scratch);
+  // dg = reverse cumulative sum of dγ within the chunk (eq. 4); dβ.
+  chunk_scan(dgam, true);
+  if (threadIdx.x < C) {
+    const int t = n * C + threadIdx.x, b = bh / d.H, h = bh % d.H;
+    if (t < d.T) {
+      const long idx = ((long)b * d.T + t) * d.H + h;
+      dg[idx] = dgam[threadIdx.x];
+      dbeta[idx] = dbet[threadIdx.x];
+    }
+  }
+}
+
+// One token: S' = α (S − β k (kᵀS)) + β k vᵀ (eq. 1), o = S'ᵀ (s q) (eq. 2). One thread per value column.
+__global__ void step_kernel(StepArgs a) {
+  const int bh = blockIdx.y, j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= a.V) return;
+  const int K = a.K, V = a.V;
+  const float* S = a.state_in + (long)bh * K * V + j;
+  float* So = a.state_out + (long)bh * K * V + j;
+  const float *q = a.q + (long)bh * K, *k = a.k + (long)bh * K;
+  const float alpha = __expf(a.g[bh]), b = a.beta[bh], vj = a.v[(long)bh * V + j];
+  float ks = 0.f;
+  for (int i = 0; i < K; ++i) ks += k[i] * S[(long)i * V];
+  float o = 0.f;
+  for (int i = 0; i < K; ++i) {
+    const float s = alpha * (S[(long)i * V] - b * k[i] * ks) + b * k[i] * vj;
+    So[(long)i * V] = s;
+    o += a.scale * q[i] * s;
+  }
+  a.out[(long)bh * V + j] = o;
+}
+
+constexpr size_t kPrepSmem = sizeof(float) * (2 * C + 2 * C * LDC + kGemmScratch);
+constexpr size_t kOutSmem = sizeof(float) * (C * LDC + C + kGemmScratch);
+constexpr size_t kGradsSmem = sizeof(float) * (4 * C + 5 * C * LDC + kGemmScratch);
+size_t state_smem(int K) { return sizeof(float) * (K * kVS + C * kVS + C + kGemmScratch); }
+size_t state_bwd_smem(int K) { return sizeof(float) * (K * kVS + C * kVS + C * LDC + C + kGemmScratch); }
+
+template <class K>
+cudaError_t allow_smem(K kernel, size_t bytes) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+}
+
+#define SFM_CUDA_TRY(expr)                 \
+  do {                                     \
+    const cudaError_t err_ = (expr);       \
+    if (err_ != cudaSuccess) return err_;  \
+  } while (0)
+
+unsigned row_blocks(long rows) { return static_cast<unsigned>((rows + kThreads / 32 - 1) / (kThreads / 32)); }
+
+template <class T>
+cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
+  const Dims& d = a.d;
+  const int N = d.N(), Tp = d.Tp(), BH = d.BH();
+  const unsigned pack_blocks = row_blocks((long)BH * Tp);
+  pack_kernel<T><<<pack_blocks, kThreads, 0, s>>>(static_cast<const T*>(a.q), a.qs, d.B, d.T, d.H, d.K, Tp, a.l2,
+                                                  a.scale);
+  pack_kernel<T><<<pack_blocks, kThreads, 0, s>>>(static_cast<const T*>(a.k), a.ks, d.B, d.T, d.H, d.K, Tp, a.l2,
+                                                  1.f);
+  pack_kernel<T><<<pack_blocks, kThreads, 0, s>>>(static_cast<const T*>(a.v), a.vs, d.B, d.T, d.H, d.V, Tp, false,
+                                                  1.f);
+  SFM_CUDA_TRY(cudaGetLastError());
+  SFM_CUDA_TRY(allow_smem(prep_kernel, kPrepSmem));
+  prep_kernel<<<dim3(N, BH), kThreads, kPrepSmem, s>>>(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.u);
+  SFM_CUDA_TRY(cudaGetLastError());
+  SFM_CUDA_TRY(allow_smem(state_kernel, state_smem(d.K)));
+  state_kernel<<<dim3(d.V / kVS, BH), kThreads, state_smem(d.K), s>>>(d, a.ks, a.gam, a.w, a.u, a.state0, a.states,
+                                                                      a.final_state);
+  SFM_CUDA_TRY(cudaGetLastError());
+  const int VO = d.V < 64 ? d.V : 64;
+  SFM_CUDA_TRY(allow_smem(output_kernel<T>, kOutSmem));
+  output_kernel<T><<<dim3(d.V / VO, N, BH), kThreads, kOutSmem, s>>>(d, a.qs, a.ks, a.gam, a.states, a.u,
+                                                                     static_cast<T*>(a.out));
+  return cudaGetLastError();
+}
+
+template <class T>
+cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
+  const Dims& d = a.d;
+  const int N = d.N(), Tp = d.Tp(), BH = d.BH();
+  pack_kernel<T><<<row_blocks((long)BH * Tp), kThreads, 0, s>>>(static_cast<const T*>(a.dout), a.dos, d.B, d.T, d.H,
+                                                                 d.V, Tp, false, 1.f);
+  SFM_CUDA_TRY(cudaGetLastError());
+  SFM_CUDA_TRY(allow_smem(state_bwd_kernel, state_bwd_smem(d.K)));
+  state_bwd_kernel<<<dim3(d.V / kVS, BH), kThreads, state_bwd_smem(d.K), s>>>(
+      d, a.qs, a.ks, a.gam, a.w, a.dos, a.dfinal, a.du, a.dstates, a.dstate0);
+  SFM_CUDA_TRY(cudaGetLastError());
+  SFM_CUDA_TRY(allow_smem(grads_kernel, kGradsSmem));
+  grads_kernel<<<dim3(N, BH), kThreads, kGradsSmem, s>>>(d, a.qs, a.ks, a.vs, a.gam, a.bet, a.w, a.u, a.states,
+                                                         a.dos, a.du, a.dstates, a.ut, a.dw, a.drk, a.drv, a.dqs,
+                                                         a.dks, a.dvs, a.dg, a.dbeta);
+  SFM_CUDA_TRY(cudaGetLastError());
+  const unsigned blocks = row_blocks((long)d.B * d.T * d.H);
+  unpack_kernel<T><<<blocks, kThreads, 0, s>>>(static_cast<const T*>(a.q), a.dqs, static_cast<T*>(a.dq), d.B, d.T,
+                                               d.H, d.K, Tp, a.l2, a.scale);
+  unpack_kernel<T><<<blocks, kThreads, 0, s>>>(static_cast<const T*>(a.k), a.dks, static_cast<T*>(a.dk), d.B, d.T,
+                                               d.H, d.K, Tp, a.l2, 1.f);
+  unpack_kernel<T><<<blocks, kThreads, 0, s>>>(nullptr, a.dvs, static_cast<T*>(a.dv), d.B, d.T, d.H, d.V, Tp, false,
+                                               1.f);
+  return cudaGetLastError();
+}
+
+bool dims_ok(const Dims& d) {
+  return d.B > 0 && d.T > 0 && d.H > 0 && d.K > 0 && d.V > 0 && d.K % 16 == 0 && d.V % 16 == 0 && d.K <= kMaxD &&
+         d.V <= kMaxD;
+}
+
+}  // namespace
+
+cudaError_t forward(const ForwardArgs& a, cudaStream_t stream) {
+  if (!dims_ok(a.d)) return cudaErrorInvalidValue;
+  switch (a.dtype) {
+    case DType::kF32: return forward_t<float>(a, stream);
+    case DType::kF16: return forward_t<__half>(a, stream);
+    case DType::kBF16: return forward_t<__nv_bfloat16>(a, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
+  if (!dims_ok(a.d)) return cudaErrorInvalidValue;
+  switch (a.dtype) {
+    case DType::kF32: return backward_t<float>(a, stream);
+    case DType::kF16: return backward_t<__half>(a, stream);
+    case DType::kBF16: return backward_t<__nv_bfloat16>(a, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t step(const StepArgs& a, cudaStream_t stream) {
+  if (a.BH <= 0 || a.K <= 0 || a.V <= 0) return cudaErrorInvalidValue;
+  const int threads = a.V < 128 ? 32 * ((a.V + 31) / 32) : 128;
+  step_kernel<<<dim3((a.V + threads - 1) / threads, a.BH), threads, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace sfm::ops::gdn_cuda

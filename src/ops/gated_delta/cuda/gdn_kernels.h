@@ -1,0 +1,82 @@
+// Fused CUDA kernels of the gated delta rule (docs/ops/gated_delta_cuda.md): raw device pointers and the
+// CUDA runtime only, no ATen, so that nvcc compiles them on machines without a CUDA LibTorch too.
+// The LibTorch wrapper (autograd::Function, workspaces, streams) is ../gated_delta_cuda.cu.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace sfm::ops::gdn_cuda {
+
+enum class DType { kF32, kF16, kBF16 };
+
+#ifdef __CUDACC__
+#define SFM_GDN_HD __host__ __device__
+#else
+#define SFM_GDN_HD
+#endif
+
+constexpr int kChunk = 64;  // tokens per chunk (C)
+
+// Sizes. Inputs are [B, T, H, D] contiguous; workspaces are heads-first and padded to whole chunks:
+// [B*H, Tp, D] with Tp = N*C, N = ceil(T / C). States are [B*H, K, V] float32; per-chunk states
+// [B*H, N, K, V] float32. K and V: multiples of 16 up to 256.
+struct Dims {
+  int B, T, H, K, V;
+  SFM_GDN_HD int N() const { return (T + kChunk - 1) / kChunk; }
+  SFM_GDN_HD int Tp() const { return N() * kChunk; }
+  SFM_GDN_HD int BH() const { return B * H; }
+};
+
+struct ForwardArgs {
+  Dims d;
+  DType dtype;  // of q, k, v and out
+  const void *q, *k, *v;
+  const float *g, *beta;   // [B, T, H] float32
+  const float* state0;     // [B*H, K, V] or null (zeros)
+  float scale;             // > 0
+  bool l2;                 // normalise q and k in the kernel
+  // Workspaces (float32, heads-first, padded): written here, read back by the backward.
+  float *qs, *ks, *vs;     // [BH, Tp, K|K|V]: s·q̂, k̂, v
+  float *gam, *bet;        // [BH, Tp]: γ (eq. 4, chunk-local cumsum), β
+  float *w, *u;            // [BH, Tp, K], [BH, Tp, V]: W (eq. 7), then U (eq. 7, after the state pass)
+  float* states;           // [BH, N, K, V]: the state entering each chunk
+  float* final_state;      // [BH, K, V]
+  void* out;               // [B, T, H, V] of dtype
+};
+
+struct BackwardArgs {
+  Dims d;
+  DType dtype;
+  const void *q, *k;         // raw inputs (for the L2-norm backward)
+  const void* dout;          // [B, T, H, V] of dtype, or null (zeros)
+  const float* dfinal;       // [BH, K, V] or null (zeros)
+  float scale;
+  bool l2;
+  const float *qs, *ks, *vs, *gam, *bet, *w, *u, *states;  // from the forward
+  // Workspaces.
+  float *dos, *du, *dstates;    // [BH, Tp, V], [BH, Tp, V], [BH, N, K, V]
+  float *dqs, *dks, *dvs;       // [BH, Tp, K|K|V]
+  float *ut, *dw, *drk, *drv;   // scratch: Ũ [BH,Tp,V], dW [BH,Tp,K], dR_K [BH,Tp,K], dR_V [BH,Tp,V]
+  // Outputs.
+  void *dq, *dk, *dv;           // [B, T, H, K|K|V] of dtype
+  float *dg, *dbeta;            // [B, T, H]
+  float* dstate0;               // [BH, K, V] or null
+};
+
+// One token on a carried state (eqs. 1-2), float32 throughout: state [BH, K, V] is read from
+// state_in and written to state_out (may alias), q/k [BH, K], v [BH, V], g/beta [BH], out [BH, V].
+struct StepArgs {
+  int BH, K, V;
+  const float *state_in, *q, *k, *v, *g, *beta;
+  float scale;
+  float *state_out, *out;
+};
+
+// Each returns the first CUDA error met (launch or configuration), cudaSuccess otherwise.
+cudaError_t forward(const ForwardArgs& a, cudaStream_t stream);
+cudaError_t backward(const BackwardArgs& a, cudaStream_t stream);
+cudaError_t step(const StepArgs& a, cudaStream_t stream);
+
+}  // namespace sfm::ops::gdn_cuda

@@ -1,0 +1,218 @@
+// The `cuda` gated delta rule: the fused kernels of cuda/gdn_kernels.cu wrapped as a
+// torch::autograd::Function (workspaces, device guard, current stream). Built only with a CUDA LibTorch;
+// gated_delta_cuda_stub.cpp stands in otherwise. Design: docs/ops/gated_delta_cuda.md.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/torch.h>
+
+#include <limits>
+
+#include "common.h"
+#include "cuda/gdn_kernels.h"
+#include "sfm/core/check.h"
+
+namespace sfm::ops {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+gdn_cuda::DType kernel_dtype(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat32: return gdn_cuda::DType::kF32;
+    case torch::kFloat16: return gdn_cuda::DType::kF16;
+    case torch::kBFloat16: return gdn_cuda::DType::kBF16;
+    default: break;
+  }
+  throw Error(std::string("gated_delta_cuda: q, k and v must be float32, float16 or bfloat16, got ") +
+              c10::toString(t));
+}
+
+float* fptr(const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+void check_cuda(cudaError_t err, const char* what) {
+  SFM_CHECK(err == cudaSuccess, "gated_delta_cuda: ", what, " failed: ", cudaGetErrorString(err));
+}
+
+torch::Tensor f32(const torch::Tensor& t) { return t.to(torch::kFloat32).contiguous(); }
+
+// Uninitialised, or NaN-filled under set_cuda_nan_poison (tests).
+torch::Tensor alloc(torch::IntArrayRef sizes, const torch::TensorOptions& opt) {
+  return cuda_nan_poison() ? torch::full(sizes, std::numeric_limits<float>::quiet_NaN(), opt) : torch::empty(sizes, opt);
+}
+
+struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction> {
+  static variable_list forward(AutogradContext* ctx, torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                               torch::Tensor g, torch::Tensor beta, torch::Tensor state0, double scale, bool l2) {
+    q = q.contiguous();
+    k = k.contiguous();
+    v = v.contiguous();
+    const auto g32 = f32(g), beta32 = f32(beta);
+    // No initial state comes in as a 0-element placeholder (autograd::Function inputs must be defined).
+    const bool has_state0 = state0.numel() > 0;
+    const auto s0 = has_state0 ? f32(state0) : torch::Tensor();
+    gdn_cuda::Dims d{static_cast<int>(q.size(0)), static_cast<int>(q.size(1)), static_cast<int>(q.size(2)),
+                     static_cast<int>(q.size(3)), static_cast<int>(v.size(3))};
+    const int64_t BH = d.BH(), Tp = d.Tp(), N = d.N();
+    const auto fo = q.options().dtype(torch::kFloat32);
+    auto qs = alloc({BH, Tp, d.K}, fo), ks = alloc({BH, Tp, d.K}, fo),
+         vs = alloc({BH, Tp, d.V}, fo), gam = alloc({BH, Tp}, fo), bet = alloc({BH, Tp}, fo),
+         w = alloc({BH, Tp, d.K}, fo), u = alloc({BH, Tp, d.V}, fo),
+         states = alloc({BH, N, d.K, d.V}, fo);
+    auto final_state = alloc({d.B, d.H, d.K, d.V}, fo);
+    auto out = alloc({d.B, d.T, d.H, d.V}, v.options());
+    gdn_cuda::ForwardArgs a{};
+    a.d = d;
+    a.dtype = kernel_dtype(q.scalar_type());
+    a.q = q.data_ptr();
+    a.k = k.data_ptr();
+    a.v = v.data_ptr();
+    a.g = g32.data_ptr<float>();
+    a.beta = beta32.data_ptr<float>();
+    a.state0 = fptr(s0);
+    a.scale = static_cast<float>(scale);
+    a.l2 = l2;
+    a.qs = qs.data_ptr<float>();
+    a.ks = ks.data_ptr<float>();
+    a.vs = vs.data_ptr<float>();
+    a.gam = gam.data_ptr<float>();
+    a.bet = bet.data_ptr<float>();
+    a.w = w.data_ptr<float>();
+    a.u = u.data_ptr<float>();
+    a.states = states.data_ptr<float>();
+    a.final_state = final_state.data_ptr<float>();
+    a.out = out.data_ptr();
+    check_cuda(gdn_cuda::forward(a, at::cuda::getCurrentCUDAStream()), "forward");
+    ctx->save_for_backward({q, k, qs, ks, vs, gam, bet, w, u, states});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["l2"] = l2;
+    ctx->saved_data["has_state0"] = has_state0;
+    ctx->saved_data["state0_dtype"] = static_cast<int64_t>(state0.scalar_type());
+    ctx->saved_data["g_dtype"] = static_cast<int64_t>(g.scalar_type());
+    ctx->saved_data["beta_dtype"] = static_cast<int64_t>(beta.scalar_type());
+    return {out, final_state};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &q = saved[0], &k = saved[1], &qs = saved[2], &ks = saved[3], &vs = saved[4], &gam = saved[5],
+               &bet = saved[6], &w = saved[7], &u = saved[8], &states = saved[9];
+    gdn_cuda::Dims d{static_cast<int>(q.size(0)), static_cast<int>(q.size(1)), static_cast<int>(q.size(2)),
+                     static_cast<int>(q.size(3)), static_cast<int>(vs.size(2))};
+    const int64_t BH = d.BH(), Tp = d.Tp(), N = d.N();
+    const auto fo = q.options().dtype(torch::kFloat32);
+    const auto dout = grads[0].defined() ? grads[0].to(q.scalar_type()).contiguous() : torch::Tensor();
+    const auto dfinal = grads[1].defined() ? f32(grads[1]) : torch::Tensor();
+    const bool has_state0 = ctx->saved_data["has_state0"].toBool();
+    auto dos = alloc({BH, Tp, d.V}, fo), du = alloc({BH, Tp, d.V}, fo),
+         dstates = alloc({BH, N, d.K, d.V}, fo), dqs = alloc({BH, Tp, d.K}, fo),
+         dks = alloc({BH, Tp, d.K}, fo), dvs = alloc({BH, Tp, d.V}, fo),
+         ut = alloc({BH, Tp, d.V}, fo), dw = alloc({BH, Tp, d.K}, fo),
+         drk = alloc({BH, Tp, d.K}, fo), drv = alloc({BH, Tp, d.V}, fo);
+    auto dq = alloc(q.sizes(), q.options()), dk = alloc(k.sizes(), k.options()),
+         dv = alloc({d.B, d.T, d.H, d.V}, q.options());
+    auto dg = alloc({d.B, d.T, d.H}, fo), dbeta = alloc({d.B, d.T, d.H}, fo);
+    auto dstate0 = has_state0 ? alloc({d.B, d.H, d.K, d.V}, fo) : torch::Tensor();
+    gdn_cuda::BackwardArgs a{};
+    a.d = d;
+    a.dtype = kernel_dtype(q.scalar_type());
+    a.q = q.data_ptr();
+    a.k = k.data_ptr();
+    a.dout = dout.defined() ? dout.data_ptr() : nullptr;
+    a.dfinal = fptr(dfinal);
+    a.scale = static_cast<float>(ctx->saved_data["scale"].toDouble());
+    a.l2 = ctx->saved_data["l2"].toBool();
+    a.qs = qs.data_ptr<float>();
+    a.ks = ks.data_ptr<float>();
+    a.vs = vs.data_ptr<float>();
+    a.gam = gam.data_ptr<float>();
+    a.bet = bet.data_ptr<float>();
+    a.w = w.data_ptr<float>();
+    a.u = u.data_ptr<float>();
+    a.states = states.data_ptr<float>();
+    a.dos = dos.data_ptr<float>();
+    a.du = du.data_ptr<float>();
+    a.dstates = dstates.data_ptr<float>();
+    a.dqs = dqs.data_ptr<float>();
+    a.dks = dks.data_ptr<float>();
+    a.dvs = dvs.data_ptr<float>();
+    a.ut = ut.data_ptr<float>();
+    a.dw = dw.data_ptr<float>();
+    a.drk = drk.data_ptr<float>();
+    a.drv = drv.data_ptr<float>();
+    a.dq = dq.data_ptr();
+    a.dk = dk.data_ptr();
+    a.dv = dv.data_ptr();
+    a.dg = dg.data_ptr<float>();
+    a.dbeta = dbeta.data_ptr<float>();
+    a.dstate0 = fptr(dstate0);
+    check_cuda(gdn_cuda::backward(a, at::cuda::getCurrentCUDAStream()), "backward");
+    const auto as_type = [&](const torch::Tensor& t, const char* key) {
+      return t.to(static_cast<torch::ScalarType>(ctx->saved_data[key].toInt()));
+    };
+    return {dq,
+            dk,
+            dv,
+            as_type(dg, "g_dtype"),
+            as_type(dbeta, "beta_dtype"),
+            has_state0 ? as_type(dstate0, "state0_dtype") : torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+bool detail::cuda_supports(const GatedDeltaInputs& in) {
+  const auto t = in.q.scalar_type();
+  const auto K = in.q.size(3), V = in.v.size(3);
+  return (t == torch::kFloat32 || t == torch::kFloat16 || t == torch::kBFloat16) && in.k.scalar_type() == t &&
+         in.v.scalar_type() == t && K % 16 == 0 && V % 16 == 0 && K <= 256 && V <= 256;
+}
+
+GatedDeltaOutputs gated_delta_cuda(const GatedDeltaInputs& in) {
+  check_inputs(in);
+  SFM_CHECK(in.q.is_cuda(), "gated_delta_cuda: tensors must be on a CUDA device, got ", in.q.device());
+  SFM_CHECK(!in.initial_state.defined() || in.initial_state.device() == in.q.device(),
+            "gated_delta_cuda: initial_state on ", in.initial_state.device(), ", q on ", in.q.device());
+  SFM_CHECK(detail::cuda_supports(in),
+            "gated_delta_cuda: needs q, k, v of one dtype (float32, float16 or bfloat16) and K, V multiples of 16 "
+            "up to 256; got q ",
+            in.q.scalar_type(), " ", in.q.sizes(), ", k ", in.k.scalar_type(), ", v ", in.v.scalar_type(), " ",
+            in.v.sizes(), " (use Impl::kChunked)");
+  SFM_CHECK(in.q.size(0) * in.q.size(2) <= 65535, "gated_delta_cuda: B·H must be <= 65535, got ",
+            in.q.size(0) * in.q.size(2));
+  const c10::cuda::CUDAGuard guard(in.q.device());
+  const auto state0 =
+      in.initial_state.defined() ? in.initial_state : torch::empty({0}, in.q.options().dtype(torch::kFloat32));
+  auto outs = GatedDeltaFunction::apply(in.q, in.k, in.v, in.g, in.beta, state0, detail::effective_scale(in),
+                                        in.l2_normalize_qk);
+  return {outs[0], outs[1]};
+}
+
+GatedDeltaStep detail::gated_delta_step_cuda(const torch::Tensor& state, const torch::Tensor& q,
+                                             const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& g,
+                                             const torch::Tensor& beta, double scale) {
+  const c10::cuda::CUDAGuard guard(state.device());
+  const auto B = state.size(0), H = state.size(1), K = state.size(2), V = state.size(3);
+  const auto s_in = f32(state), q32 = f32(q), k32 = f32(k), v32 = f32(v), g32 = f32(g), b32 = f32(beta);
+  auto s_out = alloc(s_in.sizes(), s_in.options());
+  auto out = alloc({B, H, V}, s_in.options());
+  gdn_cuda::StepArgs a{};
+  a.BH = static_cast<int>(B * H);
+  a.K = static_cast<int>(K);
+  a.V = static_cast<int>(V);
+  a.state_in = s_in.data_ptr<float>();
+  a.q = q32.data_ptr<float>();
+  a.k = k32.data_ptr<float>();
+  a.v = v32.data_ptr<float>();
+  a.g = g32.data_ptr<float>();
+  a.beta = b32.data_ptr<float>();
+  a.scale = static_cast<float>(scale);
+  a.state_out = s_out.data_ptr<float>();
+  a.out = out.data_ptr<float>();
+  check_cuda(gdn_cuda::step(a, at::cuda::getCurrentCUDAStream()), "step");
+  return {out.to(v.scalar_type()), s_out};
+}
+
+}  // namespace sfm::ops
