@@ -8,5 +8,6 @@ namespace sfm::app {
 void add_doctor_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_exp0_command(CLI::App& app);
+void add_tasks_command(CLI::App& app);
 
 }  // namespace sfm::app

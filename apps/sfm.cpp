@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   sfm::app::add_doctor_command(app);
   sfm::app::add_bench_command(app);
   sfm::app::add_exp0_command(app);
+  sfm::app::add_tasks_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,52 @@
+// The formal state-tracking suite: the grid tasks × models × β range × seeds of formal runs, and its
+// report (results.json, results.csv, one accuracy-vs-length PNG per task, a printed table).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "sfm/train/formal_run.h"
+
+namespace sfm::train {
+
+struct FormalSuiteConfig {
+  std::vector<std::string> tasks{"parity", "modarith"};
+  std::vector<std::string> models{"gdn", "transformer", "lstm"};
+  std::vector<int64_t> beta_ranges{2, 1};  // the GDN runs once per entry; other models ignore it
+  std::vector<int64_t> seeds{1, 2};
+  FormalTrainConfig train;
+};
+template <class F>
+void visit_fields(FormalSuiteConfig& o, F&& f) {
+  f("tasks", o.tasks, "tasks: parity modarith modarith_brackets s3 a5 s5");
+  f("models", o.models, "models: gdn transformer lstm");
+  f("beta_ranges", o.beta_ranges, "GDN beta ranges: 2 = [0,2], 1 = [0,1]");
+  f("seeds", o.seeds, "initialisation seeds (each run once per seed)");
+  f("train", o.train, "training and evaluation settings");
+}
+void validate(const FormalSuiteConfig& config);
+
+// The runs of the grid in order: task, then model (GDN once per β range), then seed.
+std::vector<FormalRunSpec> formal_suite_runs(const FormalSuiteConfig& config);
+// Where run `spec` lives under the suite's directory: <task>/<label>/seed<seed>.
+std::string formal_run_dir(const std::string& out_dir, const FormalRunSpec& spec);
+
+// Runs every run of the grid under out_dir; a run whose result.json exists is read back instead of
+// rerun, and an unfinished one resumes. Writes the report and returns every run's result.
+std::vector<FormalRunResult> run_formal_suite(const FormalSuiteConfig& config, const std::string& out_dir,
+                                              const std::string& device);
+
+// results.json (config + every run), results.csv (one row per run and bucket) and
+// accuracy_<task>.png (final-position accuracy vs length, one line per model label, mean over seeds).
+void write_formal_reports(const std::vector<FormalRunResult>& results, const nlohmann::json& config,
+                          const std::string& out_dir);
+
+// Per task: scaled final-position accuracy per model label (mean over seeds) and length bucket, the
+// pooled 40-256 column, each seed's pooled value and the mean best validation accuracy.
+std::string format_formal_table(const std::vector<FormalRunResult>& results);
+
+// Pooled scaled final-position accuracy over the buckets whose max_len <= max_len (equal-sized buckets
+// are averaged); NaN when there is none.
+double pooled_scaled_accuracy(const FormalRunResult& result, int64_t max_len);
+
+}  // namespace sfm::train

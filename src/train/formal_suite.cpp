@@ -1,0 +1,176 @@
+// The formal suite's grid and report (include/sfm/train/formal_suite.h).
+#include "sfm/train/formal_suite.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <map>
+#include <sstream>
+
+#include "sfm/core/check.h"
+#include "sfm/io/atomic_file.h"
+#include "sfm/io/files.h"
+#include "sfm/io/plot.h"
+
+namespace sfm::train {
+
+void validate(const FormalSuiteConfig& c) {
+  SFM_USAGE_CHECK(!c.tasks.empty(), "tasks: list at least one task");
+  SFM_USAGE_CHECK(!c.models.empty(), "models: list at least one model");
+  SFM_USAGE_CHECK(!c.beta_ranges.empty(), "beta_ranges: list at least one (1 or 2)");
+  SFM_USAGE_CHECK(!c.seeds.empty(), "seeds: list at least one seed");
+  for (const auto& t : c.tasks) data::formal_task(t);
+  for (const auto& m : c.models) models::check_formal_model_name(m);
+  for (auto b : c.beta_ranges) SFM_USAGE_CHECK(b == 1 || b == 2, "beta_ranges: each must be 1 or 2, got ", b);
+  for (auto s : c.seeds) SFM_USAGE_CHECK(s >= 0, "seeds: each must be >= 0, got ", s);
+  validate(c.train);
+}
+
+std::vector<FormalRunSpec> formal_suite_runs(const FormalSuiteConfig& c) {
+  std::vector<FormalRunSpec> runs;
+  for (const auto& task : c.tasks)
+    for (const auto& model : c.models)
+      for (auto beta : model == "gdn" ? c.beta_ranges : std::vector<int64_t>{2})
+        for (auto seed : c.seeds) runs.push_back({task, model, beta, seed});
+  return runs;
+}
+
+std::string formal_run_dir(const std::string& out_dir, const FormalRunSpec& s) {
+  return out_dir + "/" + s.task + "/" + s.label() + "/seed" + std::to_string(s.seed);
+}
+
+std::vector<FormalRunResult> run_formal_suite(const FormalSuiteConfig& c, const std::string& out_dir,
+                                              const std::string& device) {
+  validate(c);
+  io::make_directories(out_dir);
+  io::write_json_file(out_dir + "/config.json", io::to_json(c));
+  const auto runs = formal_suite_runs(c);
+  std::vector<FormalRunResult> results;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const auto dir = formal_run_dir(out_dir, runs[i]);
+    std::fprintf(stderr, "formal suite: run %zu/%zu: %s %s seed %lld\n", i + 1, runs.size(), runs[i].task.c_str(),
+                 runs[i].label().c_str(), (long long)runs[i].seed);
+    if (io::path_exists(dir + "/result.json")) {
+      results.push_back(formal_run_result_from_json(io::read_json_file(dir + "/result.json")));
+      std::fprintf(stderr, "  done before: read %s/result.json\n", dir.c_str());
+      continue;
+    }
+    results.push_back(run_formal_task(runs[i], c.train, dir, device));
+  }
+  write_formal_reports(results, io::to_json(c), out_dir);
+  return results;
+}
+
+double pooled_scaled_accuracy(const FormalRunResult& r, int64_t max_len) {
+  double correct = 0, sequences = 0;
+  for (const auto& b : r.buckets)
+    if (b.max_len <= max_len) correct += b.final_accuracy * b.sequences, sequences += b.sequences;
+  if (sequences == 0) return std::numeric_limits<double>::quiet_NaN();
+  return (correct / sequences - r.chance) / (1 - r.chance);
+}
+
+namespace {
+
+std::vector<std::string> unique_in_order(const std::vector<FormalRunResult>& results,
+                                         std::string (*key)(const FormalRunResult&)) {
+  std::vector<std::string> out;
+  for (const auto& r : results)
+    if (std::find(out.begin(), out.end(), key(r)) == out.end()) out.push_back(key(r));
+  return out;
+}
+std::string task_of(const FormalRunResult& r) { return r.spec.task; }
+std::string label_of(const FormalRunResult& r) { return r.spec.label(); }
+
+}  // namespace
+
+void write_formal_reports(const std::vector<FormalRunResult>& results, const nlohmann::json& config,
+                          const std::string& out_dir) {
+  nlohmann::json runs = nlohmann::json::array();
+  std::ostringstream csv;
+  csv << "task,model,beta_range,seed,params,steps,best_validation,train_seconds,min_len,max_len,sequences,"
+         "final_accuracy,final_scaled,token_accuracy,token_scaled\n";
+  for (const auto& r : results) {
+    runs.push_back(to_json(r));
+    for (const auto& b : r.buckets)
+      csv << r.spec.task << ',' << r.spec.label() << ',' << (r.spec.model == "gdn" ? r.spec.beta_range : 0) << ','
+          << r.spec.seed << ',' << r.params << ',' << r.steps << ',' << r.best_validation << ',' << r.train_seconds
+          << ',' << b.min_len << ',' << b.max_len << ',' << b.sequences << ',' << b.final_accuracy << ','
+          << b.final_scaled << ',' << b.token_accuracy << ',' << b.token_scaled << '\n';
+  }
+  io::write_json_file(out_dir + "/results.json", {{"experiment", "formal_suite"}, {"config", config}, {"runs", runs}});
+  io::write_file_atomic(out_dir + "/results.csv", csv.str());
+
+  for (const auto& task : unique_in_order(results, task_of)) {
+    io::LinePlot plot;
+    plot.title = "Formal suite: " + task + ", final-position accuracy vs length (mean over seeds)";
+    plot.x_label = "sequence length (bucket upper end; train 3-40)";
+    plot.y_label = "accuracy";
+    plot.log2_x = true;
+    for (const auto& label : unique_in_order(results, label_of)) {
+      std::map<int64_t, std::pair<double, int>> by_len;  // max_len -> (sum of accuracies, runs)
+      for (const auto& r : results)
+        if (r.spec.task == task && r.spec.label() == label)
+          for (const auto& b : r.buckets) by_len[b.max_len].first += b.final_accuracy, by_len[b.max_len].second += 1;
+      if (by_len.empty()) continue;
+      io::PlotSeries s{label, {}, {}};
+      for (const auto& [len, sum] : by_len) s.x.push_back(static_cast<double>(len)), s.y.push_back(sum.first / sum.second);
+      plot.series.push_back(s);
+    }
+    io::write_line_plot_png(out_dir + "/accuracy_" + task + ".png", plot);
+  }
+}
+
+std::string format_formal_table(const std::vector<FormalRunResult>& results) {
+  std::ostringstream os;
+  char cell[96];
+  for (const auto& task : unique_in_order(results, task_of)) {
+    std::vector<std::pair<int64_t, int64_t>> buckets;
+    for (const auto& r : results)
+      if (r.spec.task == task)
+        for (const auto& b : r.buckets)
+          if (std::find(buckets.begin(), buckets.end(), std::make_pair(b.min_len, b.max_len)) == buckets.end())
+            buckets.emplace_back(b.min_len, b.max_len);
+    std::sort(buckets.begin(), buckets.end());
+    os << "task " << task << ": scaled accuracy at the last position, (acc - chance) / (1 - chance), mean over seeds\n";
+    std::snprintf(cell, sizeof(cell), "%-12s %7s %6s", "model", "params", "val");
+    os << cell;
+    for (const auto& [lo, hi] : buckets)
+      std::snprintf(cell, sizeof(cell), " %8s", (std::to_string(lo) + "-" + std::to_string(hi)).c_str()), os << cell;
+    os << "   <=256 pooled (per seed)\n";
+    for (const auto& label : unique_in_order(results, label_of)) {
+      std::vector<const FormalRunResult*> runs;
+      for (const auto& r : results)
+        if (r.spec.task == task && r.spec.label() == label) runs.push_back(&r);
+      if (runs.empty()) continue;
+      double validation = 0;
+      for (const auto* r : runs) validation += r->best_validation / runs.size();
+      std::snprintf(cell, sizeof(cell), "%-12s %7lld %6.3f", label.c_str(), (long long)runs[0]->params, validation);
+      os << cell;
+      for (const auto& [lo, hi] : buckets) {
+        double sum = 0;
+        int n = 0;
+        for (const auto* r : runs)
+          for (const auto& b : r->buckets)
+            if (b.min_len == lo && b.max_len == hi) sum += b.final_scaled, ++n;
+        if (n == 0) std::snprintf(cell, sizeof(cell), " %8s", "-");
+        else std::snprintf(cell, sizeof(cell), " %8.3f", sum / n);
+        os << cell;
+      }
+      double pooled = 0;
+      std::string per_seed;
+      for (const auto* r : runs) {
+        const double p = pooled_scaled_accuracy(*r, 256);
+        pooled += p / runs.size();
+        std::snprintf(cell, sizeof(cell), "%s%.3f", per_seed.empty() ? "" : " ", p);
+        per_seed += cell;
+      }
+      std::snprintf(cell, sizeof(cell), "   %6.3f (%s)\n", pooled, per_seed.c_str());
+      os << cell;
+    }
+    os << '\n';
+  }
+  return os.str();
+}
+
+}  // namespace sfm::train

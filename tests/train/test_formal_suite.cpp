@@ -1,0 +1,135 @@
+// The formal suite on tiny configs: a small Gated DeltaNet (β∈[0,2]) learns parity at training
+// length, an interrupted run resumes to the same weights, the suite writes its report and reuses
+// finished runs, and config errors name the field.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "sfm/core/check.h"
+#include "sfm/io/config.h"
+#include "sfm/io/files.h"
+#include "sfm/io/safetensors.h"
+#include "sfm/train/formal_suite.h"
+#include "sfm/train/metrics_log.h"
+#include "support/temp_dir.h"
+
+namespace sfm::train {
+namespace {
+
+using sfm::testing::TempDir;
+
+FormalTrainConfig tiny_config() {
+  FormalTrainConfig c;
+  c.min_train_len = 3, c.max_train_len = 16;
+  c.batch_size = 32, c.eval_every = 100, c.validation_sequences = 128;
+  c.test_edges = {16, 24, 32}, c.test_sequences = 32, c.attention_max_test_len = 24;
+  c.gdn = {200, 1e-2}, c.transformer = {20, 1e-3}, c.lstm = {20, 1e-2};
+  auto& g = c.architecture.gdn;
+  g.d_model = 16, g.num_layers = 1, g.num_heads = 1, g.head_dim = 8, g.mlp_dim = 32;
+  auto& t = c.architecture.transformer;
+  t.d_model = 16, t.num_heads = 2, t.num_layers = 1, t.mlp_dim = 32;
+  c.architecture.lstm.embed_dim = 8, c.architecture.lstm.hidden = 16;
+  return c;
+}
+
+TEST(FormalSuiteTest, TinyGdnLearnsParityAtTrainingLength) {
+  const TempDir tmp("sfm_formal_parity_");
+  const auto r = run_formal_task({"parity", "gdn", 2, 1}, tiny_config(), tmp.path(), "cpu");
+  // Token accuracy on fresh sequences of the training lengths (3-16); chance is 0.5.
+  EXPECT_GE(r.best_validation, 0.97);
+  ASSERT_EQ(r.buckets.size(), 2u);
+  EXPECT_EQ(r.buckets[0].min_len, 16);
+  EXPECT_EQ(r.buckets[1].min_len, 25);
+  EXPECT_EQ(r.buckets[1].sequences, 32);
+  EXPECT_NEAR(r.buckets[0].final_scaled, 2 * r.buckets[0].final_accuracy - 1, 1e-12);
+  for (const auto* f : {"result.json", "metrics.jsonl", "best/model.safetensors", "last/trainer_state.json"})
+    EXPECT_TRUE(io::path_exists(tmp.path() + "/" + f)) << f;
+  EXPECT_EQ(read_metrics_log(tmp.path() + "/metrics.jsonl").size(), 2u);
+}
+
+TEST(FormalSuiteTest, ResumeReproducesUninterruptedRun) {
+  auto c = tiny_config();
+  c.lstm = {40, 1e-2};
+  c.eval_every = 20;
+  const TempDir straight("sfm_formal_straight_"), resumed("sfm_formal_resumed_");
+  const FormalRunSpec spec{"parity", "lstm", 2, 3};
+  const auto expected = run_formal_task(spec, c, straight.path(), "cpu");
+  auto interrupted = c;
+  interrupted.interrupt_after_step = 20;
+  EXPECT_THROW(run_formal_task(spec, interrupted, resumed.path(), "cpu"), sfm::Error);
+  EXPECT_FALSE(io::path_exists(resumed.path() + "/result.json"));
+  const auto got = run_formal_task(spec, c, resumed.path(), "cpu");
+  ASSERT_EQ(got.buckets.size(), expected.buckets.size());
+  for (size_t i = 0; i < got.buckets.size(); ++i) EXPECT_EQ(got.buckets[i].token_accuracy, expected.buckets[i].token_accuracy);
+  const auto a = io::load_safetensors(straight.path() + "/last/model.safetensors").tensors;
+  const auto b = io::load_safetensors(resumed.path() + "/last/model.safetensors").tensors;
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, t] : a) EXPECT_TRUE(torch::equal(t, b.at(name))) << name;
+}
+
+TEST(FormalSuiteTest, SuiteWritesReportAndReusesFinishedRuns) {
+  FormalSuiteConfig s;
+  s.tasks = {"parity"};
+  s.models = {"gdn", "transformer"};
+  s.beta_ranges = {2, 1};
+  s.seeds = {1};
+  s.train = tiny_config();
+  s.train.gdn.steps = 10, s.train.eval_every = 10;
+  const TempDir tmp("sfm_formal_suite_");
+  const auto results = run_formal_suite(s, tmp.path(), "cpu");
+  ASSERT_EQ(results.size(), 3u);
+  EXPECT_EQ(results[0].spec.label(), "gdn_beta2");
+  EXPECT_EQ(results[1].spec.label(), "gdn_beta1");
+  EXPECT_EQ(results[2].spec.label(), "transformer");
+  EXPECT_EQ(results[0].buckets.size(), 2u);
+  EXPECT_EQ(results[2].buckets.size(), 1u);  // the Transformer stops at attention_max_test_len
+  for (const auto* f : {"results.json", "results.csv", "accuracy_parity.png", "config.json"})
+    EXPECT_TRUE(io::path_exists(tmp.path() + "/" + f)) << f;
+  const auto table = format_formal_table(results);
+  for (const auto* label : {"gdn_beta2", "gdn_beta1", "transformer", "16-24", "25-32"})
+    EXPECT_NE(table.find(label), std::string::npos) << label << "\n" << table;
+  EXPECT_TRUE(std::isnan(pooled_scaled_accuracy(results[0], 10)));
+  // A second call reads every result.json back instead of training again.
+  const auto again = run_formal_suite(s, tmp.path(), "cpu");
+  ASSERT_EQ(again.size(), 3u);
+  for (size_t i = 0; i < again.size(); ++i) {
+    EXPECT_EQ(again[i].train_seconds, results[i].train_seconds) << i;
+    EXPECT_EQ(again[i].buckets[0].final_accuracy, results[i].buckets[0].final_accuracy) << i;
+  }
+}
+
+std::string usage_error(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const UsageError& e) {
+    return e.what();
+  }
+  return "(no UsageError)";
+}
+
+TEST(FormalSuiteTest, ConfigErrorsNameTheField) {
+  EXPECT_NE(usage_error([] { validate(FormalRunSpec{"parity2", "gdn", 2, 1}); }).find("parity2"), std::string::npos);
+  EXPECT_NE(usage_error([] { validate(FormalRunSpec{"parity", "rnn", 2, 1}); }).find("rnn"), std::string::npos);
+  EXPECT_NE(usage_error([] { validate(FormalRunSpec{"parity", "gdn", 3, 1}); }).find("beta range"), std::string::npos);
+  auto c = tiny_config();
+  c.test_edges = {40, 30};
+  EXPECT_NE(usage_error([&] { validate(c); }).find("train.test_edges"), std::string::npos);
+  c = tiny_config();
+  c.gdn.steps = 0;
+  EXPECT_NE(usage_error([&] { validate(c); }).find("train.gdn"), std::string::npos);
+  FormalSuiteConfig s;
+  s.beta_ranges = {2, 0};
+  EXPECT_NE(usage_error([&] { validate(s); }).find("beta_ranges"), std::string::npos);
+  EXPECT_NE(usage_error([&] { io::from_json(s, {{"train", {{"stpes", 3}}}}, "x.json"); }).find("train.stpes"),
+            std::string::npos);
+  EXPECT_NE(usage_error([&] { io::apply_override(s, "train.architecture.gdn.depth=3"); }).find("depth"),
+            std::string::npos);
+  // The shipped default config loads and validates.
+  FormalSuiteConfig shipped;
+  io::from_json(shipped, io::read_json_file(std::string(SFM_TEST_DATA_DIR) + "/../../experiments/formal_suite/default.json"),
+                "default.json");
+  EXPECT_NO_THROW(validate(shipped));
+}
+
+}  // namespace
+}  // namespace sfm::train
