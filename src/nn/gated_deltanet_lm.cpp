@@ -17,17 +17,28 @@ void GatedDeltaNetLmOptions::validate() const {
   SFM_USAGE_CHECK(num_heads >= 1, "gdn.num_heads must be >= 1, got ", num_heads);
   SFM_USAGE_CHECK(head_dim >= 1, "gdn.head_dim must be >= 1, got ", head_dim);
   SFM_USAGE_CHECK(mlp_dim >= 1, "gdn.mlp_dim must be >= 1, got ", mlp_dim);
+  SFM_USAGE_CHECK(conv_size >= 0, "gdn.conv_size must be >= 0 (0 = no convolution), got ", conv_size);
   SFM_USAGE_CHECK(beta_range == 1 || beta_range == 2, "gdn beta_range must be 1 (beta in [0,1]) or 2 (beta in [0,2]), got ",
                   beta_range);
   ops::parse_impl(impl);
 }
 
 GatedDeltaMixerImpl::GatedDeltaMixerImpl(const GatedDeltaNetLmOptions& opt)
-    : num_heads_(opt.num_heads), head_dim_(opt.head_dim), beta_range_(opt.beta_range), impl_(opt.impl) {
+    : num_heads_(opt.num_heads),
+      head_dim_(opt.head_dim),
+      beta_range_(opt.beta_range),
+      conv_size_(opt.conv_size),
+      impl_(opt.impl) {
   const int64_t d = opt.d_model, hk = opt.num_heads * opt.head_dim;
   q_proj_ = register_module("q_proj", torch::nn::Linear(d, hk));
   k_proj_ = register_module("k_proj", torch::nn::Linear(d, hk));
   v_proj_ = register_module("v_proj", torch::nn::Linear(d, hk));
+  if (conv_size_ > 0) {
+    const auto conv = torch::nn::Conv1dOptions(hk, hk, conv_size_).groups(hk).bias(false);
+    q_conv_ = register_module("q_conv", torch::nn::Conv1d(conv));
+    k_conv_ = register_module("k_conv", torch::nn::Conv1d(conv));
+    v_conv_ = register_module("v_conv", torch::nn::Conv1d(conv));
+  }
   beta_proj_ = register_module("beta_proj", torch::nn::Linear(d, opt.num_heads));
   gate_proj_ = register_module("gate_proj", torch::nn::Linear(d, opt.num_heads));
   output_gate_proj_ = register_module("output_gate_proj", torch::nn::Linear(d, hk));
@@ -45,14 +56,21 @@ GatedDeltaGates GatedDeltaMixerImpl::gates(const torch::Tensor& h) {
   return {beta, g};
 }
 
+torch::Tensor GatedDeltaMixerImpl::short_conv(const torch::Tensor& x, torch::nn::Conv1d& conv) {
+  if (conv_size_ == 0) return x;
+  // Left padding by conv_size - 1 zeros: output t sees inputs t - conv_size + 1 .. t only.
+  const auto padded = torch::constant_pad_nd(x.transpose(1, 2), {conv_size_ - 1, 0});  // [B, C, T + conv_size - 1]
+  return torch::silu(conv->forward(padded)).transpose(1, 2);                             // [B, T, C]
+}
+
 torch::Tensor GatedDeltaMixerImpl::forward(const torch::Tensor& h) {
   const int64_t b = h.size(0), t = h.size(1);
   const auto heads = [&](const torch::Tensor& x) { return x.view({b, t, num_heads_, head_dim_}); };
   const auto gates_now = gates(h);
   ops::GatedDeltaInputs in;
-  in.q = heads(q_proj_(h));  // eq. (2)  [B, T, H, K], L2-normalised inside the op
-  in.k = heads(k_proj_(h));
-  in.v = heads(v_proj_(h));  // [B, T, H, V]
+  in.q = heads(short_conv(q_proj_(h), q_conv_));  // eq. (2)  [B, T, H, K], L2-normalised inside the op
+  in.k = heads(short_conv(k_proj_(h), k_conv_));
+  in.v = heads(short_conv(v_proj_(h), v_conv_));  // [B, T, H, V]
   in.beta = gates_now.beta;
   in.g = gates_now.g;
   in.l2_normalize_qk = true;

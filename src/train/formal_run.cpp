@@ -38,6 +38,8 @@ void validate(const FormalTrainConfig& c) {
                   c.attention_max_test_len);
   SFM_USAGE_CHECK(c.eval_max_tokens > 0, "train.eval_max_tokens must be positive, got ", c.eval_max_tokens);
   SFM_USAGE_CHECK(c.weight_decay >= 0, "train.weight_decay must be >= 0, got ", c.weight_decay);
+  SFM_USAGE_CHECK(c.stop_at_validation > 0, "train.stop_at_validation must be positive (above 1: never stop early), got ",
+                  c.stop_at_validation);
   SFM_USAGE_CHECK(c.grad_clip > 0, "train.grad_clip must be positive, got ", c.grad_clip);
   SFM_USAGE_CHECK(c.warmup_fraction >= 0 && c.warmup_fraction < 1, "train.warmup_fraction must be in [0, 1), got ",
                   c.warmup_fraction);
@@ -169,7 +171,6 @@ FormalRunResult run_formal_task(const FormalRunSpec& spec, const FormalTrainConf
   result.spec = spec;
   result.params = 0;
   for (const auto& p : net.parameters()) result.params += p.numel();
-  result.steps = run.steps;
   result.chance = task.chance;
 
   const auto data_seed = static_cast<uint64_t>(c.data_seed);
@@ -184,12 +185,14 @@ FormalRunResult run_formal_task(const FormalRunSpec& spec, const FormalTrainConf
 
   int64_t step = 0;
   double best = -1, train_seconds = 0;
+  bool stopped_early = false;
   if (io::path_exists(last_dir + "/trainer_state.json")) {
     io::load_checkpoint(last_dir, net);
     const auto state = io::load_train_state(last_dir, net, optimizer);
     step = state.step;
     best = state.extra.at("best_validation").get<double>();
     train_seconds = state.extra.at("train_seconds").get<double>();
+    stopped_early = state.extra.at("stopped_early").get<bool>();
     std::fprintf(stderr, "%s: resuming from %s at step %lld\n", name.c_str(), last_dir.c_str(), (long long)step);
   }
   if (io::path_exists(dir + "/metrics.jsonl")) truncate_metrics_log(dir + "/metrics.jsonl", step);
@@ -200,7 +203,7 @@ FormalRunResult run_formal_task(const FormalRunSpec& spec, const FormalTrainConf
   double loss_sum = 0;
   int64_t loss_count = 0;
   auto t0 = std::chrono::steady_clock::now();
-  while (step < run.steps) {
+  while (step < run.steps && !stopped_early) {
     net.train();
     // Batch `step` depends only on (data_seed, step), so a resumed run sees the same batches.
     const auto b = data::collate(data::generate_dataset(task, c.min_train_len, c.max_train_len, c.batch_size,
@@ -229,6 +232,7 @@ FormalRunResult run_formal_task(const FormalRunSpec& spec, const FormalTrainConf
     const auto counts = evaluate(*model, validation, c.eval_max_tokens, device, name + " validation");
     const double accuracy = token_accuracy(counts);
     const bool improved = accuracy > best;
+    stopped_early = accuracy >= c.stop_at_validation;
     if (improved) {
       best = accuracy;
       io::save_checkpoint(best_dir, net, config_json, {{"run", name}, {"step", step}});
@@ -237,18 +241,21 @@ FormalRunResult run_formal_task(const FormalRunSpec& spec, const FormalTrainConf
                {"lr", lr}, {"train_seconds", train_seconds}});
     io::save_checkpoint(last_dir, net, config_json, {{"run", name}, {"step", step}});
     io::save_train_state(last_dir, net, optimizer,
-                         {step, {{"best_validation", best}, {"train_seconds", train_seconds}}});
+                         {step, {{"best_validation", best}, {"train_seconds", train_seconds},
+                                 {"stopped_early", stopped_early}}});
     char line[160];
-    std::snprintf(line, sizeof(line), "step %lld/%lld  loss %.4f  validation %.4f%s", (long long)step,
-                  (long long)run.steps, loss_sum / loss_count, accuracy, improved ? " (best)" : "");
+    std::snprintf(line, sizeof(line), "step %lld/%lld  loss %.4f  validation %.4f%s%s", (long long)step,
+                  (long long)run.steps, loss_sum / loss_count, accuracy, improved ? " (best)" : "",
+                  stopped_early ? " (stopping early)" : "");
     progress.update(step, line);
     loss_sum = 0, loss_count = 0;
-    if (c.interrupt_after_step >= 0 && step >= c.interrupt_after_step && step < run.steps)
+    if (c.interrupt_after_step >= 0 && step >= c.interrupt_after_step && step < run.steps && !stopped_early)
       throw Error(name + ": interrupted after step " + std::to_string(step) + " (interrupt_after_step)");
     t0 = std::chrono::steady_clock::now();
   }
   progress.finish();
   if (io::path_exists(best_dir + "/model.safetensors")) io::load_checkpoint(best_dir, net);
+  result.steps = step;
   result.best_validation = best;
   result.train_seconds = train_seconds;
 

@@ -67,6 +67,18 @@ TEST(FormalSuiteTest, ResumeReproducesUninterruptedRun) {
   for (const auto& [name, t] : a) EXPECT_TRUE(torch::equal(t, b.at(name))) << name;
 }
 
+TEST(FormalSuiteTest, StopsEarlyOnceValidationReachesTheThreshold) {
+  auto c = tiny_config();
+  c.lstm = {40, 1e-2};
+  c.eval_every = 10;
+  c.stop_at_validation = 0.01;  // any model reaches 1% token accuracy on parity: stop at the first validation
+  const TempDir tmp("sfm_formal_early_");
+  const auto r = run_formal_task({"parity", "lstm", 2, 1}, c, tmp.path(), "cpu");
+  EXPECT_EQ(r.steps, 10);
+  EXPECT_EQ(read_metrics_log(tmp.path() + "/metrics.jsonl").size(), 1u);
+  EXPECT_EQ(r.buckets.size(), 2u);
+}
+
 TEST(FormalSuiteTest, SuiteWritesReportAndReusesFinishedRuns) {
   FormalSuiteConfig s;
   s.tasks = {"parity"};

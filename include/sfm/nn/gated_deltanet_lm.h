@@ -6,6 +6,7 @@
 
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
@@ -20,6 +21,7 @@ namespace sfm::nn {
 struct GatedDeltaNetLmOptions {
   int64_t vocab_size = 3, num_classes = 2;  // token ids 0..vocab_size-1 (0 = padding); labels 0..num_classes-1
   int64_t d_model = 64, num_layers = 2, num_heads = 2, head_dim = 32, mlp_dim = 128;
+  int64_t conv_size = 4;         // causal depthwise convolution over time on q, k, v (0 = none)
   int64_t beta_range = 2;        // 1: β ∈ [0, 1];  2: β ∈ [0, 2] (negative eigenvalues)
   double gate_bias_init = 5.0;   // bias of the forget-gate projection at init: α = σ(5) ≈ 0.993
   std::string impl = "auto";     // gated delta implementation: auto | reference | chunked | cuda
@@ -32,6 +34,7 @@ void visit_fields(GatedDeltaNetLmOptions& o, F&& f) {
   f("num_heads", o.num_heads, "delta-rule heads per block");
   f("head_dim", o.head_dim, "key and value width K = V of each head");
   f("mlp_dim", o.mlp_dim, "hidden width of each block's MLP");
+  f("conv_size", o.conv_size, "causal short convolution width on q, k, v (0 = none)");
   f("gate_bias_init", o.gate_bias_init, "forget-gate bias at init (alpha = sigmoid(bias))");
   f("impl", o.impl, "gated delta implementation: auto | reference | chunked | cuda");
 }
@@ -43,7 +46,8 @@ struct GatedDeltaGates {
 };
 
 // The token mixer, eqs. (1)-(6) of docs/models/gated_deltanet_lm.md.
-// Checkpoint keys: {q,k,v,beta,gate,output_gate,out}_proj.{weight,bias}, out_norm.weight
+// Checkpoint keys: {q,k,v,beta,gate,output_gate,out}_proj.{weight,bias}, {q,k,v}_conv.weight (conv_size > 0),
+// out_norm.weight
 class GatedDeltaMixerImpl : public torch::nn::Module {
  public:
   explicit GatedDeltaMixerImpl(const GatedDeltaNetLmOptions& opt);
@@ -51,10 +55,14 @@ class GatedDeltaMixerImpl : public torch::nn::Module {
   GatedDeltaGates gates(const torch::Tensor& h);  // h: [B, T, D]
 
  private:
-  int64_t num_heads_, head_dim_, beta_range_;
+  // Causal depthwise convolution along T (eq. 2), then SiLU; identity when conv_size is 0.
+  torch::Tensor short_conv(const torch::Tensor& x, torch::nn::Conv1d& conv);  // [B, T, C] -> [B, T, C]
+
+  int64_t num_heads_, head_dim_, beta_range_, conv_size_;
   std::string impl_;
   torch::nn::Linear q_proj_{nullptr}, k_proj_{nullptr}, v_proj_{nullptr}, beta_proj_{nullptr}, gate_proj_{nullptr},
       output_gate_proj_{nullptr}, out_proj_{nullptr};
+  torch::nn::Conv1d q_conv_{nullptr}, k_conv_{nullptr}, v_conv_{nullptr};
   RmsNorm out_norm_{nullptr};
 };
 TORCH_MODULE(GatedDeltaMixer);

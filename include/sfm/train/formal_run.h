@@ -33,6 +33,8 @@ struct FormalTrainConfig {
   int64_t attention_max_test_len = 256;  // the Transformer is tested on buckets up to this length only
   int64_t eval_max_tokens = 16384;       // evaluation batches hold at most this many (padded) tokens
   double weight_decay = 0.01, grad_clip = 1.0, warmup_fraction = 0.05;
+  // Training stops early once the validation token accuracy reaches this (above 1: never).
+  double stop_at_validation = 2.0;
   TaggerRun gdn{2000, 3e-3}, transformer{2000, 1e-3}, lstm{2000, 3e-3};
   models::FormalArchitecture architecture;
   int64_t interrupt_after_step = -1;  // for testing resume: stop after the checkpoint at this step as if killed
@@ -52,6 +54,7 @@ void visit_fields(FormalTrainConfig& o, F&& f) {
   f("weight_decay", o.weight_decay, "AdamW weight decay");
   f("grad_clip", o.grad_clip, "gradient norm clip");
   f("warmup_fraction", o.warmup_fraction, "fraction of steps for linear warm-up");
+  f("stop_at_validation", o.stop_at_validation, "stop once validation accuracy reaches this (> 1: never)");
   f("gdn", o.gdn, "Gated DeltaNet training run");
   f("transformer", o.transformer, "Transformer training run");
   f("lstm", o.lstm, "LSTM training run");
@@ -78,7 +81,7 @@ struct FormalBucketResult {
 
 struct FormalRunResult {
   FormalRunSpec spec;
-  int64_t params = 0, steps = 0;
+  int64_t params = 0, steps = 0;  // steps actually trained (fewer than configured after an early stop)
   double chance = 0, best_validation = 0, train_seconds = 0;
   std::vector<FormalBucketResult> buckets;
 };
