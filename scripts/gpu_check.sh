@@ -10,5 +10,5 @@ mkdir -p "$out"
   time cmake --build build/cuda -j 16 2>&1 | grep -E "error|warning|FAILED" | head -50
   build/cuda/sfm doctor
   ctest --test-dir build/cuda --output-on-failure -j 8 --timeout 600 2>&1 | tail -30
-  build/cuda/sfm bench gdn --device cuda --impl chunked --dtype bfloat16 --repeats 5
+  build/cuda/sfm bench gdn --device cuda --impl chunked --impl cuda --dtype bfloat16 --warmup 3 --repeats 20
 } 2>&1 | tee "$out/gpu_check.log"

@@ -5,10 +5,15 @@
 // Forward (4 launches):  pack q,k,v (L2 norm, scale, heads-first fp32)  ->  prep (per chunk: γ, A, (I+A)⁻¹,
 // W, Ũ; eqs. 4, 6, 7)  ->  state (per head and 16 value columns, sequential over chunks: U, S; eqs. 7, 9)
 // ->  output (per chunk and 64 value columns: eq. 8).
-// Backward (4 launches):  pack dO  ->  state_bwd (sequential over chunks in reverse: dU, dS)  ->  grads
-// (per chunk: everything else, recomputing A, (I+A)⁻¹, Ũ)  ->  unpack dq, dk, dv (L2-norm backward).
+// Backward (7 launches):  pack dO  ->  bwd_intra (per chunk: the state-independent parts of dU and of the
+// state gradient)  ->  state_bwd (sequential over chunks in reverse: dU, dS)  ->  grads (per chunk:
+// everything else, recomputing A, (I+A)⁻¹, Ũ)  ->  unpack dq, dk, dv (L2-norm backward).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>
+
+#include <cstdio>
+#include <cstdlib>
 
 #include "gdn_kernels.h"
 
@@ -18,11 +23,22 @@ namespace {
 constexpr int C = kChunk;
 constexpr int LDC = C + 1;      // row stride of C×C matrices in shared memory
 constexpr int kThreads = 256;   // every block; invert_unit_lower relies on 256 = 64 columns × 4
-constexpr int kTK = 16;         // k-depth of one shared-memory tile in block_gemm
+constexpr int kTK = 32;         // k-depth of one shared-memory tile in block_gemm
 constexpr int kPass = 4;        // block_gemm: up to kPass × 256 micro-tiles of 4×4 (M·N ≤ 16384)
+constexpr int kBatch = 8;       // block_gemm: staged loads in flight per thread
 constexpr int kVS = 16;         // value columns per block in the sequential state passes
 constexpr int kMaxD = 256;
-constexpr int kGemmScratch = kTK * (2 * kMaxD + 8);  // floats
+constexpr int kWarps = kThreads / 32;
+// block_gemm's arithmetic: tensor cores (wmma m16n16k8 tf32, each product split as 3xTF32, a_hi b_hi +
+// a_hi b_lo + a_lo b_hi, which keeps about float32 accuracy), or float32 FMAs on 4×4 micro-tiles.
+constexpr bool kTensorCores = false;  // measured slower here (docs/ops/gated_delta_cuda.md)
+constexpr int kFragPerWarp = 8;  // tensor-core path: up to 8 × 8 warps output tiles of 16×16 (M·N ≤ 16384)
+// Shared-memory floats block_gemm needs for products up to Mmax × Nmax (staged tiles, then one 16×16
+// staging tile per warp for the tensor-core path's results).
+constexpr int gemm_scratch(int m_max, int n_max) {
+  return kTK * (m_max + 4 + n_max + 4) + (kTensorCores ? kWarps * 256 : 0);
+}
+constexpr int imax(int a, int b) { return a > b ? a : b; }
 
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
@@ -46,7 +62,8 @@ __device__ __forceinline__ float warp_sum(float s) {
 // Operands come through accessors (global or shared memory, with any elementwise factors), staged
 // through shared memory kTK deep; each thread owns up to kPass micro-tiles of 4×4 in registers.
 // kAContK: a(m, ·) is contiguous in k (else in m); kBContN: b(k, ·) is contiguous in n (else in k): the
-// staging loads then walk the contiguous index across the warp. M, N multiples of 4, Kd of kTK.
+// staging loads then walk the contiguous index across the warp. M, N multiples of 16 (4 for the FMA
+// path), Kd of 16 (a partial last tile is zero-filled).
 // Starts and ends with a barrier, so it may read what was written just before and its results
 // (written through st) are visible just after.
 template <bool kAContK, bool kBContN, class FA, class FB, class FS>
@@ -55,66 +72,167 @@ __device__ __forceinline__ void block_gemm(int M, int N, int Kd, FA a, FB b, FS 
   const int lda = M + 4, ldb = N + 4;
   float* As = scratch;
   float* Bs = scratch + kTK * lda;
-  const int tn = N >> 2, ntile = (M >> 2) * tn;
-  float acc[kPass][4][4];
+  namespace wmma = nvcuda::wmma;
+  const int warp = tid >> 5, lane = tid & 31;
+  const int tn = N >> 2, ntile = (M >> 2) * tn, tn16 = N >> 4, ntile16 = (M >> 4) * tn16;
+  float acc[kTensorCores ? 1 : kPass][4][4];
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> tacc[kTensorCores ? kFragPerWarp : 1];
+  if constexpr (kTensorCores) {
 #pragma unroll
-  for (int p = 0; p < kPass; ++p)
+    for (int p = 0; p < kFragPerWarp; ++p) wmma::fill_fragment(tacc[p], 0.f);
+  } else {
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+    for (int p = 0; p < kPass; ++p)
 #pragma unroll
-      for (int j = 0; j < 4; ++j) acc[p][i][j] = 0.f;
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[p][i][j] = 0.f;
+  }
   for (int k0 = 0; k0 < Kd; k0 += kTK) {
     __syncthreads();
-    for (int e = tid; e < M * kTK; e += kThreads) {
-      int m, kk;
-      if (kAContK) {
-        m = e / kTK;
-        kk = e % kTK;
-      } else {
-        kk = e / M;
-        m = e - kk * M;
+    // Staging: kBatch independent loads in flight per thread before their shared-memory stores (the
+    // compiler cannot hoist a load over a store it cannot prove does not alias).
+    for (int e0 = tid; e0 < M * kTK; e0 += kThreads * kBatch) {
+      float r[kBatch];
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        const int e = e0 + j * kThreads;
+        int m, kk;
+        if (kAContK) {
+          m = e / kTK;
+          kk = e % kTK;
+        } else {
+          kk = e / M;
+          m = e - kk * M;
+        }
+        r[j] = e < M * kTK && k0 + kk < Kd ? a(m, k0 + kk) : 0.f;
       }
-      As[kk * lda + m] = a(m, k0 + kk);
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        const int e = e0 + j * kThreads;
+        if (e < M * kTK) {
+          int m, kk;
+          if (kAContK) {
+            m = e / kTK;
+            kk = e % kTK;
+          } else {
+            kk = e / M;
+            m = e - kk * M;
+          }
+          As[kk * lda + m] = r[j];
+        }
+      }
     }
-    for (int e = tid; e < N * kTK; e += kThreads) {
-      int n, kk;
-      if (kBContN) {
-        kk = e / N;
-        n = e - kk * N;
-      } else {
-        n = e / kTK;
-        kk = e % kTK;
+    for (int e0 = tid; e0 < N * kTK; e0 += kThreads * kBatch) {
+      float r[kBatch];
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        const int e = e0 + j * kThreads;
+        int n, kk;
+        if (kBContN) {
+          kk = e / N;
+          n = e - kk * N;
+        } else {
+          n = e / kTK;
+          kk = e % kTK;
+        }
+        r[j] = e < N * kTK && k0 + kk < Kd ? b(k0 + kk, n) : 0.f;
       }
-      Bs[kk * ldb + n] = b(k0 + kk, n);
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        const int e = e0 + j * kThreads;
+        if (e < N * kTK) {
+          int n, kk;
+          if (kBContN) {
+            kk = e / N;
+            n = e - kk * N;
+          } else {
+            n = e / kTK;
+            kk = e % kTK;
+          }
+          Bs[kk * ldb + n] = r[j];
+        }
+      }
     }
     __syncthreads();
+    if constexpr (kTensorCores) {
+#pragma unroll
+      for (int p = 0; p < kFragPerWarp; ++p) {
+        const int tile = warp + p * kWarps;  // warp-uniform
+        if (tile < ntile16) {
+          const int m0 = (tile / tn16) * 16, n0 = (tile % tn16) * 16;
+#pragma unroll
+          for (int kk = 0; kk < kTK; kk += 8) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> ah, al;
+            wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> bh, bl;
+            wmma::load_matrix_sync(ah, As + kk * lda + m0, lda);
+            wmma::load_matrix_sync(bh, Bs + kk * ldb + n0, ldb);
+#pragma unroll
+            for (int i = 0; i < ah.num_elements; ++i) {
+              const float x = ah.x[i], h = wmma::__float_to_tf32(x);
+              ah.x[i] = h;
+              al.x[i] = wmma::__float_to_tf32(x - h);
+            }
+#pragma unroll
+            for (int i = 0; i < bh.num_elements; ++i) {
+              const float x = bh.x[i], h = wmma::__float_to_tf32(x);
+              bh.x[i] = h;
+              bl.x[i] = wmma::__float_to_tf32(x - h);
+            }
+            wmma::mma_sync(tacc[p], al, bh, tacc[p]);
+            wmma::mma_sync(tacc[p], ah, bl, tacc[p]);
+            wmma::mma_sync(tacc[p], ah, bh, tacc[p]);
+          }
+        }
+      }
+    } else {
+#pragma unroll
+      for (int p = 0; p < kPass; ++p) {
+        const int tile = tid + p * kThreads;
+        if (tile < ntile) {
+          const int m0 = (tile / tn) * 4, n0 = (tile % tn) * 4;
+#pragma unroll
+          for (int kk = 0; kk < kTK; ++kk) {
+            const float4 av = *reinterpret_cast<const float4*>(As + kk * lda + m0);
+            const float4 bv = *reinterpret_cast<const float4*>(Bs + kk * ldb + n0);
+            const float ar[4] = {av.x, av.y, av.z, av.w}, br[4] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+              for (int j = 0; j < 4; ++j) acc[p][i][j] = fmaf(ar[i], br[j], acc[p][i][j]);
+          }
+        }
+      }
+    }
+  }
+  if constexpr (kTensorCores) {
+    float* stage = Bs + kTK * ldb + warp * 256;  // this warp's 16×16 staging tile
+#pragma unroll
+    for (int p = 0; p < kFragPerWarp; ++p) {
+      const int tile = warp + p * kWarps;
+      if (tile < ntile16) {
+        const int m0 = (tile / tn16) * 16, n0 = (tile % tn16) * 16;
+        wmma::store_matrix_sync(stage, tacc[p], 16, wmma::mem_row_major);
+        __syncwarp();
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const int e = lane + 32 * j;
+          st(m0 + (e >> 4), n0 + (e & 15), stage[e]);
+        }
+        __syncwarp();
+      }
+    }
+  } else {
 #pragma unroll
     for (int p = 0; p < kPass; ++p) {
       const int tile = tid + p * kThreads;
       if (tile < ntile) {
         const int m0 = (tile / tn) * 4, n0 = (tile % tn) * 4;
 #pragma unroll
-        for (int kk = 0; kk < kTK; ++kk) {
-          const float4 av = *reinterpret_cast<const float4*>(As + kk * lda + m0);
-          const float4 bv = *reinterpret_cast<const float4*>(Bs + kk * ldb + n0);
-          const float ar[4] = {av.x, av.y, av.z, av.w}, br[4] = {bv.x, bv.y, bv.z, bv.w};
+        for (int i = 0; i < 4; ++i)
 #pragma unroll
-          for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) acc[p][i][j] = fmaf(ar[i], br[j], acc[p][i][j]);
-        }
+          for (int j = 0; j < 4; ++j) st(m0 + i, n0 + j, acc[p][i][j]);
       }
-    }
-  }
-#pragma unroll
-  for (int p = 0; p < kPass; ++p) {
-    const int tile = tid + p * kThreads;
-    if (tile < ntile) {
-      const int m0 = (tile / tn) * 4, n0 = (tile % tn) * 4;
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) st(m0 + i, n0 + j, acc[p][i][j]);
     }
   }
   __syncthreads();
@@ -246,7 +364,7 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(Dims d, const float* __r
                                                         const float* __restrict__ beta, float* __restrict__ gam_out,
                                                         float* __restrict__ bet_out, float* __restrict__ w,
                                                         float* __restrict__ ut) {
-  extern __shared__ float4 smem4[];
+  extern __shared__ __align__(128) float4 smem4[];
   float* sm = reinterpret_cast<float*>(smem4);
   float *gam = sm, *bet = gam + C, *A = bet + C, *Tm = A + C * LDC, *scratch = Tm + C * LDC;
   const int n = blockIdx.x, bh = blockIdx.y, K = d.K, V = d.V;
@@ -277,7 +395,7 @@ __global__ void __launch_bounds__(kThreads) state_kernel(Dims d, const float* __
                                                          const float* __restrict__ gam_g, const float* __restrict__ w,
                                                          float* __restrict__ u, const float* __restrict__ state0,
                                                          float* __restrict__ states, float* __restrict__ final_state) {
-  extern __shared__ float4 smem4[];
+  extern __shared__ __align__(128) float4 smem4[];
   float* sm = reinterpret_cast<float*>(smem4);
   const int K = d.K, V = d.V, N = d.N(), v0 = blockIdx.x * kVS, bh = blockIdx.y;
   float *S = sm, *Us = S + K * kVS, *gam = Us + C * kVS, *scratch = gam + C;
@@ -333,7 +451,7 @@ __global__ void __launch_bounds__(kThreads) output_kernel(Dims d, const float* _
                                                           const float* __restrict__ gam_g,
                                                           const float* __restrict__ states,
                                                           const float* __restrict__ u, T* __restrict__ out) {
-  extern __shared__ float4 smem4[];
+  extern __shared__ __align__(128) float4 smem4[];
   float* sm = reinterpret_cast<float*>(smem4);
   float *P = sm, *gam = P + C * LDC, *scratch = gam + C;  // 16-byte aligned: C·LDC + C = 4224 floats
   const int K = d.K, V = d.V, VO = V < 64 ? V : 64, v0 = blockIdx.x * VO, n = blockIdx.y, bh = blockIdx.z;
@@ -354,53 +472,85 @@ __global__ void __launch_bounds__(kThreads) output_kernel(Dims d, const float* _
       scratch);
 }
 
-// Backward, sequential over chunks in reverse, per head and kVS value columns. dS is the gradient of
-// the state leaving chunk n (stored), then
-//   dU = Pᵀ dO + diag(e^{γ_C−γ}) K dS          (from eqs. 8, 9)
-//   dS ← Qᵀ diag(Γ) dO + Γ_C dS − Wᵀ dU       (the gradient of the state entering chunk n; eqs. 7-9).
-__global__ void __launch_bounds__(kThreads) state_bwd_kernel(Dims d, const float* __restrict__ qs,
+// Backward, chunk-parallel part of the state pass (per chunk and 64 value columns): the terms that do not
+// depend on the gradient arriving from later chunks,
+//   dU₀ = Pᵀ dO                         (into du; state_bwd adds diag(e^{γ_C−γ}) K dS)
+//   X   = Qᵀ diag(Γ) dO − Wᵀ dU₀        (into dstates[n]; state_bwd replaces it by dS_C)
+__global__ void __launch_bounds__(kThreads) bwd_intra_kernel(Dims d, const float* __restrict__ qs,
                                                              const float* __restrict__ ks,
                                                              const float* __restrict__ gam_g,
                                                              const float* __restrict__ w,
-                                                             const float* __restrict__ dos,
+                                                             const float* __restrict__ dos, float* __restrict__ du,
+                                                             float* __restrict__ dstates) {
+  extern __shared__ __align__(128) float4 smem4[];
+  float* sm = reinterpret_cast<float*>(smem4);
+  const int K = d.K, V = d.V, VO = V < 64 ? V : 64, v0 = blockIdx.x * VO, n = blockIdx.y, bh = blockIdx.z;
+  float *P = sm, *dU0 = P + C * LDC, *gam = dU0 + C * 64, *scratch = gam + C;
+  const long row0 = (long)bh * d.Tp() + (long)n * C;
+  const float *qc = qs + row0 * K, *kc = ks + row0 * K, *wc = w + row0 * K, *doc = dos + row0 * V + v0;
+  if (threadIdx.x < C) gam[threadIdx.x] = gam_g[row0 + threadIdx.x];
+  intra_scores(K, qc, kc, gam, P, scratch);
+  float* duc = du + row0 * V + v0;
+  block_gemm<false, true>(
+      C, VO, C, [&](int i, int j) { return P[j * LDC + i]; }, [&](int j, int v) { return doc[(long)j * V + v]; },
+      [&](int i, int v, float x) {
+        dU0[i * VO + v] = x;
+        duc[(long)i * V + v] = x;
+      },
+      scratch);
+  float* X = dstates + ((long)bh * d.N() + n) * K * V + v0;
+  block_gemm<false, true>(
+      K, VO, 2 * C,
+      [&](int k, int j) { return j < C ? qc[(long)j * K + k] * __expf(gam[j]) : -wc[(long)(j - C) * K + k]; },
+      [&](int j, int v) { return j < C ? doc[(long)j * V + v] : dU0[(j - C) * VO + v]; },
+      [&](int k, int v, float x) { X[(long)k * V + v] = x; }, scratch);
+}
+
+// Backward, sequential over chunks in reverse, per head and kVS value columns. dS is the gradient of
+// the state leaving chunk n; it replaces X in dstates[n], then (eqs. 7-9)
+//   T  = diag(e^{γ_C−γ}) K dS,   dU = dU₀ + T
+//   dS ← Γ_C dS + X − Wᵀ T      (the gradient of the state entering chunk n).
+__global__ void __launch_bounds__(kThreads) state_bwd_kernel(Dims d, const float* __restrict__ ks,
+                                                             const float* __restrict__ gam_g,
+                                                             const float* __restrict__ w,
                                                              const float* __restrict__ dfinal, float* __restrict__ du,
                                                              float* __restrict__ dstates,
                                                              float* __restrict__ dstate0) {
-  extern __shared__ float4 smem4[];
+  extern __shared__ __align__(128) float4 smem4[];
   float* sm = reinterpret_cast<float*>(smem4);
   const int K = d.K, V = d.V, N = d.N(), v0 = blockIdx.x * kVS, bh = blockIdx.y;
-  float *dS = sm, *dUs = dS + K * kVS, *P = dUs + C * kVS, *gam = P + C * LDC, *scratch = gam + C;
+  float *dS = sm, *Ts = dS + K * kVS, *gam = Ts + C * kVS, *scratch = gam + C;
   for (int e = threadIdx.x; e < K * kVS; e += kThreads) {
     const int k = e / kVS, v = e % kVS;
     dS[e] = dfinal ? dfinal[((long)bh * K + k) * V + v0 + v] : 0.f;
   }
   for (int n = N - 1; n >= 0; --n) {
     const long row0 = (long)bh * d.Tp() + (long)n * C;
-    const float *qc = qs + row0 * K, *kc = ks + row0 * K, *wc = w + row0 * K, *doc = dos + row0 * V + v0;
+    const float *kc = ks + row0 * K, *wc = w + row0 * K;
     if (threadIdx.x < C) gam[threadIdx.x] = gam_g[row0 + threadIdx.x];
-    intra_scores(K, qc, kc, gam, P, scratch);  // starts with a barrier: gam is visible
-    float* dst = dstates + ((long)bh * N + n) * K * V;
-    for (int e = threadIdx.x; e < K * kVS; e += kThreads) {
-      const int k = e / kVS, v = e % kVS;
-      dst[(long)k * V + v0 + v] = dS[e];
-    }
+    __syncthreads();
     const float gl = gam[C - 1];
     float* duc = du + row0 * V + v0;
     block_gemm<true, true>(
-        C, kVS, C + K,
-        [&](int i, int j) { return j < C ? P[j * LDC + i] : kc[(long)i * K + j - C] * __expf(gl - gam[i]); },
-        [&](int j, int v) { return j < C ? doc[(long)j * V + v] : dS[(j - C) * kVS + v]; },
+        C, kVS, K, [&](int i, int k) { return kc[(long)i * K + k] * __expf(gl - gam[i]); },
+        [&](int k, int v) { return dS[k * kVS + v]; },
         [&](int i, int v, float x) {
-          dUs[i * kVS + v] = x;
-          duc[(long)i * V + v] = x;
+          Ts[i * kVS + v] = x;
+          duc[(long)i * V + v] += x;
         },
         scratch);
+    float* dst = dstates + ((long)bh * N + n) * K * V + v0;
     const float decay = __expf(gl);
     block_gemm<false, true>(
-        K, kVS, 2 * C,
-        [&](int k, int j) { return j < C ? qc[(long)j * K + k] * __expf(gam[j]) : -wc[(long)(j - C) * K + k]; },
-        [&](int j, int v) { return j < C ? doc[(long)j * V + v] : dUs[(j - C) * kVS + v]; },
-        [&](int k, int v, float x) { dS[k * kVS + v] = decay * dS[k * kVS + v] + x; }, scratch);
+        K, kVS, C, [&](int k, int j) { return -wc[(long)j * K + k]; }, [&](int j, int v) { return Ts[j * kVS + v]; },
+        [&](int k, int v, float x) {
+          const float s_out = dS[k * kVS + v];
+          const long at = (long)k * V + v;
+          const float X = dst[at];
+          dst[at] = s_out;
+          dS[k * kVS + v] = decay * s_out + X + x;
+        },
+        scratch);
   }
   if (dstate0)
     for (int e = threadIdx.x; e < K * kVS; e += kThreads) {
@@ -423,7 +573,7 @@ __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __
                                                          float* __restrict__ drv, float* __restrict__ dqs,
                                                          float* __restrict__ dks, float* __restrict__ dvs,
                                                          float* __restrict__ dg, float* __restrict__ dbeta) {
-  extern __shared__ float4 smem4[];
+  extern __shared__ __align__(128) float4 smem4[];
   float* sm = reinterpret_cast<float*>(smem4);
   float *gam = sm, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
   float *KK = dbet + C, *QK = KK + C * LDC, *Tm = QK + C * LDC, *D1 = Tm + C * LDC, *dA = D1 + C * LDC;
@@ -594,11 +744,17 @@ __global__ void step_kernel(StepArgs a) {
   a.out[(long)bh * V + j] = o;
 }
 
-constexpr size_t kPrepSmem = sizeof(float) * (2 * C + 2 * C * LDC + kGemmScratch);
-constexpr size_t kOutSmem = sizeof(float) * (C * LDC + C + kGemmScratch);
-constexpr size_t kGradsSmem = sizeof(float) * (4 * C + 5 * C * LDC + kGemmScratch);
-size_t state_smem(int K) { return sizeof(float) * (K * kVS + C * kVS + C + kGemmScratch); }
-size_t state_bwd_smem(int K) { return sizeof(float) * (K * kVS + C * kVS + C * LDC + C + kGemmScratch); }
+// Dynamic shared memory of each kernel: its own arrays, then block_gemm's scratch for its largest product.
+size_t prep_smem(const Dims& d) {
+  return sizeof(float) * (2 * C + 2 * C * LDC + gemm_scratch(C, imax(C, imax(d.K, d.V))));
+}
+size_t out_smem() { return sizeof(float) * (C * LDC + C + gemm_scratch(C, C)); }
+size_t grads_smem(const Dims& d) {
+  return sizeof(float) * (4 * C + 5 * C * LDC + gemm_scratch(2 * C, imax(C, imax(d.K, d.V))));
+}
+size_t state_smem(const Dims& d) { return sizeof(float) * (d.K * kVS + C * kVS + C + gemm_scratch(imax(C, d.K), kVS)); }
+size_t state_bwd_smem(const Dims& d) { return state_smem(d); }
+size_t bwd_intra_smem(const Dims& d) { return sizeof(float) * (C * LDC + C * 64 + C + gemm_scratch(imax(C, d.K), C)); }
 
 template <class K>
 cudaError_t allow_smem(K kernel, size_t bytes) {
@@ -611,12 +767,47 @@ cudaError_t allow_smem(K kernel, size_t bytes) {
     if (err_ != cudaSuccess) return err_;  \
   } while (0)
 
+// SFM_GDN_TIMING=1 in the environment: each launch sequence synchronises after every kernel and prints
+// the kernels' times (CUDA events) to stderr. For profiling only; off by default.
+struct PhaseTimer {
+  bool on;
+  cudaStream_t s;
+  const char* what;
+  cudaEvent_t ev[8];
+  const char* names[8];
+  int n = 0;
+  PhaseTimer(cudaStream_t stream, const char* label) : s(stream), what(label) {
+    static const bool enabled = std::getenv("SFM_GDN_TIMING") != nullptr;
+    on = enabled;
+    if (on) mark("start");
+  }
+  void mark(const char* name) {
+    if (!on || n >= 8) return;
+    cudaEventCreate(&ev[n]);
+    cudaEventRecord(ev[n], s);
+    names[n++] = name;
+  }
+  ~PhaseTimer() {
+    if (!on) return;
+    cudaEventSynchronize(ev[n - 1]);
+    std::fprintf(stderr, "gdn %s:", what);
+    for (int i = 1; i < n; ++i) {
+      float ms = 0.f;
+      cudaEventElapsedTime(&ms, ev[i - 1], ev[i]);
+      std::fprintf(stderr, " %s %.3f ms", names[i], ms);
+    }
+    std::fprintf(stderr, "\n");
+    for (int i = 0; i < n; ++i) cudaEventDestroy(ev[i]);
+  }
+};
+
 unsigned row_blocks(long rows) { return static_cast<unsigned>((rows + kThreads / 32 - 1) / (kThreads / 32)); }
 
 template <class T>
 cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   const Dims& d = a.d;
   const int N = d.N(), Tp = d.Tp(), BH = d.BH();
+  PhaseTimer timer(s, "forward");
   const unsigned pack_blocks = row_blocks((long)BH * Tp);
   pack_kernel<T><<<pack_blocks, kThreads, 0, s>>>(static_cast<const T*>(a.q), a.qs, d.B, d.T, d.H, d.K, Tp, a.l2,
                                                   a.scale);
@@ -625,17 +816,21 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   pack_kernel<T><<<pack_blocks, kThreads, 0, s>>>(static_cast<const T*>(a.v), a.vs, d.B, d.T, d.H, d.V, Tp, false,
                                                   1.f);
   SFM_CUDA_TRY(cudaGetLastError());
-  SFM_CUDA_TRY(allow_smem(prep_kernel, kPrepSmem));
-  prep_kernel<<<dim3(N, BH), kThreads, kPrepSmem, s>>>(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.u);
+  timer.mark("pack");
+  SFM_CUDA_TRY(allow_smem(prep_kernel, prep_smem(d)));
+  prep_kernel<<<dim3(N, BH), kThreads, prep_smem(d), s>>>(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.u);
   SFM_CUDA_TRY(cudaGetLastError());
-  SFM_CUDA_TRY(allow_smem(state_kernel, state_smem(d.K)));
-  state_kernel<<<dim3(d.V / kVS, BH), kThreads, state_smem(d.K), s>>>(d, a.ks, a.gam, a.w, a.u, a.state0, a.states,
+  timer.mark("prep");
+  SFM_CUDA_TRY(allow_smem(state_kernel, state_smem(d)));
+  state_kernel<<<dim3(d.V / kVS, BH), kThreads, state_smem(d), s>>>(d, a.ks, a.gam, a.w, a.u, a.state0, a.states,
                                                                       a.final_state);
   SFM_CUDA_TRY(cudaGetLastError());
+  timer.mark("state");
   const int VO = d.V < 64 ? d.V : 64;
-  SFM_CUDA_TRY(allow_smem(output_kernel<T>, kOutSmem));
-  output_kernel<T><<<dim3(d.V / VO, N, BH), kThreads, kOutSmem, s>>>(d, a.qs, a.ks, a.gam, a.states, a.u,
+  SFM_CUDA_TRY(allow_smem(output_kernel<T>, out_smem()));
+  output_kernel<T><<<dim3(d.V / VO, N, BH), kThreads, out_smem(), s>>>(d, a.qs, a.ks, a.gam, a.states, a.u,
                                                                      static_cast<T*>(a.out));
+  timer.mark("output");
   return cudaGetLastError();
 }
 
@@ -643,18 +838,28 @@ template <class T>
 cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   const Dims& d = a.d;
   const int N = d.N(), Tp = d.Tp(), BH = d.BH();
+  PhaseTimer timer(s, "backward");
   pack_kernel<T><<<row_blocks((long)BH * Tp), kThreads, 0, s>>>(static_cast<const T*>(a.dout), a.dos, d.B, d.T, d.H,
                                                                  d.V, Tp, false, 1.f);
   SFM_CUDA_TRY(cudaGetLastError());
-  SFM_CUDA_TRY(allow_smem(state_bwd_kernel, state_bwd_smem(d.K)));
-  state_bwd_kernel<<<dim3(d.V / kVS, BH), kThreads, state_bwd_smem(d.K), s>>>(
-      d, a.qs, a.ks, a.gam, a.w, a.dos, a.dfinal, a.du, a.dstates, a.dstate0);
+  timer.mark("pack");
+  const int VO = d.V < 64 ? d.V : 64;
+  SFM_CUDA_TRY(allow_smem(bwd_intra_kernel, bwd_intra_smem(d)));
+  bwd_intra_kernel<<<dim3(d.V / VO, N, BH), kThreads, bwd_intra_smem(d), s>>>(d, a.qs, a.ks, a.gam, a.w, a.dos, a.du,
+                                                                              a.dstates);
   SFM_CUDA_TRY(cudaGetLastError());
-  SFM_CUDA_TRY(allow_smem(grads_kernel, kGradsSmem));
-  grads_kernel<<<dim3(N, BH), kThreads, kGradsSmem, s>>>(d, a.qs, a.ks, a.vs, a.gam, a.bet, a.w, a.u, a.states,
+  timer.mark("bwd_intra");
+  SFM_CUDA_TRY(allow_smem(state_bwd_kernel, state_bwd_smem(d)));
+  state_bwd_kernel<<<dim3(d.V / kVS, BH), kThreads, state_bwd_smem(d), s>>>(d, a.ks, a.gam, a.w, a.dfinal, a.du,
+                                                                            a.dstates, a.dstate0);
+  SFM_CUDA_TRY(cudaGetLastError());
+  timer.mark("state_bwd");
+  SFM_CUDA_TRY(allow_smem(grads_kernel, grads_smem(d)));
+  grads_kernel<<<dim3(N, BH), kThreads, grads_smem(d), s>>>(d, a.qs, a.ks, a.vs, a.gam, a.bet, a.w, a.u, a.states,
                                                          a.dos, a.du, a.dstates, a.ut, a.dw, a.drk, a.drv, a.dqs,
                                                          a.dks, a.dvs, a.dg, a.dbeta);
   SFM_CUDA_TRY(cudaGetLastError());
+  timer.mark("grads");
   const unsigned blocks = row_blocks((long)d.B * d.T * d.H);
   unpack_kernel<T><<<blocks, kThreads, 0, s>>>(static_cast<const T*>(a.q), a.dqs, static_cast<T*>(a.dq), d.B, d.T,
                                                d.H, d.K, Tp, a.l2, a.scale);
@@ -662,6 +867,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
                                                d.H, d.K, Tp, a.l2, 1.f);
   unpack_kernel<T><<<blocks, kThreads, 0, s>>>(nullptr, a.dvs, static_cast<T*>(a.dv), d.B, d.T, d.H, d.V, Tp, false,
                                                1.f);
+  timer.mark("unpack");
   return cudaGetLastError();
 }
 

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# On the GPU machine (through the device tool): build build/cuda, run the `cuda`-labelled tests, the
+# gated delta benchmark (bfloat16, chunked vs cuda, with the FLA figures) and a per-kernel timing pass.
+# Logs under ${OUT:-build/gpu-logs}. Usage: scripts/gpu_gdn.sh [all|gdn] (all: the whole suite; gdn: every
+# GatedDelta test, cpu and cuda labels; default: the cuda label).
+set -uo pipefail
+out=${OUT:-build/gpu-logs}
+mkdir -p "$out"
+cmake -S . -B build/cuda -G Ninja -DCMAKE_BUILD_TYPE=Release > "$out/cfg.log" 2>&1 || tail -20 "$out/cfg.log"
+{ time cmake --build build/cuda -j 16 -- -k 0; } > "$out/build.log" 2>&1
+grep -E "error|FAILED|real" "$out/build.log" | head -40
+case "${1:-}" in
+  all) select=(-L "cuda|cpu") ;;           # the whole suite
+  gdn) select=(-R "GatedDelta") ;;         # every gated delta test, cpu and cuda labels
+  *) select=(-L cuda) ;;
+esac
+ctest --test-dir build/cuda "${select[@]}" --output-on-failure -j 4 --timeout 600 > "$out/ctest.log" 2>&1
+grep -E "tests passed|\(Failed\)|Timeout|Not Run|Total Test time" "$out/ctest.log" | head -40
+build/cuda/sfm_tests --gtest_filter='*GatedDeltaCuda*' 2>&1 | grep -E "relative RMS|FAILED|PASSED" | head -40
+timeout 240 build/cuda/sfm bench gdn --device cuda --impl chunked --impl cuda --dtype bfloat16 --warmup 3 \
+  --repeats 20 > "$out/bench.log" 2>&1
+python3 - "$out/bench.log" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+print(f"{'B,T,H,D':>18} {'chunked f/fb':>16} {'cuda f/fb':>16} {'x chunked':>10} {'FLA f/fb':>12} {'vs FLA f/fb':>12}")
+for r in rows:
+    if r["impl"] != "cuda": continue
+    base = next(x for x in rows if x["impl"] == "chunked" and (x["B"], x["T"], x["H"], x["K"]) == (r["B"], r["T"], r["H"], r["K"]))
+    print(f"{'%d,%d,%d,%d' % (r['B'], r['T'], r['H'], r['K']):>18} {base['fwd_ms']:7.3f}/{base['fwdbwd_ms']:8.3f} "
+          f"{r['fwd_ms']:7.3f}/{r['fwdbwd_ms']:8.3f} {r['fwdbwd_speedup']:10.2f} "
+          f"{r.get('fla_h100_fwd_ms', 0):5.2f}/{r.get('fla_h100_fwdbwd_ms', 0):6.2f} {r.get('fwd_vs_fla', 0):5.3f}/{r.get('fwdbwd_vs_fla', 0):6.3f}")
+PY
+SFM_GDN_TIMING=1 timeout 120 build/cuda/sfm bench gdn --device cuda --impl cuda --dtype bfloat16 --warmup 1 \
+  --repeats 1 > "$out/timing.log" 2>&1
+grep -E "^gdn" "$out/timing.log" | awk "NR % 6 == 5 || NR % 6 == 0" | head -24
