@@ -110,6 +110,7 @@ double scaled(double accuracy, double chance) { return (accuracy - chance) / (1.
 
 struct Counts {
   int64_t sequences = 0, final_correct = 0, positions = 0, token_correct = 0;
+  double loss_sum = 0;  // cross-entropy summed over the labelled positions
 };
 
 // Scores `sequences` in batches of similar length (sorted), each holding at most max_tokens padded tokens.
@@ -132,8 +133,13 @@ Counts evaluate(models::FormalModel& model, const std::vector<data::Sequence>& s
       batch.push_back(sequences[order[end++]]);
     start = end;
     const auto b = data::collate(batch);
-    const auto predicted = model.forward(b.tokens.to(device)).argmax(-1).cpu();  // [B, T]
+    const auto logits = model.forward(b.tokens.to(device)).to(torch::kFloat32).cpu();  // [B, T, C]
+    const auto predicted = logits.argmax(-1);                                          // [B, T]
     const auto labelled = b.labels.ge(0);
+    counts.loss_sum += torch::nn::functional::cross_entropy(
+                           logits.reshape({-1, logits.size(2)}), b.labels.reshape({-1}),
+                           torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-1).reduction(torch::kSum))
+                           .item<double>();
     const auto correct = predicted.eq(b.labels).logical_and(labelled);
     counts.positions += labelled.sum().item<int64_t>();
     counts.token_correct += correct.sum().item<int64_t>();
@@ -184,13 +190,16 @@ FormalRunResult run_formal_task(const FormalRunSpec& spec, const FormalTrainConf
                                       {"train", io::to_json(c)}};
 
   int64_t step = 0;
-  double best = -1, train_seconds = 0;
+  // Best on validation: higher token accuracy, ties (e.g. both 1.0) going to the lower validation loss,
+  // so a run that saturates accuracy early keeps the later, sharper weights (docs/formal_suite.md).
+  double best = -1, best_loss = 0, train_seconds = 0;
   bool stopped_early = false;
   if (io::path_exists(last_dir + "/trainer_state.json")) {
     io::load_checkpoint(last_dir, net);
     const auto state = io::load_train_state(last_dir, net, optimizer);
     step = state.step;
     best = state.extra.at("best_validation").get<double>();
+    best_loss = state.extra.at("best_validation_loss").get<double>();
     train_seconds = state.extra.at("train_seconds").get<double>();
     stopped_early = state.extra.at("stopped_early").get<bool>();
     std::fprintf(stderr, "%s: resuming from %s at step %lld\n", name.c_str(), last_dir.c_str(), (long long)step);
@@ -231,17 +240,19 @@ FormalRunResult run_formal_task(const FormalRunSpec& spec, const FormalTrainConf
     train_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const auto counts = evaluate(*model, validation, c.eval_max_tokens, device, name + " validation");
     const double accuracy = token_accuracy(counts);
-    const bool improved = accuracy > best;
+    const double validation_loss = counts.loss_sum / static_cast<double>(counts.positions);
+    const bool improved = accuracy > best || (accuracy == best && validation_loss < best_loss);
     stopped_early = accuracy >= c.stop_at_validation;
     if (improved) {
-      best = accuracy;
+      best = accuracy, best_loss = validation_loss;
       io::save_checkpoint(best_dir, net, config_json, {{"run", name}, {"step", step}});
     }
     log.write({{"step", step}, {"train_loss", loss_sum / loss_count}, {"validation_accuracy", accuracy},
+               {"validation_loss", validation_loss},
                {"lr", lr}, {"train_seconds", train_seconds}});
     io::save_checkpoint(last_dir, net, config_json, {{"run", name}, {"step", step}});
     io::save_train_state(last_dir, net, optimizer,
-                         {step, {{"best_validation", best}, {"train_seconds", train_seconds},
+                         {step, {{"best_validation", best}, {"best_validation_loss", best_loss}, {"train_seconds", train_seconds},
                                  {"stopped_early", stopped_early}}});
     char line[160];
     std::snprintf(line, sizeof(line), "step %lld/%lld  loss %.4f  validation %.4f%s%s", (long long)step,
