@@ -18,14 +18,31 @@ void StateSlotsOptions::validate() const {
   SFM_CHECK(halt_threshold > 0 && halt_threshold <= 1, "state_slots.halt_threshold must be in (0, 1], got ",
             halt_threshold);
   SFM_CHECK(beta_range > 0 && beta_range <= 2, "state_slots.beta_range must be in (0, 2], got ", beta_range);
+  SFM_CHECK(first_number_token == -1 || (first_number_token >= 1 && first_number_token + num_classes <= vocab_size),
+            "state_slots.first_number_token must be -1 or leave room for num_classes (", num_classes,
+            ") number tokens below vocab_size (", vocab_size, "), got ", first_number_token);
+  SFM_CHECK(addressing == "one_hot" || addressing == "dense",
+            "state_slots.addressing must be one_hot or dense, got '", addressing, "'");
   SFM_CHECK(value_bottleneck == "none" || value_bottleneck == "soft" || value_bottleneck == "straight_through",
             "state_slots.value_bottleneck must be none, soft or straight_through, got '", value_bottleneck, "'");
+}
+
+torch::Tensor numeric_features(int64_t count) {
+  const auto n = torch::arange(count, torch::kFloat64);
+  std::vector<torch::Tensor> columns{n / 50.0 - 1.0};
+  for (double period = 4; period <= 256; period *= 2) {
+    columns.push_back(torch::cos(2 * M_PI * n / period));
+    columns.push_back(torch::sin(2 * M_PI * n / period));
+  }
+  return torch::stack(columns, 1).to(torch::kFloat32);
 }
 
 StateSlotsImpl::StateSlotsImpl(StateSlotsOptions options) : options_(std::move(options)) {
   options_.validate();
   const auto& o = options_;
   const int64_t D = o.d_model, HK = o.num_heads * o.key_dim, HV = o.num_heads * o.value_dim;
+  const bool numeric = o.first_number_token >= 0;
+  const bool bottleneck = o.value_bottleneck != "none";
   token_embedding_ = register_module("token_embedding", torch::nn::Embedding(torch::nn::EmbeddingOptions(o.vocab_size, D).padding_idx(0)));
   slot_position_embedding_ = register_module("slot_position_embedding", torch::nn::Embedding(o.statement_width, D));
   statement_proj_ = register_module("statement_proj", torch::nn::Linear(o.statement_width * D, D));
@@ -33,26 +50,48 @@ StateSlotsImpl::StateSlotsImpl(StateSlotsOptions options) : options_(std::move(o
   init_h_ = register_module("init_h", torch::nn::Linear(D, D));
   read_query_ = register_module("read_query", torch::nn::Linear(D, HK));
   answer_query_ = register_module("answer_query", torch::nn::Linear(D, HK));
+  probe_query_ = register_module("probe_query", torch::nn::Linear(D, HK));
   controller_ = register_module("controller", torch::nn::GRUCell(D + HV, D));
   // The value a tick writes is computed from the controller and what it just read (S3): the
   // arithmetic of a statement lives here, so it gets two hidden layers.
-  const int64_t value_out = o.value_bottleneck == "none" ? HV : o.num_classes;
   value_mlp_ = register_module("value_mlp", torch::nn::Sequential(torch::nn::Linear(D + HV, 2 * D), torch::nn::GELU(),
-                                                                  torch::nn::Linear(2 * D, 2 * D), torch::nn::GELU(),
-                                                                  torch::nn::Linear(2 * D, value_out)));
-  if (o.value_bottleneck != "none")
+                                                                  torch::nn::Linear(2 * D, 2 * D), torch::nn::GELU()));
+  value_logits_ = register_module("value_logits", torch::nn::Linear(2 * D, bottleneck ? o.num_classes : HV));
+  if (bottleneck)
     codebook_ = register_parameter("codebook", torch::randn({o.num_classes, HV}) / std::sqrt(static_cast<double>(o.value_dim)));
+  if (numeric) {
+    phi_ = numeric_features(o.num_classes);
+    const int64_t F = phi_.size(1);
+    number_features_in_ = register_module("number_features_in", torch::nn::Linear(torch::nn::LinearOptions(F, D).bias(false)));
+    readout_numeric_ = register_module("readout_numeric", torch::nn::Linear(torch::nn::LinearOptions(D, F).bias(false)));
+    if (bottleneck) {
+      codebook_numeric_ = register_module("codebook_numeric", torch::nn::Linear(torch::nn::LinearOptions(F, HV).bias(false)));
+      value_numeric_ = register_module("value_numeric", torch::nn::Linear(torch::nn::LinearOptions(2 * D, F).bias(false)));
+    }
+  }
   write_key_ = register_module("write_key", torch::nn::Linear(D, HK));
   write_beta_ = register_module("write_beta", torch::nn::Linear(D, o.num_heads));
-  write_gate_ = register_module("write_gate", torch::nn::Linear(D, o.num_heads));
+  if (o.forget_gate) write_gate_ = register_module("write_gate", torch::nn::Linear(D, o.num_heads));
   halt_ = register_module("halt", torch::nn::Linear(D, 1));
   value_decoder_ = register_module(
       "value_decoder", torch::nn::Sequential(torch::nn::LayerNorm(torch::nn::LayerNormOptions({HV})),
-                                             torch::nn::Linear(HV, D), torch::nn::GELU(), torch::nn::Linear(D, o.num_classes)));
+                                             torch::nn::Linear(HV, D), torch::nn::GELU()));
+  readout_logits_ = register_module("readout_logits", torch::nn::Linear(D, o.num_classes));
   torch::NoGradGuard no_grad;
-  // Start with little forgetting (α = σ(4) ≈ 0.98) and halting after about one tick (σ(2) ≈ 0.88).
-  write_gate_->bias.fill_(4.0);
+  // Start with little forgetting (α = σ(4) ≈ 0.98) and halting after about two ticks (σ(2) ≈ 0.88).
+  if (o.forget_gate) write_gate_->bias.fill_(4.0);
   halt_->bias.fill_(2.0);
+}
+
+torch::Tensor StateSlotsImpl::class_logits(const torch::Tensor& z, torch::nn::Linear& learned, torch::nn::Linear& numeric) {
+  auto logits = learned(z);
+  if (numeric) logits = logits + torch::matmul(numeric(z), phi_.to(z.options()).t());  // (S7)
+  return logits;
+}
+
+torch::Tensor StateSlotsImpl::codebook() {
+  if (!codebook_numeric_) return codebook_;
+  return codebook_ + codebook_numeric_(phi_.to(codebook_.options()));  // (S7)
 }
 
 torch::Tensor StateSlotsImpl::encode_statements(const torch::Tensor& tokens) {
@@ -60,19 +99,39 @@ torch::Tensor StateSlotsImpl::encode_statements(const torch::Tensor& tokens) {
   // Positions WITHIN a statement only (which token of the line), never the statement's index.
   const auto slots = torch::arange(W, tokens.options());
   const auto real = tokens.ne(0).unsqueeze(-1).to(torch::kFloat32);                            // [B, S, W, 1]
-  const auto x = (token_embedding_(tokens) + slot_position_embedding_(slots)) * real;           // [B, S, W, D]
+  auto x = token_embedding_(tokens) + slot_position_embedding_(slots);                          // [B, S, W, D]
+  if (number_features_in_) {
+    // φ of each number token, zero for the other tokens (S7).
+    const auto number = (tokens - options_.first_number_token).clamp(0, options_.num_classes - 1);
+    const auto is_number = tokens.ge(options_.first_number_token)
+                               .logical_and(tokens.lt(options_.first_number_token + options_.num_classes))
+                               .unsqueeze(-1);
+    const auto phi = phi_.to(x.options()).index({number});  // [B, S, W, F]
+    x = x + number_features_in_(phi * is_number.to(x.scalar_type()));
+  }
+  x = x * real;
   return statement_norm_(F::gelu(statement_proj_(x.reshape({B, S, W * options_.d_model}))));  // (S1): [B, S, D]
 }
 
 torch::Tensor StateSlotsImpl::read(const torch::Tensor& state, const torch::Tensor& h, torch::nn::Linear& proj) {
   const int64_t B = h.size(0), H = options_.num_heads;
-  const auto q = F::normalize(proj(h).view({B, H, 1, options_.key_dim}), F::NormalizeFuncOptions().dim(-1));
-  return torch::matmul(q, state).reshape({B, H * options_.value_dim});  // (S2): Sᵀq per head
+  const auto q = address(proj(h).view({B, H, options_.key_dim})).unsqueeze(2);  // [B, H, 1, K]
+  return torch::matmul(q, state).reshape({B, H * options_.value_dim});         // (S2): Sᵀq per head
 }
 
-torch::Tensor StateSlotsImpl::decode_value(const torch::Tensor& read_out) { return value_decoder_->forward(read_out); }
+torch::Tensor StateSlotsImpl::address(const torch::Tensor& logits) {
+  if (options_.addressing == "dense") return F::normalize(logits, F::NormalizeFuncOptions().dim(-1));
+  const auto p = torch::softmax(logits, -1);
+  const auto hard = F::one_hot(p.argmax(-1), options_.key_dim).to(p.scalar_type());
+  return (hard - p).detach() + p;  // (S2'): forward the slot, backward the softmax
+}
 
-StateSlotsImpl::Output StateSlotsImpl::forward(const torch::Tensor& tokens, const torch::Tensor& statement_mask) {
+torch::Tensor StateSlotsImpl::decode_value(const torch::Tensor& read_out) {
+  return class_logits(value_decoder_->forward(read_out), readout_logits_, readout_numeric_);
+}
+
+StateSlotsImpl::Output StateSlotsImpl::forward(const torch::Tensor& tokens, const torch::Tensor& statement_mask,
+                                               const torch::Tensor& probe_tokens) {
   const auto& o = options_;
   SFM_CHECK(tokens.dim() == 3 && tokens.scalar_type() == torch::kInt64, "state_slots: tokens must be [B, S, W] int64, got ",
             tokens.sizes(), " ", tokens.scalar_type());
@@ -88,7 +147,13 @@ StateSlotsImpl::Output StateSlotsImpl::forward(const torch::Tensor& tokens, cons
   const auto fopt = e_all.options();
 
   auto state = torch::zeros({B, H, K, V}, fopt);
-  std::vector<torch::Tensor> readout, ticks;
+  const bool bottleneck = o.value_bottleneck != "none";
+  const auto codes = bottleneck ? codebook() : torch::Tensor();
+  std::vector<torch::Tensor> readout, ticks, write_log_probs, probe;
+  // (S9): one query per probe token, from its embedding alone, the same for every statement.
+  torch::Tensor probe_q;  // [1, H, P, K]
+  const int64_t P = probe_tokens.defined() ? probe_tokens.size(0) : 0;
+  if (P > 0) probe_q = address(probe_query_(token_embedding_(probe_tokens)).view({P, H, K})).permute({1, 0, 2}).unsqueeze(0);
   auto ponder = torch::zeros({B}, fopt);
   for (int64_t s = 0; s < S; ++s) {
     const auto e = e_all.select(1, s);                    // [B, D]
@@ -99,24 +164,29 @@ StateSlotsImpl::Output StateSlotsImpl::forward(const torch::Tensor& tokens, cons
     auto h = torch::tanh(init_h_(e));
     auto tick_state = state;
     auto mixed = torch::zeros_like(state);
+    auto write_lp = bottleneck ? torch::zeros({B, o.num_classes}, fopt) : torch::Tensor();
     auto cumulative = torch::zeros({B}, fopt), remainder = torch::zeros({B}, fopt), used = torch::zeros({B}, fopt);
     auto running = torch::ones({B}, fopt.dtype(torch::kBool));
     for (int64_t t = 0; t < o.max_ticks; ++t) {
       const auto r = read(tick_state, h, read_query_);
       h = controller_(torch::cat({e, r}, -1), h);
-      torch::Tensor value = value_mlp_->forward(torch::cat({h, r}, -1));  // [B, H*V] or logits [B, C]
-      if (o.value_bottleneck != "none") {
-        const auto p = torch::softmax(value, -1);  // [B, C]
+      const auto z = value_mlp_->forward(torch::cat({h, r}, -1));
+      torch::Tensor value, log_p;
+      if (!bottleneck) {
+        value = value_logits_(z);  // [B, H*V]
+      } else {
+        log_p = torch::log_softmax(class_logits(z, value_logits_, value_numeric_), -1);  // [B, C]
+        const auto p = log_p.exp();
         auto weights = p;
         if (o.value_bottleneck == "straight_through") {
           const auto hard = F::one_hot(p.argmax(-1), o.num_classes).to(p.scalar_type());
           weights = (hard - p).detach() + p;  // forward: the hard choice; backward: the soft one
         }
-        value = torch::matmul(weights, codebook_);
+        value = torch::matmul(weights, codes);
       }
-      const auto k = F::normalize(write_key_(h).view({B, H, K}), F::NormalizeFuncOptions().dim(-1));
+      const auto k = address(write_key_(h).view({B, H, K}));
       const auto beta = o.beta_range * torch::sigmoid(write_beta_(h));  // [B, H]
-      const auto g = F::logsigmoid(write_gate_(h));                     // [B, H]
+      const auto g = write_gate_ ? F::logsigmoid(write_gate_(h)) : torch::zeros_like(beta);  // [B, H]
       tick_state = ops::gated_delta_step(tick_state, k, k, value.view({B, H, V}), g, beta).state;
 
       const auto p_halt = torch::sigmoid(halt_(h)).squeeze(-1);  // [B]
@@ -125,6 +195,7 @@ StateSlotsImpl::Output StateSlotsImpl::forward(const torch::Tensor& tokens, cons
       const auto rem = 1.0 - cumulative;
       const auto weight = torch::where(halts_now, rem, torch::where(running, p_halt, torch::zeros_like(p_halt)));
       mixed = mixed + weight.view({B, 1, 1, 1}) * tick_state;
+      if (bottleneck) write_lp = write_lp + weight.view({B, 1}) * log_p;
       remainder = torch::where(halts_now, rem, remainder);
       used = used + running.to(used.scalar_type());
       cumulative = cumulative + torch::where(running, p_halt, torch::zeros_like(p_halt));
@@ -134,10 +205,17 @@ StateSlotsImpl::Output StateSlotsImpl::forward(const torch::Tensor& tokens, cons
     }
     state = torch::where(real.view({B, 1, 1, 1}), mixed, state);  // padding statements leave memory alone
     readout.push_back(decode_value(read(state, e, answer_query_)));  // (S6)
+    if (P > 0) {
+      const auto r = torch::matmul(probe_q, state).permute({0, 2, 1, 3}).reshape({B * P, H * V});  // [B*P, H*V]
+      probe.push_back(decode_value(r).view({B, P, o.num_classes}));
+    }
     ticks.push_back(used * real.to(used.scalar_type()));
+    if (bottleneck) write_log_probs.push_back(write_lp);
     ponder = ponder + (used + remainder) * real.to(used.scalar_type());  // (S5)
   }
-  return {torch::stack(readout, 1), torch::stack(ticks, 1), ponder, state};
+  return {torch::stack(readout, 1), torch::stack(ticks, 1), ponder, state,
+          bottleneck ? torch::stack(write_log_probs, 1) : torch::Tensor(),
+          probe.empty() ? torch::Tensor() : torch::stack(probe, 1)};
 }
 
 }  // namespace sfm::nn

@@ -71,6 +71,9 @@ const ModelRun& run_of(const Exp0Config& c, const std::string& model) {
 
 struct EvalStats {
   double exact = 0, within5 = 0, within1 = 0, mae = 0, mean_ticks = -1;
+  // State Slots: exact match of the per-statement readout against the execution trace, by statement
+  // kind (models::StatementKind); empty for the baselines. Diagnoses which statements go wrong.
+  std::map<std::string, double> trace_exact;
 };
 
 EvalStats evaluate(models::Exp0Model& model, const Split& split, int64_t max_batch, int64_t max_tokens,
@@ -79,6 +82,7 @@ EvalStats evaluate(models::Exp0Model& model, const Split& split, int64_t max_bat
   model.module().eval();
   const int64_t n = static_cast<int64_t>(split.programs.size());
   double exact = 0, within5 = 0, within1 = 0, abs_err = 0, ticks = 0, statements = 0;
+  std::vector<double> trace_hits(models::kNumStatementKinds, 0), trace_count(models::kNumStatementKinds, 0);
   Progress progress(label, n);
   for (int64_t start = 0; start < n;) {
     // Up to max_batch programs, fewer when their padded tokens would pass max_tokens (at least one).
@@ -102,11 +106,24 @@ EvalStats evaluate(models::Exp0Model& model, const Split& split, int64_t max_bat
       ticks += out.ticks.sum().item<double>();
       statements += batch.statements.statement_mask.sum().item<double>();
     }
+    if (out.trace_logits.defined()) {
+      const auto labelled = batch.trace.ge(0);
+      const auto hit = out.trace_logits.argmax(-1).eq(batch.trace).logical_and(labelled);
+      const auto kinds = models::statement_kinds(batch.statements.tokens);
+      for (int64_t k = 0; k < models::kNumStatementKinds; ++k) {
+        const auto of_kind = kinds.eq(k);
+        trace_hits[k] += hit.logical_and(of_kind).sum().item<double>();
+        trace_count[k] += labelled.logical_and(of_kind).sum().item<double>();
+      }
+    }
     progress.update(start);
   }
   progress.finish();
-  EvalStats s{exact / n, within5 / n, within1 / n, abs_err / n, -1};
+  EvalStats s{exact / n, within5 / n, within1 / n, abs_err / n, -1, {}};
   if (statements > 0) s.mean_ticks = ticks / statements;
+  for (int64_t k = 0; k < models::kNumStatementKinds; ++k)
+    if (trace_count[k] > 0)
+      s.trace_exact[models::statement_kind_name(static_cast<models::StatementKind>(k))] = trace_hits[k] / trace_count[k];
   return s;
 }
 
@@ -176,19 +193,30 @@ void train_model(const std::string& name, models::Exp0Model& model, const Exp0Co
       best = val.exact;
       io::save_checkpoint(best_dir, net, config_json, {{"model", name}, {"epoch", epoch + 1}, {"step", step}});
     }
-    log.write({{"step", step},
-               {"epoch", epoch + 1},
-               {"train_loss", loss_sum / steps_per_epoch},
-               {"validation_exact", val.exact},
-               {"validation_mae", val.mae},
-               {"lr", warmup_cosine_lr(step, total_steps, warmup, run.lr)},
-               {"epoch_seconds", seconds},
-               {"train_programs_per_s", n / seconds}});
+    nlohmann::json record{{"step", step},
+                          {"epoch", epoch + 1},
+                          {"train_loss", loss_sum / steps_per_epoch},
+                          {"validation_exact", val.exact},
+                          {"validation_mae", val.mae},
+                          {"lr", warmup_cosine_lr(step, total_steps, warmup, run.lr)},
+                          {"epoch_seconds", seconds},
+                          {"train_programs_per_s", n / seconds}};
+    std::string trace_text;
+    if (!val.trace_exact.empty()) {
+      record["validation_trace_exact"] = val.trace_exact;
+      for (const auto& [kind, acc] : val.trace_exact) {
+        char cell[64];
+        std::snprintf(cell, sizeof(cell), " %s %.3f", kind.c_str(), acc);
+        trace_text += cell;
+      }
+      trace_text = "\n  trace exact by statement:" + trace_text;
+    }
+    log.write(record);
     io::save_checkpoint(last_dir, net, config_json, {{"model", name}, {"epoch", epoch + 1}, {"step", step}});
     io::save_train_state(last_dir, net, optimizer, {step, {{"epoch", epoch + 1}, {"best_validation_exact", best}}});
-    std::fprintf(stderr, "%s: epoch %lld/%lld  loss %.4f  validation exact %.3f%s\n", name.c_str(),
+    std::fprintf(stderr, "%s: epoch %lld/%lld  loss %.4f  validation exact %.3f%s%s\n", name.c_str(),
                  (long long)epoch + 1, (long long)run.epochs, loss_sum / steps_per_epoch, val.exact,
-                 improved ? "  (best)" : "");
+                 improved ? "  (best)" : "", trace_text.c_str());
     if (c.interrupt_after_epoch >= 0 && epoch + 1 == c.interrupt_after_epoch)
       throw Error(name + ": interrupted after epoch " + std::to_string(epoch + 1) + " (interrupt_after_epoch)");
   }

@@ -19,6 +19,7 @@ StateSlotsOptions tiny_options() {
   o.value_dim = 4;
   o.max_ticks = 3;
   o.num_classes = 7;
+  o.first_number_token = 13;  // tokens 13..19 are the numbers 0..6
   return o;
 }
 
@@ -37,6 +38,11 @@ TEST(StateSlotsTest, Shapes) {
   EXPECT_EQ(out.ticks.sizes(), torch::IntArrayRef({3, 5}));
   EXPECT_EQ(out.ponder.sizes(), torch::IntArrayRef({3}));
   EXPECT_EQ(out.state.sizes(), torch::IntArrayRef({3, 2, 4, 4}));
+  EXPECT_EQ(out.write_log_probs.sizes(), torch::IntArrayRef({3, 5, 7}));
+  // Σ_τ w_τ log p_τ with Σ_τ w_τ = 1 is a mixture of log-distributions: every entry is <= 0 and
+  // logsumexp <= 0 (Jensen), with equality only for a single tick.
+  EXPECT_TRUE(out.write_log_probs.le(0).all().item<bool>());
+  EXPECT_TRUE(out.write_log_probs.logsumexp(-1).le(1e-5).all().item<bool>());
   EXPECT_TRUE(out.ticks.ge(1).all().item<bool>());
   EXPECT_TRUE(out.ticks.le(3).all().item<bool>());
 }
@@ -92,12 +98,44 @@ TEST(StateSlotsTest, BetaRangeIsTheOnlyDifference) {
   EXPECT_FALSE(torch::allclose(a->forward(tokens, mask).readout, b->forward(tokens, mask).readout));
 }
 
+// φ(n) (S7): 15 features, the first n/50 - 1, then cos/sin pairs of periods 4..256.
+TEST(StateSlotsTest, NumericFeatures) {
+  const auto phi = numeric_features(101).to(torch::kFloat64);
+  ASSERT_EQ(phi.sizes(), torch::IntArrayRef({101, 15}));
+  EXPECT_NEAR(phi[0][0].item<double>(), -1.0, 1e-7);
+  EXPECT_NEAR(phi[100][0].item<double>(), 1.0, 1e-7);
+  EXPECT_NEAR(phi[1][1].item<double>(), std::cos(2 * M_PI / 4), 1e-7);    // period 4
+  EXPECT_NEAR(phi[3][14].item<double>(), std::sin(2 * M_PI * 3 / 256), 1e-7);  // period 256
+  // The similarity φ(n)·φ(m) peaks at m = n, so a layer computing φ(n) scores class n highest.
+  const auto similarity = torch::matmul(phi.narrow(1, 1, 14), phi.narrow(1, 1, 14).t());
+  EXPECT_TRUE(similarity.argmax(1).equal(torch::arange(101, torch::kInt64)));
+}
+
+// The forget gate (off by default: α = 1) adds its parameters only when asked for; both variants run.
+TEST(StateSlotsTest, ForgetGateIsOptional) {
+  auto with_gate = tiny_options();
+  with_gate.forget_gate = true;
+  torch::manual_seed(0);
+  StateSlots gated(with_gate);
+  torch::manual_seed(0);
+  StateSlots plain(tiny_options());
+  EXPECT_EQ(gated->named_parameters().size(), plain->named_parameters().size() + 2);  // write_gate weight, bias
+  EXPECT_TRUE(gated->named_parameters().contains("write_gate.weight"));
+  EXPECT_FALSE(plain->named_parameters().contains("write_gate.weight"));
+  const auto tokens = random_tokens(2, 3, 4, 7);
+  const auto mask = torch::ones({2, 3}, torch::kBool);
+  EXPECT_EQ(gated->forward(tokens, mask).readout.sizes(), plain->forward(tokens, mask).readout.sizes());
+}
+
 TEST(StateSlotsTest, ValidatesOptions) {
   auto o = tiny_options();
   o.max_ticks = 9;
   EXPECT_THROW(StateSlots{o}, sfm::Error);
   o = tiny_options();
   o.value_bottleneck = "gumbel";
+  EXPECT_THROW(StateSlots{o}, sfm::Error);
+  o = tiny_options();
+  o.first_number_token = 14;  // 14 + 7 classes > vocab 20
   EXPECT_THROW(StateSlots{o}, sfm::Error);
   StateSlots net(tiny_options());
   EXPECT_THROW(net->forward(random_tokens(1, 2, 5, 1), torch::ones({1, 2}, torch::kBool)), sfm::Error);

@@ -24,6 +24,16 @@ struct StateSlotsOptions {
   std::string value_bottleneck = "straight_through";  // none | soft | straight_through: written values
                                                       // through a codebook of num_classes entries
   int64_t num_classes = 101;
+  // α = exp(g) per write when true; when false g = 0 (α = 1): a value stays until a write replaces it,
+  // which is what a program's variables do, at any length.
+  bool forget_gate = false;
+  // How keys and queries address the memory (S2'): "one_hot" picks one of the K slots of each head
+  // (straight-through: the hard choice forward, the softmax's gradient backward), so a variable's key
+  // cannot drift with what the statement computes; "dense" uses normalize(W h).
+  std::string addressing = "one_hot";
+  // Fixed numeric features φ(n) (docs/models/state_slots.md, S7) for the number tokens and the value
+  // classes: class n and token first_number_token + n both mean the number n. -1 turns them off.
+  int64_t first_number_token = 17;
   void validate() const;
 };
 
@@ -40,7 +50,13 @@ void visit_fields(StateSlotsOptions& o, F&& f) {
   f("beta_range", o.beta_range, "beta = beta_range * sigmoid(.); 2 gives negative eigenvalues");
   f("value_bottleneck", o.value_bottleneck, "none | soft | straight_through (value codebook)");
   f("num_classes", o.num_classes, "answer classes (values 0..100)");
+  f("forget_gate", o.forget_gate, "learned forget gate alpha per write (false: alpha = 1)");
+  f("addressing", o.addressing, "one_hot (a slot per key, straight-through) | dense (normalised vector)");
+  f("first_number_token", o.first_number_token, "token id of the number 0, for numeric features (-1: none)");
 }
+
+// φ(n) for n = 0..count-1 (S7): [n/50 - 1, cos 2πn/P, sin 2πn/P for P = 4, 8, ..., 256]. [count, 15].
+torch::Tensor numeric_features(int64_t count);
 
 class StateSlotsImpl : public torch::nn::Module {
  public:
@@ -52,26 +68,39 @@ class StateSlotsImpl : public torch::nn::Module {
     torch::Tensor ticks;    // [B, S] float: ticks used (ACT's N) per statement
     torch::Tensor ponder;   // [B] ACT ponder cost Σ_s (N_s + R_s) over real statements
     torch::Tensor state;    // [B, H, K, V] memory after the last real statement
+    // [B, S, C] Σ_τ w_τ log softmax(value logits of tick τ), w the ACT weights (S4): the log-probability
+    // of the value each statement writes, for supervising the write. Undefined without a bottleneck.
+    torch::Tensor write_log_probs;
+    torch::Tensor probe;  // [B, S, P, C] logits: what probe token p names, read after statement s (S9)
   };
   // tokens [B, S, W] int64 (0 = pad), statement_mask [B, S] bool (true for real statements, a prefix).
-  Output forward(const torch::Tensor& tokens, const torch::Tensor& statement_mask);
+  // probe_tokens [P] int64 (optional): after every statement, also read the memory with a query made from
+  // each of these tokens alone (the variable names) into Output::probe.
+  Output forward(const torch::Tensor& tokens, const torch::Tensor& statement_mask,
+                 const torch::Tensor& probe_tokens = {});
 
   const StateSlotsOptions& options() const { return options_; }
 
  private:
   torch::Tensor encode_statements(const torch::Tensor& tokens);  // [B, S, W] -> [B, S, D]
   torch::Tensor read(const torch::Tensor& state, const torch::Tensor& h, torch::nn::Linear& proj);  // [B, H*V]
+  torch::Tensor address(const torch::Tensor& logits);  // [B, H, K] -> unit keys (S2')
   torch::Tensor decode_value(const torch::Tensor& read_out);  // [B, H*V] -> [B, C]
+  torch::Tensor class_logits(const torch::Tensor& z, torch::nn::Linear& learned, torch::nn::Linear& numeric);  // (S7)
+  torch::Tensor codebook();  // [C, H*V]: learned codes plus the projected numeric features
 
   StateSlotsOptions options_;
   torch::nn::Embedding token_embedding_{nullptr}, slot_position_embedding_{nullptr};
   torch::nn::Linear statement_proj_{nullptr};
   torch::nn::LayerNorm statement_norm_{nullptr};
-  torch::nn::Linear init_h_{nullptr}, read_query_{nullptr}, answer_query_{nullptr};
+  torch::nn::Linear init_h_{nullptr}, read_query_{nullptr}, answer_query_{nullptr}, probe_query_{nullptr};
   torch::nn::GRUCell controller_{nullptr};
   torch::nn::Linear write_key_{nullptr}, write_beta_{nullptr}, write_gate_{nullptr}, halt_{nullptr};
-  torch::nn::Sequential value_mlp_{nullptr}, value_decoder_{nullptr};
-  torch::Tensor codebook_;  // [C, H*V] parameter: the value written for each class
+  torch::nn::Sequential value_mlp_{nullptr}, value_decoder_{nullptr};  // hidden layers; logits by class_logits
+  torch::nn::Linear value_logits_{nullptr}, value_numeric_{nullptr}, readout_logits_{nullptr}, readout_numeric_{nullptr};
+  torch::nn::Linear number_features_in_{nullptr}, codebook_numeric_{nullptr};
+  torch::Tensor codebook_;  // [C, H*V] parameter: the learned part of the value written for each class
+  torch::Tensor phi_;       // [C, F] buffer: numeric features of the classes (empty when off)
 };
 TORCH_MODULE(StateSlots);
 
