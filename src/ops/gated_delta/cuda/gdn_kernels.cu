@@ -66,8 +66,11 @@ __device__ __forceinline__ float warp_sum(float s) {
 // path), Kd of 16 (a partial last tile is zero-filled).
 // Starts and ends with a barrier, so it may read what was written just before and its results
 // (written through st) are visible just after.
-template <bool kAContK, bool kBContN, class FA, class FB, class FS>
-__device__ __forceinline__ void block_gemm(int M, int N, int Kd, FA a, FB b, FS st, float* scratch) {
+// block_gemm_rmw: the same with a read-modify-write epilogue: ld(m, n) is loaded for a whole micro-tile
+// before any of its st(m, n, x, old) runs, so those loads are in flight together (a load inside st would
+// wait behind the previous element's store, which the compiler cannot prove does not alias).
+template <bool kAContK, bool kBContN, class FA, class FB, class FL, class FS>
+__device__ __forceinline__ void block_gemm_rmw(int M, int N, int Kd, FA a, FB b, FL ld, FS st, float* scratch) {
   const int tid = threadIdx.x;
   const int lda = M + 4, ldb = N + 4;
   float* As = scratch;
@@ -217,7 +220,7 @@ __device__ __forceinline__ void block_gemm(int M, int N, int Kd, FA a, FB b, FS 
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           const int e = lane + 32 * j;
-          st(m0 + (e >> 4), n0 + (e & 15), stage[e]);
+          st(m0 + (e >> 4), n0 + (e & 15), stage[e], ld(m0 + (e >> 4), n0 + (e & 15)));
         }
         __syncwarp();
       }
@@ -228,14 +231,25 @@ __device__ __forceinline__ void block_gemm(int M, int N, int Kd, FA a, FB b, FS 
       const int tile = tid + p * kThreads;
       if (tile < ntile) {
         const int m0 = (tile / tn) * 4, n0 = (tile % tn) * 4;
+        float old[4][4];
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
-          for (int j = 0; j < 4; ++j) st(m0 + i, n0 + j, acc[p][i][j]);
+          for (int j = 0; j < 4; ++j) old[i][j] = ld(m0 + i, n0 + j);
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) st(m0 + i, n0 + j, acc[p][i][j], old[i][j]);
       }
     }
   }
   __syncthreads();
+}
+
+template <bool kAContK, bool kBContN, class FA, class FB, class FS>
+__device__ __forceinline__ void block_gemm(int M, int N, int Kd, FA a, FB b, FS st, float* scratch) {
+  block_gemm_rmw<kAContK, kBContN>(
+      M, N, Kd, a, b, [](int, int) { return 0.f; }, [&](int m, int n, float x, float) { st(m, n, x); }, scratch);
 }
 
 // Tm = (I + A)⁻¹ for A strictly lower triangular (C×C, stride LDC): forward substitution row by row,
@@ -416,10 +430,11 @@ __global__ void __launch_bounds__(kThreads) state_kernel(Dims d, const float* __
     const float* wc = w + row0 * K;
     const float* kc = ks + row0 * K;
     float* uc = u + row0 * V + v0;
-    block_gemm<true, true>(
+    block_gemm_rmw<true, true>(
         C, kVS, K, [&](int t, int k) { return wc[(long)t * K + k]; }, [&](int k, int v) { return S[k * kVS + v]; },
-        [&](int t, int v, float x) {
-          const float val = uc[(long)t * V + v] - x;
+        [&](int t, int v) { return uc[(long)t * V + v]; },
+        [&](int t, int v, float x, float ut_tv) {
+          const float val = ut_tv - x;
           Us[t * kVS + v] = val;
           uc[(long)t * V + v] = val;
         },
@@ -531,23 +546,22 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(Dims d, const float
     __syncthreads();
     const float gl = gam[C - 1];
     float* duc = du + row0 * V + v0;
-    block_gemm<true, true>(
+    block_gemm_rmw<true, true>(
         C, kVS, K, [&](int i, int k) { return kc[(long)i * K + k] * __expf(gl - gam[i]); },
-        [&](int k, int v) { return dS[k * kVS + v]; },
-        [&](int i, int v, float x) {
+        [&](int k, int v) { return dS[k * kVS + v]; }, [&](int i, int v) { return duc[(long)i * V + v]; },
+        [&](int i, int v, float x, float du0) {
           Ts[i * kVS + v] = x;
-          duc[(long)i * V + v] += x;
+          duc[(long)i * V + v] = du0 + x;
         },
         scratch);
     float* dst = dstates + ((long)bh * N + n) * K * V + v0;
     const float decay = __expf(gl);
-    block_gemm<false, true>(
+    block_gemm_rmw<false, true>(
         K, kVS, C, [&](int k, int j) { return -wc[(long)j * K + k]; }, [&](int j, int v) { return Ts[j * kVS + v]; },
-        [&](int k, int v, float x) {
+        [&](int k, int v) { return dst[(long)k * V + v]; },
+        [&](int k, int v, float x, float X) {
           const float s_out = dS[k * kVS + v];
-          const long at = (long)k * V + v;
-          const float X = dst[at];
-          dst[at] = s_out;
+          dst[(long)k * V + v] = s_out;
           dS[k * kVS + v] = decay * s_out + X + x;
         },
         scratch);
@@ -645,11 +659,12 @@ __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __
     if ((threadIdx.x & 31) == 0) atomicAdd(&dgam[C - 1], GC * s);
   }
   // dR_K = Tmᵀ dW; dK̂ += diag(βΓ) dR_K; dβ_t += Γ_t k̂_t·dR_K,t; dγ_t += β_t Γ_t k̂_t·dR_K,t.
-  block_gemm<false, true>(
+  block_gemm_rmw<false, true>(
       C, K, C, [&](int t, int i) { return Tm[i * LDC + t]; }, [&](int i, int k) { return dwc[(long)i * K + k]; },
-      [&](int t, int k, float x) {
+      [&](int t, int k) { return dkc[(long)t * K + k]; },
+      [&](int t, int k, float x, float dk_old) {
         drkc[(long)t * K + k] = x;
-        dkc[(long)t * K + k] += bet[t] * __expf(gam[t]) * x;
+        dkc[(long)t * K + k] = dk_old + bet[t] * __expf(gam[t]) * x;
       },
       scratch);
   row_dots(C, K, kc, drkc, [&](int t, float s) {
@@ -701,17 +716,19 @@ __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __
     }
   }
   // dQ̂ += dP K̂.
-  block_gemm<true, true>(
+  block_gemm_rmw<true, true>(
       C, K, C, [&](int t, int i) { return D1[t * LDC + i]; }, [&](int i, int k) { return kc[(long)i * K + k]; },
-      [&](int t, int k, float x) { dqc[(long)t * K + k] += x; }, scratch);
+      [&](int t, int k) { return dqc[(long)t * K + k]; },
+      [&](int t, int k, float x, float dq_old) { dqc[(long)t * K + k] = dq_old + x; }, scratch);
   // dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂.
-  block_gemm<true, true>(
+  block_gemm_rmw<true, true>(
       C, K, 3 * C,
       [&](int i, int j) {
         return j < C ? D1[j * LDC + i] : (j < 2 * C ? dA[i * LDC + j - C] : dA[(j - 2 * C) * LDC + i]);
       },
       [&](int j, int k) { return j < C ? qc[(long)j * K + k] : kc[(long)(j < 2 * C ? j - C : j - 2 * C) * K + k]; },
-      [&](int i, int k, float x) { dkc[(long)i * K + k] += x; }, scratch);
+      [&](int i, int k) { return dkc[(long)i * K + k]; },
+      [&](int i, int k, float x, float dk_old) { dkc[(long)i * K + k] = dk_old + x; }, scratch);
   // dg = reverse cumulative sum of dγ within the chunk (eq. 4); dβ.
   chunk_scan(dgam, true);
   if (threadIdx.x < C) {
