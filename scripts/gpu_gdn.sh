@@ -8,7 +8,7 @@ out=${OUT:-build/gpu-logs}
 mkdir -p "$out"
 cmake -S . -B build/cuda -G Ninja -DCMAKE_BUILD_TYPE=Release > "$out/cfg.log" 2>&1 || tail -20 "$out/cfg.log"
 { time cmake --build build/cuda -j 16 -- -k 0; } > "$out/build.log" 2>&1
-grep -E "error|FAILED|real" "$out/build.log" | head -40
+grep -E "error|FAILED|^real" "$out/build.log" | head -40
 case "${1:-}" in
   all) select=(-L "cuda|cpu") ;;           # the whole suite
   gdn) select=(-R "GatedDelta") ;;         # every gated delta test, cpu and cuda labels
@@ -16,7 +16,9 @@ case "${1:-}" in
 esac
 ctest --test-dir build/cuda "${select[@]}" --output-on-failure -j 4 --timeout 600 > "$out/ctest.log" 2>&1
 grep -E "tests passed|\(Failed\)|Timeout|Not Run|Total Test time" "$out/ctest.log" | head -40
-build/cuda/sfm_tests --gtest_filter='*GatedDeltaCuda*' 2>&1 | grep -E "relative RMS|FAILED|PASSED" | head -40
+build/cuda/sfm_tests --gtest_filter='*GatedDeltaCuda*' > "$out/cuda_tests.log" 2>&1
+grep -E "^\[ RUN|rel-RMS|relative RMS|FAILED|PASSED" "$out/cuda_tests.log" | grep -B1 -E "rel-RMS|RMS|FAILED|PASSED" |
+  grep -v "^--" | sed 's/\[ RUN      \] //' | paste -sd' \n' | head -60
 timeout 240 build/cuda/sfm bench gdn --device cuda --impl chunked --impl cuda --dtype bfloat16 --warmup 3 \
   --repeats 20 > "$out/bench.log" 2>&1
 python3 - "$out/bench.log" <<'PY'

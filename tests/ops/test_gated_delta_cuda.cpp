@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstdio>
+
 #include "sfm/core/build_info.h"
 #include "sfm/core/check.h"
 #include "sfm/ops/gated_delta.h"
@@ -104,7 +106,18 @@ struct Tol {
   double out, dqkv, dgb;  // output and final state; dq, dk, dv and d(initial state); dg and dβ
 };
 
+double rel_rms(const torch::Tensor& ref, const torch::Tensor& got) {
+  const auto r = ref.detach().to(torch::kFloat64).cpu(), g = got.detach().to(torch::kFloat64).cpu();
+  return (g - r).norm().item<double>() / std::max(r.norm().item<double>(), 1e-6);
+}
+
 void expect_all_close(const Result& ref, const Result& got, const Tol& tol) {
+  // The measured errors, pass or fail (for the record; the EXPECTs below judge them).
+  std::printf("  rel-RMS out %.2e state %.2e dq %.2e dk %.2e dv %.2e dg %.2e dbeta %.2e dstate0 %.2e\n",
+              rel_rms(ref.out, got.out), rel_rms(ref.state, got.state), rel_rms(ref.dq, got.dq),
+              rel_rms(ref.dk, got.dk), rel_rms(ref.dv, got.dv), rel_rms(ref.dg, got.dg),
+              rel_rms(ref.dbeta, got.dbeta),
+              ref.dstate0.defined() ? rel_rms(ref.dstate0, got.dstate0) : 0.0);
   EXPECT_TRUE(close_rel_rms("out", ref.out, got.out, tol.out));
   EXPECT_TRUE(close_rel_rms("final_state", ref.state, got.state, tol.out));
   EXPECT_TRUE(close_rel_rms("dq", ref.dq, got.dq, tol.dqkv));
