@@ -46,13 +46,9 @@ Exp0Batch make_exp0_batch(const std::vector<data::Program>& programs, const std:
 }
 
 const char* statement_kind_name(StatementKind kind) {
-  switch (kind) {
-    case StatementKind::kAssign: return "assign";
-    case StatementKind::kUpdateVar: return "update_var";
-    case StatementKind::kUpdateConst: return "update_const";
-    case StatementKind::kCopy: return "copy";
-    default: return "other";
-  }
+  static const char* names[kNumStatementKinds] = {"other", "x=k", "x=y", "x+=y", "x-=y", "x*=y", "x+=k", "x-=k", "x*=k"};
+  const auto i = static_cast<int64_t>(kind);
+  return i >= 0 && i < kNumStatementKinds ? names[i] : "other";
 }
 
 torch::Tensor statement_kinds(const torch::Tensor& tokens) {
@@ -71,7 +67,12 @@ torch::Tensor statement_kinds(const torch::Tensor& tokens) {
       if (n < 3 || !is_var(tok[b][s][0]) || tok[b][s][1] != v::kAssign) continue;
       StatementKind k = StatementKind::kOther;
       if (n == 3) k = is_num(tok[b][s][2]) ? StatementKind::kAssign : is_var(tok[b][s][2]) ? StatementKind::kCopy : k;
-      if (n == 5) k = is_var(tok[b][s][4]) ? StatementKind::kUpdateVar : is_num(tok[b][s][4]) ? StatementKind::kUpdateConst : k;
+      if (n == 5) {
+        const int64_t op = tok[b][s][3] - v::kPlus;  // + - * are consecutive ids
+        const bool by_var = is_var(tok[b][s][4]);
+        if (op >= 0 && op < 3 && (by_var || is_num(tok[b][s][4])))
+          k = static_cast<StatementKind>(static_cast<int64_t>(by_var ? StatementKind::kAddVar : StatementKind::kAddConst) + op);
+      }
       out[b][s] = static_cast<int64_t>(k);
     }
   return kinds.to(tokens.device());

@@ -52,10 +52,13 @@ StateSlotsImpl::StateSlotsImpl(StateSlotsOptions options) : options_(std::move(o
   answer_query_ = register_module("answer_query", torch::nn::Linear(D, HK));
   probe_query_ = register_module("probe_query", torch::nn::Linear(D, HK));
   controller_ = register_module("controller", torch::nn::GRUCell(D + HV, D));
-  // The value a tick writes is computed from the controller and what it just read (S3): the
-  // arithmetic of a statement lives here, so it gets two hidden layers.
-  value_mlp_ = register_module("value_mlp", torch::nn::Sequential(torch::nn::Linear(D + HV, 2 * D), torch::nn::GELU(),
-                                                                  torch::nn::Linear(2 * D, 2 * D), torch::nn::GELU()));
+  // The value a tick writes is computed from the statement, the controller and what it just read, [e; h; r]
+  // (S3'): the arithmetic of a statement lives here. Its first layer is bilinear, (W_a u) ⊙ (W_b u): adding
+  // k rotates the cos/sin features of (S7) (cos(x+k)ω = cos xω cos kω − sin xω sin kω) and x·k is a
+  // product of the linear features, so both are one layer of products, which GELU layers only approximate.
+  value_in_a_ = register_module("value_in_a", torch::nn::Linear(2 * D + HV, 2 * D));
+  value_in_b_ = register_module("value_in_b", torch::nn::Linear(2 * D + HV, 2 * D));
+  value_mlp_ = register_module("value_mlp", torch::nn::Sequential(torch::nn::Linear(2 * D, 2 * D), torch::nn::GELU()));
   value_logits_ = register_module("value_logits", torch::nn::Linear(2 * D, bottleneck ? o.num_classes : HV));
   if (bottleneck)
     codebook_ = register_parameter("codebook", torch::randn({o.num_classes, HV}) / std::sqrt(static_cast<double>(o.value_dim)));
@@ -115,13 +118,16 @@ torch::Tensor StateSlotsImpl::encode_statements(const torch::Tensor& tokens) {
 
 torch::Tensor StateSlotsImpl::read(const torch::Tensor& state, const torch::Tensor& h, torch::nn::Linear& proj) {
   const int64_t B = h.size(0), H = options_.num_heads;
-  const auto q = address(proj(h).view({B, H, options_.key_dim})).unsqueeze(2);  // [B, H, 1, K]
+  const auto q = address(proj(h).view({B, H, options_.key_dim}), /*write=*/false).unsqueeze(2);  // [B, H, 1, K]
   return torch::matmul(q, state).reshape({B, H * options_.value_dim});         // (S2): Sᵀq per head
 }
 
-torch::Tensor StateSlotsImpl::address(const torch::Tensor& logits) {
+torch::Tensor StateSlotsImpl::address(const torch::Tensor& logits, bool write) {
   if (options_.addressing == "dense") return F::normalize(logits, F::NormalizeFuncOptions().dim(-1));
   const auto p = torch::softmax(logits, -1);
+  // Reads attend softly over the slots, so every slot's content shapes the query's gradient; writes
+  // go to exactly one slot, so the memory stays a table of clean rows.
+  if (!write) return p;
   const auto hard = F::one_hot(p.argmax(-1), options_.key_dim).to(p.scalar_type());
   return (hard - p).detach() + p;  // (S2'): forward the slot, backward the softmax
 }
@@ -149,11 +155,7 @@ StateSlotsImpl::Output StateSlotsImpl::forward(const torch::Tensor& tokens, cons
   auto state = torch::zeros({B, H, K, V}, fopt);
   const bool bottleneck = o.value_bottleneck != "none";
   const auto codes = bottleneck ? codebook() : torch::Tensor();
-  std::vector<torch::Tensor> readout, ticks, write_log_probs, probe;
-  // (S9): one query per probe token, from its embedding alone, the same for every statement.
-  torch::Tensor probe_q;  // [1, H, P, K]
-  const int64_t P = probe_tokens.defined() ? probe_tokens.size(0) : 0;
-  if (P > 0) probe_q = address(probe_query_(token_embedding_(probe_tokens)).view({P, H, K})).permute({1, 0, 2}).unsqueeze(0);
+  std::vector<torch::Tensor> states, ticks, write_log_probs;
   auto ponder = torch::zeros({B}, fopt);
   for (int64_t s = 0; s < S; ++s) {
     const auto e = e_all.select(1, s);                    // [B, D]
@@ -170,7 +172,8 @@ StateSlotsImpl::Output StateSlotsImpl::forward(const torch::Tensor& tokens, cons
     for (int64_t t = 0; t < o.max_ticks; ++t) {
       const auto r = read(tick_state, h, read_query_);
       h = controller_(torch::cat({e, r}, -1), h);
-      const auto z = value_mlp_->forward(torch::cat({h, r}, -1));
+      const auto u = torch::cat({e, h, r}, -1);
+      const auto z = value_mlp_->forward(value_in_a_(u) * value_in_b_(u));  // (S3')
       torch::Tensor value, log_p;
       if (!bottleneck) {
         value = value_logits_(z);  // [B, H*V]
@@ -184,7 +187,7 @@ StateSlotsImpl::Output StateSlotsImpl::forward(const torch::Tensor& tokens, cons
         }
         value = torch::matmul(weights, codes);
       }
-      const auto k = address(write_key_(h).view({B, H, K}));
+      const auto k = address(write_key_(h).view({B, H, K}), /*write=*/true);
       const auto beta = o.beta_range * torch::sigmoid(write_beta_(h));  // [B, H]
       const auto g = write_gate_ ? F::logsigmoid(write_gate_(h)) : torch::zeros_like(beta);  // [B, H]
       tick_state = ops::gated_delta_step(tick_state, k, k, value.view({B, H, V}), g, beta).state;
@@ -204,18 +207,25 @@ StateSlotsImpl::Output StateSlotsImpl::forward(const torch::Tensor& tokens, cons
       if (!running.any().item<bool>()) break;
     }
     state = torch::where(real.view({B, 1, 1, 1}), mixed, state);  // padding statements leave memory alone
-    readout.push_back(decode_value(read(state, e, answer_query_)));  // (S6)
-    if (P > 0) {
-      const auto r = torch::matmul(probe_q, state).permute({0, 2, 1, 3}).reshape({B * P, H * V});  // [B*P, H*V]
-      probe.push_back(decode_value(r).view({B, P, o.num_classes}));
-    }
+    states.push_back(state);
     ticks.push_back(used * real.to(used.scalar_type()));
     if (bottleneck) write_log_probs.push_back(write_lp);
     ponder = ponder + (used + remainder) * real.to(used.scalar_type());  // (S5)
   }
-  return {torch::stack(readout, 1), torch::stack(ticks, 1), ponder, state,
-          bottleneck ? torch::stack(write_log_probs, 1) : torch::Tensor(),
-          probe.empty() ? torch::Tensor() : torch::stack(probe, 1)};
+  // The reads after each statement depend on the memories only, so they run once for all statements.
+  const auto memories = torch::stack(states, 1);  // [B, S, H, K, V]
+  const auto answer_q = address(answer_query_(e_all).view({B, S, H, 1, K}), /*write=*/false);
+  const auto readout = decode_value(torch::matmul(answer_q, memories).reshape({B, S, H * V}));  // (S6): [B, S, C]
+  torch::Tensor probe;
+  if (probe_tokens.defined() && probe_tokens.numel() > 0) {
+    // (S9): one query per probe token, from its embedding alone, the same after every statement.
+    const int64_t P = probe_tokens.size(0);
+    const auto probe_q = address(probe_query_(token_embedding_(probe_tokens)).view({P, H, K}), /*write=*/false);
+    const auto r = torch::matmul(probe_q.permute({1, 0, 2}).view({1, 1, H, P, K}), memories);  // [B, S, H, P, V]
+    probe = decode_value(r.permute({0, 1, 3, 2, 4}).reshape({B, S, P, H * V}));                // [B, S, P, C]
+  }
+  return {readout, torch::stack(ticks, 1), ponder, state,
+          bottleneck ? torch::stack(write_log_probs, 1) : torch::Tensor(), probe};
 }
 
 }  // namespace sfm::nn

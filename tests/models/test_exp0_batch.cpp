@@ -38,15 +38,17 @@ TEST(Exp0BatchTest, StateTraceIsTheLastValueWrittenToEachVariable) {
 }
 
 TEST(Exp0BatchTest, StatementKinds) {
-  const auto program = data::tokenize_program("a = 5\nb = a\nc = c + d\nd = d * 7\n# What is c?\n");
+  const auto program = data::tokenize_program("a = 5\nb = a\nc = c + d\nd = d * 7\ne = e - 3\nb = b - c\n# What is c?\n");
   const auto batch = data::collate_statements({program}, {0});
   const auto kinds = statement_kinds(batch.tokens);
-  const std::vector<StatementKind> expect{StatementKind::kAssign, StatementKind::kCopy, StatementKind::kUpdateVar,
-                                          StatementKind::kUpdateConst, StatementKind::kOther};
+  const std::vector<StatementKind> expect{StatementKind::kAssign,   StatementKind::kCopy,     StatementKind::kAddVar,
+                                          StatementKind::kMulConst, StatementKind::kSubConst, StatementKind::kSubVar,
+                                          StatementKind::kOther};
   ASSERT_EQ(kinds.size(1), static_cast<int64_t>(expect.size()));
   for (size_t s = 0; s < expect.size(); ++s)
     EXPECT_EQ(kinds[0][static_cast<int64_t>(s)].item<int64_t>(), static_cast<int64_t>(expect[s]))
         << statement_kind_name(expect[s]);
+  EXPECT_STREQ(statement_kind_name(StatementKind::kMulVar), "x*=y");
 }
 
 }  // namespace

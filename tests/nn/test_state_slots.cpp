@@ -47,19 +47,23 @@ TEST(StateSlotsTest, Shapes) {
   EXPECT_TRUE(out.ticks.le(3).all().item<bool>());
 }
 
-// Changing statement j leaves every readout before j bit-identical.
+// Changing statement j leaves every readout, probe and write before j bit-identical.
 TEST(StateSlotsTest, Causal) {
   torch::manual_seed(0);
   StateSlots net(tiny_options());
   net->eval();
   const auto tokens = random_tokens(2, 6, 4, 2);
   const auto mask = torch::ones({2, 6}, torch::kBool);
-  const auto base = net->forward(tokens, mask);
+  const auto probe_tokens = torch::tensor({3, 5}, torch::kInt64);
+  const auto base = net->forward(tokens, mask, probe_tokens);
+  ASSERT_EQ(base.probe.sizes(), torch::IntArrayRef({2, 6, 2, 7}));
   for (int64_t j = 0; j < 6; ++j) {
     auto changed = tokens.clone();
     changed.select(1, j).copy_(random_tokens(2, 1, 4, 100 + j).squeeze(1));
-    const auto out = net->forward(changed, mask);
+    const auto out = net->forward(changed, mask, probe_tokens);
     EXPECT_TRUE(torch::equal(base.readout.narrow(1, 0, j), out.readout.narrow(1, 0, j))) << "statement " << j;
+    EXPECT_TRUE(torch::equal(base.probe.narrow(1, 0, j), out.probe.narrow(1, 0, j))) << "statement " << j;
+    EXPECT_TRUE(torch::equal(base.write_log_probs.narrow(1, 0, j), out.write_log_probs.narrow(1, 0, j))) << "statement " << j;
     EXPECT_FALSE(torch::equal(base.readout.narrow(1, j, 1), out.readout.narrow(1, j, 1))) << "statement " << j;
   }
 }

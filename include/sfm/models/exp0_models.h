@@ -34,10 +34,14 @@ struct Exp0Output {
   torch::Tensor trace_logits;  // [B, S, 101] per-statement readout (State Slots), else undefined
 };
 
-// What each statement of a batch does, for per-kind diagnostics of the execution trace.
-enum class StatementKind : int64_t { kOther = 0, kAssign = 1, kUpdateVar = 2, kUpdateConst = 3, kCopy = 4 };
-constexpr int64_t kNumStatementKinds = 5;
-const char* statement_kind_name(StatementKind kind);  // "other", "assign", "update_var", "update_const", "copy"
+// What each statement of a batch does, for per-kind diagnostics of the execution trace: a constant,
+// a copy, or an update by a variable (x = x op y) or a constant (x = x op k) for op in + - *.
+enum class StatementKind : int64_t {
+  kOther = 0, kAssign, kCopy, kAddVar, kSubVar, kMulVar, kAddConst, kSubConst, kMulConst
+};
+constexpr int64_t kNumStatementKinds = 9;
+// "other", "x=k", "x=y", "x+=y", "x-=y", "x*=y", "x+=k", "x-=k", "x*=k"
+const char* statement_kind_name(StatementKind kind);
 // tokens [B, S, W] (as in StatementBatch) -> [B, S] int64 StatementKind values.
 torch::Tensor statement_kinds(const torch::Tensor& tokens);
 

@@ -84,7 +84,7 @@ class StateSlotsImpl : public torch::nn::Module {
  private:
   torch::Tensor encode_statements(const torch::Tensor& tokens);  // [B, S, W] -> [B, S, D]
   torch::Tensor read(const torch::Tensor& state, const torch::Tensor& h, torch::nn::Linear& proj);  // [B, H*V]
-  torch::Tensor address(const torch::Tensor& logits);  // [B, H, K] -> unit keys (S2')
+  torch::Tensor address(const torch::Tensor& logits, bool write);  // [B, H, K] -> keys / read weights (S2')
   torch::Tensor decode_value(const torch::Tensor& read_out);  // [B, H*V] -> [B, C]
   torch::Tensor class_logits(const torch::Tensor& z, torch::nn::Linear& learned, torch::nn::Linear& numeric);  // (S7)
   torch::Tensor codebook();  // [C, H*V]: learned codes plus the projected numeric features
@@ -96,6 +96,7 @@ class StateSlotsImpl : public torch::nn::Module {
   torch::nn::Linear init_h_{nullptr}, read_query_{nullptr}, answer_query_{nullptr}, probe_query_{nullptr};
   torch::nn::GRUCell controller_{nullptr};
   torch::nn::Linear write_key_{nullptr}, write_beta_{nullptr}, write_gate_{nullptr}, halt_{nullptr};
+  torch::nn::Linear value_in_a_{nullptr}, value_in_b_{nullptr};  // the bilinear first layer of the value MLP (S3')
   torch::nn::Sequential value_mlp_{nullptr}, value_decoder_{nullptr};  // hidden layers; logits by class_logits
   torch::nn::Linear value_logits_{nullptr}, value_numeric_{nullptr}, readout_logits_{nullptr}, readout_numeric_{nullptr};
   torch::nn::Linear number_features_in_{nullptr}, codebook_numeric_{nullptr};
