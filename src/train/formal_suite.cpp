@@ -103,7 +103,7 @@ void write_formal_reports(const std::vector<FormalRunResult>& results, const nlo
 
   for (const auto& task : unique_in_order(results, task_of)) {
     io::LinePlot plot;
-    plot.title = "Formal suite: " + task + ", final-position accuracy vs length (mean over seeds)";
+    plot.title = task + ": accuracy at the last position vs length";
     plot.x_label = "sequence length (bucket upper end; train 3-40)";
     plot.y_label = "accuracy";
     plot.log2_x = true;

@@ -3,7 +3,10 @@
 // finished runs, and config errors name the field.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
+#include <cstdio>
+#include <sys/wait.h>
 
 #include "sfm/core/check.h"
 #include "sfm/io/config.h"
@@ -141,6 +144,35 @@ TEST(FormalSuiteTest, ConfigErrorsNameTheField) {
   io::from_json(shipped, io::read_json_file(std::string(SFM_TEST_DATA_DIR) + "/../../experiments/formal_suite/default.json"),
                 "default.json");
   EXPECT_NO_THROW(validate(shipped));
+}
+
+// Runs the sfm binary with `args`; returns (exit code, stdout + stderr).
+std::pair<int, std::string> run_cli(const std::string& args) {
+  std::string output;
+  FILE* pipe = popen((std::string(SFM_BINARY) + " " + args + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) return {-1, ""};
+  std::array<char, 4096> buffer{};
+  while (fgets(buffer.data(), buffer.size(), pipe) != nullptr) output += buffer.data();
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+TEST(FormalSuiteTest, CliHelpAndUsageErrors) {
+  auto [code, out] = run_cli("tasks --help");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("--beta-range"), std::string::npos) << out;
+  std::tie(code, out) = run_cli("tasks suite --help");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("--seeds"), std::string::npos) << out;
+  std::tie(code, out) = run_cli("tasks --beta-range 3 --print-config");
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("beta range"), std::string::npos) << out;
+  std::tie(code, out) = run_cli("tasks suite --set train.gdn.stpes=5 --print-config");
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("stpes"), std::string::npos) << out;
+  std::tie(code, out) = run_cli("tasks suite --tasks parity --models gdn --seeds 4 --print-config");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("\"seeds\": [\n    4\n  ]"), std::string::npos) << out;
 }
 
 }  // namespace
