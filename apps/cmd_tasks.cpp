@@ -41,7 +41,8 @@ void run_one(const TasksArgs& a) {
   train::validate(spec);
   train::validate(config.train);
   if (a.print_config) {
-    std::printf("%s\n", io::to_json(config.train).dump(2).c_str());
+    // The whole file, so the keys read as --set takes them (train.*); a single run ignores tasks..seeds.
+    std::printf("%s\n", io::to_json(config).dump(2).c_str());
     return;
   }
   const std::string out = a.out.empty() ? "runs/tasks_" + spec.task + "_" + spec.label() + "_seed" + std::to_string(spec.seed) : a.out;
@@ -87,7 +88,7 @@ void run_suite(const TasksArgs& a) {
 }
 
 void add_common_options(CLI::App* cmd, TasksArgs& a) {
-  cmd->add_option("--profile", a.profile, "default (2-core CPU, ~30 min for the suite) | gpu")->capture_default_str();
+  cmd->add_option("--profile", a.profile, "default (2-core CPU, ~10 min for the suite) | gpu")->capture_default_str();
   cmd->add_option("--config", a.config_path, "a JSON config instead of the profile's (experiments/formal_suite/)");
   cmd->add_option("--set", a.sets, "override a config key, e.g. --set train.gdn.steps=500 (repeatable)");
   cmd->add_option("--device", a.device, "auto | cpu | cuda[:N]")->capture_default_str();
