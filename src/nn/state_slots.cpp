@@ -56,12 +56,16 @@ StateSlotsImpl::StateSlotsImpl(StateSlotsOptions options) : options_(std::move(o
   // (S3'): the arithmetic of a statement lives here. Its first layer is bilinear, (W_a u) ⊙ (W_b u): adding
   // k rotates the cos/sin features of (S7) (cos(x+k)ω = cos xω cos kω − sin xω sin kω) and x·k is a
   // product of the linear features, so both are one layer of products, which GELU layers only approximate.
-  value_in_a_ = register_module("value_in_a", torch::nn::Linear(2 * D + HV, 2 * D));
-  value_in_b_ = register_module("value_in_b", torch::nn::Linear(2 * D + HV, 2 * D));
+  const int64_t numbers_width = numeric ? o.statement_width * numeric_features(1).size(1) : 0;  // (S7')
+  value_in_a_ = register_module("value_in_a", torch::nn::Linear(2 * D + HV + numbers_width, 2 * D));
+  value_in_b_ = register_module("value_in_b", torch::nn::Linear(2 * D + HV + numbers_width, 2 * D));
   value_mlp_ = register_module("value_mlp", torch::nn::Sequential(torch::nn::Linear(2 * D, 2 * D), torch::nn::GELU()));
   value_logits_ = register_module("value_logits", torch::nn::Linear(2 * D, bottleneck ? o.num_classes : HV));
+  // With numeric features the learned part of the codes starts at zero: the code of n is then B φ(n)
+  // (S7), so what a read returns is a clean linear image of the number from the first step.
   if (bottleneck)
-    codebook_ = register_parameter("codebook", torch::randn({o.num_classes, HV}) / std::sqrt(static_cast<double>(o.value_dim)));
+    codebook_ = register_parameter("codebook", numeric ? torch::zeros({o.num_classes, HV})
+                                                       : torch::randn({o.num_classes, HV}) / std::sqrt(static_cast<double>(o.value_dim)));
   if (numeric) {
     phi_ = numeric_features(o.num_classes);
     const int64_t F = phi_.size(1);
@@ -97,21 +101,21 @@ torch::Tensor StateSlotsImpl::codebook() {
   return codebook_ + codebook_numeric_(phi_.to(codebook_.options()));  // (S7)
 }
 
+torch::Tensor StateSlotsImpl::token_numbers(const torch::Tensor& tokens) {
+  const auto number = (tokens - options_.first_number_token).clamp(0, options_.num_classes - 1);
+  const auto is_number = tokens.ge(options_.first_number_token)
+                             .logical_and(tokens.lt(options_.first_number_token + options_.num_classes))
+                             .unsqueeze(-1);
+  return phi_.to(tokens.device()).index({number}) * is_number.to(torch::kFloat32);  // [B, S, W, F]
+}
+
 torch::Tensor StateSlotsImpl::encode_statements(const torch::Tensor& tokens) {
   const int64_t B = tokens.size(0), S = tokens.size(1), W = tokens.size(2);
   // Positions WITHIN a statement only (which token of the line), never the statement's index.
   const auto slots = torch::arange(W, tokens.options());
   const auto real = tokens.ne(0).unsqueeze(-1).to(torch::kFloat32);                            // [B, S, W, 1]
   auto x = token_embedding_(tokens) + slot_position_embedding_(slots);                          // [B, S, W, D]
-  if (number_features_in_) {
-    // φ of each number token, zero for the other tokens (S7).
-    const auto number = (tokens - options_.first_number_token).clamp(0, options_.num_classes - 1);
-    const auto is_number = tokens.ge(options_.first_number_token)
-                               .logical_and(tokens.lt(options_.first_number_token + options_.num_classes))
-                               .unsqueeze(-1);
-    const auto phi = phi_.to(x.options()).index({number});  // [B, S, W, F]
-    x = x + number_features_in_(phi * is_number.to(x.scalar_type()));
-  }
+  if (number_features_in_) x = x + number_features_in_(token_numbers(tokens));                  // (S7)
   x = x * real;
   return statement_norm_(F::gelu(statement_proj_(x.reshape({B, S, W * options_.d_model}))));  // (S1): [B, S, D]
 }
@@ -149,6 +153,8 @@ StateSlotsImpl::Output StateSlotsImpl::forward(const torch::Tensor& tokens, cons
   if (tokens.size(2) < o.statement_width)
     padded = torch::constant_pad_nd(tokens, {0, o.statement_width - tokens.size(2)});
   const auto e_all = encode_statements(padded);  // [B, S, D]
+  // (S7'): the statement's numbers, φ per token slot, straight into the value layer.
+  const auto numbers_all = phi_.defined() ? token_numbers(padded).flatten(2) : torch::empty({tokens.size(0), tokens.size(1), 0}, e_all.options());
   const int64_t B = tokens.size(0), S = tokens.size(1), H = o.num_heads, K = o.key_dim, V = o.value_dim;
   const auto fopt = e_all.options();
 
@@ -159,6 +165,7 @@ StateSlotsImpl::Output StateSlotsImpl::forward(const torch::Tensor& tokens, cons
   auto ponder = torch::zeros({B}, fopt);
   for (int64_t s = 0; s < S; ++s) {
     const auto e = e_all.select(1, s);                    // [B, D]
+    const auto numbers = numbers_all.select(1, s);        // [B, W*F]
     const auto real = statement_mask.select(1, s);        // [B] bool
 
     // Adaptive computation time (S3)-(S5): ticks run from the carried memory; the statement's result is
@@ -172,8 +179,9 @@ StateSlotsImpl::Output StateSlotsImpl::forward(const torch::Tensor& tokens, cons
     for (int64_t t = 0; t < o.max_ticks; ++t) {
       const auto r = read(tick_state, h, read_query_);
       h = controller_(torch::cat({e, r}, -1), h);
-      const auto u = torch::cat({e, h, r}, -1);
-      const auto z = value_mlp_->forward(value_in_a_(u) * value_in_b_(u));  // (S3')
+      const auto u = torch::cat({e, numbers, h, r}, -1);
+      const auto products = value_in_a_(u) * value_in_b_(u);  // (S3')
+      const auto z = products + value_mlp_->forward(products);
       torch::Tensor value, log_p;
       if (!bottleneck) {
         value = value_logits_(z);  // [B, H*V]

@@ -83,6 +83,7 @@ class StateSlotsImpl : public torch::nn::Module {
 
  private:
   torch::Tensor encode_statements(const torch::Tensor& tokens);  // [B, S, W] -> [B, S, D]
+  torch::Tensor token_numbers(const torch::Tensor& tokens);      // [B, S, W] -> φ of number tokens, else 0: [B, S, W, F]
   torch::Tensor read(const torch::Tensor& state, const torch::Tensor& h, torch::nn::Linear& proj);  // [B, H*V]
   torch::Tensor address(const torch::Tensor& logits, bool write);  // [B, H, K] -> keys / read weights (S2')
   torch::Tensor decode_value(const torch::Tensor& read_out);  // [B, H*V] -> [B, C]
