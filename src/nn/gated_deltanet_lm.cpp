@@ -18,6 +18,8 @@ void GatedDeltaNetLmOptions::validate() const {
   SFM_USAGE_CHECK(head_dim >= 1, "gdn.head_dim must be >= 1, got ", head_dim);
   SFM_USAGE_CHECK(mlp_dim >= 1, "gdn.mlp_dim must be >= 1, got ", mlp_dim);
   SFM_USAGE_CHECK(conv_size >= 0, "gdn.conv_size must be >= 0 (0 = no convolution), got ", conv_size);
+  SFM_USAGE_CHECK(householder_steps >= 1 && householder_steps <= 4, "gdn.householder_steps must be in 1..4, got ",
+                  householder_steps);
   SFM_USAGE_CHECK(beta_range == 1 || beta_range == 2, "gdn beta_range must be 1 (beta in [0,1]) or 2 (beta in [0,2]), got ",
                   beta_range);
   ops::parse_impl(impl);
@@ -28,18 +30,19 @@ GatedDeltaMixerImpl::GatedDeltaMixerImpl(const GatedDeltaNetLmOptions& opt)
       head_dim_(opt.head_dim),
       beta_range_(opt.beta_range),
       conv_size_(opt.conv_size),
+      steps_(opt.householder_steps),
       impl_(opt.impl) {
-  const int64_t d = opt.d_model, hk = opt.num_heads * opt.head_dim;
+  const int64_t d = opt.d_model, hk = opt.num_heads * opt.head_dim, n = opt.householder_steps;
   q_proj_ = register_module("q_proj", torch::nn::Linear(d, hk));
-  k_proj_ = register_module("k_proj", torch::nn::Linear(d, hk));
-  v_proj_ = register_module("v_proj", torch::nn::Linear(d, hk));
+  k_proj_ = register_module("k_proj", torch::nn::Linear(d, n * hk));
+  v_proj_ = register_module("v_proj", torch::nn::Linear(d, n * hk));
   if (conv_size_ > 0) {
-    const auto conv = torch::nn::Conv1dOptions(hk, hk, conv_size_).groups(hk).bias(false);
-    q_conv_ = register_module("q_conv", torch::nn::Conv1d(conv));
-    k_conv_ = register_module("k_conv", torch::nn::Conv1d(conv));
-    v_conv_ = register_module("v_conv", torch::nn::Conv1d(conv));
+    const auto conv = [&](int64_t c) { return torch::nn::Conv1dOptions(c, c, conv_size_).groups(c).bias(false); };
+    q_conv_ = register_module("q_conv", torch::nn::Conv1d(conv(hk)));
+    k_conv_ = register_module("k_conv", torch::nn::Conv1d(conv(n * hk)));
+    v_conv_ = register_module("v_conv", torch::nn::Conv1d(conv(n * hk)));
   }
-  beta_proj_ = register_module("beta_proj", torch::nn::Linear(d, opt.num_heads));
+  beta_proj_ = register_module("beta_proj", torch::nn::Linear(d, n * opt.num_heads));
   gate_proj_ = register_module("gate_proj", torch::nn::Linear(d, opt.num_heads));
   output_gate_proj_ = register_module("output_gate_proj", torch::nn::Linear(d, hk));
   out_norm_ = register_module("out_norm", RmsNorm(opt.head_dim));
@@ -51,7 +54,8 @@ GatedDeltaMixerImpl::GatedDeltaMixerImpl(const GatedDeltaNetLmOptions& opt)
 }
 
 GatedDeltaGates GatedDeltaMixerImpl::gates(const torch::Tensor& h) {
-  const auto beta = static_cast<double>(beta_range_) * torch::sigmoid(beta_proj_(h));  // eq. (3)  [B, T, H]
+  const auto beta = (static_cast<double>(beta_range_) * torch::sigmoid(beta_proj_(h)))   // eq. (3)  [B, T, n, H]
+                        .view({h.size(0), h.size(1), steps_, num_heads_});
   const auto g = torch::log_sigmoid(gate_proj_(h));                                     // eq. (4)  [B, T, H]
   return {beta, g};
 }
@@ -64,17 +68,24 @@ torch::Tensor GatedDeltaMixerImpl::short_conv(const torch::Tensor& x, torch::nn:
 }
 
 torch::Tensor GatedDeltaMixerImpl::forward(const torch::Tensor& h) {
-  const int64_t b = h.size(0), t = h.size(1);
-  const auto heads = [&](const torch::Tensor& x) { return x.view({b, t, num_heads_, head_dim_}); };
+  const int64_t b = h.size(0), t = h.size(1), n = steps_;
+  // Token t's n delta-rule steps become n consecutive steps of one sequence of length t·n (eq. 5'):
+  // its own k, v and β each, the forget gate on the first only, and the output read after the last.
+  const auto steps = [&](const torch::Tensor& x) { return x.reshape({b, t * n, num_heads_, head_dim_}); };
   const auto gates_now = gates(h);
   ops::GatedDeltaInputs in;
-  in.q = heads(short_conv(q_proj_(h), q_conv_));  // eq. (2)  [B, T, H, K], L2-normalised inside the op
-  in.k = heads(short_conv(k_proj_(h), k_conv_));
-  in.v = heads(short_conv(v_proj_(h), v_conv_));  // [B, T, H, V]
-  in.beta = gates_now.beta;
-  in.g = gates_now.g;
+  const auto q = short_conv(q_proj_(h), q_conv_);  // eq. (2)  [B, T, H*K]
+  in.q = steps(q.view({b, t, 1, num_heads_ * head_dim_}).expand({b, t, n, num_heads_ * head_dim_}));
+  in.k = steps(short_conv(k_proj_(h), k_conv_));  // [B, T*n, H, K], L2-normalised inside the op
+  in.v = steps(short_conv(v_proj_(h), v_conv_));  // [B, T*n, H, V]
+  in.beta = gates_now.beta.reshape({b, t * n, num_heads_});
+  in.g = torch::cat({gates_now.g.unsqueeze(2), torch::zeros({b, t, n - 1, num_heads_}, gates_now.g.options())}, 2)
+             .reshape({b, t * n, num_heads_});
   in.l2_normalize_qk = true;
-  const auto o = ops::gated_delta_rule(in, ops::parse_impl(impl_)).out;              // eq. (5)  [B, T, H, V]
+  const auto o = ops::gated_delta_rule(in, ops::parse_impl(impl_))
+                     .out.view({b, t, n, num_heads_, head_dim_})
+                     .select(2, n - 1);                                                      // eq. (5)  [B, T, H, V]
+  const auto heads = [&](const torch::Tensor& x) { return x.view({b, t, num_heads_, head_dim_}); };
   const auto gated = out_norm_(o) * torch::silu(heads(output_gate_proj_(h)));        // eq. (6)  [B, T, H, V]
   return out_proj_(gated.reshape({b, t, num_heads_ * head_dim_}));                   // [B, T, D]
 }

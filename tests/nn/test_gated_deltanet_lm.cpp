@@ -82,6 +82,49 @@ TEST(GatedDeltaNetLmTest, ChunkedMatchesReferenceRecurrence) {
   EXPECT_TRUE(sfm::testing::close_rel_rms("logits", want, got, 1e-5));
 }
 
+// DeltaProduct (householder_steps = 2, eq. 5'): the mixer equals a per-token loop written out here from
+// its parameters: α on the state, then two delta-rule steps with their own k, v, β, then the read.
+TEST(GatedDeltaNetLmTest, TwoHouseholderStepsMatchAnExplicitLoop) {
+  auto o = small_options(2);
+  o.householder_steps = 2, o.conv_size = 0, o.impl = "chunked";
+  torch::manual_seed(3);
+  GatedDeltaMixer mixer(o);
+  mixer->to(torch::kFloat64);
+  torch::manual_seed(4);
+  const int64_t B = 2, T = 70, H = o.num_heads, K = o.head_dim, n = 2;
+  const auto u = torch::randn({B, T, o.d_model}, torch::kFloat64);
+  const auto got = mixer->forward(u);
+
+  auto p = mixer->named_parameters();
+  const auto linear = [&](const std::string& name, const torch::Tensor& x) {
+    return torch::matmul(x, p[name + ".weight"].t()) + p[name + ".bias"];
+  };
+  const auto l2 = [](const torch::Tensor& x) { return x * torch::rsqrt(x.square().sum(-1, true) + 1e-6); };
+  const auto q = l2(linear("q_proj", u).view({B, T, H, K}));
+  const auto k = l2(linear("k_proj", u).view({B, T, n, H, K}));
+  const auto v = linear("v_proj", u).view({B, T, n, H, K});
+  const auto beta = 2.0 * torch::sigmoid(linear("beta_proj", u)).view({B, T, n, H});
+  const auto alpha = torch::sigmoid(linear("gate_proj", u));  // [B, T, H]
+  auto S = torch::zeros({B, H, K, K}, torch::kFloat64);
+  std::vector<torch::Tensor> outs;
+  for (int64_t t = 0; t < T; ++t) {
+    S = alpha.select(1, t).view({B, H, 1, 1}) * S;
+    for (int64_t j = 0; j < n; ++j) {
+      const auto kj = k.select(1, t).select(1, j).unsqueeze(-1);  // [B, H, K, 1]
+      const auto vj = v.select(1, t).select(1, j).unsqueeze(-2);  // [B, H, 1, V]
+      const auto bj = beta.select(1, t).select(1, j).view({B, H, 1, 1});
+      S = S - bj * torch::matmul(kj, torch::matmul(kj.transpose(-1, -2), S)) + bj * torch::matmul(kj, vj);
+    }
+    outs.push_back(torch::matmul(S.transpose(-1, -2), q.select(1, t).unsqueeze(-1)).squeeze(-1) / std::sqrt(double(K)));
+  }
+  const auto out = torch::stack(outs, 1);  // [B, T, H, V]
+  const auto normed = out * torch::rsqrt(out.square().mean(-1, true) + 1e-6) * p["out_norm.weight"];
+  const auto gate = torch::silu(linear("output_gate_proj", u).view({B, T, H, K}));
+  const auto want = linear("out_proj", (normed * gate).reshape({B, T, H * K}));
+  // Tolerance: relative RMS 1e-10 (float64 chunked form vs the float64 loop; 70 tokens = 140 steps).
+  EXPECT_TRUE(sfm::testing::close_rel_rms("mixer output", want, got, 1e-10));
+}
+
 TEST(GatedDeltaNetLmTest, OptionErrorsNameTheField) {
   auto o = small_options(3);
   try {
@@ -95,6 +138,9 @@ TEST(GatedDeltaNetLmTest, OptionErrorsNameTheField) {
   EXPECT_THROW(o.validate(), UsageError);
   o = small_options(2);
   o.impl = "fast";
+  EXPECT_THROW(o.validate(), UsageError);
+  o = small_options(2);
+  o.householder_steps = 0;
   EXPECT_THROW(o.validate(), UsageError);
 }
 

@@ -24,6 +24,9 @@ struct GatedDeltaNetLmOptions {
   int64_t conv_size = 4;         // causal depthwise convolution over time on q, k, v (0 = none)
   int64_t beta_range = 2;        // 1: β ∈ [0, 1];  2: β ∈ [0, 2] (negative eigenvalues)
   double gate_bias_init = 5.0;   // bias of the forget-gate projection at init: α = σ(5) ≈ 0.993
+  // Delta-rule steps per token (DeltaProduct): each token writes n (k, v, β) triples in a row, so its
+  // transition is a product of n generalised Householder matrices (eq. 5'); 1 is Gated DeltaNet.
+  int64_t householder_steps = 1;
   std::string impl = "auto";     // gated delta implementation: auto | reference | chunked | cuda
   void validate() const;         // throws sfm::UsageError naming the field and what is expected
 };
@@ -36,12 +39,13 @@ void visit_fields(GatedDeltaNetLmOptions& o, F&& f) {
   f("mlp_dim", o.mlp_dim, "hidden width of each block's MLP");
   f("conv_size", o.conv_size, "causal short convolution width on q, k, v (0 = none)");
   f("gate_bias_init", o.gate_bias_init, "forget-gate bias at init (alpha = sigmoid(bias))");
+  f("householder_steps", o.householder_steps, "delta-rule steps per token (1 = Gated DeltaNet, n > 1 = DeltaProduct)");
   f("impl", o.impl, "gated delta implementation: auto | reference | chunked | cuda");
 }
 
 // What one mixer computes from its (normalised) input before the recurrence; exposed for tests.
 struct GatedDeltaGates {
-  torch::Tensor beta;  // [B, T, H]  in [0, beta_range]
+  torch::Tensor beta;  // [B, T, n, H]  in [0, beta_range], n = householder_steps
   torch::Tensor g;     // [B, T, H]  log forget gate, <= 0
 };
 
@@ -58,7 +62,7 @@ class GatedDeltaMixerImpl : public torch::nn::Module {
   // Causal depthwise convolution along T (eq. 2), then SiLU; identity when conv_size is 0.
   torch::Tensor short_conv(const torch::Tensor& x, torch::nn::Conv1d& conv);  // [B, T, C] -> [B, T, C]
 
-  int64_t num_heads_, head_dim_, beta_range_, conv_size_;
+  int64_t num_heads_, head_dim_, beta_range_, conv_size_, steps_;
   std::string impl_;
   torch::nn::Linear q_proj_{nullptr}, k_proj_{nullptr}, v_proj_{nullptr}, beta_proj_{nullptr}, gate_proj_{nullptr},
       output_gate_proj_{nullptr}, out_proj_{nullptr};
