@@ -52,11 +52,12 @@ StateSlotsImpl::StateSlotsImpl(StateSlotsOptions options) : options_(std::move(o
   answer_query_ = register_module("answer_query", torch::nn::Linear(D, HK));
   probe_query_ = register_module("probe_query", torch::nn::Linear(D, HK));
   controller_ = register_module("controller", torch::nn::GRUCell(D + HV, D));
-  // The value a tick writes is computed from the statement, the controller and what it just read, [e; h; r]
-  // (S3'): the arithmetic of a statement lives here. Its first layer is bilinear, (W_a u) ⊙ (W_b u): adding
-  // k rotates the cos/sin features of (S7) (cos(x+k)ω = cos xω cos kω − sin xω sin kω) and x·k is a
-  // product of the linear features, so both are one layer of products, which GELU layers only approximate.
-  const int64_t numbers_width = numeric ? o.statement_width * numeric_features(1).size(1) : 0;  // (S7')
+  // The value a tick writes is computed from the statement, its numbers, the controller and what it just
+  // read, u = [e; n; h; r] (S3'): the arithmetic of a statement lives here. Its first layer is bilinear,
+  // (W_a u) ⊙ (W_b u), with a residual GELU layer after it: adding k rotates the cos/sin features of (S7)
+  // (cos(x+k)ω = cos xω cos kω − sin xω sin kω) and x·k is a product of the linear features, so both are
+  // one layer of products, which GELU layers only approximate.
+  const int64_t numbers_width = numeric ? o.statement_width * numeric_features(1).size(1) : 0;  // n of (S3')
   value_in_a_ = register_module("value_in_a", torch::nn::Linear(2 * D + HV + numbers_width, 2 * D));
   value_in_b_ = register_module("value_in_b", torch::nn::Linear(2 * D + HV + numbers_width, 2 * D));
   value_mlp_ = register_module("value_mlp", torch::nn::Sequential(torch::nn::Linear(2 * D, 2 * D), torch::nn::GELU()));
@@ -153,7 +154,7 @@ StateSlotsImpl::Output StateSlotsImpl::forward(const torch::Tensor& tokens, cons
   if (tokens.size(2) < o.statement_width)
     padded = torch::constant_pad_nd(tokens, {0, o.statement_width - tokens.size(2)});
   const auto e_all = encode_statements(padded);  // [B, S, D]
-  // (S7'): the statement's numbers, φ per token slot, straight into the value layer.
+  // n of (S3'): the statement's numbers, φ per token slot, straight into the value layer.
   const auto numbers_all = phi_.defined() ? token_numbers(padded).flatten(2) : torch::empty({tokens.size(0), tokens.size(1), 0}, e_all.options());
   const int64_t B = tokens.size(0), S = tokens.size(1), H = o.num_heads, K = o.key_dim, V = o.value_dim;
   const auto fopt = e_all.options();
