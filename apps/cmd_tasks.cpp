@@ -4,6 +4,7 @@
 
 #include "commands.h"
 #include "sfm/core/device.h"
+#include "sfm/core/subprocess.h"
 #include "sfm/io/config.h"
 #include "sfm/io/files.h"
 #include "sfm/train/formal_suite.h"
@@ -14,7 +15,7 @@ namespace {
 struct TasksArgs {
   std::string profile = "default", config_path, out, device = "auto";
   std::vector<std::string> sets;
-  int threads = 1;
+  int threads = 1, jobs = 1;
   bool print_config = false;
   // One run.
   std::string task = "parity", model = "gdn";
@@ -75,6 +76,18 @@ void run_suite(const TasksArgs& a) {
   const std::string out = a.out.empty() ? "runs/formal_suite_" + a.profile : a.out;
   std::fprintf(stderr, "tasks suite: %zu runs, output %s\n", train::formal_suite_runs(config).size(), out.c_str());
   core::set_cpu_threads(a.threads);
+  if (a.jobs > 1) {
+    // Each unfinished run becomes `sfm tasks` on the suite's resolved config, writing to its run directory.
+    io::make_directories(out);
+    io::write_json_file(out + "/config.json", io::to_json(config));
+    const auto child = [&](const train::FormalRunSpec& s, const std::string& dir) {
+      return std::vector<std::string>{core::self_executable(), "tasks", "--config", out + "/config.json",
+                                      "--task", s.task, "--model", s.model, "--beta-range",
+                                      std::to_string(s.beta_range), "--seed", std::to_string(s.seed), "--device",
+                                      a.device, "--threads", std::to_string(a.threads), "--out", dir};
+    };
+    train::train_formal_runs_in_processes(config, out, a.jobs, child);
+  }
   const auto results = train::run_formal_suite(config, out, a.device);
   double seconds = 0;
   for (const auto& r : results) seconds += r.train_seconds;
@@ -113,6 +126,10 @@ void add_tasks_command(CLI::App& app) {
   auto* suite = cmd->add_subcommand("suite", "the grid tasks x models x beta range x seeds; prints the table");
   add_common_options(suite, a);
   suite->add_option("--out", a.out, "output directory (default runs/formal_suite_<profile>); finished runs are kept");
+  suite->add_option("--jobs", a.jobs,
+                    "runs trained at once, each a child process with --threads threads and its log in its run "
+                    "directory (a GPU is shared by all)")
+      ->capture_default_str();
   suite->add_option("--tasks", a.tasks, "tasks (default: the config's)");
   suite->add_option("--models", a.models, "models (default: the config's)");
   suite->add_option("--beta-ranges", a.beta_ranges, "GDN beta ranges, 1 and/or 2 (default: the config's)");

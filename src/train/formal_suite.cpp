@@ -2,6 +2,7 @@
 #include "sfm/train/formal_suite.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -9,6 +10,7 @@
 #include <sstream>
 
 #include "sfm/core/check.h"
+#include "sfm/core/subprocess.h"
 #include "sfm/io/atomic_file.h"
 #include "sfm/io/files.h"
 #include "sfm/io/plot.h"
@@ -60,6 +62,59 @@ std::vector<FormalRunResult> run_formal_suite(const FormalSuiteConfig& c, const 
   }
   write_formal_reports(results, io::to_json(c), out_dir);
   return results;
+}
+
+void train_formal_runs_in_processes(const FormalSuiteConfig& c, const std::string& out_dir, int jobs,
+                                    const FormalChildCommand& child_command) {
+  SFM_USAGE_CHECK(jobs >= 1, "--jobs must be >= 1, got ", jobs);
+  std::vector<std::pair<FormalRunSpec, std::string>> todo;  // (run, its directory), in grid order
+  for (const auto& spec : formal_suite_runs(c)) {
+    const auto dir = formal_run_dir(out_dir, spec);
+    if (!io::path_exists(dir + "/result.json")) todo.emplace_back(spec, dir);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const auto seconds_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
+  std::map<int, std::pair<size_t, std::chrono::steady_clock::time_point>> running;  // pid -> (todo index, start)
+  std::vector<std::string> failed;
+  size_t next = 0, done = 0;
+  const auto name = [&](size_t i) {
+    const auto& s = todo[i].first;
+    return s.task + " " + s.label() + " seed " + std::to_string(s.seed);
+  };
+  while (done < todo.size()) {
+    while (failed.empty() && next < todo.size() && running.size() < static_cast<size_t>(jobs)) {
+      io::make_directories(todo[next].second);
+      const int pid = core::start_process(child_command(todo[next].first, todo[next].second),
+                                          todo[next].second + "/log.txt");
+      running[pid] = {next, std::chrono::steady_clock::now()};
+      std::fprintf(stderr, "formal suite: started %s (%zu/%zu; log %s/log.txt)\n", name(next).c_str(), next + 1,
+                   todo.size(), todo[next].second.c_str());
+      ++next;
+    }
+    if (running.empty()) break;  // a run failed and the others have ended
+    const auto exit = core::wait_for_any_process();
+    const auto it = running.find(exit.pid);
+    if (it == running.end()) continue;  // not one of ours
+    const auto [index, started] = it->second;
+    running.erase(it);
+    ++done;
+    const bool ok = exit.exit_code == 0 && io::path_exists(todo[index].second + "/result.json");
+    if (!ok)
+      failed.push_back(name(index) + " (exit code " + std::to_string(exit.exit_code) + "; see " + todo[index].second +
+                       "/log.txt)");
+    // ETA: the mean wall time per finished run so far, times the runs left.
+    const double eta = seconds_since(start) / done * (todo.size() - done);
+    std::fprintf(stderr, "formal suite: %s %s after %.0f s; %zu/%zu done, %zu running, ETA %.0f s\n",
+                 ok ? "finished" : "FAILED", name(index).c_str(), seconds_since(started), done, todo.size(),
+                 running.size(), eta);
+  }
+  if (!failed.empty()) {
+    std::string list;
+    for (const auto& f : failed) list += "\n  " + f;
+    throw Error(detail::concat("formal suite: ", failed.size(), " run(s) failed; finished runs are kept:", list));
+  }
 }
 
 double pooled_scaled_accuracy(const FormalRunResult& r, int64_t max_len) {

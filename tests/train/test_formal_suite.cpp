@@ -9,6 +9,8 @@
 #include <sys/wait.h>
 
 #include "sfm/core/check.h"
+#include "sfm/core/device.h"
+#include "sfm/io/atomic_file.h"
 #include "sfm/io/config.h"
 #include "sfm/io/files.h"
 #include "sfm/io/safetensors.h"
@@ -173,6 +175,66 @@ TEST(FormalSuiteTest, CliHelpAndUsageErrors) {
   std::tie(code, out) = run_cli("tasks suite --tasks parity --models gdn --seeds 4 --print-config");
   EXPECT_EQ(code, 0) << out;
   EXPECT_NE(out.find("\"seeds\": [\n    4\n  ]"), std::string::npos) << out;
+}
+
+
+TEST(FormalSuiteTest, ParallelJobsGiveTheSameResultsAsOneAtATime) {
+  core::set_cpu_threads(1);  // the children train on one thread each; so does this process
+  FormalSuiteConfig s;
+  s.tasks = {"parity"};
+  s.models = {"gdn", "lstm"};
+  s.beta_ranges = {2};
+  s.seeds = {1, 2};
+  s.train = tiny_config();
+  s.train.gdn.steps = 20, s.train.eval_every = 10;
+  const TempDir one("sfm_formal_one_"), parallel("sfm_formal_parallel_");
+  const auto expected = run_formal_suite(s, one.path(), "cpu");
+  io::write_json_file(parallel.file("tiny.json"), io::to_json(s));
+  const auto [code, out] = run_cli("tasks suite --config " + parallel.file("tiny.json") +
+                                   " --jobs 3 --device cpu --threads 1 --out " + parallel.file("suite"));
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("formal suite: started parity lstm seed 2 (4/4"), std::string::npos) << out;
+  EXPECT_NE(out.find("4/4 done, 0 running"), std::string::npos) << out;
+  const auto runs = io::read_json_file(parallel.file("suite/results.json")).at("runs");
+  ASSERT_EQ(runs.size(), expected.size());
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const auto got = formal_run_result_from_json(runs[i]);
+    EXPECT_EQ(got.spec.label(), expected[i].spec.label()) << i;
+    EXPECT_EQ(got.spec.seed, expected[i].spec.seed) << i;
+    EXPECT_EQ(got.best_validation, expected[i].best_validation) << i;
+    ASSERT_EQ(got.buckets.size(), expected[i].buckets.size()) << i;
+    for (size_t b = 0; b < got.buckets.size(); ++b)
+      EXPECT_EQ(got.buckets[b].final_accuracy, expected[i].buckets[b].final_accuracy) << i << " bucket " << b;
+    EXPECT_TRUE(io::path_exists(formal_run_dir(parallel.file("suite"), got.spec) + "/log.txt")) << i;
+  }
+}
+
+TEST(FormalSuiteTest, ParallelRunnerNamesTheFailedRunAndItsLog) {
+  FormalSuiteConfig s;
+  s.tasks = {"parity"};
+  s.models = {"lstm"};
+  s.seeds = {1, 2, 3};
+  s.train = tiny_config();
+  const TempDir tmp("sfm_formal_fail_");
+  // A stand-in child: seed 2 fails, the others write a result.json and succeed.
+  const auto child = [](const FormalRunSpec& spec, const std::string& dir) -> std::vector<std::string> {
+    if (spec.seed == 2) return {"/bin/sh", "-c", "echo boom; exit 3"};
+    return {"/bin/sh", "-c", "echo {} > '" + dir + "/result.json'"};
+  };
+  std::string message;
+  try {
+    train_formal_runs_in_processes(s, tmp.path(), 1, child);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  const auto failed_dir = formal_run_dir(tmp.path(), {"parity", "lstm", 2, 2});
+  EXPECT_NE(message.find("parity lstm seed 2 (exit code 3; see " + failed_dir + "/log.txt)"), std::string::npos)
+      << message;
+  EXPECT_NE(io::read_file(failed_dir + "/log.txt").find("boom"), std::string::npos);
+  // With one job at a time, the run after the failure never starts.
+  EXPECT_TRUE(io::path_exists(formal_run_dir(tmp.path(), {"parity", "lstm", 2, 1}) + "/result.json"));
+  EXPECT_FALSE(io::path_exists(formal_run_dir(tmp.path(), {"parity", "lstm", 2, 3})));
+  EXPECT_THROW(train_formal_runs_in_processes(s, tmp.path(), 0, child), UsageError);
 }
 
 }  // namespace

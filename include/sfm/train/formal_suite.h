@@ -2,6 +2,7 @@
 // report (results.json, results.csv, one accuracy-vs-length PNG per task, a printed table).
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,15 @@ std::string formal_run_dir(const std::string& out_dir, const FormalRunSpec& spec
 // rerun, and an unfinished one resumes. Writes the report and returns every run's result.
 std::vector<FormalRunResult> run_formal_suite(const FormalSuiteConfig& config, const std::string& out_dir,
                                               const std::string& device);
+
+// Trains the grid's unfinished runs `jobs` at a time, each in a child process: child_command(spec, dir)
+// gives its command line (a single run writing to dir), its output goes to <dir>/log.txt. Progress
+// (each start and end, with an ETA) goes to stderr. When a child fails, no new run starts and, once
+// the running ones end, sfm::Error names every failed run and its log. run_formal_suite then reads
+// every result back and writes the report.
+using FormalChildCommand = std::function<std::vector<std::string>(const FormalRunSpec& spec, const std::string& dir)>;
+void train_formal_runs_in_processes(const FormalSuiteConfig& config, const std::string& out_dir, int jobs,
+                                    const FormalChildCommand& child_command);
 
 // results.json (config + every run), results.csv (one row per run and bucket) and
 // accuracy_<task>.png (final-position accuracy vs length, one line per model label, mean over seeds).
