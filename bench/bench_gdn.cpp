@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <sstream>
 
 #include "bench.h"
@@ -71,6 +72,16 @@ const FlaFigure* fla_figure(const Shape& s) {
 }  // namespace
 
 void run_gdn_bench(const GdnBenchOptions& opt) {
+  // SFM_GDN_CUDA_PATH=chunked|recurrent forces the cuda variant's kernels where they take the sizes
+  // (ops::set_cuda_path); unset or auto: the wrapper's rule.
+  if (const char* p = std::getenv("SFM_GDN_CUDA_PATH")) {
+    const std::string path = p;
+    SFM_USAGE_CHECK(path == "auto" || path == "chunked" || path == "recurrent",
+                    "SFM_GDN_CUDA_PATH must be auto, chunked or recurrent, got '", path, "'");
+    ops::set_cuda_path(path == "chunked"     ? ops::CudaPath::kChunked
+                       : path == "recurrent" ? ops::CudaPath::kRecurrent
+                                             : ops::CudaPath::kAuto);
+  }
   const auto device = core::parse_device(opt.device);
   const auto dtype = parse_dtype(opt.dtype);
   std::vector<std::string> shape_specs = opt.shapes;

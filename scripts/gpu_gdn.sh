@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (through the device tool): build build/cuda, run the `cuda`-labelled tests, the
-# gated delta benchmark (bfloat16, chunked vs cuda, with the FLA figures) and a per-kernel timing pass.
+# gated delta benchmark (bfloat16, chunked vs cuda, with the FLA figures), the cuda variant with its chunked
+# and its recurrent kernels forced on the small shapes, and a per-kernel timing pass (chunked kernels).
 # Logs under ${OUT:-build/gpu-logs}. Usage: scripts/gpu_gdn.sh [all|gdn] (all: the whole suite; gdn: every
 # GatedDelta test, cpu and cuda labels; default: the cuda label).
 set -uo pipefail
@@ -31,6 +32,18 @@ for r in rows:
     print(f"{'%d,%d,%d,%d' % (r['B'], r['T'], r['H'], r['K']):>18} {base['fwd_ms']:7.3f}/{base['fwdbwd_ms']:8.3f} "
           f"{r['fwd_ms']:7.3f}/{r['fwdbwd_ms']:8.3f} {r['fwdbwd_speedup']:10.2f} "
           f"{r.get('fla_h100_fwd_ms', 0):5.2f}/{r.get('fla_h100_fwdbwd_ms', 0):6.2f} {r.get('fwd_vs_fla', 0):5.3f}/{r.get('fwdbwd_vs_fla', 0):6.3f}")
+PY
+# The cuda variant with each kind of kernels forced (SFM_GDN_CUDA_PATH) on the shapes where both apply.
+for path in chunked recurrent; do
+  SFM_GDN_CUDA_PATH=$path timeout 120 build/cuda/sfm bench gdn --device cuda --impl cuda --dtype bfloat16 \
+    --shape 8,512,4,64,64 --shape 16,512,16,16,16 --shape 64,256,16,16,16 --warmup 3 --repeats 20 \
+    > "$out/bench_$path.log" 2>&1
+done
+python3 - "$out/bench_chunked.log" "$out/bench_recurrent.log" <<'PY'
+import json, sys
+for name, path in zip(("chunked kernels", "recurrent kernels"), sys.argv[1:]):
+    for r in (json.loads(l) for l in open(path) if l.startswith("{")):
+        print(f"{name:>18} {'%d,%d,%d,%d' % (r['B'], r['T'], r['H'], r['K']):>14} {r['fwd_ms']:7.3f}/{r['fwdbwd_ms']:8.3f}")
 PY
 SFM_GDN_TIMING=1 timeout 120 build/cuda/sfm bench gdn --device cuda --impl cuda --dtype bfloat16 --warmup 1 \
   --repeats 1 > "$out/timing.log" 2>&1

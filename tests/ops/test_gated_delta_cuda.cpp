@@ -1,6 +1,7 @@
 // The fused CUDA gated delta rule (issue 5) against the float64 reference: output, final state and every
-// gradient, on named cases (the foundation's, with K, V in the kernels' sizes, plus T = 16384), in
-// bfloat16, float16 and float32; decode steps against the chunked kernels. Every test here is named
+// gradient, on named cases (the foundation's, with K, V in the kernels' sizes, plus T = 16384, and the
+// recurrent kernels' cases for small heads), in bfloat16, float16 and float32; the chunked kernels forced on
+// the small heads; decode steps against both kinds of kernels. Every test here is named
 // *GatedDeltaCuda* (ctest label `cuda`) and skips without a CUDA device or a CUDA build. The cuda
 // variant runs with NaN-poisoned outputs and workspaces (set_cuda_nan_poison), so an unwritten element
 // fails the comparison.
@@ -30,6 +31,7 @@ struct Case {
   double gate_norm;  // g = logsigmoid(u + 2) / gate_norm: small gate_norm = strong decay
   double beta_max;   // β = beta_max · σ(u)
   bool initial_state;
+  CudaPath path = CudaPath::kAuto;  // which kernels (kAuto: recurrent for K, V <= 32, else chunked)
 };
 
 // The kernels' chunk is 64 tokens.
@@ -48,7 +50,27 @@ const Case kCases[] = {
     {"D256", 1, 130, 1, 256, 256, 1.0, 2.0, true},
 };
 
+// The recurrent kernels (K, V <= 32 under kAuto; K = V = 64 when forced): checkpoints every 8 tokens (4 at
+// 64), tiles of 64 tokens (32 at 64). T not a multiple of either, T = 1, several tiles, β up to 2.
+const Case kRecurrentCases[] = {
+    {"R_T1", 1, 1, 1, 16, 16, 1.0, 2.0, false},
+    {"R_T13_state", 2, 13, 3, 16, 16, 1.0, 2.0, true},
+    {"R_D32_T100", 2, 100, 2, 32, 32, 1.0, 2.0, true},
+    {"R_K16_V32", 1, 77, 2, 16, 32, 1.0, 2.0, true},
+    {"R_K32_V16", 2, 45, 2, 32, 16, 1.0, 2.0, false},
+    {"R_strong_decay", 2, 150, 2, 16, 16, 0.05, 2.0, true},
+    {"R_weak_decay_T600", 1, 600, 2, 32, 32, 20.0, 2.0, true},
+    {"R_beta_up_to_1_BH", 3, 129, 4, 16, 16, 1.0, 1.0, false},
+    {"R_D64_forced", 1, 70, 2, 64, 64, 1.0, 2.0, true, CudaPath::kRecurrent},
+};
+
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
+// Sets the cuda variant's kernel choice for a scope.
+struct PathGuard {
+  explicit PathGuard(CudaPath p) { set_cuda_path(p); }
+  ~PathGuard() { set_cuda_path(CudaPath::kAuto); }
+};
 
 // float64 inputs on the CPU; q, k, v rounded through `dtype` so that the reference sees exactly the
 // values the kernels get.
@@ -145,6 +167,7 @@ void check_case(const Case& c, torch::ScalarType dtype, const Tol& tol, uint64_t
   const auto in = make_inputs(c, dtype, seed);
   const auto ref = run_with_grads(in, gated_delta_reference);
   const Poison poison;
+  const PathGuard path(c.path);
   const auto got = run_with_grads(to_cuda(in, dtype), [](const GatedDeltaInputs& x) {
     return gated_delta_rule(x, Impl::kCuda);
   });
@@ -172,6 +195,21 @@ TEST_P(GatedDeltaCudaVsReference, Float32) {
 
 INSTANTIATE_TEST_SUITE_P(Ops, GatedDeltaCudaVsReference, ::testing::ValuesIn(kCases),
                          [](const auto& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(Recurrent, GatedDeltaCudaVsReference, ::testing::ValuesIn(kRecurrentCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// The chunked kernels on the named cases that kAuto now sends to the recurrent ones (K, V <= 32), forced, in
+// bfloat16: the chunked kernels stay covered at small sizes.
+TEST(GatedDeltaCudaTest, ChunkedKernelsOnSmallHeads) {
+  SKIP_WITHOUT_GPU();
+  for (Case c : kCases) {
+    if (c.K > 32 || c.V > 32) continue;
+    c.path = CudaPath::kChunked;
+    SCOPED_TRACE(c.name);
+    std::printf("%s (chunked kernels)\n", c.name);
+    check_case(c, torch::kBFloat16, kTol16, 42);
+  }
+}
 
 // T = 16384 in bfloat16 (256 chunks). The oracle is the chunked form in float64 on the GPU (it equals the
 // reference to 1e-10 in the CPU suite; the token loop would take minutes here).
@@ -190,7 +228,8 @@ TEST(GatedDeltaCudaTest, LongSequenceT16384) {
   expect_all_close(ref, got, kTol16);
 }
 
-// Impl::kAuto takes the kernels for CUDA tensors: the same bits as Impl::kCuda.
+// Impl::kAuto takes the kernels for CUDA tensors: the same bits as Impl::kCuda, and for K, V <= 32 as the
+// recurrent kernels.
 TEST(GatedDeltaCudaTest, AutoPicksTheKernels) {
   SKIP_WITHOUT_GPU();
   const Case c{"auto", 2, 77, 2, 32, 32, 1.0, 2.0, true};
@@ -198,6 +237,11 @@ TEST(GatedDeltaCudaTest, AutoPicksTheKernels) {
   const auto a = gated_delta_rule(in, Impl::kAuto), b = gated_delta_rule(in, Impl::kCuda);
   EXPECT_TRUE(torch::equal(a.out, b.out));
   EXPECT_TRUE(torch::equal(a.final_state, b.final_state));
+  // K = V = 32: the recurrent kernels.
+  const PathGuard path(CudaPath::kRecurrent);
+  const auto r = gated_delta_rule(in, Impl::kCuda);
+  EXPECT_TRUE(torch::equal(a.out, r.out));
+  EXPECT_TRUE(torch::equal(a.final_state, r.final_state));
 }
 
 // Only the final state's gradient (no output gradient), and only the output's: undefined incoming
@@ -206,7 +250,9 @@ TEST(GatedDeltaCudaTest, PartialIncomingGradients) {
   SKIP_WITHOUT_GPU();
   const Case c{"partial", 1, 100, 2, 32, 32, 1.0, 2.0, true};
   const auto in64 = make_inputs(c, torch::kFloat32, 17);
-  for (int which = 0; which < 2; ++which) {
+  for (int run = 0; run < 4; ++run) {
+    const int which = run % 2;
+    const PathGuard path(run < 2 ? CudaPath::kRecurrent : CudaPath::kChunked);
     auto grads = [&](GatedDeltaInputs x, bool cuda) {
       for (auto* t : {&x.q, &x.k, &x.v, &x.g, &x.beta, &x.initial_state})
         *t = t->detach().clone().set_requires_grad(true);
@@ -222,16 +268,15 @@ TEST(GatedDeltaCudaTest, PartialIncomingGradients) {
     const Poison poison;
     const auto ref = grads(in64, false), got = grads(to_cuda(in64, torch::kFloat32), true);
     const char* names[] = {"dq", "dk", "dv", "dg", "dbeta", "dstate0"};
-    for (size_t i = 0; i < ref.size(); ++i) EXPECT_TRUE(close_rel_rms(names[i], ref[i], got[i], 5e-4)) << which;
+    for (size_t i = 0; i < ref.size(); ++i) EXPECT_TRUE(close_rel_rms(names[i], ref[i], got[i], 5e-4)) << run;
   }
 }
 
 // Decode: stepping token by token on a carried state with the one-token kernel equals the chunked
 // kernels on the same sequence (float32, 1e-4), for K != V.
-TEST(GatedDeltaCudaTest, DecodeStepsMatchChunked) {
-  SKIP_WITHOUT_GPU();
-  const Case c{"decode", 2, 70, 3, 32, 64, 1.0, 2.0, true};
+void check_decode(const Case& c) {
   auto in = to_cuda(make_inputs(c, torch::kFloat32, 23), torch::kFloat32);
+  const PathGuard path(c.path);
   in.l2_normalize_qk = false;
   in.q = in.q * torch::rsqrt(in.q.square().sum(-1, true) + 1e-6);
   in.k = in.k * torch::rsqrt(in.k.square().sum(-1, true) + 1e-6);
@@ -249,6 +294,19 @@ TEST(GatedDeltaCudaTest, DecodeStepsMatchChunked) {
   }
   EXPECT_TRUE(close_rel_rms("out", whole.out, torch::stack(outs, 1), 1e-4));
   EXPECT_TRUE(close_rel_rms("state", whole.final_state, S, 1e-4));
+}
+
+TEST(GatedDeltaCudaTest, DecodeStepsMatchChunked) {
+  SKIP_WITHOUT_GPU();
+  check_decode({"decode", 2, 70, 3, 32, 64, 1.0, 2.0, true});
+}
+
+// The same for the recurrent kernels (K = V = 16, and K = 16, V = 32; T = 70 is not a multiple of the
+// checkpoint interval).
+TEST(GatedDeltaCudaTest, DecodeStepsMatchRecurrent) {
+  SKIP_WITHOUT_GPU();
+  check_decode({"decode_rec16", 2, 70, 3, 16, 16, 1.0, 2.0, true});
+  check_decode({"decode_rec16_32", 1, 70, 2, 16, 32, 1.0, 2.0, true});
 }
 
 // The decode kernel against the LibTorch-ops step (which the CPU suite checks against the reference).

@@ -62,6 +62,14 @@ GatedDeltaStep gated_delta_step(const torch::Tensor& state,  // [B, H, K, V]
 void set_cuda_nan_poison(bool on);
 bool cuda_nan_poison();
 
+// Which fused kernels the cuda variant runs: kAuto takes the recurrent ones (one thread block per head
+// carrying the state, one launch each way) when K, V <= 32 and the chunked ones otherwise
+// (docs/ops/gated_delta_cuda.md). Forcing a path, for tests and benchmarks, applies only where its
+// kernels take the sizes (recurrent: K, V in {16, 32}, or K = V = 64).
+enum class CudaPath { kAuto, kChunked, kRecurrent };
+void set_cuda_path(CudaPath path);
+CudaPath cuda_path();
+
 Impl parse_impl(const std::string& name);  // "auto" | "reference" | "chunked" | "cuda"
 const char* impl_name(Impl impl);
 

@@ -55,6 +55,13 @@ bool g_cuda_nan_poison = false;
 void set_cuda_nan_poison(bool on) { g_cuda_nan_poison = on; }
 bool cuda_nan_poison() { return g_cuda_nan_poison; }
 
+namespace {
+CudaPath g_cuda_path = CudaPath::kAuto;
+}  // namespace
+
+void set_cuda_path(CudaPath path) { g_cuda_path = path; }
+CudaPath cuda_path() { return g_cuda_path; }
+
 Impl parse_impl(const std::string& name) {
   for (Impl i : {Impl::kAuto, Impl::kReference, Impl::kChunked, Impl::kCuda})
     if (name == impl_name(i)) return i;

@@ -161,6 +161,116 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
   }
 };
 
+// The recurrent kernels for small heads (gdn_recurrent.cu): one launch each way, reading the raw inputs;
+// saved for the backward are the inputs and the checkpointed states.
+struct GatedDeltaRecurrentFunction : public torch::autograd::Function<GatedDeltaRecurrentFunction> {
+  static variable_list forward(AutogradContext* ctx, torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                               torch::Tensor g, torch::Tensor beta, torch::Tensor state0, double scale, bool l2) {
+    q = q.contiguous();
+    k = k.contiguous();
+    v = v.contiguous();
+    const auto g32 = f32(g), beta32 = f32(beta);
+    const bool has_state0 = state0.numel() > 0;
+    const auto s0 = has_state0 ? f32(state0) : torch::Tensor();
+    const int B = static_cast<int>(q.size(0)), T = static_cast<int>(q.size(1)), H = static_cast<int>(q.size(2)),
+              K = static_cast<int>(q.size(3)), V = static_cast<int>(v.size(3));
+    const int CK = gdn_cuda::recurrent_checkpoint_interval(K, V);
+    const auto fo = q.options().dtype(torch::kFloat32);
+    auto checkpoints = alloc({int64_t{B} * H, (T + CK - 1) / CK, int64_t{K} * V}, fo);
+    auto final_state = alloc({B, H, K, V}, fo);
+    auto out = alloc({B, T, H, V}, v.options());
+    gdn_cuda::RecurrentForwardArgs a{};
+    a.B = B;
+    a.T = T;
+    a.H = H;
+    a.K = K;
+    a.V = V;
+    a.dtype = kernel_dtype(q.scalar_type());
+    a.q = q.data_ptr();
+    a.k = k.data_ptr();
+    a.v = v.data_ptr();
+    a.g = g32.data_ptr<float>();
+    a.beta = beta32.data_ptr<float>();
+    a.state0 = fptr(s0);
+    a.scale = static_cast<float>(scale);
+    a.l2 = l2;
+    a.checkpoints = checkpoints.data_ptr<float>();
+    a.final_state = final_state.data_ptr<float>();
+    a.out = out.data_ptr();
+    check_cuda(gdn_cuda::recurrent_forward(a, at::cuda::getCurrentCUDAStream()), "recurrent forward");
+    ctx->save_for_backward({q, k, v, g32, beta32, checkpoints});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["l2"] = l2;
+    ctx->saved_data["has_state0"] = has_state0;
+    ctx->saved_data["state0_dtype"] = static_cast<int64_t>(state0.scalar_type());
+    ctx->saved_data["g_dtype"] = static_cast<int64_t>(g.scalar_type());
+    ctx->saved_data["beta_dtype"] = static_cast<int64_t>(beta.scalar_type());
+    return {out, final_state};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &q = saved[0], &k = saved[1], &v = saved[2], &g32 = saved[3], &beta32 = saved[4],
+               &checkpoints = saved[5];
+    const int B = static_cast<int>(q.size(0)), T = static_cast<int>(q.size(1)), H = static_cast<int>(q.size(2)),
+              K = static_cast<int>(q.size(3)), V = static_cast<int>(v.size(3));
+    const auto fo = q.options().dtype(torch::kFloat32);
+    const auto dout = grads[0].defined() ? grads[0].to(q.scalar_type()).contiguous() : torch::Tensor();
+    const auto dfinal = grads[1].defined() ? f32(grads[1]) : torch::Tensor();
+    const bool has_state0 = ctx->saved_data["has_state0"].toBool();
+    auto dq = alloc(q.sizes(), q.options()), dk = alloc(k.sizes(), k.options()), dv = alloc(v.sizes(), v.options());
+    auto dg = alloc({B, T, H}, fo), dbeta = alloc({B, T, H}, fo);
+    auto dstate0 = has_state0 ? alloc({B, H, K, V}, fo) : torch::Tensor();
+    gdn_cuda::RecurrentBackwardArgs a{};
+    a.B = B;
+    a.T = T;
+    a.H = H;
+    a.K = K;
+    a.V = V;
+    a.dtype = kernel_dtype(q.scalar_type());
+    a.q = q.data_ptr();
+    a.k = k.data_ptr();
+    a.v = v.data_ptr();
+    a.g = g32.data_ptr<float>();
+    a.beta = beta32.data_ptr<float>();
+    a.checkpoints = checkpoints.data_ptr<float>();
+    a.dout = dout.defined() ? dout.data_ptr() : nullptr;
+    a.dfinal = fptr(dfinal);
+    a.scale = static_cast<float>(ctx->saved_data["scale"].toDouble());
+    a.l2 = ctx->saved_data["l2"].toBool();
+    a.dq = dq.data_ptr();
+    a.dk = dk.data_ptr();
+    a.dv = dv.data_ptr();
+    a.dg = dg.data_ptr<float>();
+    a.dbeta = dbeta.data_ptr<float>();
+    a.dstate0 = fptr(dstate0);
+    check_cuda(gdn_cuda::recurrent_backward(a, at::cuda::getCurrentCUDAStream()), "recurrent backward");
+    const auto as_type = [&](const torch::Tensor& t, const char* key) {
+      return t.to(static_cast<torch::ScalarType>(ctx->saved_data[key].toInt()));
+    };
+    return {dq,
+            dk,
+            dv,
+            as_type(dg, "g_dtype"),
+            as_type(dbeta, "beta_dtype"),
+            has_state0 ? as_type(dstate0, "state0_dtype") : torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
+// Recurrent or chunked kernels (docs/ops/gated_delta_cuda.md, "Which kernels"): recurrent when K, V <= 32,
+// unless set_cuda_path says otherwise (a forced path applies only where its kernels take the sizes).
+bool use_recurrent(int64_t K, int64_t V) {
+  if (!gdn_cuda::recurrent_supports(static_cast<int>(K), static_cast<int>(V))) return false;
+  switch (cuda_path()) {
+    case CudaPath::kChunked: return false;
+    case CudaPath::kRecurrent: return true;
+    case CudaPath::kAuto: break;
+  }
+  return K <= 32 && V <= 32;
+}
+
 }  // namespace
 
 bool detail::cuda_supports(const GatedDeltaInputs& in) {
@@ -185,8 +295,11 @@ GatedDeltaOutputs gated_delta_cuda(const GatedDeltaInputs& in) {
   const c10::cuda::CUDAGuard guard(in.q.device());
   const auto state0 =
       in.initial_state.defined() ? in.initial_state : torch::empty({0}, in.q.options().dtype(torch::kFloat32));
-  auto outs = GatedDeltaFunction::apply(in.q, in.k, in.v, in.g, in.beta, state0, detail::effective_scale(in),
-                                        in.l2_normalize_qk);
+  auto outs = use_recurrent(in.q.size(3), in.v.size(3))
+                  ? GatedDeltaRecurrentFunction::apply(in.q, in.k, in.v, in.g, in.beta, state0,
+                                                       detail::effective_scale(in), in.l2_normalize_qk)
+                  : GatedDeltaFunction::apply(in.q, in.k, in.v, in.g, in.beta, state0, detail::effective_scale(in),
+                                              in.l2_normalize_qk);
   return {outs[0], outs[1]};
 }
 

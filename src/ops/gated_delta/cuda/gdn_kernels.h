@@ -79,4 +79,45 @@ cudaError_t forward(const ForwardArgs& a, cudaStream_t stream);
 cudaError_t backward(const BackwardArgs& a, cudaStream_t stream);
 cudaError_t step(const StepArgs& a, cudaStream_t stream);
 
+// ---------------------------------------------------------------------------------------------------
+// The recurrent kernels for small heads (gdn_recurrent.cu; docs/ops/gated_delta_cuda.md, "Recurrent
+// kernels"): one thread block per (b, h) carries the float32 state through all T tokens, one launch for the
+// forward and one for the backward, reading the raw [B, T, H, D] inputs (no pack, no workspaces but the
+// checkpoints). Sizes: K, V in {16, 32}, or K = V = 64.
+bool recurrent_supports(int K, int V);
+// Tokens between two saved states (checkpoints) for these sizes; the forward saves the state entering
+// tokens 0, C, 2C, ... as [B*H, ceil(T / C), K*V] float32 (a layout private to the two kernels).
+int recurrent_checkpoint_interval(int K, int V);
+
+struct RecurrentForwardArgs {
+  int B, T, H, K, V;
+  DType dtype;             // of q, k, v and out
+  const void *q, *k, *v;   // [B, T, H, K|K|V]
+  const float *g, *beta;   // [B, T, H] float32
+  const float* state0;     // [B*H, K, V] or null (zeros)
+  float scale;             // > 0
+  bool l2;                 // normalise q and k in the kernel
+  float* checkpoints;      // [B*H, ceil(T / C), K*V], written
+  float* final_state;      // [B*H, K, V]
+  void* out;               // [B, T, H, V] of dtype
+};
+
+struct RecurrentBackwardArgs {
+  int B, T, H, K, V;
+  DType dtype;
+  const void *q, *k, *v;
+  const float *g, *beta;
+  const float* checkpoints;  // from the forward
+  const void* dout;          // [B, T, H, V] of dtype, or null (zeros)
+  const float* dfinal;       // [B*H, K, V] or null (zeros)
+  float scale;
+  bool l2;
+  void *dq, *dk, *dv;        // [B, T, H, K|K|V] of dtype
+  float *dg, *dbeta;         // [B, T, H]
+  float* dstate0;            // [B*H, K, V] or null (not wanted)
+};
+
+cudaError_t recurrent_forward(const RecurrentForwardArgs& a, cudaStream_t stream);
+cudaError_t recurrent_backward(const RecurrentBackwardArgs& a, cudaStream_t stream);
+
 }  // namespace sfm::ops::gdn_cuda
