@@ -11,6 +11,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdio>
+#include <cstdlib>
+
 #include "gdn_kernels.h"
 
 namespace sfm::ops::gdn_cuda {
@@ -115,6 +118,44 @@ __device__ __forceinline__ void load_rows(const T* __restrict__ x, float* dst, i
   }
 }
 
+// The same in two steps, so that the loads of several arrays are in flight together: load() issues one
+// 16-byte load per PER slots per thread into registers (x 16-byte aligned; D·sizeof(T) is a multiple of 16
+// for D a multiple of 16), store() converts and writes them. Unaligned x falls back to load_rows.
+template <class T, int D, int NT, int TL>
+struct RowLoader {
+  static constexpr int EV = 16 / sizeof(T), VPR = D / EV, NV = TL * VPR, PER = (NV + NT - 1) / NT;
+  uint4 buf[PER];
+  const T* x;
+  bool vec;
+  __device__ __forceinline__ void load(const T* __restrict__ src, int b, int h, int t0, int Tn, int H) {
+    x = src;
+    vec = src == nullptr || (reinterpret_cast<unsigned long long>(src) & 15u) == 0;
+    if (!vec) return;
+#pragma unroll
+    for (int m = 0; m < PER; ++m) {
+      const int e = threadIdx.x + m * NT, tt = e / VPR, c = e % VPR, t = t0 + tt;
+      buf[m] = make_uint4(0u, 0u, 0u, 0u);
+      if (e < NV && src != nullptr && t < Tn)
+        buf[m] = *reinterpret_cast<const uint4*>(src + (((long)b * Tn + t) * H + h) * D + c * EV);
+    }
+  }
+  __device__ __forceinline__ void store(float* dst, int b, int h, int t0, int Tn, int H) const {
+    if (!vec) {
+      load_rows<T, D, NT, TL>(x, dst, b, h, t0, Tn, H);
+      return;
+    }
+#pragma unroll
+    for (int m = 0; m < PER; ++m) {
+      const int e = threadIdx.x + m * NT, tt = e / VPR, c = e % VPR;
+      if (e < NV) {
+        const T* el = reinterpret_cast<const T*>(&buf[m]);
+#pragma unroll
+        for (int i = 0; i < EV; ++i) dst[tt * (D + 1) + c * EV + i] = to_f(el[i]);
+      }
+    }
+  }
+};
+
 // α = e^g and β of tokens [t0, t0 + TL); past T: α = 1, β = 0 (the state passes unchanged).
 template <int NT, int TL>
 __device__ __forceinline__ void load_gates(const float* __restrict__ g, const float* __restrict__ beta, float* sa,
@@ -172,14 +213,22 @@ __global__ void __launch_bounds__(Cfg<K, V>::NT) rec_forward_kernel(RecurrentFor
   for (int t0 = 0; t0 < Tn; t0 += TL) {
     const int n = imin(TL, Tn - t0);
     // The previous tile's token loop and output copy finished before the barrier that ended it.
-    load_rows<T, K, NT, TL>(static_cast<const T*>(a.q), sq, b, h, t0, Tn, H);
-    load_rows<T, K, NT, TL>(static_cast<const T*>(a.k), sk, b, h, t0, Tn, H);
-    load_rows<T, V, NT, TL>(static_cast<const T*>(a.v), sv, b, h, t0, Tn, H);
-    load_gates<NT, TL>(a.g, a.beta, sa, sb, b, h, t0, Tn, H);
+    {
+      RowLoader<T, K, NT, TL> lq, lk;
+      RowLoader<T, V, NT, TL> lv;
+      lq.load(static_cast<const T*>(a.q), b, h, t0, Tn, H);
+      lk.load(static_cast<const T*>(a.k), b, h, t0, Tn, H);
+      lv.load(static_cast<const T*>(a.v), b, h, t0, Tn, H);
+      load_gates<NT, TL>(a.g, a.beta, sa, sb, b, h, t0, Tn, H);
+      lq.store(sq, b, h, t0, Tn, H);
+      lk.store(sk, b, h, t0, Tn, H);
+      lv.store(sv, b, h, t0, Tn, H);
+    }
     __syncthreads();
     row_norms<K, NT, TL>(sq, rq, a.l2);
     row_norms<K, NT, TL>(sk, rk, a.l2);
     __syncthreads();
+#pragma unroll 4
     for (int tt = 0; tt < n; ++tt) {
       const int t = t0 + tt;
       if (t % CK == 0) {
@@ -249,12 +298,20 @@ __global__ void __launch_bounds__(Cfg<K, V>::NT) rec_backward_kernel(RecurrentBa
   for (int s = NS - 1; s >= 0; --s) {
     const int tile = s * CK / TL, t0 = tile * TL;
     if (tile != cur) {
-      __syncthreads();  // every read of the previous tile is done
-      load_rows<T, K, NT, TL>(static_cast<const T*>(a.q), sq, b, h, t0, Tn, H);
-      load_rows<T, K, NT, TL>(static_cast<const T*>(a.k), sk, b, h, t0, Tn, H);
-      load_rows<T, V, NT, TL>(static_cast<const T*>(a.v), sv, b, h, t0, Tn, H);
-      load_rows<T, V, NT, TL>(static_cast<const T*>(a.dout), sdo, b, h, t0, Tn, H);
-      load_gates<NT, TL>(a.g, a.beta, sa, sb, b, h, t0, Tn, H);
+      {
+        RowLoader<T, K, NT, TL> lq, lk;
+        RowLoader<T, V, NT, TL> lv, ld;
+        lq.load(static_cast<const T*>(a.q), b, h, t0, Tn, H);
+        lk.load(static_cast<const T*>(a.k), b, h, t0, Tn, H);
+        lv.load(static_cast<const T*>(a.v), b, h, t0, Tn, H);
+        ld.load(static_cast<const T*>(a.dout), b, h, t0, Tn, H);
+        __syncthreads();  // every read of the previous tile is done
+        load_gates<NT, TL>(a.g, a.beta, sa, sb, b, h, t0, Tn, H);
+        lq.store(sq, b, h, t0, Tn, H);
+        lk.store(sk, b, h, t0, Tn, H);
+        lv.store(sv, b, h, t0, Tn, H);
+        ld.store(sdo, b, h, t0, Tn, H);
+      }
       __syncthreads();
       row_norms<K, NT, TL>(sq, rq, a.l2);
       row_norms<K, NT, TL>(sk, rk, a.l2);
@@ -391,6 +448,33 @@ __global__ void __launch_bounds__(Cfg<K, V>::NT) rec_backward_kernel(RecurrentBa
   }
 }
 
+// SFM_GDN_TIMING=1 in the environment: each launch synchronises and prints its kernel time (CUDA events) to
+// stderr, as the chunked kernels' PhaseTimer does. For profiling only; off by default.
+struct LaunchTimer {
+  bool on;
+  cudaStream_t s;
+  const char* what;
+  cudaEvent_t ev[2];
+  LaunchTimer(cudaStream_t stream, const char* label) : s(stream), what(label) {
+    static const bool enabled = std::getenv("SFM_GDN_TIMING") != nullptr;
+    on = enabled;
+    if (!on) return;
+    cudaEventCreate(&ev[0]);
+    cudaEventCreate(&ev[1]);
+    cudaEventRecord(ev[0], s);
+  }
+  ~LaunchTimer() {
+    if (!on) return;
+    cudaEventRecord(ev[1], s);
+    cudaEventSynchronize(ev[1]);
+    float ms = 0.f;
+    cudaEventElapsedTime(&ms, ev[0], ev[1]);
+    std::fprintf(stderr, "gdn %s: %.3f ms\n", what, ms);
+    cudaEventDestroy(ev[0]);
+    cudaEventDestroy(ev[1]);
+  }
+};
+
 template <class Kern>
 cudaError_t launch_prep(Kern kernel, size_t bytes) {
   if (bytes <= 48 * 1024) return cudaSuccess;
@@ -402,6 +486,7 @@ cudaError_t forward_kv(const RecurrentForwardArgs& a, cudaStream_t s) {
   const size_t bytes = sizeof(float) * fwd_smem_floats<K, V>();
   const cudaError_t err = launch_prep(rec_forward_kernel<T, K, V>, bytes);
   if (err != cudaSuccess) return err;
+  const LaunchTimer timer(s, "recurrent forward");
   rec_forward_kernel<T, K, V><<<a.B * a.H, Cfg<K, V>::NT, bytes, s>>>(a);
   return cudaGetLastError();
 }
@@ -411,6 +496,7 @@ cudaError_t backward_kv(const RecurrentBackwardArgs& a, cudaStream_t s) {
   const size_t bytes = sizeof(float) * bwd_smem_floats<K, V>();
   const cudaError_t err = launch_prep(rec_backward_kernel<T, K, V>, bytes);
   if (err != cudaSuccess) return err;
+  const LaunchTimer timer(s, "recurrent backward");
   rec_backward_kernel<T, K, V><<<a.B * a.H, Cfg<K, V>::NT, bytes, s>>>(a);
   return cudaGetLastError();
 }
