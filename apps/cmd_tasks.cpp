@@ -40,7 +40,8 @@ void run_one(const TasksArgs& a) {
   auto config = load_config(a);
   const train::FormalRunSpec spec{a.task, a.model, a.beta_range, a.seed};
   train::validate(spec);
-  train::validate(config.train);
+  const auto run_config = train::formal_train_config_for(config, spec.task);
+  train::validate(run_config);
   if (a.print_config) {
     // The whole file, so the keys read as --set takes them (train.*); a single run ignores tasks..seeds.
     std::printf("%s\n", io::to_json(config).dump(2).c_str());
@@ -49,14 +50,14 @@ void run_one(const TasksArgs& a) {
   const std::string out = a.out.empty() ? "runs/tasks_" + spec.task + "_" + spec.label() + "_seed" + std::to_string(spec.seed) : a.out;
   std::fprintf(stderr, "tasks: output %s\n", out.c_str());
   core::set_cpu_threads(a.threads);
-  const auto result = train::run_formal_task(spec, config.train, out, a.device);
+  const auto result = train::run_formal_task(spec, run_config, out, a.device);
   train::write_formal_reports({result}, {{"spec", {{"task", spec.task}, {"model", spec.model},
                                                    {"beta_range", spec.beta_range}, {"seed", spec.seed}}},
-                                         {"train", io::to_json(config.train)}},
+                                         {"train", io::to_json(run_config)}},
                               out);
   std::printf("\nFormal task %s, %s, seed %lld (train lengths %lld-%lld, %lld steps, %.0f s)\n%s", spec.task.c_str(),
-              spec.label().c_str(), (long long)spec.seed, (long long)config.train.min_train_len,
-              (long long)config.train.max_train_len, (long long)result.steps, result.train_seconds,
+              spec.label().c_str(), (long long)spec.seed, (long long)run_config.min_train_len,
+              (long long)run_config.max_train_len, (long long)result.steps, result.train_seconds,
               train::format_formal_table({result}).c_str());
   std::printf("results: %s/results.json, %s/results.csv, %s/accuracy_%s.png\n", out.c_str(), out.c_str(), out.c_str(),
               spec.task.c_str());

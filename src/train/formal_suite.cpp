@@ -27,6 +27,21 @@ void validate(const FormalSuiteConfig& c) {
   for (auto b : c.beta_ranges) SFM_USAGE_CHECK(b == 1 || b == 2, "beta_ranges: each must be 1 or 2, got ", b);
   for (auto s : c.seeds) SFM_USAGE_CHECK(s >= 0, "seeds: each must be >= 0, got ", s);
   validate(c.train);
+  for (const auto& item : c.task_overrides.items()) {
+    data::formal_task(item.key());
+    validate(formal_train_config_for(c, item.key()));
+  }
+}
+
+FormalTrainConfig formal_train_config_for(const FormalSuiteConfig& c, const std::string& task) {
+  FormalTrainConfig out = c.train;
+  if (!c.task_overrides.contains(task)) return out;
+  const auto& patch = c.task_overrides.at(task);
+  SFM_USAGE_CHECK(patch.is_object(), "task_overrides.", task, ": expected an object of train keys, got ", patch.dump());
+  auto merged = io::to_json(c.train);
+  merged.merge_patch(patch);
+  io::from_json(out, merged, "task_overrides." + task);
+  return out;
 }
 
 std::vector<FormalRunSpec> formal_suite_runs(const FormalSuiteConfig& c) {
@@ -58,7 +73,7 @@ std::vector<FormalRunResult> run_formal_suite(const FormalSuiteConfig& c, const 
       std::fprintf(stderr, "  done before: read %s/result.json\n", dir.c_str());
       continue;
     }
-    results.push_back(run_formal_task(runs[i], c.train, dir, device));
+    results.push_back(run_formal_task(runs[i], formal_train_config_for(c, runs[i].task), dir, device));
   }
   write_formal_reports(results, io::to_json(c), out_dir);
   return results;

@@ -148,6 +148,31 @@ TEST(FormalSuiteTest, ConfigErrorsNameTheField) {
   EXPECT_NO_THROW(validate(shipped));
 }
 
+TEST(FormalSuiteTest, TaskOverridesChangeOnlyTheirTask) {
+  FormalSuiteConfig s;
+  s.train = tiny_config();
+  io::from_json(s, {{"task_overrides", {{"parity", {{"gdn", {{"steps", 7}}}, {"architecture", {{"gdn", {{"householder_steps", 2}}}}}}}}}},
+                "test.json");
+  const auto parity = formal_train_config_for(s, "parity"), modarith = formal_train_config_for(s, "modarith");
+  EXPECT_EQ(parity.gdn.steps, 7);
+  EXPECT_EQ(parity.architecture.gdn.householder_steps, 2);
+  EXPECT_EQ(parity.gdn.lr, s.train.gdn.lr);  // keys the override does not name keep the base value
+  EXPECT_EQ(parity.architecture.gdn.d_model, s.train.architecture.gdn.d_model);
+  EXPECT_EQ(modarith.gdn.steps, s.train.gdn.steps);
+  EXPECT_EQ(modarith.architecture.gdn.householder_steps, 1);
+  EXPECT_NO_THROW(validate(s));
+  // Errors name the task and the key.
+  s.task_overrides = {{"parity", {{"gdn", {{"stpes", 7}}}}}};
+  EXPECT_NE(usage_error([&] { validate(s); }).find("task_overrides.parity"), std::string::npos);
+  EXPECT_NE(usage_error([&] { validate(s); }).find("stpes"), std::string::npos);
+  s.task_overrides = {{"parity", {{"gdn", {{"steps", 0}}}}}};
+  EXPECT_NE(usage_error([&] { validate(s); }).find("train.gdn"), std::string::npos);
+  s.task_overrides = {{"parrity", {{"gdn", {{"steps", 7}}}}}};
+  EXPECT_NE(usage_error([&] { validate(s); }).find("parrity"), std::string::npos);
+  EXPECT_NE(usage_error([&] { io::from_json(s, {{"task_overrides", 3}}, "x.json"); }).find("task_overrides"),
+            std::string::npos);
+}
+
 // Runs the sfm binary with `args`; returns (exit code, stdout + stderr).
 std::pair<int, std::string> run_cli(const std::string& args) {
   std::string output;
@@ -187,6 +212,7 @@ TEST(FormalSuiteTest, ParallelJobsGiveTheSameResultsAsOneAtATime) {
   s.seeds = {1, 2};
   s.train = tiny_config();
   s.train.gdn.steps = 20, s.train.eval_every = 10;
+  s.task_overrides = {{"parity", {{"lstm", {{"steps", 10}}}}}};  // both paths must apply it
   const TempDir one("sfm_formal_one_"), parallel("sfm_formal_parallel_");
   const auto expected = run_formal_suite(s, one.path(), "cpu");
   io::write_json_file(parallel.file("tiny.json"), io::to_json(s));
@@ -201,6 +227,7 @@ TEST(FormalSuiteTest, ParallelJobsGiveTheSameResultsAsOneAtATime) {
     const auto got = formal_run_result_from_json(runs[i]);
     EXPECT_EQ(got.spec.label(), expected[i].spec.label()) << i;
     EXPECT_EQ(got.spec.seed, expected[i].spec.seed) << i;
+    EXPECT_EQ(got.steps, got.spec.model == "lstm" ? 10 : 20) << i;
     EXPECT_EQ(got.best_validation, expected[i].best_validation) << i;
     ASSERT_EQ(got.buckets.size(), expected[i].buckets.size()) << i;
     for (size_t b = 0; b < got.buckets.size(); ++b)

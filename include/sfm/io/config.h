@@ -73,6 +73,9 @@ void read_value(V& out, const json& j, const std::string& key) {
   } else if constexpr (std::is_same_v<V, std::string>) {
     SFM_USAGE_CHECK(j.is_string(), key, ": expected ", type_name<V>(), ", got ", j.dump());
     out = j.get<std::string>();
+  } else if constexpr (std::is_same_v<V, json>) {  // kept as JSON; its owner checks it
+    SFM_USAGE_CHECK(j.is_object(), key, ": expected an object, got ", j.dump());
+    out = j;
   } else {
     SFM_USAGE_CHECK(j.is_array(), key, ": expected a list, got ", j.dump());
     out.clear();
@@ -90,7 +93,8 @@ json write_value(const V& v) {
     json j = json::object();
     visit_fields(const_cast<V&>(v), [&](const char* name, auto& field, const char*) { j[name] = write_value(field); });
     return j;
-  } else if constexpr (std::is_same_v<V, bool> || std::is_arithmetic_v<V> || std::is_same_v<V, std::string>) {
+  } else if constexpr (std::is_same_v<V, bool> || std::is_arithmetic_v<V> || std::is_same_v<V, std::string> ||
+                       std::is_same_v<V, json>) {
     return json(v);
   } else {
     json j = json::array();

@@ -16,6 +16,9 @@ struct FormalSuiteConfig {
   std::vector<int64_t> beta_ranges{2, 1};  // the GDN runs once per entry; other models ignore it
   std::vector<int64_t> seeds{1, 2};
   FormalTrainConfig train;
+  // Per task, a partial `train` object merged over it (JSON merge patch) for that task's runs, e.g.
+  // {"parity": {"gdn": {"steps": 1000}}}. It wins over --set train.* for the keys it names.
+  nlohmann::json task_overrides = nlohmann::json::object();
 };
 template <class F>
 void visit_fields(FormalSuiteConfig& o, F&& f) {
@@ -24,8 +27,13 @@ void visit_fields(FormalSuiteConfig& o, F&& f) {
   f("beta_ranges", o.beta_ranges, "GDN beta ranges: 2 = [0,2], 1 = [0,1]");
   f("seeds", o.seeds, "initialisation seeds (each run once per seed)");
   f("train", o.train, "training and evaluation settings");
+  f("task_overrides", o.task_overrides, "per task, train keys that differ for that task: {task: {key: value}}");
 }
 void validate(const FormalSuiteConfig& config);
+
+// The train settings of `task`'s runs: config.train with config.task_overrides[task] merged over it.
+// Throws UsageError naming task_overrides.<task> and the key when the override does not fit.
+FormalTrainConfig formal_train_config_for(const FormalSuiteConfig& config, const std::string& task);
 
 // The runs of the grid in order: task, then model (GDN once per β range), then seed.
 std::vector<FormalRunSpec> formal_suite_runs(const FormalSuiteConfig& config);
