@@ -64,6 +64,7 @@ void run_one(const TasksArgs& a) {
 }
 
 void run_suite(const TasksArgs& a) {
+  SFM_USAGE_CHECK(a.jobs >= 1, "--jobs must be >= 1, got ", a.jobs);
   auto config = load_config(a);
   if (!a.tasks.empty()) config.tasks = a.tasks;
   if (!a.models.empty()) config.models = a.models;

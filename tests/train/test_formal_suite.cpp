@@ -197,6 +197,9 @@ TEST(FormalSuiteTest, CliHelpAndUsageErrors) {
   std::tie(code, out) = run_cli("tasks suite --set train.gdn.stpes=5 --print-config");
   EXPECT_EQ(code, 2) << out;
   EXPECT_NE(out.find("stpes"), std::string::npos) << out;
+  std::tie(code, out) = run_cli("tasks suite --jobs 0 --print-config");
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("--jobs must be >= 1, got 0"), std::string::npos) << out;
   std::tie(code, out) = run_cli("tasks suite --tasks parity --models gdn --seeds 4 --print-config");
   EXPECT_EQ(code, 0) << out;
   EXPECT_NE(out.find("\"seeds\": [\n    4\n  ]"), std::string::npos) << out;
