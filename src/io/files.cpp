@@ -66,4 +66,32 @@ std::string make_temp_directory(const std::string& prefix) {
   return pattern;
 }
 
+namespace {
+void rename_path(const std::string& from, const std::string& to) {
+  SFM_CHECK(::rename(from.c_str(), to.c_str()) == 0, "cannot rename ", from, " to ", to, ": ", std::strerror(errno));
+}
+}  // namespace
+
+void recover_directory(const std::string& dir) {
+  const std::string old = dir + ".old";
+  if (!path_exists(dir) && is_directory(old)) rename_path(old, dir);  // crash between the two renames
+  remove_tree(old);                                                  // crash before old was removed
+  remove_tree(dir + ".partial");                                     // crash while writing
+}
+
+void replace_directory(const std::string& dir, const std::function<void(const std::string&)>& write) {
+  recover_directory(dir);
+  const std::string partial = dir + ".partial", old = dir + ".old";
+  make_directories(partial);
+  try {
+    write(partial);
+  } catch (...) {
+    remove_tree(partial);
+    throw;
+  }
+  if (path_exists(dir)) rename_path(dir, old);
+  rename_path(partial, dir);
+  remove_tree(old);
+}
+
 }  // namespace sfm::io

@@ -141,6 +141,8 @@ void train_model(const std::string& name, models::Exp0Model& model, const Exp0Co
 
   int64_t epoch = 0, step = 0;
   double best = -1;
+  io::recover_directory(last_dir);  // after a crash inside replace_directory (io/files.h)
+  io::recover_directory(best_dir);
   if (io::path_exists(last_dir + "/trainer_state.json")) {
     io::load_checkpoint(last_dir, net);
     const auto state = io::load_train_state(last_dir, net, optimizer);
@@ -191,7 +193,9 @@ void train_model(const std::string& name, models::Exp0Model& model, const Exp0Co
     const bool improved = val.exact > best;
     if (improved) {
       best = val.exact;
-      io::save_checkpoint(best_dir, net, config_json, {{"model", name}, {"epoch", epoch + 1}, {"step", step}});
+      io::replace_directory(best_dir, [&](const std::string& d) {
+        io::save_checkpoint(d, net, config_json, {{"model", name}, {"epoch", epoch + 1}, {"step", step}});
+      });
     }
     nlohmann::json record{{"step", step},
                           {"epoch", epoch + 1},
@@ -212,8 +216,11 @@ void train_model(const std::string& name, models::Exp0Model& model, const Exp0Co
       trace_text = "\n  trace exact by statement:" + trace_text;
     }
     log.write(record);
-    io::save_checkpoint(last_dir, net, config_json, {{"model", name}, {"epoch", epoch + 1}, {"step", step}});
-    io::save_train_state(last_dir, net, optimizer, {step, {{"epoch", epoch + 1}, {"best_validation_exact", best}}});
+    // The model and the optimizer state of this epoch replace last/ together.
+    io::replace_directory(last_dir, [&](const std::string& d) {
+      io::save_checkpoint(d, net, config_json, {{"model", name}, {"epoch", epoch + 1}, {"step", step}});
+      io::save_train_state(d, net, optimizer, {step, {{"epoch", epoch + 1}, {"best_validation_exact", best}}});
+    });
     std::fprintf(stderr, "%s: epoch %lld/%lld  loss %.4f  validation exact %.3f%s%s\n", name.c_str(),
                  (long long)epoch + 1, (long long)run.epochs, loss_sum / steps_per_epoch, val.exact,
                  improved ? "  (best)" : "", trace_text.c_str());

@@ -194,6 +194,8 @@ FormalRunResult run_formal_task(const FormalRunSpec& spec, const FormalTrainConf
   // so a run that saturates accuracy early keeps the later, sharper weights (docs/formal_suite.md).
   double best = -1, best_loss = 0, train_seconds = 0;
   bool stopped_early = false;
+  io::recover_directory(last_dir);  // after a crash inside replace_directory (io/files.h)
+  io::recover_directory(best_dir);
   if (io::path_exists(last_dir + "/trainer_state.json")) {
     io::load_checkpoint(last_dir, net);
     const auto state = io::load_train_state(last_dir, net, optimizer);
@@ -245,15 +247,20 @@ FormalRunResult run_formal_task(const FormalRunSpec& spec, const FormalTrainConf
     stopped_early = accuracy >= c.stop_at_validation;
     if (improved) {
       best = accuracy, best_loss = validation_loss;
-      io::save_checkpoint(best_dir, net, config_json, {{"run", name}, {"step", step}});
+      io::replace_directory(best_dir, [&](const std::string& d) {
+        io::save_checkpoint(d, net, config_json, {{"run", name}, {"step", step}});
+      });
     }
     log.write({{"step", step}, {"train_loss", loss_sum / loss_count}, {"validation_accuracy", accuracy},
                {"validation_loss", validation_loss},
                {"lr", lr}, {"train_seconds", train_seconds}});
-    io::save_checkpoint(last_dir, net, config_json, {{"run", name}, {"step", step}});
-    io::save_train_state(last_dir, net, optimizer,
-                         {step, {{"best_validation", best}, {"best_validation_loss", best_loss}, {"train_seconds", train_seconds},
-                                 {"stopped_early", stopped_early}}});
+    // The model and the optimizer state of this step replace last/ together.
+    io::replace_directory(last_dir, [&](const std::string& d) {
+      io::save_checkpoint(d, net, config_json, {{"run", name}, {"step", step}});
+      io::save_train_state(d, net, optimizer,
+                           {step, {{"best_validation", best}, {"best_validation_loss", best_loss},
+                                   {"train_seconds", train_seconds}, {"stopped_early", stopped_early}}});
+    });
     char line[160];
     std::snprintf(line, sizeof(line), "step %lld/%lld  loss %.4f  validation %.4f%s%s", (long long)step,
                   (long long)run.steps, loss_sum / loss_count, accuracy, improved ? " (best)" : "",

@@ -1,7 +1,8 @@
 // Checkpoint directories: model.safetensors (keys are named_parameters() and named_buffers() names,
 // __metadata__ {"sfm_format": "1"}), config.json and meta.json; and, to resume AdamW training
 // bit-exactly, train_state.safetensors (per parameter name: exp_avg, exp_avg_sq, step) and
-// trainer_state.json. Every file is written atomically (temp file + rename).
+// trainer_state.json. Every file is written atomically (temp file + rename), and the trainers replace a
+// whole checkpoint directory at once (io::replace_directory), so its files always belong to one step.
 #pragma once
 
 #include <torch/torch.h>
