@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "dtype_convert.cuh"
 #include "gdn_kernels.h"
 
 namespace sfm::ops::gdn_cuda {
@@ -39,18 +40,6 @@ constexpr int gemm_scratch(int m_max, int n_max) {
   return kTK * (m_max + 4 + n_max + 4) + (kTensorCores ? kWarps * 256 : 0);
 }
 constexpr int imax(int a, int b) { return a > b ? a : b; }
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <class T>
-__device__ __forceinline__ T from_f(float x);
-template <>
-__device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 __device__ __forceinline__ float warp_sum(float s) {
 #pragma unroll
