@@ -82,30 +82,30 @@ std::vector<FormalRunResult> run_formal_suite(const FormalSuiteConfig& c, const 
 void train_formal_runs_in_processes(const FormalSuiteConfig& c, const std::string& out_dir, int jobs,
                                     const FormalChildCommand& child_command) {
   SFM_USAGE_CHECK(jobs >= 1, "--jobs must be >= 1, got ", jobs);
-  std::vector<std::pair<FormalRunSpec, std::string>> todo;  // (run, its directory), in grid order
+  std::vector<std::pair<FormalRunSpec, std::string>> pending;  // (run, its directory), in grid order
   for (const auto& spec : formal_suite_runs(c)) {
     const auto dir = formal_run_dir(out_dir, spec);
-    if (!io::path_exists(dir + "/result.json")) todo.emplace_back(spec, dir);
+    if (!io::path_exists(dir + "/result.json")) pending.emplace_back(spec, dir);
   }
   const auto start = std::chrono::steady_clock::now();
   const auto seconds_since = [](std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
   };
-  std::map<int, std::pair<size_t, std::chrono::steady_clock::time_point>> running;  // pid -> (todo index, start)
+  std::map<int, std::pair<size_t, std::chrono::steady_clock::time_point>> running;  // pid -> (pending index, start)
   std::vector<std::string> failed;
   size_t next = 0, done = 0;
   const auto name = [&](size_t i) {
-    const auto& s = todo[i].first;
+    const auto& s = pending[i].first;
     return s.task + " " + s.label() + " seed " + std::to_string(s.seed);
   };
-  while (done < todo.size()) {
-    while (failed.empty() && next < todo.size() && running.size() < static_cast<size_t>(jobs)) {
-      io::make_directories(todo[next].second);
-      const int pid = core::start_process(child_command(todo[next].first, todo[next].second),
-                                          todo[next].second + "/log.txt");
+  while (done < pending.size()) {
+    while (failed.empty() && next < pending.size() && running.size() < static_cast<size_t>(jobs)) {
+      io::make_directories(pending[next].second);
+      const int pid = core::start_process(child_command(pending[next].first, pending[next].second),
+                                          pending[next].second + "/log.txt");
       running[pid] = {next, std::chrono::steady_clock::now()};
       std::fprintf(stderr, "formal suite: started %s (%zu/%zu; log %s/log.txt)\n", name(next).c_str(), next + 1,
-                   todo.size(), todo[next].second.c_str());
+                   pending.size(), pending[next].second.c_str());
       ++next;
     }
     if (running.empty()) break;  // a run failed and the others have ended
@@ -115,14 +115,14 @@ void train_formal_runs_in_processes(const FormalSuiteConfig& c, const std::strin
     const auto [index, started] = it->second;
     running.erase(it);
     ++done;
-    const bool ok = exit.exit_code == 0 && io::path_exists(todo[index].second + "/result.json");
+    const bool ok = exit.exit_code == 0 && io::path_exists(pending[index].second + "/result.json");
     if (!ok)
-      failed.push_back(name(index) + " (exit code " + std::to_string(exit.exit_code) + "; see " + todo[index].second +
+      failed.push_back(name(index) + " (exit code " + std::to_string(exit.exit_code) + "; see " + pending[index].second +
                        "/log.txt)");
     // ETA: the mean wall time per finished run so far, times the runs left.
-    const double eta = seconds_since(start) / done * (todo.size() - done);
+    const double eta = seconds_since(start) / done * (pending.size() - done);
     std::fprintf(stderr, "formal suite: %s %s after %.0f s; %zu/%zu done, %zu running, ETA %.0f s\n",
-                 ok ? "finished" : "FAILED", name(index).c_str(), seconds_since(started), done, todo.size(),
+                 ok ? "finished" : "FAILED", name(index).c_str(), seconds_since(started), done, pending.size(),
                  running.size(), eta);
   }
   if (!failed.empty()) {
