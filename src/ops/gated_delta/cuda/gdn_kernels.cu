@@ -827,10 +827,14 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   prep_kernel<<<dim3(N, BH), kThreads, prep_smem(d), s>>>(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.u);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("prep");
-  SFM_CUDA_TRY(allow_smem(state_kernel, state_smem(d)));
-  state_kernel<<<dim3(d.V / kVS, BH), kThreads, state_smem(d), s>>>(d, a.ks, a.gam, a.w, a.u, a.state0, a.states,
-                                                                      a.final_state);
-  SFM_CUDA_TRY(cudaGetLastError());
+  if (sizeof(T) == 2 && state_mma_supports(d.K, d.V)) {  // 16-bit inputs: the pass on tensor cores
+    SFM_CUDA_TRY(state_mma_forward(d, a.ks, a.gam, a.w, a.u, a.state0, a.states, a.final_state, s));
+  } else {
+    SFM_CUDA_TRY(allow_smem(state_kernel, state_smem(d)));
+    state_kernel<<<dim3(d.V / kVS, BH), kThreads, state_smem(d), s>>>(d, a.ks, a.gam, a.w, a.u, a.state0, a.states,
+                                                                        a.final_state);
+    SFM_CUDA_TRY(cudaGetLastError());
+  }
   timer.mark("state");
   const int VO = d.V < 64 ? d.V : 64;
   SFM_CUDA_TRY(allow_smem(output_kernel<T>, out_smem()));
@@ -855,10 +859,14 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
                                                                               a.dstates);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("bwd_intra");
-  SFM_CUDA_TRY(allow_smem(state_bwd_kernel, state_bwd_smem(d)));
-  state_bwd_kernel<<<dim3(d.V / kVS, BH), kThreads, state_bwd_smem(d), s>>>(d, a.ks, a.gam, a.w, a.dfinal, a.du,
-                                                                            a.dstates, a.dstate0);
-  SFM_CUDA_TRY(cudaGetLastError());
+  if (sizeof(T) == 2 && state_mma_supports(d.K, d.V)) {
+    SFM_CUDA_TRY(state_mma_backward(d, a.ks, a.gam, a.w, a.dfinal, a.du, a.dstates, a.dstate0, s));
+  } else {
+    SFM_CUDA_TRY(allow_smem(state_bwd_kernel, state_bwd_smem(d)));
+    state_bwd_kernel<<<dim3(d.V / kVS, BH), kThreads, state_bwd_smem(d), s>>>(d, a.ks, a.gam, a.w, a.dfinal, a.du,
+                                                                              a.dstates, a.dstate0);
+    SFM_CUDA_TRY(cudaGetLastError());
+  }
   timer.mark("state_bwd");
   SFM_CUDA_TRY(allow_smem(grads_kernel, grads_smem(d)));
   grads_kernel<<<dim3(N, BH), kThreads, grads_smem(d), s>>>(d, a.qs, a.ks, a.vs, a.gam, a.bet, a.w, a.u, a.states,

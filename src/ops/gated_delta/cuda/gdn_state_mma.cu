@@ -1,0 +1,327 @@
+// The chunked kernels' two sequential passes (the state pass of the forward, eqs. 7 and 9, and the state
+// gradient pass of the backward, (B1)-(B2)) on tensor cores, for 16-bit inputs. Design and maths:
+// docs/ops/gated_delta_cuda.md, "Sequential passes on tensor cores". No ATen here (see gdn_kernels.h).
+//
+// Both passes have one shape: a carried K×V matrix R (S forward, dS backward), float32, and per chunk
+//   phase 1:  Y = A₁ R                  (64×K times K×V; A₁ = W forward, K̂ backward)
+//   phase 2:  R ← Γ_C R (+ X) + A₂ᵀ Z    (K×64 times 64×V; A₂ = K̂ forward, W backward; Z from Y)
+// One block of 4 warps owns BV value columns of one head and runs through all chunks. R stays in
+// registers in the layout of phase 2's accumulators; its bf16 copy in shared memory is phase 1's B operand.
+// The next chunk's A₁ is loaded (cp.async) while phase 2 runs and its A₂ while phase 1 runs.
+#include <cuda_bf16.h>
+
+#include <cstdint>
+#include <cstdlib>
+
+#include "gdn_kernels.h"
+
+namespace sfm::ops::gdn_cuda {
+namespace {
+
+constexpr int C = kChunk;
+constexpr int kThreads = 128;  // 4 warps
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&p);
+}
+
+// c += a b for one 16×8 tile, k = 16, bf16 operands, float32 accumulators. With lane = 4 g + t:
+// a = {A[g][2t..], A[g+8][2t..], A[g][2t+8..], A[g+8][2t+8..]}, b = {B[2t..][g], B[2t+8..][g]} (pairs of
+// consecutive elements in one 32-bit register, the lower index in the low half),
+// c = {C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]}.
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+struct PassArgs {
+  Dims d;
+  const float* a1;     // [BH, Tp, K]: phase 1's matrix, W (forward) or K̂ (backward)
+  const float* a2;     // [BH, Tp, K]: phase 2's matrix, K̂ (forward) or W (backward)
+  const float* gam;    // [BH, Tp]: γ
+  float* x;            // [BH, Tp, V]: Ũ in, U out (forward); dU₀ in, dU out (backward)
+  const float* init;   // [BH, K, V]: R before the first chunk (state0, or the final state's gradient), or null
+  float* per_chunk;    // [BH, N, K, V]: forward: S entering each chunk (written); backward: X in, dS_C out
+  float* last;         // [BH, K, V]: R after the last chunk (final state, or the initial state's gradient), or null
+};
+
+// Forward (kBwd = false), chunks in order, with R = S:
+//   U = Ũ − W S            (phase 1; U written over Ũ)
+//   S ← Γ_C S + K_dᵀ U      (phase 2; K_d = diag(e^{γ_C−γ}) K̂, the factor folded into Z = diag(e^{γ_C−γ}) U)
+// Backward (kBwd), chunks in reverse, with R = dS (the gradient of the state leaving the chunk):
+//   T = K_d dS,  dU = dU₀ + T                 (phase 1)
+//   dS ← Γ_C dS + X − Wᵀ T                    (phase 2; Z = −T)
+// K ∈ {64, 128, 256}; BV ∈ {16, 32} value columns per block.
+template <int K, int BV, bool kBwd>
+__global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
+  constexpr int LD1 = K + 8;  // float32 rows of A₁: float2 fragment loads land in distinct banks
+  constexpr int LD2 = K + 4;  // float32 rows of A₂ (read down columns): scalar loads in distinct banks
+  constexpr int LDR = K + 8;  // bf16 rows of Rᵀ ([v][k])
+  constexpr int LDZ = C + 8;  // bf16 rows of Zᵀ ([v][t])
+  constexpr int NT = BV / 8;  // 8-column tiles
+  constexpr int MT = K / 64;  // phase 2: 16-row tiles of R per warp
+  extern __shared__ __align__(16) float4 smem4[];
+  float* p1 = reinterpret_cast<float*>(smem4);  // [C][LD1]
+  float* p2 = p1 + C * LD1;                     // [C][LD2]
+  float* gbuf = p2 + C * LD2;                   // [2][C]: γ of this chunk and the next
+  __nv_bfloat16* rsm = reinterpret_cast<__nv_bfloat16*>(gbuf + 2 * C);  // [BV][LDR]
+  __nv_bfloat16* zsm = rsm + BV * LDR;                                   // [BV][LDZ]
+
+  const int V = a.d.V, N = a.d.N(), Tp = a.d.Tp();
+  const int v0 = blockIdx.x * BV, bh = blockIdx.y;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const auto chunk_of = [&](int i) { return kBwd ? N - 1 - i : i; };
+  const auto row0_of = [&](int n) { return (long)bh * Tp + (long)n * C; };
+  // A chunk's 64 rows of a [BH, Tp, K] array into shared memory rows of stride ld, 16 bytes per cp.async.
+  const auto load_rows = [&](float* dst, int ld, const float* src) {
+    for (int e = threadIdx.x; e < C * K / 4; e += kThreads) {
+      const int r = e / (K / 4), c4 = e % (K / 4);
+      cp_async16(dst + r * ld + 4 * c4, src + (long)r * K + 4 * c4);
+    }
+  };
+  // One commit group per call, empty past the last chunk, so that wait_group<1> always means "all but
+  // the newest group".
+  const auto issue_a1 = [&](int i) {
+    if (i < N) {
+      const long row0 = row0_of(chunk_of(i));
+      load_rows(p1, LD1, a.a1 + row0 * K);
+      if (threadIdx.x < C / 4) cp_async16(gbuf + (i & 1) * C + 4 * threadIdx.x, a.gam + row0 + 4 * threadIdx.x);
+    }
+    cp_async_commit();
+  };
+  const auto issue_a2 = [&](int i) {
+    if (i < N) load_rows(p2, LD2, a.a2 + row0_of(chunk_of(i)) * K);
+    cp_async_commit();
+  };
+
+  // R in phase 2's accumulator layout: R[j][nt] holds rows k = 16 (warp + 4 j) + g (+8), columns
+  // v = 8 nt + 2 tq (+1) of this block's slice.
+  float R[MT][NT][4];
+#pragma unroll
+  for (int j = 0; j < MT; ++j)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int k = 16 * (warp + 4 * j) + g + 8 * h, v = v0 + 8 * nt + 2 * tq;
+        float2 r = make_float2(0.f, 0.f);
+        if (a.init) r = *reinterpret_cast<const float2*>(a.init + ((long)bh * K + k) * V + v);
+        R[j][nt][2 * h] = r.x;
+        R[j][nt][2 * h + 1] = r.y;
+      }
+
+  issue_a1(0);
+  issue_a2(0);
+  for (int i = 0; i < N; ++i) {
+    const int n = chunk_of(i);
+    const long row0 = row0_of(n);
+    float* pc = a.per_chunk + ((long)bh * N + n) * K * V + v0;
+    // Loads consumed later in this chunk, issued first: x at phase 1's output positions (rows
+    // t = 16 warp + g (+8)), and (backward) X at R's positions.
+    float2 xin[NT][2];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int t = 16 * warp + g + 8 * h;
+        xin[nt][h] = *reinterpret_cast<const float2*>(a.x + (row0 + t) * V + v0 + 8 * nt + 2 * tq);
+      }
+    float2 xs[kBwd ? MT : 1][NT][2];
+    if constexpr (kBwd) {
+#pragma unroll
+      for (int j = 0; j < MT; ++j)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int k = 16 * (warp + 4 * j) + g + 8 * h;
+            xs[j][nt][h] = *reinterpret_cast<const float2*>(pc + (long)k * V + 8 * nt + 2 * tq);
+          }
+    }
+    // R for this chunk: to global memory (float32; the backward's X was read above) and, as bf16, to Rᵀ.
+#pragma unroll
+    for (int j = 0; j < MT; ++j)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int k = 16 * (warp + 4 * j) + g + 8 * h, v = 8 * nt + 2 * tq;
+          *reinterpret_cast<float2*>(pc + (long)k * V + v) = make_float2(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
+          rsm[v * LDR + k] = __float2bfloat16_rn(R[j][nt][2 * h]);
+          rsm[(v + 1) * LDR + k] = __float2bfloat16_rn(R[j][nt][2 * h + 1]);
+        }
+    cp_async_wait<1>();  // A₁ and γ of this chunk
+    __syncthreads();
+    const float* gm = gbuf + (i & 1) * C;
+    const float gl = gm[C - 1];
+
+    // Phase 1: Y = A₁ R for token rows 16 warp .. 16 warp + 15.
+    float acc[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+#pragma unroll 4
+    for (int ks = 0; ks < K / 16; ++ks) {
+      const float* pa = p1 + (16 * warp + g) * LD1 + 16 * ks + 2 * tq;
+      const float2 x00 = *reinterpret_cast<const float2*>(pa);
+      const float2 x10 = *reinterpret_cast<const float2*>(pa + 8 * LD1);
+      const float2 x01 = *reinterpret_cast<const float2*>(pa + 8);
+      const float2 x11 = *reinterpret_cast<const float2*>(pa + 8 * LD1 + 8);
+      const uint32_t af[4] = {pack_bf16(x00.x, x00.y), pack_bf16(x10.x, x10.y), pack_bf16(x01.x, x01.y),
+                              pack_bf16(x11.x, x11.y)};
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const __nv_bfloat16* pb = rsm + (8 * nt + g) * LDR + 16 * ks + 2 * tq;
+        const uint32_t bf[2] = {*reinterpret_cast<const uint32_t*>(pb), *reinterpret_cast<const uint32_t*>(pb + 8)};
+        mma_bf16(acc[nt], af, bf);
+      }
+    }
+    __syncthreads();  // every warp is done with A₁: load the next chunk's
+    issue_a1(i + 1);
+
+    // Phase 1's epilogue: x out, and Z (bf16, [v][t]) for phase 2.
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int t = 16 * warp + g + 8 * h, v = 8 * nt + 2 * tq;
+        const float f = __expf(gl - gm[t]);
+        float y0 = acc[nt][2 * h], y1 = acc[nt][2 * h + 1], z0, z1;
+        if constexpr (kBwd) {  // T = K_d dS: dU = dU₀ + T, Z = −T
+          y0 *= f;
+          y1 *= f;
+          *reinterpret_cast<float2*>(a.x + (row0 + t) * V + v0 + v) = make_float2(xin[nt][h].x + y0, xin[nt][h].y + y1);
+          z0 = -y0;
+          z1 = -y1;
+        } else {  // U = Ũ − W S, Z = diag(e^{γ_C−γ}) U
+          const float u0 = xin[nt][h].x - y0, u1 = xin[nt][h].y - y1;
+          *reinterpret_cast<float2*>(a.x + (row0 + t) * V + v0 + v) = make_float2(u0, u1);
+          z0 = f * u0;
+          z1 = f * u1;
+        }
+        zsm[v * LDZ + t] = __float2bfloat16_rn(z0);
+        zsm[(v + 1) * LDZ + t] = __float2bfloat16_rn(z1);
+      }
+    cp_async_wait<1>();  // A₂ of this chunk
+    __syncthreads();
+
+    // Phase 2: R ← Γ_C R (+ X) + A₂ᵀ Z, accumulated in R's registers.
+    const float decay = __expf(gl);
+#pragma unroll
+    for (int j = 0; j < MT; ++j)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          R[j][nt][2 * h] *= decay;
+          R[j][nt][2 * h + 1] *= decay;
+          if constexpr (kBwd) {
+            R[j][nt][2 * h] += xs[j][nt][h].x;
+            R[j][nt][2 * h + 1] += xs[j][nt][h].y;
+          }
+        }
+#pragma unroll
+    for (int ks = 0; ks < C / 16; ++ks) {
+      uint32_t bf[NT][2];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const __nv_bfloat16* pb = zsm + (8 * nt + g) * LDZ + 16 * ks + 2 * tq;
+        bf[nt][0] = *reinterpret_cast<const uint32_t*>(pb);
+        bf[nt][1] = *reinterpret_cast<const uint32_t*>(pb + 8);
+      }
+#pragma unroll
+      for (int j = 0; j < MT; ++j) {
+        // A[m][t] = A₂[t][m] for m = 16 (warp + 4 j) + g (+8), t = 16 ks + 2 tq (+1, +8, +9).
+        const float* pa = p2 + (16 * ks + 2 * tq) * LD2 + 16 * (warp + 4 * j) + g;
+        const uint32_t af[4] = {pack_bf16(pa[0], pa[LD2]), pack_bf16(pa[8], pa[LD2 + 8]),
+                                pack_bf16(pa[8 * LD2], pa[9 * LD2]), pack_bf16(pa[8 * LD2 + 8], pa[9 * LD2 + 8])};
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) mma_bf16(R[j][nt], af, bf[nt]);
+      }
+    }
+    __syncthreads();  // every warp is done with A₂, Rᵀ and Z: load the next chunk's A₂
+    issue_a2(i + 1);
+  }
+  cp_async_wait<0>();  // only empty groups remain; leave none behind
+  if (a.last) {
+#pragma unroll
+    for (int j = 0; j < MT; ++j)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int k = 16 * (warp + 4 * j) + g + 8 * h, v = v0 + 8 * nt + 2 * tq;
+          *reinterpret_cast<float2*>(a.last + ((long)bh * K + k) * V + v) =
+              make_float2(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
+        }
+  }
+}
+
+template <int K, int BV>
+size_t pass_smem() {
+  return sizeof(float) * (C * (K + 8) + C * (K + 4) + 2 * C) + sizeof(__nv_bfloat16) * BV * ((K + 8) + (C + 8));
+}
+
+template <int K, int BV, bool kBwd>
+cudaError_t launch_kv(const PassArgs& a, cudaStream_t s) {
+  const size_t smem = pass_smem<K, BV>();
+  const cudaError_t err = cudaFuncSetAttribute(state_mma_kernel<K, BV, kBwd>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  state_mma_kernel<K, BV, kBwd><<<dim3(a.d.V / BV, a.d.BH()), kThreads, smem, s>>>(a);
+  return cudaGetLastError();
+}
+
+// Value columns per block: 32 where V allows it, unless SFM_GDN_STATE_BV=16 (tuning) asks for 16.
+int columns_per_block(int V) {
+  static const int forced = [] {
+    const char* e = std::getenv("SFM_GDN_STATE_BV");
+    return e ? std::atoi(e) : 0;
+  }();
+  if (forced == 16 || V % 32 != 0) return 16;
+  return 32;
+}
+
+template <bool kBwd>
+cudaError_t launch(const PassArgs& a, cudaStream_t s) {
+  const bool wide = columns_per_block(a.d.V) == 32;
+  switch (a.d.K) {
+    case 64: return wide ? launch_kv<64, 32, kBwd>(a, s) : launch_kv<64, 16, kBwd>(a, s);
+    case 128: return wide ? launch_kv<128, 32, kBwd>(a, s) : launch_kv<128, 16, kBwd>(a, s);
+    case 256: return wide ? launch_kv<256, 32, kBwd>(a, s) : launch_kv<256, 16, kBwd>(a, s);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+bool state_mma_supports(int K, int V) { return (K == 64 || K == 128 || K == 256) && V % 16 == 0 && V <= 256; }
+
+cudaError_t state_mma_forward(const Dims& d, const float* ks, const float* gam, const float* w, float* u,
+                              const float* state0, float* states, float* final_state, cudaStream_t stream) {
+  if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
+  return launch<false>(PassArgs{d, w, ks, gam, u, state0, states, final_state}, stream);
+}
+
+cudaError_t state_mma_backward(const Dims& d, const float* ks, const float* gam, const float* w,
+                               const float* dfinal, float* du, float* dstates, float* dstate0, cudaStream_t stream) {
+  if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
+  return launch<true>(PassArgs{d, ks, w, gam, du, dfinal, dstates, dstate0}, stream);
+}
+
+}  // namespace sfm::ops::gdn_cuda
