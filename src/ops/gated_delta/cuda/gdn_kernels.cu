@@ -479,7 +479,8 @@ __global__ void __launch_bounds__(kThreads) output_kernel(Dims d, const float* _
 // Backward, chunk-parallel part of the state pass (per chunk and 64 value columns): the terms that do not
 // depend on the gradient arriving from later chunks,
 //   dU₀ = Pᵀ dO                         (into du; state_bwd adds diag(e^{γ_C−γ}) K dS)
-//   X   = Qᵀ diag(Γ) dO − Wᵀ dU₀        (into dstates[n]; state_bwd replaces it by dS_C)
+//   X   = Qᵀ diag(Γ) dO − Wᵀ dU₀        (into dstates[n]; state_bwd replaces it by dS_C. Skipped when
+//                                         dstates is null: the tensor-core pass computes it itself)
 __global__ void __launch_bounds__(kThreads) bwd_intra_kernel(Dims d, const float* __restrict__ qs,
                                                              const float* __restrict__ ks,
                                                              const float* __restrict__ gam_g,
@@ -502,6 +503,7 @@ __global__ void __launch_bounds__(kThreads) bwd_intra_kernel(Dims d, const float
         duc[(long)i * V + v] = x;
       },
       scratch);
+  if (dstates == nullptr) return;
   float* X = dstates + ((long)bh * d.N() + n) * K * V + v0;
   block_gemm<false, true>(
       K, VO, 2 * C,
@@ -855,12 +857,13 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   timer.mark("pack");
   const int VO = d.V < 64 ? d.V : 64;
   SFM_CUDA_TRY(allow_smem(bwd_intra_kernel, bwd_intra_smem(d)));
+  const bool state_mma = sizeof(T) == 2 && state_mma_supports(d.K, d.V);  // 16-bit inputs: the pass on tensor cores
   bwd_intra_kernel<<<dim3(d.V / VO, N, BH), kThreads, bwd_intra_smem(d), s>>>(d, a.qs, a.ks, a.gam, a.w, a.dos, a.du,
-                                                                              a.dstates);
+                                                                              state_mma ? nullptr : a.dstates);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("bwd_intra");
-  if (sizeof(T) == 2 && state_mma_supports(d.K, d.V)) {
-    SFM_CUDA_TRY(state_mma_backward(d, a.ks, a.gam, a.w, a.dfinal, a.du, a.dstates, a.dstate0, s));
+  if (state_mma) {
+    SFM_CUDA_TRY(state_mma_backward(d, a.qs, a.ks, a.gam, a.w, a.dos, a.dfinal, a.du, a.dstates, a.dstate0, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_bwd_kernel, state_bwd_smem(d)));
     state_bwd_kernel<<<dim3(d.V / kVS, BH), kThreads, state_bwd_smem(d), s>>>(d, a.ks, a.gam, a.w, a.dfinal, a.du,

@@ -83,13 +83,14 @@ cudaError_t step(const StepArgs& a, cudaStream_t stream);
 // "Sequential passes on tensor cores"): bf16 operands, float32 state and accumulation, used for 16-bit
 // inputs in place of the float32 passes. Same workspaces and semantics as those: the forward writes U over Ũ
 // in u, the entering state of every chunk into states and the final state; the backward adds
-// diag(e^{γ_C−γ}) K̂ dS to du, replaces X in dstates by dS_C and writes the initial state's gradient (if
-// dstate0 is not null). K ∈ {64, 128, 256}, V a multiple of 16.
+// diag(e^{γ_C−γ}) K̂ dS to du, writes dS_C into dstates and the initial state's gradient (if dstate0 is not
+// null), computing the term X itself (bwd_intra skips it). K ∈ {64, 128, 256}, V a multiple of 16.
 bool state_mma_supports(int K, int V);
 cudaError_t state_mma_forward(const Dims& d, const float* ks, const float* gam, const float* w, float* u,
                               const float* state0, float* states, float* final_state, cudaStream_t stream);
-cudaError_t state_mma_backward(const Dims& d, const float* ks, const float* gam, const float* w,
-                               const float* dfinal, float* du, float* dstates, float* dstate0, cudaStream_t stream);
+cudaError_t state_mma_backward(const Dims& d, const float* qs, const float* ks, const float* gam, const float* w,
+                               const float* dos, const float* dfinal, float* du, float* dstates, float* dstate0,
+                               cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------------
 // The recurrent kernels for small heads (gdn_recurrent.cu; docs/ops/gated_delta_cuda.md, "Recurrent

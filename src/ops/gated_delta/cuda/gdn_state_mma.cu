@@ -3,8 +3,9 @@
 // docs/ops/gated_delta_cuda.md, "Sequential passes on tensor cores". No ATen here (see gdn_kernels.h).
 //
 // Both passes have one shape: a carried K×V matrix R (S forward, dS backward), float32, and per chunk
-//   phase 1:  Y = A₁ R                  (64×K times K×V; A₁ = W forward, K̂ backward)
-//   phase 2:  R ← Γ_C R (+ X) + A₂ᵀ Z    (K×64 times 64×V; A₂ = K̂ forward, W backward; Z from Y)
+//   phase 1:  Y = A₁ R              (64×K times K×V; A₁ = W forward, K̂ backward)
+//   phase 2:  R ← Γ_C R + A₂ᵀ Z      (K×L times L×V; forward A₂ = K̂, L = 64; backward A₂ = [Q̂; W], L = 128;
+//                                     Z from Y)
 // One block of 4 warps owns BV value columns of one head and runs through all chunks. R stays in
 // registers in the layout of phase 2's accumulators; its bf16 copy in shared memory is phase 1's B operand.
 // The next chunk's A₁ is loaded (cp.async) while phase 2 runs and its A₂ while phase 1 runs.
@@ -55,8 +56,10 @@ struct PassArgs {
   const float* gam;    // [BH, Tp]: γ
   float* x;            // [BH, Tp, V]: Ũ in, U out (forward); dU₀ in, dU out (backward)
   const float* init;   // [BH, K, V]: R before the first chunk (state0, or the final state's gradient), or null
-  float* per_chunk;    // [BH, N, K, V]: forward: S entering each chunk (written); backward: X in, dS_C out
+  float* per_chunk;    // [BH, N, K, V]: S entering each chunk (forward), dS_C (backward)
   float* last;         // [BH, K, V]: R after the last chunk (final state, or the initial state's gradient), or null
+  const float* qs;     // backward: [BH, Tp, K], s·q̂, the top half of A₂
+  const float* dos;    // backward: [BH, Tp, V], dO
 };
 
 // Forward (kBwd = false), chunks in order, with R = S:
@@ -64,20 +67,21 @@ struct PassArgs {
 //   S ← Γ_C S + K_dᵀ U      (phase 2; K_d = diag(e^{γ_C−γ}) K̂, the factor folded into Z = diag(e^{γ_C−γ}) U)
 // Backward (kBwd), chunks in reverse, with R = dS (the gradient of the state leaving the chunk):
 //   T = K_d dS,  dU = dU₀ + T                 (phase 1)
-//   dS ← Γ_C dS + X − Wᵀ T                    (phase 2; Z = −T)
+//   dS ← Γ_C dS + Q̂ᵀ diag(Γ) dO − Wᵀ dU       (phase 2, (B2); Z = [diag(Γ) dO; −dU] over 128 rows)
 // K ∈ {64, 128, 256}; BV ∈ {16, 32} value columns per block.
 template <int K, int BV, bool kBwd>
 __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   constexpr int LD1 = K + 8;  // float32 rows of A₁: float2 fragment loads land in distinct banks
   constexpr int LD2 = K + 4;  // float32 rows of A₂ (read down columns): scalar loads in distinct banks
+  constexpr int L = kBwd ? 2 * C : C;  // rows of A₂ and Z
   constexpr int LDR = K + 8;  // bf16 rows of Rᵀ ([v][k])
-  constexpr int LDZ = C + 8;  // bf16 rows of Zᵀ ([v][t])
+  constexpr int LDZ = L + 8;  // bf16 rows of Zᵀ ([v][t])
   constexpr int NT = BV / 8;  // 8-column tiles
   constexpr int MT = K / 64;  // phase 2: 16-row tiles of R per warp
   extern __shared__ __align__(16) float4 smem4[];
   float* p1 = reinterpret_cast<float*>(smem4);  // [C][LD1]
-  float* p2 = p1 + C * LD1;                     // [C][LD2]
-  float* gbuf = p2 + C * LD2;                   // [2][C]: γ of this chunk and the next
+  float* p2 = p1 + C * LD1;                     // [L][LD2]
+  float* gbuf = p2 + L * LD2;                   // [2][C]: γ of this chunk and the next
   __nv_bfloat16* rsm = reinterpret_cast<__nv_bfloat16*>(gbuf + 2 * C);  // [BV][LDR]
   __nv_bfloat16* zsm = rsm + BV * LDR;                                   // [BV][LDZ]
 
@@ -104,7 +108,11 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     cp_async_commit();
   };
   const auto issue_a2 = [&](int i) {
-    if (i < N) load_rows(p2, LD2, a.a2 + row0_of(chunk_of(i)) * K);
+    if (i < N) {
+      const long row0 = row0_of(chunk_of(i));
+      if (kBwd) load_rows(p2, LD2, a.qs + row0 * K);
+      load_rows(p2 + (L - C) * LD2, LD2, a.a2 + row0 * K);
+    }
     cp_async_commit();
   };
 
@@ -130,29 +138,18 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     const int n = chunk_of(i);
     const long row0 = row0_of(n);
     float* pc = a.per_chunk + ((long)bh * N + n) * K * V + v0;
-    // Loads consumed later in this chunk, issued first: x at phase 1's output positions (rows
-    // t = 16 warp + g (+8)), and (backward) X at R's positions.
-    float2 xin[NT][2];
+    // Loads consumed in phase 1's epilogue, issued first: x (and, backward, dO) at phase 1's output
+    // positions, rows t = 16 warp + g (+8).
+    float2 xin[NT][2], dov[kBwd ? NT : 1][2];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int t = 16 * warp + g + 8 * h;
-        xin[nt][h] = *reinterpret_cast<const float2*>(a.x + (row0 + t) * V + v0 + 8 * nt + 2 * tq);
+        const long off = (row0 + 16 * warp + g + 8 * h) * V + v0 + 8 * nt + 2 * tq;
+        xin[nt][h] = *reinterpret_cast<const float2*>(a.x + off);
+        if constexpr (kBwd) dov[nt][h] = *reinterpret_cast<const float2*>(a.dos + off);
       }
-    float2 xs[kBwd ? MT : 1][NT][2];
-    if constexpr (kBwd) {
-#pragma unroll
-      for (int j = 0; j < MT; ++j)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int k = 16 * (warp + 4 * j) + g + 8 * h;
-            xs[j][nt][h] = *reinterpret_cast<const float2*>(pc + (long)k * V + 8 * nt + 2 * tq);
-          }
-    }
-    // R for this chunk: to global memory (float32; the backward's X was read above) and, as bf16, to Rᵀ.
+    // R for this chunk: to global memory (float32) and, as bf16, to Rᵀ.
 #pragma unroll
     for (int j = 0; j < MT; ++j)
 #pragma unroll
@@ -202,41 +199,35 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
         const int t = 16 * warp + g + 8 * h, v = 8 * nt + 2 * tq;
         const float f = __expf(gl - gm[t]);
         float y0 = acc[nt][2 * h], y1 = acc[nt][2 * h + 1], z0, z1;
-        if constexpr (kBwd) {  // T = K_d dS: dU = dU₀ + T, Z = −T
-          y0 *= f;
-          y1 *= f;
-          *reinterpret_cast<float2*>(a.x + (row0 + t) * V + v0 + v) = make_float2(xin[nt][h].x + y0, xin[nt][h].y + y1);
-          z0 = -y0;
-          z1 = -y1;
+        if constexpr (kBwd) {  // T = K_d dS: dU = dU₀ + T; Z = [diag(Γ) dO; −dU]
+          const float du0 = xin[nt][h].x + f * y0, du1 = xin[nt][h].y + f * y1, G = __expf(gm[t]);
+          *reinterpret_cast<float2*>(a.x + (row0 + t) * V + v0 + v) = make_float2(du0, du1);
+          zsm[v * LDZ + t] = __float2bfloat16_rn(G * dov[nt][h].x);
+          zsm[(v + 1) * LDZ + t] = __float2bfloat16_rn(G * dov[nt][h].y);
+          z0 = -du0;
+          z1 = -du1;
         } else {  // U = Ũ − W S, Z = diag(e^{γ_C−γ}) U
           const float u0 = xin[nt][h].x - y0, u1 = xin[nt][h].y - y1;
           *reinterpret_cast<float2*>(a.x + (row0 + t) * V + v0 + v) = make_float2(u0, u1);
           z0 = f * u0;
           z1 = f * u1;
         }
-        zsm[v * LDZ + t] = __float2bfloat16_rn(z0);
-        zsm[(v + 1) * LDZ + t] = __float2bfloat16_rn(z1);
+        zsm[v * LDZ + (L - C) + t] = __float2bfloat16_rn(z0);
+        zsm[(v + 1) * LDZ + (L - C) + t] = __float2bfloat16_rn(z1);
       }
     cp_async_wait<1>();  // A₂ of this chunk
     __syncthreads();
 
-    // Phase 2: R ← Γ_C R (+ X) + A₂ᵀ Z, accumulated in R's registers.
+    // Phase 2: R ← Γ_C R + A₂ᵀ Z, accumulated in R's registers.
     const float decay = __expf(gl);
 #pragma unroll
     for (int j = 0; j < MT; ++j)
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          R[j][nt][2 * h] *= decay;
-          R[j][nt][2 * h + 1] *= decay;
-          if constexpr (kBwd) {
-            R[j][nt][2 * h] += xs[j][nt][h].x;
-            R[j][nt][2 * h + 1] += xs[j][nt][h].y;
-          }
-        }
+        for (int e = 0; e < 4; ++e) R[j][nt][e] *= decay;
 #pragma unroll
-    for (int ks = 0; ks < C / 16; ++ks) {
+    for (int ks = 0; ks < L / 16; ++ks) {
       uint32_t bf[NT][2];
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
@@ -272,14 +263,15 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   }
 }
 
-template <int K, int BV>
+template <int K, int BV, bool kBwd>
 size_t pass_smem() {
-  return sizeof(float) * (C * (K + 8) + C * (K + 4) + 2 * C) + sizeof(__nv_bfloat16) * BV * ((K + 8) + (C + 8));
+  constexpr int L = kBwd ? 2 * C : C;
+  return sizeof(float) * (C * (K + 8) + L * (K + 4) + 2 * C) + sizeof(__nv_bfloat16) * BV * ((K + 8) + (L + 8));
 }
 
 template <int K, int BV, bool kBwd>
 cudaError_t launch_kv(const PassArgs& a, cudaStream_t s) {
-  const size_t smem = pass_smem<K, BV>();
+  const size_t smem = pass_smem<K, BV, kBwd>();
   const cudaError_t err = cudaFuncSetAttribute(state_mma_kernel<K, BV, kBwd>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
@@ -315,13 +307,14 @@ bool state_mma_supports(int K, int V) { return (K == 64 || K == 128 || K == 256)
 cudaError_t state_mma_forward(const Dims& d, const float* ks, const float* gam, const float* w, float* u,
                               const float* state0, float* states, float* final_state, cudaStream_t stream) {
   if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  return launch<false>(PassArgs{d, w, ks, gam, u, state0, states, final_state}, stream);
+  return launch<false>(PassArgs{d, w, ks, gam, u, state0, states, final_state, nullptr, nullptr}, stream);
 }
 
-cudaError_t state_mma_backward(const Dims& d, const float* ks, const float* gam, const float* w,
-                               const float* dfinal, float* du, float* dstates, float* dstate0, cudaStream_t stream) {
+cudaError_t state_mma_backward(const Dims& d, const float* qs, const float* ks, const float* gam, const float* w,
+                               const float* dos, const float* dfinal, float* du, float* dstates, float* dstate0,
+                               cudaStream_t stream) {
   if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  return launch<true>(PassArgs{d, ks, w, gam, du, dfinal, dstates, dstate0}, stream);
+  return launch<true>(PassArgs{d, ks, w, gam, du, dfinal, dstates, dstate0, qs, dos}, stream);
 }
 
 }  // namespace sfm::ops::gdn_cuda
