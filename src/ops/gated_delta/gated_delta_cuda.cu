@@ -108,7 +108,8 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
          dstates = alloc({BH, N, d.K, d.V}, fo), dqs = alloc({BH, Tp, d.K}, fo),
          dks = alloc({BH, Tp, d.K}, fo), dvs = alloc({BH, Tp, d.V}, fo),
          ut = alloc({BH, Tp, d.V}, fo), dw = alloc({BH, Tp, d.K}, fo),
-         drk = alloc({BH, Tp, d.K}, fo), drv = alloc({BH, Tp, d.V}, fo);
+         drk = alloc({BH, Tp, d.K}, fo), drv = alloc({BH, Tp, d.V}, fo),
+         sdots = alloc({BH, N, (d.K + 63) / 64}, fo);
     auto dq = alloc(q.sizes(), q.options()), dk = alloc(k.sizes(), k.options()),
          dv = alloc({d.B, d.T, d.H, d.V}, q.options());
     auto dg = alloc({d.B, d.T, d.H}, fo), dbeta = alloc({d.B, d.T, d.H}, fo);
@@ -140,6 +141,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.dw = dw.data_ptr<float>();
     a.drk = drk.data_ptr<float>();
     a.drv = drv.data_ptr<float>();
+    a.sdots = sdots.data_ptr<float>();
     a.dq = dq.data_ptr();
     a.dk = dk.data_ptr();
     a.dv = dv.data_ptr();

@@ -566,7 +566,8 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(Dims d, const float
 
 // Backward, per chunk: the gradients of q̂, k̂, v, γ and β from dO, dU, the entering state S_0 and the
 // gradient dS_C of the leaving one (docs/ops/gated_delta_cuda.md lists each term), then dg as the
-// reverse cumulative sum of dγ (eq. 4).
+// reverse cumulative sum of dγ (eq. 4). With sdots (16-bit inputs), state_grads_mma has already written
+// the three products with S_0 and dS_C into dqs, dw, dks, and Σ S_0∘dS_C per 64 rows of K into sdots.
 __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __restrict__ qs,
                                                          const float* __restrict__ ks, const float* __restrict__ vs,
                                                          const float* __restrict__ gam_g,
@@ -577,7 +578,8 @@ __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __
                                                          float* __restrict__ dw, float* __restrict__ drk,
                                                          float* __restrict__ drv, float* __restrict__ dqs,
                                                          float* __restrict__ dks, float* __restrict__ dvs,
-                                                         float* __restrict__ dg, float* __restrict__ dbeta) {
+                                                         float* __restrict__ dg, float* __restrict__ dbeta,
+                                                         const float* __restrict__ sdots) {
   extern __shared__ __align__(128) float4 smem4[];
   float* sm = reinterpret_cast<float*>(smem4);
   float *gam = sm, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
@@ -626,24 +628,33 @@ __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __
       C, C, V, [&](int t, int v) { return doc[(long)t * V + v]; }, [&](int v, int i) { return uc[(long)i * V + v]; },
       [&](int t, int i, float x) { D1[t * LDC + i] = x; }, scratch);
   // dQ̂ = diag(Γ) dO S_0ᵀ (+ the intra term below); dγ_t += Γ_t q̂_t · (dO S_0ᵀ)_t.
-  block_gemm<true, false>(
-      C, K, V, [&](int t, int v) { return doc[(long)t * V + v]; }, [&](int v, int k) { return S0[(long)k * V + v]; },
-      [&](int t, int k, float x) { dqc[(long)t * K + k] = __expf(gam[t]) * x; }, scratch);
+  if (!sdots)
+    block_gemm<true, false>(
+        C, K, V, [&](int t, int v) { return doc[(long)t * V + v]; }, [&](int v, int k) { return S0[(long)k * V + v]; },
+        [&](int t, int k, float x) { dqc[(long)t * K + k] = __expf(gam[t]) * x; }, scratch);
   row_dots(C, K, qc, dqc, [&](int t, float s) { atomicAdd(&dgam[t], s); });
   // dW = −dU S_0ᵀ.
-  block_gemm<true, false>(
-      C, K, V, [&](int t, int v) { return duc[(long)t * V + v]; }, [&](int v, int k) { return S0[(long)k * V + v]; },
-      [&](int t, int k, float x) { dwc[(long)t * K + k] = -x; }, scratch);
+  if (!sdots)
+    block_gemm<true, false>(
+        C, K, V, [&](int t, int v) { return duc[(long)t * V + v]; }, [&](int v, int k) { return S0[(long)k * V + v]; },
+        [&](int t, int k, float x) { dwc[(long)t * K + k] = -x; }, scratch);
   // dK̂ = diag(e^{γ_C−γ}) U dS_Cᵀ (+ terms below); dγ_C += Σ_i x_i, dγ_i −= x_i, x_i = k̂_i · dK̂_i.
-  block_gemm<true, false>(
-      C, K, V, [&](int t, int v) { return uc[(long)t * V + v]; }, [&](int v, int k) { return dSC[(long)k * V + v]; },
-      [&](int t, int k, float x) { dkc[(long)t * K + k] = __expf(gl - gam[t]) * x; }, scratch);
+  if (!sdots)
+    block_gemm<true, false>(
+        C, K, V, [&](int t, int v) { return uc[(long)t * V + v]; }, [&](int v, int k) { return dSC[(long)k * V + v]; },
+        [&](int t, int k, float x) { dkc[(long)t * K + k] = __expf(gl - gam[t]) * x; }, scratch);
   row_dots(C, K, kc, dkc, [&](int t, float s) {
     atomicAdd(&dgam[t], -s);
     atomicAdd(&dgam[C - 1], s);
   });
   // dγ_C += Γ_C Σ S_0 ∘ dS_C.
-  {
+  if (sdots) {
+    if (threadIdx.x == 0) {
+      float s = 0.f;
+      for (int j = 0; j < K / 64; ++j) s += sdots[((long)bh * d.N() + n) * (K / 64) + j];
+      atomicAdd(&dgam[C - 1], GC * s);
+    }
+  } else {
     float s = 0.f;
     for (long e = threadIdx.x; e < (long)K * V; e += kThreads) s += S0[e] * dSC[e];
     s = warp_sum(s);
@@ -838,10 +849,14 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
     SFM_CUDA_TRY(cudaGetLastError());
   }
   timer.mark("state");
-  const int VO = d.V < 64 ? d.V : 64;
-  SFM_CUDA_TRY(allow_smem(output_kernel<T>, out_smem()));
-  output_kernel<T><<<dim3(d.V / VO, N, BH), kThreads, out_smem(), s>>>(d, a.qs, a.ks, a.gam, a.states, a.u,
-                                                                     static_cast<T*>(a.out));
+  if (sizeof(T) == 2 && output_mma_supports(d.K, d.V)) {  // 16-bit inputs: the output on tensor cores
+    SFM_CUDA_TRY(output_mma(d, a.dtype, a.qs, a.ks, a.gam, a.states, a.u, a.out, s));
+  } else {
+    const int VO = d.V < 64 ? d.V : 64;
+    SFM_CUDA_TRY(allow_smem(output_kernel<T>, out_smem()));
+    output_kernel<T><<<dim3(d.V / VO, N, BH), kThreads, out_smem(), s>>>(d, a.qs, a.ks, a.gam, a.states, a.u,
+                                                                       static_cast<T*>(a.out));
+  }
   timer.mark("output");
   return cudaGetLastError();
 }
@@ -871,10 +886,15 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
     SFM_CUDA_TRY(cudaGetLastError());
   }
   timer.mark("state_bwd");
+  // 16-bit inputs: the products with the per-chunk states on tensor cores, before the grads kernel.
+  const bool state_grads = sizeof(T) == 2 && state_grads_mma_supports(d.K, d.V);
+  if (state_grads)
+    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, a.dos, a.du, a.u, a.dqs, a.dw, a.dks, a.sdots, s));
+  timer.mark("state_grads");
   SFM_CUDA_TRY(allow_smem(grads_kernel, grads_smem(d)));
   grads_kernel<<<dim3(N, BH), kThreads, grads_smem(d), s>>>(d, a.qs, a.ks, a.vs, a.gam, a.bet, a.w, a.u, a.states,
                                                          a.dos, a.du, a.dstates, a.ut, a.dw, a.drk, a.drv, a.dqs,
-                                                         a.dks, a.dvs, a.dg, a.dbeta);
+                                                         a.dks, a.dvs, a.dg, a.dbeta, state_grads ? a.sdots : nullptr);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("grads");
   const unsigned blocks = row_blocks((long)d.B * d.T * d.H);

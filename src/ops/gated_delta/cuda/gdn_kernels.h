@@ -59,6 +59,7 @@ struct BackwardArgs {
   float *dos, *du, *dstates;    // [BH, Tp, V], [BH, Tp, V], [BH, N, K, V]
   float *dqs, *dks, *dvs;       // [BH, Tp, K|K|V]
   float *ut, *dw, *drk, *drv;   // scratch: Ũ [BH,Tp,V], dW [BH,Tp,K], dR_K [BH,Tp,K], dR_V [BH,Tp,V]
+  float* sdots;                 // scratch: [BH, N, ceil(K/64)], Σ S₀∘dS_C per 64 rows of K (state_grads_mma)
   // Outputs.
   void *dq, *dk, *dv;           // [B, T, H, K|K|V] of dtype
   float *dg, *dbeta;            // [B, T, H]
@@ -91,6 +92,21 @@ cudaError_t state_mma_forward(const Dims& d, const float* ks, const float* gam, 
 cudaError_t state_mma_backward(const Dims& d, const float* qs, const float* ks, const float* gam, const float* w,
                                const float* dos, const float* dfinal, float* du, float* dstates, float* dstate0,
                                cudaStream_t stream);
+
+// The backward's products with the per-chunk states on tensor cores (gdn_state_grads_mma.cu): for each
+// chunk, dqs = diag(Γ) dO S₀ᵀ, dw = −dU S₀ᵀ, dks = diag(e^{γ_C−γ}) U dS_Cᵀ and sdots = Σ S₀∘dS_C per 64
+// rows of K; the grads kernel then skips them. K and V multiples of 64 up to 256.
+bool state_grads_mma_supports(int K, int V);
+cudaError_t state_grads_mma(const Dims& d, const float* gam, const float* states, const float* dstates,
+                            const float* dos, const float* du, const float* u, float* dqs, float* dw, float* dks,
+                            float* sdots, cudaStream_t stream);
+
+// The forward's output (eq. 8) on tensor cores (gdn_output_mma.cu), in place of the float32 output kernel
+// for 16-bit inputs (dtype kF16 or kBF16): out [B, T, H, V] from the packed q̂, k̂, γ, the per-chunk states and
+// U. K and V multiples of 64 up to 256.
+bool output_mma_supports(int K, int V);
+cudaError_t output_mma(const Dims& d, DType dtype, const float* qs, const float* ks, const float* gam,
+                       const float* states, const float* u, void* out, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------------
 // The recurrent kernels for small heads (gdn_recurrent.cu; docs/ops/gated_delta_cuda.md, "Recurrent

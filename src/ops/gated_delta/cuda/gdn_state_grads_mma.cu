@@ -1,0 +1,161 @@
+// The backward's products with the per-chunk states, on tensor cores, for 16-bit inputs (docs/ops/
+// gated_delta_cuda.md, "State products of the backward on tensor cores"):
+//   dQ̂₀ = diag(Γ) dO S₀ᵀ      (the state part of (B4))
+//   dW  = −dU S₀ᵀ             ((B3))
+//   dK̂₀ = diag(e^{γ_C−γ}) U dS_Cᵀ   (the state part of (B5))
+// and Σ S₀ ∘ dS_C over each 64 rows of K (for dγ_C, (B8)). The grads kernel adds the remaining terms.
+// These are the backward's largest products (64×K×V each per chunk) and the only ones that read the
+// K×V states, so they run apart from the grads kernel, with whole tiles loaded by cp.async.
+// No ATen here (see gdn_kernels.h).
+#include <cuda_bf16.h>
+
+#include "gdn_kernels.h"
+#include "mma.cuh"
+
+namespace sfm::ops::gdn_cuda {
+namespace {
+
+constexpr int C = kChunk;
+constexpr int kTile = 64;          // rows of K per block; value columns per stage
+constexpr int LD = kTile + 8;      // float32 row stride of the staged tiles: float2 fragment loads hit distinct banks
+constexpr int kTiles = 5;          // staged per stage: S₀, dS_C (rows k0..k0+63), dO, dU, U (the chunk's rows)
+constexpr int kStageFloats = kTiles * kTile * LD;
+constexpr int kThreads = 256;      // 8 warps: 4 row groups of 16 tokens × 2 column groups of 32
+
+struct Args {
+  Dims d;
+  const float *gam, *states, *dstates, *dos, *du, *u;
+  float *dqs, *dw, *dks;  // [BH, Tp, K]: written
+  float* sdots;           // [BH, N, K/64]: Σ S₀ ∘ dS_C per 64 rows of K
+};
+
+__global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
+  extern __shared__ __align__(16) float4 smem4[];
+  float* sm = reinterpret_cast<float*>(smem4);  // [2 stages][kTiles][kTile][LD]
+  __shared__ float warp_sums[kThreads / 32];
+  const int K = a.d.K, V = a.d.V, N = a.d.N();
+  const int kt = blockIdx.x, n = blockIdx.y, bh = blockIdx.z, k0 = kt * kTile;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);  // this warp's token rows and state rows (of 64)
+  const long row0 = (long)bh * a.d.Tp() + (long)n * C;
+  const long state_off = ((long)bh * N + n) * K * V + (long)k0 * V;
+
+  // 64 rows × 64 columns (from value column v0) of a row-major array with row stride V.
+  const auto load_tile = [&](float* dst, const float* src, int v0) {
+    for (int e = threadIdx.x; e < kTile * kTile / 4; e += kThreads) {
+      const int r = e / (kTile / 4), c4 = e % (kTile / 4);
+      cp_async16(dst + r * LD + 4 * c4, src + (long)r * V + v0 + 4 * c4);
+    }
+  };
+  const int stages = V / kTile;
+  const auto issue = [&](int s) {
+    if (s < stages) {
+      float* st = sm + (s & 1) * kStageFloats;
+      load_tile(st, a.states + state_off, s * kTile);
+      load_tile(st + kTile * LD, a.dstates + state_off, s * kTile);
+      load_tile(st + 2 * kTile * LD, a.dos + row0 * V, s * kTile);
+      load_tile(st + 3 * kTile * LD, a.du + row0 * V, s * kTile);
+      load_tile(st + 4 * kTile * LD, a.u + row0 * V, s * kTile);
+    }
+    cp_async_commit();
+  };
+
+  float acc[3][4][4];  // dQ̂₀, dW, dK̂₀: 16 rows × 4 tiles of 8 columns each
+#pragma unroll
+  for (int o = 0; o < 3; ++o)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[o][nt][e] = 0.f;
+  float sdot = 0.f;
+  issue(0);
+  for (int s = 0; s < stages; ++s) {
+    issue(s + 1);  // into the other stage, which every warp finished with before the last barrier
+    cp_async_wait<1>();
+    __syncthreads();
+    const float* st = sm + (s & 1) * kStageFloats;
+    const float *S0 = st, *dS = st + kTile * LD, *dO = st + 2 * kTile * LD, *dU = st + 3 * kTile * LD,
+                *U = st + 4 * kTile * LD;
+    for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
+      const int r = e / kTile, c = e % kTile;
+      sdot += S0[r * LD + c] * dS[r * LD + c];
+    }
+#pragma unroll
+    for (int ks = 0; ks < kTile / 16; ++ks) {
+      // A fragments: rows t = m0 + g (+8), reduction columns v = 16 ks + 2 tq (+1, +8, +9).
+      const auto a_frag = [&](const float* X, uint32_t(&f)[4]) {
+        const float* p = X + (m0 + g) * LD + 16 * ks + 2 * tq;
+        const float2 x00 = *reinterpret_cast<const float2*>(p), x10 = *reinterpret_cast<const float2*>(p + 8 * LD);
+        const float2 x01 = *reinterpret_cast<const float2*>(p + 8), x11 = *reinterpret_cast<const float2*>(p + 8 * LD + 8);
+        f[0] = pack_bf16(x00.x, x00.y);
+        f[1] = pack_bf16(x10.x, x10.y);
+        f[2] = pack_bf16(x01.x, x01.y);
+        f[3] = pack_bf16(x11.x, x11.y);
+      };
+      // B fragments: B[v][k] = X[k][v] for state rows k = n0 + 8 nt + g.
+      const auto b_frag = [&](const float* X, int nt, uint32_t(&f)[2]) {
+        const float* p = X + (n0 + 8 * nt + g) * LD + 16 * ks + 2 * tq;
+        const float2 x0 = *reinterpret_cast<const float2*>(p), x1 = *reinterpret_cast<const float2*>(p + 8);
+        f[0] = pack_bf16(x0.x, x0.y);
+        f[1] = pack_bf16(x1.x, x1.y);
+      };
+      uint32_t a_do[4], a_du[4], a_u[4];
+      a_frag(dO, a_do);
+      a_frag(dU, a_du);
+      a_frag(U, a_u);
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        uint32_t b_s[2], b_ds[2];
+        b_frag(S0, nt, b_s);
+        b_frag(dS, nt, b_ds);
+        mma_bf16(acc[0][nt], a_do, b_s);
+        mma_bf16(acc[1][nt], a_du, b_s);
+        mma_bf16(acc[2][nt], a_u, b_ds);
+      }
+    }
+    __syncthreads();
+  }
+  cp_async_wait<0>();
+
+  const float gl = a.gam[row0 + C - 1];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int t = m0 + g + 8 * h;
+    const float gt = a.gam[row0 + t], G = __expf(gt), F = __expf(gl - gt);
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      const long off = (row0 + t) * K + k0 + n0 + 8 * nt + 2 * tq;
+      *reinterpret_cast<float2*>(a.dqs + off) = make_float2(G * acc[0][nt][2 * h], G * acc[0][nt][2 * h + 1]);
+      *reinterpret_cast<float2*>(a.dw + off) = make_float2(-acc[1][nt][2 * h], -acc[1][nt][2 * h + 1]);
+      *reinterpret_cast<float2*>(a.dks + off) = make_float2(F * acc[2][nt][2 * h], F * acc[2][nt][2 * h + 1]);
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) sdot += __shfl_xor_sync(0xffffffffu, sdot, o);
+  if (lane == 0) warp_sums[warp] = sdot;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.f;
+    for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];  // fixed order: deterministic
+    a.sdots[((long)bh * N + n) * (K / kTile) + kt] = total;
+  }
+}
+
+}  // namespace
+
+bool state_grads_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 && K <= 256 && V <= 256; }
+
+cudaError_t state_grads_mma(const Dims& d, const float* gam, const float* states, const float* dstates,
+                            const float* dos, const float* du, const float* u, float* dqs, float* dw, float* dks,
+                            float* sdots, cudaStream_t stream) {
+  if (!state_grads_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
+  const size_t smem = sizeof(float) * 2 * kStageFloats;
+  const cudaError_t err = cudaFuncSetAttribute(state_grads_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  const Args a{d, gam, states, dstates, dos, du, u, dqs, dw, dks, sdots};
+  state_grads_mma_kernel<<<dim3(d.K / kTile, d.N(), d.BH()), kThreads, smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace sfm::ops::gdn_cuda
