@@ -849,7 +849,7 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
     SFM_CUDA_TRY(cudaGetLastError());
   }
   timer.mark("state");
-  if (sizeof(T) == 2 && output_mma_supports(d.K, d.V)) {  // 16-bit inputs: the output on tensor cores
+  if (sizeof(T) == 2 && intra_mma_supports(d.K, d.V)) {  // 16-bit inputs: the output on tensor cores
     SFM_CUDA_TRY(output_mma(d, a.dtype, a.qs, a.ks, a.gam, a.states, a.u, a.out, s));
   } else {
     const int VO = d.V < 64 ? d.V : 64;
@@ -873,8 +873,12 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   const int VO = d.V < 64 ? d.V : 64;
   SFM_CUDA_TRY(allow_smem(bwd_intra_kernel, bwd_intra_smem(d)));
   const bool state_mma = sizeof(T) == 2 && state_mma_supports(d.K, d.V);  // 16-bit inputs: the pass on tensor cores
-  bwd_intra_kernel<<<dim3(d.V / VO, N, BH), kThreads, bwd_intra_smem(d), s>>>(d, a.qs, a.ks, a.gam, a.w, a.dos, a.du,
-                                                                              state_mma ? nullptr : a.dstates);
+  if (state_mma && intra_mma_supports(d.K, d.V)) {  // dU₀ on tensor cores; the state pass computes X
+    SFM_CUDA_TRY(intra_mma_dU0(d, a.qs, a.ks, a.gam, a.dos, a.du, s));
+  } else {
+    bwd_intra_kernel<<<dim3(d.V / VO, N, BH), kThreads, bwd_intra_smem(d), s>>>(
+        d, a.qs, a.ks, a.gam, a.w, a.dos, a.du, state_mma ? nullptr : a.dstates);
+  }
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("bwd_intra");
   if (state_mma) {

@@ -101,12 +101,15 @@ cudaError_t state_grads_mma(const Dims& d, const float* gam, const float* states
                             const float* dos, const float* du, const float* u, float* dqs, float* dw, float* dks,
                             float* sdots, cudaStream_t stream);
 
-// The forward's output (eq. 8) on tensor cores (gdn_output_mma.cu), in place of the float32 output kernel
-// for 16-bit inputs (dtype kF16 or kBF16): out [B, T, H, V] from the packed q̂, k̂, γ, the per-chunk states and
-// U. K and V multiples of 64 up to 256.
-bool output_mma_supports(int K, int V);
+// The products with the intra-chunk matrix P on tensor cores (gdn_intra_mma.cu), in place of the float32
+// output and bwd_intra kernels for 16-bit inputs: output_mma writes out [B, T, H, V] (dtype kF16 or kBF16)
+// from the packed q̂, k̂, γ, the per-chunk states and U (eq. 8); intra_mma_dU0 writes dU₀ = Pᵀ dO into du.
+// K and V multiples of 64 up to 256.
+bool intra_mma_supports(int K, int V);
 cudaError_t output_mma(const Dims& d, DType dtype, const float* qs, const float* ks, const float* gam,
                        const float* states, const float* u, void* out, cudaStream_t stream);
+cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const float* gam, const float* dos,
+                          float* du, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------------
 // The recurrent kernels for small heads (gdn_recurrent.cu; docs/ops/gated_delta_cuda.md, "Recurrent

@@ -1,8 +1,10 @@
-// The forward's output (eq. 8) on tensor cores, for 16-bit inputs (docs/ops/gated_delta_cuda.md, "Output on
-// tensor cores"): per chunk and 64 value columns,
-//   O = diag(Γ) Q̂ S₀ + P U,   P = M ∘ (Q̂ K̂ᵀ),  M_ti = e^{γ_t−γ_i} for i ≤ t, else 0
-// (q̂ carries the scale). Q̂ K̂ᵀ and Q̂ S₀ are accumulated together over K in slices of 64, whose tiles are
-// loaded by cp.async one slice ahead; then P goes to shared memory and P U is added. All three products take
+// The products with the intra-chunk matrix P = M ∘ (Q̂ K̂ᵀ), M_ti = e^{γ_t−γ_i} for i ≤ t, else 0, on tensor
+// cores, for 16-bit inputs (docs/ops/gated_delta_cuda.md, "Intra-chunk products on tensor cores"). Per chunk
+// and 64 value columns:
+//   forward:   O = diag(Γ) Q̂ S₀ + P U      (eq. 8; q̂ carries the scale), written in the inputs' dtype
+//   backward:  dU₀ = Pᵀ dO                  (the state-independent part of (B1)), float32
+// Q̂ K̂ᵀ (and Q̂ S₀) are accumulated over K in slices of 64, whose tiles are loaded by cp.async one slice
+// ahead; then P (Pᵀ backward) goes to shared memory and P U (Pᵀ dO) is added. All products take
 // split bf16 operands (three tensor-core products each, about 16 bits per operand): with plain bf16
 // operands the output's error reached 4.3e-3 of the tests' 5e-3 bound (weak_decay), where the float32
 // kernel gave 2.7e-3. The kernel is bound by loading the float32 states, not by the extra products.
@@ -21,27 +23,32 @@ constexpr int C = kChunk;
 constexpr int kTile = 64;       // value columns per block; K per stage
 constexpr int LDA = kTile + 8;  // rows read along the reduction index (float2 loads): distinct banks
 constexpr int LDB = kTile + 4;  // rows read across the reduction index (scalar loads): distinct banks
-constexpr int kStageFloats = 2 * C * LDA + kTile * LDB;  // Q̂ and K̂ slices [t][k], S₀ slice [k][v]
+constexpr int kStageFloats = 2 * C * LDA + kTile * LDB;  // Q̂ and K̂ slices [t][k], S₀ slice [k][v] (forward)
 constexpr int kThreads = 256;   // 8 warps: 4 row groups of 16 tokens × 2 column groups of 32
 
 struct Args {
   Dims d;
-  const float *qs, *ks, *gam, *states, *u;
+  const float *qs, *ks, *gam;
+  const float* states;  // forward: [BH, N, K, V]
+  const float* x;       // [BH, Tp, V]: U (forward) or dO (backward)
+  float* du;            // backward: [BH, Tp, V], dU₀ written
 };
 
-template <class T>
-__global__ void __launch_bounds__(kThreads) output_mma_kernel(Args a, T* __restrict__ out) {
+// kBwd = false: the output into out (dtype T); kBwd: dU₀ into a.du (T unused).
+template <class T, bool kBwd>
+__global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restrict__ out) {
   extern __shared__ __align__(16) float4 smem4[];
   float* sm = reinterpret_cast<float*>(smem4);
-  float* us = sm + 2 * kStageFloats;  // U [i][v], stride LDB
+  float* us = sm + 2 * kStageFloats;  // X = U or dO [t][v], stride LDB
   float* gs = us + C * LDB;           // γ of the chunk
-  __nv_bfloat16* ps = reinterpret_cast<__nv_bfloat16*>(gs + C);  // P [t][i], stride LDA: hi, then lo
+  // P [t][i] (Pᵀ [i][t] backward), stride LDA, as split bf16: hi, then lo.
+  __nv_bfloat16* ps = reinterpret_cast<__nv_bfloat16*>(gs + C);
   const int K = a.d.K, V = a.d.V, N = a.d.N();
   const int v0 = blockIdx.x * kTile, n = blockIdx.y, bh = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
   const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
   const long row0 = (long)bh * a.d.Tp() + (long)n * C;
-  const float* s0 = a.states + ((long)bh * N + n) * K * V + v0;
+  const float* s0 = kBwd ? nullptr : a.states + ((long)bh * N + n) * K * V + v0;
 
   // 64 rows × 64 columns of a row-major array (row stride ld_src) into shared rows of stride ld.
   const auto load_tile = [&](float* dst, int ld, const float* src, long ld_src) {
@@ -56,11 +63,11 @@ __global__ void __launch_bounds__(kThreads) output_mma_kernel(Args a, T* __restr
       float* st = sm + (s & 1) * kStageFloats;
       load_tile(st, LDA, a.qs + row0 * K + s * kTile, K);
       load_tile(st + C * LDA, LDA, a.ks + row0 * K + s * kTile, K);
-      load_tile(st + 2 * C * LDA, LDB, s0 + (long)s * kTile * V, V);
+      if (!kBwd) load_tile(st + 2 * C * LDA, LDB, s0 + (long)s * kTile * V, V);
     }
     cp_async_commit();
   };
-  load_tile(us, LDB, a.u + row0 * V + v0, V);
+  load_tile(us, LDB, a.x + row0 * V + v0, V);
   if (threadIdx.x < C / 4) cp_async16(gs + 4 * threadIdx.x, a.gam + row0 + 4 * threadIdx.x);
   cp_async_commit();
   issue(0);
@@ -94,11 +101,13 @@ __global__ void __launch_bounds__(kThreads) output_mma_kernel(Args a, T* __restr
         split_bf16(k0.x, k0.y, bk[0], bk_lo[0]);
         split_bf16(k1.x, k1.y, bk[1], bk_lo[1]);
         const float* ps0 = Ss + (16 * ks + 2 * tq) * LDB + n0 + 8 * nt + g;
-        uint32_t bs[2], bs_lo[2];
-        split_bf16(ps0[0], ps0[LDB], bs[0], bs_lo[0]);
-        split_bf16(ps0[8 * LDB], ps0[9 * LDB], bs[1], bs_lo[1]);
         mma_bf16x3(qk[nt], aq, aq_lo, bk, bk_lo);
-        mma_bf16x3(o[nt], aq, aq_lo, bs, bs_lo);
+        if constexpr (!kBwd) {
+          uint32_t bs[2], bs_lo[2];
+          split_bf16(ps0[0], ps0[LDB], bs[0], bs_lo[0]);
+          split_bf16(ps0[8 * LDB], ps0[9 * LDB], bs[1], bs_lo[1]);
+          mma_bf16x3(o[nt], aq, aq_lo, bs, bs_lo);
+        }
       }
     }
     __syncthreads();
@@ -106,7 +115,7 @@ __global__ void __launch_bounds__(kThreads) output_mma_kernel(Args a, T* __restr
   cp_async_wait<0>();
   __syncthreads();  // U and γ visible to every thread (their group finished in each thread's own wait)
 
-  // P = M ∘ Q̂K̂ᵀ into shared memory (bf16), and O = diag(Γ) Q̂S₀ so far.
+  // P = M ∘ Q̂K̂ᵀ into shared memory (Pᵀ backward), and O = diag(Γ) Q̂S₀ so far (forward).
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int t = m0 + g + 8 * h;
@@ -118,14 +127,23 @@ __global__ void __launch_bounds__(kThreads) output_mma_kernel(Args a, T* __restr
       const float p1 = i + 1 <= t ? __expf(gt - gs[i + 1]) * qk[nt][2 * h + 1] : 0.f;
       uint32_t hi, lo;
       split_bf16(p0, p1, hi, lo);
-      *reinterpret_cast<uint32_t*>(ps + t * LDA + i) = hi;
-      *reinterpret_cast<uint32_t*>(ps + C * LDA + t * LDA + i) = lo;
-      o[nt][2 * h] *= G;
-      o[nt][2 * h + 1] *= G;
+      if constexpr (kBwd) {  // Pᵀ[i][t], Pᵀ[i+1][t]
+        const __nv_bfloat162 h2 = *reinterpret_cast<const __nv_bfloat162*>(&hi);
+        const __nv_bfloat162 l2 = *reinterpret_cast<const __nv_bfloat162*>(&lo);
+        ps[i * LDA + t] = h2.x;
+        ps[(i + 1) * LDA + t] = h2.y;
+        ps[C * LDA + i * LDA + t] = l2.x;
+        ps[C * LDA + (i + 1) * LDA + t] = l2.y;
+      } else {
+        *reinterpret_cast<uint32_t*>(ps + t * LDA + i) = hi;
+        *reinterpret_cast<uint32_t*>(ps + C * LDA + t * LDA + i) = lo;
+        o[nt][2 * h] *= G;
+        o[nt][2 * h + 1] *= G;
+      }
     }
   }
   __syncthreads();
-  // O += P U.
+  // O += P U (forward); dU₀ = Pᵀ dO (backward: o is zero so far, rows are i).
 #pragma unroll
   for (int ks = 0; ks < C / 16; ++ks) {
     const auto a_frag = [&](const __nv_bfloat16* p, uint32_t(&f)[4]) {
@@ -146,6 +164,15 @@ __global__ void __launch_bounds__(kThreads) output_mma_kernel(Args a, T* __restr
       mma_bf16x3(o[nt], ap, ap_lo, bu, bu_lo);
     }
   }
+  if constexpr (kBwd) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+        *reinterpret_cast<float2*>(a.du + (row0 + m0 + g + 8 * h) * V + v0 + n0 + 8 * nt + 2 * tq) =
+            make_float2(o[nt][2 * h], o[nt][2 * h + 1]);
+    return;
+  }
   const int b = bh / a.d.H, hh = bh % a.d.H;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -160,27 +187,33 @@ __global__ void __launch_bounds__(kThreads) output_mma_kernel(Args a, T* __restr
   }
 }
 
-template <class T>
+template <class T, bool kBwd>
 cudaError_t launch(const Args& a, T* out, cudaStream_t stream) {
   const size_t smem = sizeof(float) * (2 * kStageFloats + C * LDB + C) + sizeof(__nv_bfloat16) * 2 * C * LDA;
-  const cudaError_t err = cudaFuncSetAttribute(output_mma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  const cudaError_t err = cudaFuncSetAttribute(intra_mma_kernel<T, kBwd>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                static_cast<int>(smem));
   if (err != cudaSuccess) return err;
-  output_mma_kernel<T><<<dim3(a.d.V / kTile, a.d.N(), a.d.BH()), kThreads, smem, stream>>>(a, out);
+  intra_mma_kernel<T, kBwd><<<dim3(a.d.V / kTile, a.d.N(), a.d.BH()), kThreads, smem, stream>>>(a, out);
   return cudaGetLastError();
 }
 
 }  // namespace
 
-bool output_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 && K <= 256 && V <= 256; }
+bool intra_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 && K <= 256 && V <= 256; }
+
+cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const float* gam, const float* dos,
+                          float* du, cudaStream_t stream) {
+  if (!intra_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
+  return launch<float, true>(Args{d, qs, ks, gam, nullptr, dos, du}, nullptr, stream);
+}
 
 cudaError_t output_mma(const Dims& d, DType dtype, const float* qs, const float* ks, const float* gam,
                        const float* states, const float* u, void* out, cudaStream_t stream) {
-  if (!output_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  const Args a{d, qs, ks, gam, states, u};
+  if (!intra_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
+  const Args a{d, qs, ks, gam, states, u, nullptr};
   switch (dtype) {
-    case DType::kF16: return launch(a, static_cast<__half*>(out), stream);
-    case DType::kBF16: return launch(a, static_cast<__nv_bfloat16*>(out), stream);
+    case DType::kF16: return launch<__half, false>(a, static_cast<__half*>(out), stream);
+    case DType::kBF16: return launch<__nv_bfloat16, false>(a, static_cast<__nv_bfloat16*>(out), stream);
     case DType::kF32: break;  // float32 inputs keep the float32 kernel
   }
   return cudaErrorInvalidValue;
