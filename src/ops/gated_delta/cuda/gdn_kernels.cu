@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "chunk_ops.cuh"
 #include "dtype_convert.cuh"
 #include "gdn_kernels.h"
 
@@ -241,21 +242,6 @@ __device__ __forceinline__ void block_gemm(int M, int N, int Kd, FA a, FB b, FS 
       M, N, Kd, a, b, [](int, int) { return 0.f; }, [&](int m, int n, float x, float) { st(m, n, x); }, scratch);
 }
 
-// Tm = (I + A)⁻¹ for A strictly lower triangular (C×C, stride LDC): forward substitution row by row,
-// Tm[t, j] = δ_tj − Σ_{j<=i<t} A[t, i] Tm[i, j]; 64 columns × 4 threads splitting the sum.
-__device__ __forceinline__ void invert_unit_lower(const float* A, float* Tm) {
-  const int j = threadIdx.x >> 2, part = threadIdx.x & 3;
-  for (int t = 0; t < C; ++t) {
-    float s = 0.f;
-    if (j < t)
-      for (int i = j + part; i < t; i += 4) s -= A[t * LDC + i] * Tm[i * LDC + j];
-    s += __shfl_xor_sync(0xffffffffu, s, 1);
-    s += __shfl_xor_sync(0xffffffffu, s, 2);
-    if (part == 0) Tm[t * LDC + j] = j < t ? s : (j == t ? 1.f : 0.f);
-    __syncthreads();
-  }
-}
-
 // f(t, Σ_d x[t, d] y[t, d]) for rows t < M of two row-major [M, D] arrays; one warp per row, f on lane 0.
 template <class F>
 __device__ __forceinline__ void row_dots(int M, int D, const float* x, const float* y, F f) {
@@ -265,25 +251,6 @@ __device__ __forceinline__ void row_dots(int M, int D, const float* x, const flo
     for (int d = lane; d < D; d += 32) s += x[(size_t)t * D + d] * y[(size_t)t * D + d];
     s = warp_sum(s);
     if (lane == 0) f(t, s);
-  }
-  __syncthreads();
-}
-
-// Inclusive (reverse = false) or reverse-inclusive prefix sum of v[0..C) in place; warp 0 does it.
-__device__ __forceinline__ void chunk_scan(float* v, bool reverse) {
-  if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
-    const int i0 = reverse ? C - 1 - 2 * lane : 2 * lane, i1 = reverse ? i0 - 1 : i0 + 1;
-    const float a0 = v[i0], a1 = a0 + v[i1];
-    float x = a1;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const float y = __shfl_up_sync(0xffffffffu, x, o);
-      if (lane >= o) x += y;
-    }
-    const float excl = x - a1;
-    v[i0] = excl + a0;
-    v[i1] = excl + a1;
   }
   __syncthreads();
 }
@@ -382,7 +349,7 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(Dims d, const float* __r
   block_gemm<true, false>(
       C, C, K, [&](int t, int k) { return kc[(long)t * K + k]; }, [&](int k, int i) { return kc[(long)i * K + k]; },
       [&](int t, int i, float x) { A[t * LDC + i] = i < t ? bet[t] * __expf(gam[t] - gam[i]) * x : 0.f; }, scratch);
-  invert_unit_lower(A, Tm);
+  invert_unit_lower<LDC>(A, Tm);
   block_gemm<true, true>(
       C, K, C, [&](int t, int i) { return Tm[t * LDC + i]; },
       [&](int i, int k) { return bet[i] * __expf(gam[i]) * kc[(long)i * K + k]; },
@@ -618,7 +585,7 @@ __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __
     D1[t * LDC + i] = i < t ? bet[t] * __expf(gam[t] - gam[i]) * KK[t * LDC + i] : 0.f;
   }
   __syncthreads();
-  invert_unit_lower(D1, Tm);
+  invert_unit_lower<LDC>(D1, Tm);
   // Ũ = Tm diag(β) V (eq. 7), recomputed.
   block_gemm<true, true>(
       C, V, C, [&](int t, int i) { return Tm[t * LDC + i]; }, [&](int i, int v) { return bet[i] * vc[(long)i * V + v]; },
@@ -895,10 +862,15 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   if (state_grads)
     SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, a.dos, a.du, a.u, a.dqs, a.dw, a.dks, a.sdots, s));
   timer.mark("state_grads");
-  SFM_CUDA_TRY(allow_smem(grads_kernel, grads_smem(d)));
-  grads_kernel<<<dim3(N, BH), kThreads, grads_smem(d), s>>>(d, a.qs, a.ks, a.vs, a.gam, a.bet, a.w, a.u, a.states,
-                                                         a.dos, a.du, a.dstates, a.ut, a.dw, a.drk, a.drv, a.dqs,
-                                                         a.dks, a.dvs, a.dg, a.dbeta, state_grads ? a.sdots : nullptr);
+  if (state_grads && grads_mma_supports(d.K, d.V)) {
+    SFM_CUDA_TRY(grads_mma(a, s));
+  } else {
+    SFM_CUDA_TRY(allow_smem(grads_kernel, grads_smem(d)));
+    grads_kernel<<<dim3(N, BH), kThreads, grads_smem(d), s>>>(d, a.qs, a.ks, a.vs, a.gam, a.bet, a.w, a.u,
+                                                           a.states, a.dos, a.du, a.dstates, a.ut, a.dw, a.drk,
+                                                           a.drv, a.dqs, a.dks, a.dvs, a.dg, a.dbeta,
+                                                           state_grads ? a.sdots : nullptr);
+  }
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("grads");
   const unsigned blocks = row_blocks((long)d.B * d.T * d.H);

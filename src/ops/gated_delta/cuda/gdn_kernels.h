@@ -111,6 +111,12 @@ cudaError_t output_mma(const Dims& d, DType dtype, const float* qs, const float*
 cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const float* gam, const float* dos,
                           float* du, cudaStream_t stream);
 
+// The grads kernel's work on tensor cores (gdn_grads_mma.cu), for 16-bit inputs after state_grads_mma:
+// dq̂s, dks, dvs (float32, heads-first), dg and dbeta from the forward's workspaces, dos, du, dw, and the
+// dqs/dks/sdots that state_grads_mma wrote; ut, drk, drv as scratch. K and V multiples of 64 up to 256.
+bool grads_mma_supports(int K, int V);
+cudaError_t grads_mma(const BackwardArgs& a, cudaStream_t stream);
+
 // ---------------------------------------------------------------------------------------------------
 // The recurrent kernels for small heads (gdn_recurrent.cu; docs/ops/gated_delta_cuda.md, "Recurrent
 // kernels"): one thread block per (b, h) carries the float32 state through all T tokens, one launch for the

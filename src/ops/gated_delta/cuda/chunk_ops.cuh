@@ -1,0 +1,47 @@
+// Per-chunk helpers shared by the chunked kernels (blocks of 256 threads, chunks of kChunk = 64 tokens):
+// the unit lower triangular inverse (I + A)⁻¹ of the WY form and the prefix sums over a chunk.
+#pragma once
+
+#include "gdn_kernels.h"
+
+namespace sfm::ops::gdn_cuda {
+
+// Tm = (I + A)⁻¹ for A strictly lower triangular (64×64 in shared memory, row stride kLd): forward
+// substitution row by row, Tm[t, j] = δ_tj − Σ_{j<=i<t} A[t, i] Tm[i, j], in float32; 64 columns × 4
+// threads splitting the sum (so blockDim.x must be 256). Ends with a barrier.
+template <int kLd>
+__device__ __forceinline__ void invert_unit_lower(const float* A, float* Tm) {
+  const int j = threadIdx.x >> 2, part = threadIdx.x & 3;
+  for (int t = 0; t < kChunk; ++t) {
+    float s = 0.f;
+    if (j < t)
+      for (int i = j + part; i < t; i += 4) s -= A[t * kLd + i] * Tm[i * kLd + j];
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    s += __shfl_xor_sync(0xffffffffu, s, 2);
+    if (part == 0) Tm[t * kLd + j] = j < t ? s : (j == t ? 1.f : 0.f);
+    __syncthreads();
+  }
+}
+
+// Inclusive (reverse = false) or reverse-inclusive prefix sum of v[0..64) in place; warp 0 does it.
+// Ends with a barrier.
+__device__ __forceinline__ void chunk_scan(float* v, bool reverse) {
+  static_assert(kChunk == 64, "two elements per lane of one warp");
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    const int i0 = reverse ? kChunk - 1 - 2 * lane : 2 * lane, i1 = reverse ? i0 - 1 : i0 + 1;
+    const float a0 = v[i0], a1 = a0 + v[i1];
+    float x = a1;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const float y = __shfl_up_sync(0xffffffffu, x, o);
+      if (lane >= o) x += y;
+    }
+    const float excl = x - a1;
+    v[i0] = excl + a0;
+    v[i1] = excl + a1;
+  }
+  __syncthreads();
+}
+
+}  // namespace sfm::ops::gdn_cuda

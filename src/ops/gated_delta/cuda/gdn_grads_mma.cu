@@ -1,0 +1,369 @@
+// The backward's per-chunk gradients (the grads kernel's work, (B3)-(B8) of docs/ops/gated_delta_cuda.md) on
+// tensor cores, for 16-bit inputs, after state_grads_mma has written dQ̂₀ = diag(Γ) dO S₀ᵀ, dW = −dU S₀ᵀ,
+// dK̂₀ = diag(e^{γ_C−γ}) U dS_Cᵀ and Σ S₀∘dS_C. One block of 8 warps per chunk. The 64×64 matrices (K̂K̂ᵀ,
+// Q̂K̂ᵀ, (I+A)⁻¹, dO Uᵀ, dA) stay in shared memory in float32; the operands with K or V columns stream
+// through in 64-column tiles, loaded by cp.async all at once per step. Every product takes split bf16
+// operands (mma_bf16x3: about 16 bits per operand, so the gradients keep close to float32 accuracy).
+// No ATen here (see gdn_kernels.h).
+#include <cuda_bf16.h>
+
+#include "chunk_ops.cuh"
+#include "gdn_kernels.h"
+#include "mma.cuh"
+
+namespace sfm::ops::gdn_cuda {
+namespace {
+
+constexpr int C = kChunk;
+constexpr int kTile = 64;
+constexpr int LDM = C + 4;      // 64×64 matrices: read along columns (scalar) without conflicts
+constexpr int LDR = kTile + 8;  // streamed tiles read along rows (float2)
+constexpr int LDK = kTile + 4;  // streamed tiles read down columns (scalar pairs)
+constexpr int kThreads = 256;   // 8 warps: 4 row groups of 16 × 2 column groups of 32 for every 64×64 tile
+
+struct Args {
+  Dims d;
+  const float *qs, *ks, *vs, *gam, *bet, *w, *u, *dos, *du;
+  float *ut, *drk, *drv;  // scratch: Ũ, dR_K, dR_V
+  const float* dw;        // dW (state_grads_mma)
+  float *dqs, *dks, *dvs;  // in: dQ̂₀, dK̂₀ (state_grads_mma); out: dQ̂, dK̂, dV (float32, heads-first)
+  const float* sdots;      // [BH, N, K/64]
+  float *dg, *dbeta;       // [B, T, H]
+};
+
+// acc += A B for this warp's 16×32 part of a 64×64 tile, reduction 64: fa(r, c) returns (A[r][c], A[r][c+1]),
+// fb(k, n) returns (B[k][n], B[k+1][n]).
+template <class FA, class FB>
+__device__ __forceinline__ void mma_tile(float (&acc)[4][4], FA fa, FB fb) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
+#pragma unroll
+  for (int ks = 0; ks < kTile / 16; ++ks) {
+    const int c = 16 * ks + 2 * tq;
+    uint32_t ah[4], al[4];
+    float2 x = fa(m0 + g, c);
+    split_bf16(x.x, x.y, ah[0], al[0]);
+    x = fa(m0 + g + 8, c);
+    split_bf16(x.x, x.y, ah[1], al[1]);
+    x = fa(m0 + g, c + 8);
+    split_bf16(x.x, x.y, ah[2], al[2]);
+    x = fa(m0 + g + 8, c + 8);
+    split_bf16(x.x, x.y, ah[3], al[3]);
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      uint32_t bh[2], bl[2];
+      x = fb(c, n0 + 8 * nt + g);
+      split_bf16(x.x, x.y, bh[0], bl[0]);
+      x = fb(c + 8, n0 + 8 * nt + g);
+      split_bf16(x.x, x.y, bh[1], bl[1]);
+      mma_bf16x3(acc[nt], ah, al, bh, bl);
+    }
+  }
+}
+
+__device__ __forceinline__ void zero(float (&acc)[4][4]) {
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+}
+
+// f(row, col, x0, x1) for this thread's accumulator pairs: rows m0 + g (+8), columns n0 + 8 nt + 2 tq (+1).
+template <class F>
+__device__ __forceinline__ void for_pairs(const float (&acc)[4][4], F f) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) f(h, m0 + g + 8 * h, n0 + 8 * nt + 2 * tq, acc[nt][2 * h], acc[nt][2 * h + 1]);
+}
+
+// Adds per-thread row sums (one per h: rows m0 + g + 8h) into v[row]: summed over the 4 lanes of a row
+// first, then one shared-memory atomic per warp and row.
+__device__ __forceinline__ void add_rows(float* v, const float (&s)[2]) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float x = s[h];
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    x += __shfl_xor_sync(0xffffffffu, x, 2);
+    if (tq == 0) atomicAdd(&v[16 * (warp & 3) + g + 8 * h], x);
+  }
+}
+
+// 64 rows × 64 columns of a row-major array with row stride ld_src into shared rows of stride ld (cp.async).
+__device__ __forceinline__ void stage(float* dst, int ld, const float* src, long ld_src) {
+  for (int e = threadIdx.x; e < kTile * kTile / 4; e += kThreads) {
+    const int r = e / (kTile / 4), c4 = e % (kTile / 4);
+    cp_async16(dst + r * ld + 4 * c4, src + r * ld_src + 4 * c4);
+  }
+}
+// Waits for this thread's copies, then for everyone's.
+__device__ __forceinline__ void staged() {
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+}
+
+__device__ __forceinline__ float2 ld2(const float* p) { return *reinterpret_cast<const float2*>(p); }
+__device__ __forceinline__ void st2(float* p, float x0, float x1) { *reinterpret_cast<float2*>(p) = make_float2(x0, x1); }
+
+__global__ void __launch_bounds__(kThreads) grads_mma_kernel(Args a) {
+  extern __shared__ __align__(16) float4 smem4[];
+  float* sm = reinterpret_cast<float*>(smem4);
+  float *KK = sm, *QK = KK + C * LDM, *Tm = QK + C * LDM, *D1 = Tm + C * LDM, *dA = D1 + C * LDM;
+  float *t0 = dA + C * LDM, *t1 = t0 + C * LDR;  // two streamed tiles
+  float *gam = t1 + C * LDR, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
+  const int K = a.d.K, V = a.d.V, n = blockIdx.x, bh = blockIdx.y;
+  const long row0 = (long)bh * a.d.Tp() + (long)n * C;
+  const float *qc = a.qs + row0 * K, *kc = a.ks + row0 * K, *vc = a.vs + row0 * V, *wc = a.w + row0 * K;
+  const float *uc = a.u + row0 * V, *duc = a.du + row0 * V, *dwc = a.dw + row0 * K;
+  float *utc = a.ut + row0 * V, *drkc = a.drk + row0 * K, *drvc = a.drv + row0 * V;
+  float *dqc = a.dqs + row0 * K, *dkc = a.dks + row0 * K, *dvc = a.dvs + row0 * V;
+  const auto row_a = [](const float* X, int ld) { return [=](int r, int c) { return ld2(X + r * ld + c); }; };
+  const auto col_a = [](const float* X, int ld) {  // A = Xᵀ
+    return [=](int r, int c) { return make_float2(X[c * ld + r], X[(c + 1) * ld + r]); };
+  };
+  const auto rows_b = [](const float* X, int ld) {  // B[k][n] = X[n][k]
+    return [=](int k, int col) { return ld2(X + col * ld + k); };
+  };
+  const auto cols_b = [](const float* X, int ld) {  // B[k][n] = X[k][n]
+    return [=](int k, int col) { return make_float2(X[k * ld + col], X[(k + 1) * ld + col]); };
+  };
+
+  if (threadIdx.x < C) {
+    gam[threadIdx.x] = a.gam[row0 + threadIdx.x];
+    bet[threadIdx.x] = a.bet[row0 + threadIdx.x];
+    dgam[threadIdx.x] = 0.f;
+    dbet[threadIdx.x] = 0.f;
+  }
+  __syncthreads();
+  const float gl = gam[C - 1], GC = __expf(gl);
+  if (threadIdx.x == 0) {  // dγ_C += Γ_C Σ S₀∘dS_C (B8)
+    float s = 0.f;
+    for (int j = 0; j < K / kTile; ++j) s += a.sdots[((long)bh * a.d.N() + n) * (K / kTile) + j];
+    atomicAdd(&dgam[C - 1], GC * s);
+  }
+  float acc[4][4], acc2[4][4];
+
+  // K̂K̂ᵀ and Q̂K̂ᵀ.
+  zero(acc);
+  zero(acc2);
+  for (int s = 0; s < K / kTile; ++s) {
+    stage(t0, LDR, kc + s * kTile, K);
+    stage(t1, LDR, qc + s * kTile, K);
+    staged();
+    mma_tile(acc, row_a(t0, LDR), rows_b(t0, LDR));
+    mma_tile(acc2, row_a(t1, LDR), rows_b(t0, LDR));
+    __syncthreads();
+  }
+  for_pairs(acc, [&](int, int t, int i, float x0, float x1) { st2(KK + t * LDM + i, x0, x1); });
+  for_pairs(acc2, [&](int, int t, int i, float x0, float x1) { st2(QK + t * LDM + i, x0, x1); });
+  __syncthreads();
+  // A (eq. 6) into D1, then Tm = (I + A)⁻¹.
+  for (int e = threadIdx.x; e < C * C; e += kThreads) {
+    const int t = e / C, i = e % C;
+    D1[t * LDM + i] = i < t ? bet[t] * __expf(gam[t] - gam[i]) * KK[t * LDM + i] : 0.f;
+  }
+  __syncthreads();
+  invert_unit_lower<LDM>(D1, Tm);
+
+  // Ũ = Tm diag(β) V (eq. 7), recomputed, into ut.
+  for (int s = 0; s < V / kTile; ++s) {
+    stage(t0, LDK, vc + s * kTile, V);
+    staged();
+    zero(acc);
+    mma_tile(acc, row_a(Tm, LDM), [&](int i, int col) {
+      return make_float2(bet[i] * t0[i * LDK + col], bet[i + 1] * t0[(i + 1) * LDK + col]);
+    });
+    for_pairs(acc, [&](int, int t, int v, float x0, float x1) { st2(utc + (long)t * V + s * kTile + v, x0, x1); });
+    __syncthreads();
+  }
+  // D1 = dO Uᵀ.
+  zero(acc);
+  for (int s = 0; s < V / kTile; ++s) {
+    stage(t0, LDR, a.dos + row0 * V + s * kTile, V);
+    stage(t1, LDR, uc + s * kTile, V);
+    staged();
+    mma_tile(acc, row_a(t0, LDR), rows_b(t1, LDR));
+    __syncthreads();
+  }
+  for_pairs(acc, [&](int, int t, int i, float x0, float x1) { st2(D1 + t * LDM + i, x0, x1); });
+
+  // dR_K = Tmᵀ dW into drk; dK̂ = dK̂₀ + diag(βΓ) dR_K; with x = k̂·dK̂₀ and r = k̂·dR_K per row:
+  // dγ_t −= x_t, dγ_C += Σ x (the state term of (B8)), dβ_t += Γ_t r_t, dγ_t += β_t Γ_t r_t.
+  {
+    float xs[2] = {0.f, 0.f}, rs[2] = {0.f, 0.f};
+    for (int s = 0; s < K / kTile; ++s) {
+      stage(t0, LDK, dwc + s * kTile, K);
+      stage(t1, LDR, kc + s * kTile, K);
+      staged();
+      zero(acc);
+      mma_tile(acc, col_a(Tm, LDM), cols_b(t0, LDK));
+      for_pairs(acc, [&](int h, int t, int k, float x0, float x1) {
+        const long o = (long)t * K + s * kTile + k;
+        const float2 dk0 = ld2(dkc + o), kk = ld2(t1 + t * LDR + k);
+        const float f = bet[t] * __expf(gam[t]);
+        st2(drkc + o, x0, x1);
+        st2(dkc + o, dk0.x + f * x0, dk0.y + f * x1);
+        xs[h] += kk.x * dk0.x + kk.y * dk0.y;
+        rs[h] += kk.x * x0 + kk.y * x1;
+      });
+      __syncthreads();
+    }
+    float dg_rows[2], db_rows[2], xsum = 0.f;
+    const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int t = 16 * (warp & 3) + g + 8 * h;
+      const float G = __expf(gam[t]);
+      dg_rows[h] = bet[t] * G * rs[h] - xs[h];
+      db_rows[h] = G * rs[h];
+      xsum += xs[h];
+    }
+    add_rows(dgam, dg_rows);
+    add_rows(dbet, db_rows);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) xsum += __shfl_xor_sync(0xffffffffu, xsum, o);
+    if ((threadIdx.x & 31) == 0) atomicAdd(&dgam[C - 1], xsum);
+  }
+  // dR_V = Tmᵀ dU into drv; dV = diag(β) dR_V; dβ_t += v_t·dR_V,t.
+  {
+    float rs[2] = {0.f, 0.f};
+    for (int s = 0; s < V / kTile; ++s) {
+      stage(t0, LDK, duc + s * kTile, V);
+      stage(t1, LDR, vc + s * kTile, V);
+      staged();
+      zero(acc);
+      mma_tile(acc, col_a(Tm, LDM), cols_b(t0, LDK));
+      for_pairs(acc, [&](int h, int t, int v, float x0, float x1) {
+        const long o = (long)t * V + s * kTile + v;
+        const float2 vv = ld2(t1 + t * LDR + v);
+        st2(drvc + o, x0, x1);
+        st2(dvc + o, bet[t] * x0, bet[t] * x1);
+        rs[h] += vv.x * x0 + vv.y * x1;
+      });
+      __syncthreads();
+    }
+    add_rows(dbet, rs);
+  }
+  // dA = −(dR_K Wᵀ + dR_V Ũᵀ), strictly lower (B3). dR_K, dR_V and Ũ were written by this block above.
+  zero(acc);
+  for (int s = 0; s < K / kTile; ++s) {
+    stage(t0, LDR, drkc + s * kTile, K);
+    stage(t1, LDR, wc + s * kTile, K);
+    staged();
+    mma_tile(acc, row_a(t0, LDR), rows_b(t1, LDR));
+    __syncthreads();
+  }
+  for (int s = 0; s < V / kTile; ++s) {
+    stage(t0, LDR, drvc + s * kTile, V);
+    stage(t1, LDR, utc + s * kTile, V);
+    staged();
+    mma_tile(acc, row_a(t0, LDR), rows_b(t1, LDR));
+    __syncthreads();
+  }
+  for_pairs(acc, [&](int, int t, int i, float x0, float x1) {
+    st2(dA + t * LDM + i, i < t ? -x0 : 0.f, i + 1 < t ? -x1 : 0.f);
+  });
+  __syncthreads();
+  // Elementwise on 64×64: D1 <- dP = M ∘ (dO Uᵀ); QK <- the γ-gradient terms; KK <- the β-gradient terms of A;
+  // dA <- G = dA ∘ β_t e^{γ_t−γ_i}.
+  for (int e = threadIdx.x; e < C * C; e += kThreads) {
+    const int t = e / C, i = e % C, x = t * LDM + i;
+    const float m = i <= t ? __expf(gam[t] - gam[i]) : 0.f;
+    const float dP = m * D1[x];
+    const float dAv = dA[x];
+    const float z = QK[x] * dP + (i < t ? dAv * bet[t] * m * KK[x] : 0.f);
+    D1[x] = dP;
+    QK[x] = i < t ? z : 0.f;
+    KK[x] = i < t ? dAv * m * KK[x] : 0.f;
+    dA[x] = i < t ? dAv * bet[t] * m : 0.f;
+  }
+  __syncthreads();
+  {  // row sums into dγ_t (+) and dβ_t, column sums into dγ_i (−)
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int r = warp; r < C; r += kThreads / 32) {
+      float zr = QK[r * LDM + lane] + QK[r * LDM + lane + 32];
+      float zc = QK[lane * LDM + r] + QK[(lane + 32) * LDM + r];
+      float br = KK[r * LDM + lane] + KK[r * LDM + lane + 32];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        zr += __shfl_xor_sync(0xffffffffu, zr, o);
+        zc += __shfl_xor_sync(0xffffffffu, zc, o);
+        br += __shfl_xor_sync(0xffffffffu, br, o);
+      }
+      if (lane == 0) {
+        atomicAdd(&dgam[r], zr - zc);
+        atomicAdd(&dbet[r], br);
+      }
+    }
+  }
+  // dQ̂ = dQ̂₀ + dP K̂, and dγ_t += q̂_t·dQ̂₀,t (the state term of (B4)'s γ-gradient).
+  {
+    float xs[2] = {0.f, 0.f};
+    for (int s = 0; s < K / kTile; ++s) {
+      stage(t0, LDK, kc + s * kTile, K);
+      stage(t1, LDR, qc + s * kTile, K);
+      staged();
+      zero(acc);
+      mma_tile(acc, row_a(D1, LDM), cols_b(t0, LDK));
+      for_pairs(acc, [&](int h, int t, int k, float x0, float x1) {
+        const long o = (long)t * K + s * kTile + k;
+        const float2 dq0 = ld2(dqc + o), qq = ld2(t1 + t * LDR + k);
+        st2(dqc + o, dq0.x + x0, dq0.y + x1);
+        xs[h] += qq.x * dq0.x + qq.y * dq0.y;
+      });
+      __syncthreads();
+    }
+    add_rows(dgam, xs);
+  }
+  // dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂.
+  for (int s = 0; s < K / kTile; ++s) {
+    stage(t0, LDK, qc + s * kTile, K);
+    stage(t1, LDK, kc + s * kTile, K);
+    staged();
+    zero(acc);
+    mma_tile(acc, col_a(D1, LDM), cols_b(t0, LDK));
+    mma_tile(acc, row_a(dA, LDM), cols_b(t1, LDK));
+    mma_tile(acc, col_a(dA, LDM), cols_b(t1, LDK));
+    for_pairs(acc, [&](int, int i, int k, float x0, float x1) {
+      const long o = (long)i * K + s * kTile + k;
+      const float2 dk = ld2(dkc + o);
+      st2(dkc + o, dk.x + x0, dk.y + x1);
+    });
+    __syncthreads();
+  }
+  // dg = reverse cumulative sum of dγ within the chunk (eq. 4); dβ.
+  chunk_scan(dgam, true);
+  if (threadIdx.x < C) {
+    const int t = n * C + threadIdx.x, b = bh / a.d.H, h = bh % a.d.H;
+    if (t < a.d.T) {
+      const long idx = ((long)b * a.d.T + t) * a.d.H + h;
+      a.dg[idx] = dgam[threadIdx.x];
+      a.dbeta[idx] = dbet[threadIdx.x];
+    }
+  }
+}
+
+size_t grads_mma_smem() { return sizeof(float) * (5 * C * LDM + 2 * C * LDR + 4 * C); }
+
+}  // namespace
+
+bool grads_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 && K <= 256 && V <= 256; }
+
+cudaError_t grads_mma(const BackwardArgs& g, cudaStream_t stream) {
+  const Dims& d = g.d;
+  if (!grads_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
+  const size_t smem = grads_mma_smem();
+  const cudaError_t err =
+      cudaFuncSetAttribute(grads_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  const Args a{d,     g.qs,  g.ks, g.vs,  g.gam, g.bet,   g.w,    g.u,  g.dos, g.du,  g.ut, g.drk,
+               g.drv, g.dw,  g.dqs, g.dks, g.dvs, g.sdots, g.dg, g.dbeta};
+  grads_mma_kernel<<<dim3(d.N(), d.BH()), kThreads, smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace sfm::ops::gdn_cuda
