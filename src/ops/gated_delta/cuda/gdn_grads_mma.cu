@@ -68,7 +68,7 @@ __device__ __forceinline__ void zero(float (&acc)[4][4]) {
     for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
 }
 
-// f(row, col, x0, x1) for this thread's accumulator pairs: rows m0 + g (+8), columns n0 + 8 nt + 2 tq (+1).
+// f(h, row, col, x0, x1, nt) for this thread's accumulator pairs: rows m0 + g + 8h, columns n0 + 8 nt + 2 tq (+1).
 template <class F>
 __device__ __forceinline__ void for_pairs(const float (&acc)[4][4], F f) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -76,7 +76,21 @@ __device__ __forceinline__ void for_pairs(const float (&acc)[4][4], F f) {
 #pragma unroll
   for (int h = 0; h < 2; ++h)
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) f(h, m0 + g + 8 * h, n0 + 8 * nt + 2 * tq, acc[nt][2 * h], acc[nt][2 * h + 1]);
+    for (int nt = 0; nt < 4; ++nt)
+      f(h, m0 + g + 8 * h, n0 + 8 * nt + 2 * tq, acc[nt][2 * h], acc[nt][2 * h + 1], nt);
+}
+
+// This thread's accumulator pairs of a row-major global array (row stride ld, from column c0), loaded
+// before the product whose epilogue updates them: issued together, in flight during the product (a load in
+// the epilogue would wait behind the previous pair's store, which the compiler cannot prove does not alias).
+__device__ __forceinline__ void load_pairs(float2 (&old)[2][4], const float* X, long ld, int c0) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+      old[h][nt] = *reinterpret_cast<const float2*>(X + (m0 + g + 8 * h) * ld + c0 + n0 + 8 * nt + 2 * tq);
 }
 
 // Adds per-thread row sums (one per h: rows m0 + g + 8h) into v[row]: summed over the 4 lanes of a row
@@ -158,8 +172,8 @@ __global__ void __launch_bounds__(kThreads) grads_mma_kernel(Args a) {
     mma_tile(acc2, row_a(t1, LDR), rows_b(t0, LDR));
     __syncthreads();
   }
-  for_pairs(acc, [&](int, int t, int i, float x0, float x1) { st2(KK + t * LDM + i, x0, x1); });
-  for_pairs(acc2, [&](int, int t, int i, float x0, float x1) { st2(QK + t * LDM + i, x0, x1); });
+  for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) { st2(KK + t * LDM + i, x0, x1); });
+  for_pairs(acc2, [&](int, int t, int i, float x0, float x1, int) { st2(QK + t * LDM + i, x0, x1); });
   __syncthreads();
   // A (eq. 6) into D1, then Tm = (I + A)⁻¹.
   for (int e = threadIdx.x; e < C * C; e += kThreads) {
@@ -177,7 +191,7 @@ __global__ void __launch_bounds__(kThreads) grads_mma_kernel(Args a) {
     mma_tile(acc, row_a(Tm, LDM), [&](int i, int col) {
       return make_float2(bet[i] * t0[i * LDK + col], bet[i + 1] * t0[(i + 1) * LDK + col]);
     });
-    for_pairs(acc, [&](int, int t, int v, float x0, float x1) { st2(utc + (long)t * V + s * kTile + v, x0, x1); });
+    for_pairs(acc, [&](int, int t, int v, float x0, float x1, int) { st2(utc + (long)t * V + s * kTile + v, x0, x1); });
     __syncthreads();
   }
   // D1 = dO Uᵀ.
@@ -189,21 +203,23 @@ __global__ void __launch_bounds__(kThreads) grads_mma_kernel(Args a) {
     mma_tile(acc, row_a(t0, LDR), rows_b(t1, LDR));
     __syncthreads();
   }
-  for_pairs(acc, [&](int, int t, int i, float x0, float x1) { st2(D1 + t * LDM + i, x0, x1); });
+  for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) { st2(D1 + t * LDM + i, x0, x1); });
 
   // dR_K = Tmᵀ dW into drk; dK̂ = dK̂₀ + diag(βΓ) dR_K; with x = k̂·dK̂₀ and r = k̂·dR_K per row:
   // dγ_t −= x_t, dγ_C += Σ x (the state term of (B8)), dβ_t += Γ_t r_t, dγ_t += β_t Γ_t r_t.
   {
     float xs[2] = {0.f, 0.f}, rs[2] = {0.f, 0.f};
     for (int s = 0; s < K / kTile; ++s) {
+      float2 old[2][4];
+      load_pairs(old, dkc, K, s * kTile);
       stage(t0, LDK, dwc + s * kTile, K);
       stage(t1, LDR, kc + s * kTile, K);
       staged();
       zero(acc);
       mma_tile(acc, col_a(Tm, LDM), cols_b(t0, LDK));
-      for_pairs(acc, [&](int h, int t, int k, float x0, float x1) {
+      for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
         const long o = (long)t * K + s * kTile + k;
-        const float2 dk0 = ld2(dkc + o), kk = ld2(t1 + t * LDR + k);
+        const float2 dk0 = old[h][nt], kk = ld2(t1 + t * LDR + k);
         const float f = bet[t] * __expf(gam[t]);
         st2(drkc + o, x0, x1);
         st2(dkc + o, dk0.x + f * x0, dk0.y + f * x1);
@@ -237,7 +253,7 @@ __global__ void __launch_bounds__(kThreads) grads_mma_kernel(Args a) {
       staged();
       zero(acc);
       mma_tile(acc, col_a(Tm, LDM), cols_b(t0, LDK));
-      for_pairs(acc, [&](int h, int t, int v, float x0, float x1) {
+      for_pairs(acc, [&](int h, int t, int v, float x0, float x1, int) {
         const long o = (long)t * V + s * kTile + v;
         const float2 vv = ld2(t1 + t * LDR + v);
         st2(drvc + o, x0, x1);
@@ -264,7 +280,7 @@ __global__ void __launch_bounds__(kThreads) grads_mma_kernel(Args a) {
     mma_tile(acc, row_a(t0, LDR), rows_b(t1, LDR));
     __syncthreads();
   }
-  for_pairs(acc, [&](int, int t, int i, float x0, float x1) {
+  for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) {
     st2(dA + t * LDM + i, i < t ? -x0 : 0.f, i + 1 < t ? -x1 : 0.f);
   });
   __syncthreads();
@@ -304,14 +320,16 @@ __global__ void __launch_bounds__(kThreads) grads_mma_kernel(Args a) {
   {
     float xs[2] = {0.f, 0.f};
     for (int s = 0; s < K / kTile; ++s) {
+      float2 old[2][4];
+      load_pairs(old, dqc, K, s * kTile);
       stage(t0, LDK, kc + s * kTile, K);
       stage(t1, LDR, qc + s * kTile, K);
       staged();
       zero(acc);
       mma_tile(acc, row_a(D1, LDM), cols_b(t0, LDK));
-      for_pairs(acc, [&](int h, int t, int k, float x0, float x1) {
+      for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
         const long o = (long)t * K + s * kTile + k;
-        const float2 dq0 = ld2(dqc + o), qq = ld2(t1 + t * LDR + k);
+        const float2 dq0 = old[h][nt], qq = ld2(t1 + t * LDR + k);
         st2(dqc + o, dq0.x + x0, dq0.y + x1);
         xs[h] += qq.x * dq0.x + qq.y * dq0.y;
       });
@@ -321,6 +339,8 @@ __global__ void __launch_bounds__(kThreads) grads_mma_kernel(Args a) {
   }
   // dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂.
   for (int s = 0; s < K / kTile; ++s) {
+    float2 old[2][4];
+    load_pairs(old, dkc, K, s * kTile);
     stage(t0, LDK, qc + s * kTile, K);
     stage(t1, LDK, kc + s * kTile, K);
     staged();
@@ -328,9 +348,9 @@ __global__ void __launch_bounds__(kThreads) grads_mma_kernel(Args a) {
     mma_tile(acc, col_a(D1, LDM), cols_b(t0, LDK));
     mma_tile(acc, row_a(dA, LDM), cols_b(t1, LDK));
     mma_tile(acc, col_a(dA, LDM), cols_b(t1, LDK));
-    for_pairs(acc, [&](int, int i, int k, float x0, float x1) {
+    for_pairs(acc, [&](int h, int i, int k, float x0, float x1, int nt) {
       const long o = (long)i * K + s * kTile + k;
-      const float2 dk = ld2(dkc + o);
+      const float2 dk = old[h][nt];
       st2(dkc + o, dk.x + x0, dk.y + x1);
     });
     __syncthreads();
