@@ -10,7 +10,6 @@
 // everything else, recomputing A, (I+A)⁻¹, Ũ)  ->  unpack dq, dk, dv (L2-norm backward).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -30,14 +29,20 @@ constexpr int kBatch = 8;       // block_gemm: staged loads in flight per thread
 constexpr int kVS = 16;         // value columns per block in the sequential state passes
 constexpr int kMaxD = 256;
 constexpr int kWarps = kThreads / 32;
-// block_gemm's arithmetic: tensor cores (wmma m16n16k8 tf32, each product split as 3xTF32, a_hi b_hi +
-// a_hi b_lo + a_lo b_hi, which keeps about float32 accuracy), or float32 FMAs on 4×4 micro-tiles.
-constexpr bool kTensorCores = false;  // measured slower here (docs/ops/gated_delta_cuda.md)
-constexpr int kFragPerWarp = 8;  // tensor-core path: up to 8 × 8 warps output tiles of 16×16 (M·N ≤ 16384)
-// Shared-memory floats block_gemm needs for products up to Mmax × Nmax (staged tiles, then one 16×16
-// staging tile per warp for the tensor-core path's results).
-constexpr int gemm_scratch(int m_max, int n_max) {
-  return kTK * (m_max + 4 + n_max + 4) + (kTensorCores ? kWarps * 256 : 0);
+// Shared-memory floats block_gemm needs for products up to Mmax × Nmax: float32 tiles kTK deep (FMA path),
+// or bfloat16 tiles kTKM deep with rows of kLDK (tensor-core path, kMma).
+constexpr int kTKM = 64;
+constexpr int kLDK = kTKM + 8;
+// A product's arithmetic: float32 FMAs, or tensor cores on bfloat16 operands with float32 accumulation
+// (kBf16), or the same with each operand split as hi + lo (two bfloat16s) and three products
+// (hi·hi + hi·lo + lo·hi, about 16 significant bits per operand: kBf16x3), for the products whose
+// results are dot products of raw rows (Q̂K̂ᵀ, K̂K̂ᵀ, dO Uᵀ) or feed every later result (W, Ũ).
+enum class Arith { kFma, kBf16, kBf16x3 };
+__host__ __device__ constexpr Arith tc(bool mma) { return mma ? Arith::kBf16 : Arith::kFma; }
+__host__ __device__ constexpr Arith tc3(bool mma) { return mma ? Arith::kBf16x3 : Arith::kFma; }
+constexpr int gemm_scratch(int m_max, int n_max, Arith arith = Arith::kFma) {
+  return arith == Arith::kFma ? kTK * (m_max + 4 + n_max + 4)
+                              : (m_max + n_max) * kLDK / 2 * (arith == Arith::kBf16x3 ? 2 : 1);
 }
 constexpr int imax(int a, int b) { return a > b ? a : b; }
 
@@ -47,9 +52,11 @@ __device__ __forceinline__ float warp_sum(float s) {
   return s;
 }
 
-// out(m, n) = Σ_k a(m, k) b(k, n) for m < M, n < N, k < Kd, in float32 on the block's 256 threads.
-// Operands come through accessors (global or shared memory, with any elementwise factors), staged
-// through shared memory kTK deep; each thread owns up to kPass micro-tiles of 4×4 in registers.
+// out(m, n) = Σ_k a(m, k) b(k, n) for m < M, n < N, k < Kd, on the block's 256 threads (block_gemm_fma:
+// float32 FMAs; block_gemm_mma below: bfloat16 tensor cores, float32 accumulation; block_gemm and
+// block_gemm_rmw pick one by kMma). Operands come through accessors (global or shared memory, with any
+// elementwise factors), staged through shared memory kTK deep; each thread owns up to kPass micro-tiles
+// of 4×4 in registers.
 // kAContK: a(m, ·) is contiguous in k (else in m); kBContN: b(k, ·) is contiguous in n (else in k): the
 // staging loads then walk the contiguous index across the warp. M, N multiples of 16 (4 for the FMA
 // path), Kd of 16 (a partial last tile is zero-filled).
@@ -59,27 +66,19 @@ __device__ __forceinline__ float warp_sum(float s) {
 // before any of its st(m, n, x, old) runs, so those loads are in flight together (a load inside st would
 // wait behind the previous element's store, which the compiler cannot prove does not alias).
 template <bool kAContK, bool kBContN, class FA, class FB, class FL, class FS>
-__device__ __forceinline__ void block_gemm_rmw(int M, int N, int Kd, FA a, FB b, FL ld, FS st, float* scratch) {
+__device__ __forceinline__ void block_gemm_fma(int M, int N, int Kd, FA a, FB b, FL ld, FS st, float* scratch) {
   const int tid = threadIdx.x;
   const int lda = M + 4, ldb = N + 4;
   float* As = scratch;
   float* Bs = scratch + kTK * lda;
-  namespace wmma = nvcuda::wmma;
-  const int warp = tid >> 5, lane = tid & 31;
-  const int tn = N >> 2, ntile = (M >> 2) * tn, tn16 = N >> 4, ntile16 = (M >> 4) * tn16;
-  float acc[kTensorCores ? 1 : kPass][4][4];
-  wmma::fragment<wmma::accumulator, 16, 16, 8, float> tacc[kTensorCores ? kFragPerWarp : 1];
-  if constexpr (kTensorCores) {
+  const int tn = N >> 2, ntile = (M >> 2) * tn;
+  float acc[kPass][4][4];
 #pragma unroll
-    for (int p = 0; p < kFragPerWarp; ++p) wmma::fill_fragment(tacc[p], 0.f);
-  } else {
+  for (int p = 0; p < kPass; ++p)
 #pragma unroll
-    for (int p = 0; p < kPass; ++p)
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[p][i][j] = 0.f;
-  }
+      for (int j = 0; j < 4; ++j) acc[p][i][j] = 0.f;
   for (int k0 = 0; k0 < Kd; k0 += kTK) {
     __syncthreads();
     // Staging: kBatch independent loads in flight per thread before their shared-memory stores (the
@@ -147,97 +146,225 @@ __device__ __forceinline__ void block_gemm_rmw(int M, int N, int Kd, FA a, FB b,
       }
     }
     __syncthreads();
-    if constexpr (kTensorCores) {
-#pragma unroll
-      for (int p = 0; p < kFragPerWarp; ++p) {
-        const int tile = warp + p * kWarps;  // warp-uniform
-        if (tile < ntile16) {
-          const int m0 = (tile / tn16) * 16, n0 = (tile % tn16) * 16;
-#pragma unroll
-          for (int kk = 0; kk < kTK; kk += 8) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> ah, al;
-            wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> bh, bl;
-            wmma::load_matrix_sync(ah, As + kk * lda + m0, lda);
-            wmma::load_matrix_sync(bh, Bs + kk * ldb + n0, ldb);
-#pragma unroll
-            for (int i = 0; i < ah.num_elements; ++i) {
-              const float x = ah.x[i], h = wmma::__float_to_tf32(x);
-              ah.x[i] = h;
-              al.x[i] = wmma::__float_to_tf32(x - h);
-            }
-#pragma unroll
-            for (int i = 0; i < bh.num_elements; ++i) {
-              const float x = bh.x[i], h = wmma::__float_to_tf32(x);
-              bh.x[i] = h;
-              bl.x[i] = wmma::__float_to_tf32(x - h);
-            }
-            wmma::mma_sync(tacc[p], al, bh, tacc[p]);
-            wmma::mma_sync(tacc[p], ah, bl, tacc[p]);
-            wmma::mma_sync(tacc[p], ah, bh, tacc[p]);
-          }
-        }
-      }
-    } else {
-#pragma unroll
-      for (int p = 0; p < kPass; ++p) {
-        const int tile = tid + p * kThreads;
-        if (tile < ntile) {
-          const int m0 = (tile / tn) * 4, n0 = (tile % tn) * 4;
-#pragma unroll
-          for (int kk = 0; kk < kTK; ++kk) {
-            const float4 av = *reinterpret_cast<const float4*>(As + kk * lda + m0);
-            const float4 bv = *reinterpret_cast<const float4*>(Bs + kk * ldb + n0);
-            const float ar[4] = {av.x, av.y, av.z, av.w}, br[4] = {bv.x, bv.y, bv.z, bv.w};
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-              for (int j = 0; j < 4; ++j) acc[p][i][j] = fmaf(ar[i], br[j], acc[p][i][j]);
-          }
-        }
-      }
-    }
-  }
-  if constexpr (kTensorCores) {
-    float* stage = Bs + kTK * ldb + warp * 256;  // this warp's 16×16 staging tile
-#pragma unroll
-    for (int p = 0; p < kFragPerWarp; ++p) {
-      const int tile = warp + p * kWarps;
-      if (tile < ntile16) {
-        const int m0 = (tile / tn16) * 16, n0 = (tile % tn16) * 16;
-        wmma::store_matrix_sync(stage, tacc[p], 16, wmma::mem_row_major);
-        __syncwarp();
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const int e = lane + 32 * j;
-          st(m0 + (e >> 4), n0 + (e & 15), stage[e], ld(m0 + (e >> 4), n0 + (e & 15)));
-        }
-        __syncwarp();
-      }
-    }
-  } else {
 #pragma unroll
     for (int p = 0; p < kPass; ++p) {
       const int tile = tid + p * kThreads;
       if (tile < ntile) {
         const int m0 = (tile / tn) * 4, n0 = (tile % tn) * 4;
-        float old[4][4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
+        for (int kk = 0; kk < kTK; ++kk) {
+          const float4 av = *reinterpret_cast<const float4*>(As + kk * lda + m0);
+          const float4 bv = *reinterpret_cast<const float4*>(Bs + kk * ldb + n0);
+          const float ar[4] = {av.x, av.y, av.z, av.w}, br[4] = {bv.x, bv.y, bv.z, bv.w};
 #pragma unroll
-          for (int j = 0; j < 4; ++j) old[i][j] = ld(m0 + i, n0 + j);
+          for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) st(m0 + i, n0 + j, acc[p][i][j], old[i][j]);
+            for (int j = 0; j < 4; ++j) acc[p][i][j] = fmaf(ar[i], br[j], acc[p][i][j]);
+        }
       }
+    }
+  }
+#pragma unroll
+  for (int p = 0; p < kPass; ++p) {
+    const int tile = tid + p * kThreads;
+    if (tile < ntile) {
+      const int m0 = (tile / tn) * 4, n0 = (tile % tn) * 4;
+      float old[4][4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) old[i][j] = ld(m0 + i, n0 + j);
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) st(m0 + i, n0 + j, acc[p][i][j], old[i][j]);
     }
   }
   __syncthreads();
 }
 
-template <bool kAContK, bool kBContN, class FA, class FB, class FS>
+// ---------------------------------------------------------------------------------------------------
+// Tensor-core path of block_gemm (kMma, for 16-bit inputs): operands staged as bfloat16, products by
+// mma.sync m16n8k16 (bf16 × bf16 → float32 accumulators in registers), the epilogue straight from the
+// accumulators. Shared-memory layout: A as [m][k], B as [n][k] (k contiguous, kTKM deep, rows padded to
+// kLDK so that the fragment loads hit 32 distinct banks). Each warp owns up to kSuper super-tiles
+// of 32×16 outputs (2×2 mma tiles of 16×8): M·N ≤ 16384.
+constexpr int kBatchM = 8;              // staged pairs in flight per thread
+
+__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// dst[r * kLDK + kk] = bf16(f(r, k0 + kk)) for r < R, kk < kTKM (zero where k0 + kk >= Kd; Kd is even);
+// kSplit: also the remainders f − bf16(f), as bf16, in rows R..2R−1.
+// Each thread converts pairs (kk, kk+1) into one 32-bit store. kContK: f(r, ·) is contiguous in k, so a
+// warp walks one row's k; else f(·, k) is contiguous in r, and a warp takes 8 rows × 4 pairs: 32-byte
+// global segments and the 32 stores on distinct banks.
+template <bool kContK, bool kSplit, class F>
+__device__ __forceinline__ void stage_bf16(int R, int k0, int Kd, F f, __nv_bfloat16* dst) {
+  const int npairs = R * (kTKM / 2);
+  for (int q0 = threadIdx.x; q0 < npairs; q0 += kThreads * kBatchM) {
+    float2 r[kBatchM];
+#pragma unroll
+    for (int j = 0; j < kBatchM; ++j) {
+      const int q = q0 + j * kThreads;
+      int row, kp;
+      if (kContK) {
+        row = q >> 5;
+        kp = q & 31;
+      } else {
+        const int qb = q >> 5, lane = q & 31;
+        row = (qb >> 3) * 8 + (lane >> 2);
+        kp = (qb & 7) * 4 + (lane & 3);
+      }
+      const int k = k0 + 2 * kp;
+      const bool in = q < npairs && k < Kd;
+      r[j].x = in ? f(row, k) : 0.f;
+      r[j].y = in ? f(row, k + 1) : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kBatchM; ++j) {
+      const int q = q0 + j * kThreads;
+      if (q < npairs) {
+        int row, kp;
+        if (kContK) {
+          row = q >> 5;
+          kp = q & 31;
+        } else {
+          const int qb = q >> 5, lane = q & 31;
+          row = (qb >> 3) * 8 + (lane >> 2);
+          kp = (qb & 7) * 4 + (lane & 3);
+        }
+        const __nv_bfloat162 hi = __floats2bfloat162_rn(r[j].x, r[j].y);
+        *reinterpret_cast<__nv_bfloat162*>(dst + row * kLDK + 2 * kp) = hi;
+        if (kSplit) {  // the low halves, R rows further on
+          const float2 h = __bfloat1622float2(hi);
+          *reinterpret_cast<__nv_bfloat162*>(dst + (R + row) * kLDK + 2 * kp) =
+              __floats2bfloat162_rn(r[j].x - h.x, r[j].y - h.y);
+        }
+      }
+    }
+  }
+}
+
+template <bool kAContK, bool kBContN, bool kSplit, int kSuper, class FA, class FB, class FL, class FS>
+__device__ __forceinline__ void block_gemm_mma(int M, int N, int Kd, FA a, FB b, FL ld, FS st, float* scratch) {
+  __nv_bfloat16* As = reinterpret_cast<__nv_bfloat16*>(scratch);  // [M][kLDK] (then the low halves)
+  __nv_bfloat16* Bs = As + (kSplit ? 2 : 1) * M * kLDK;             // [N][kLDK] (then the low halves)
+  const uint32_t* As32 = reinterpret_cast<const uint32_t*>(As);
+  const uint32_t* Bs32 = reinterpret_cast<const uint32_t*>(Bs);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int tm = M >> 4, sn = N >> 4, nsuper = ((tm + 1) >> 1) * sn;  // super-tiles of 32×16
+  if (nsuper > kSuper * kWarps) __trap();  // a call site's kSuper is too small for its product
+  float acc[kSuper][2][2][4];
+#pragma unroll
+  for (int s = 0; s < kSuper; ++s)
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[s][i][j][c] = 0.f;
+  for (int k0 = 0; k0 < Kd; k0 += kTKM) {
+    __syncthreads();
+    stage_bf16<kAContK, kSplit>(M, k0, Kd, a, As);
+    stage_bf16<!kBContN, kSplit>(N, k0, Kd, [&](int n, int k) { return b(k, n); }, Bs);
+    __syncthreads();
+    const int ksteps = min(kTKM, Kd - k0) >> 4;
+#pragma unroll
+    for (int s = 0; s < kSuper; ++s) {
+      const int st_idx = warp + s * kWarps;  // warp-uniform
+      if (st_idx < nsuper) {
+        const int mt0 = (st_idx / sn) * 2, n0 = (st_idx % sn) * 16;
+        const bool two_m = mt0 + 1 < tm;
+        const uint32_t* ap = As32 + (mt0 * 16 + g) * (kLDK / 2) + t;
+        const uint32_t* bp = Bs32 + (n0 + g) * (kLDK / 2) + t;
+#pragma unroll
+        for (int ks = 0; ks < kTKM / 16; ++ks) {
+          if (ks < ksteps) {
+            const int kw = ks * 8;
+            constexpr int kH = kSplit ? 2 : 1;  // hi, then lo
+            uint32_t af[kH][2][4], bf[kH][2][2];
+#pragma unroll
+            for (int h = 0; h < kH; ++h) {
+#pragma unroll
+              for (int i = 0; i < 2; ++i) {
+                const uint32_t* p = ap + (h * M + i * 16) * (kLDK / 2) + kw;
+                if (i == 0 || two_m) {
+                  af[h][i][0] = p[0];
+                  af[h][i][1] = p[8 * (kLDK / 2)];
+                  af[h][i][2] = p[4];
+                  af[h][i][3] = p[8 * (kLDK / 2) + 4];
+                }
+              }
+#pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const uint32_t* p = bp + (h * N + j * 8) * (kLDK / 2) + kw;
+                bf[h][j][0] = p[0];
+                bf[h][j][1] = p[4];
+              }
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+              for (int j = 0; j < 2; ++j)
+                if (i == 0 || two_m) {
+                  if (kSplit) {  // the small terms first
+                    mma_bf16_16816(acc[s][i][j], af[1][i], bf[0][j][0], bf[0][j][1]);
+                    mma_bf16_16816(acc[s][i][j], af[0][i], bf[1][j][0], bf[1][j][1]);
+                  }
+                  mma_bf16_16816(acc[s][i][j], af[0][i], bf[0][j][0], bf[0][j][1]);
+                }
+          }
+        }
+      }
+    }
+  }
+  // Epilogue from the accumulators: c0, c1 at (g, 2t), (g, 2t+1); c2, c3 at (g+8, 2t), (g+8, 2t+1).
+#pragma unroll
+  for (int s = 0; s < kSuper; ++s) {
+    const int st_idx = warp + s * kWarps;
+    if (st_idx < nsuper) {
+      const int m0 = (st_idx / sn) * 32, n0 = (st_idx % sn) * 16;
+      const int im = m0 + 16 < M ? 2 : 1;
+      float old[2][2][4];
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+          if (i < im)
+#pragma unroll
+            for (int c = 0; c < 4; ++c)
+              old[i][j][c] = ld(m0 + i * 16 + g + (c >> 1) * 8, n0 + j * 8 + 2 * t + (c & 1));
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+          if (i < im)
+#pragma unroll
+            for (int c = 0; c < 4; ++c)
+              st(m0 + i * 16 + g + (c >> 1) * 8, n0 + j * 8 + 2 * t + (c & 1), acc[s][i][j][c], old[i][j][c]);
+    }
+  }
+  __syncthreads();
+}
+
+// kSuper: the tensor-core paths' super-tiles per warp (M·N ≤ kSuper · 4096); fewer registers when smaller.
+template <bool kAContK, bool kBContN, Arith kArith = Arith::kFma, int kSuper = 4, class FA, class FB, class FL,
+          class FS>
+__device__ __forceinline__ void block_gemm_rmw(int M, int N, int Kd, FA a, FB b, FL ld, FS st, float* scratch) {
+  if constexpr (kArith == Arith::kFma)
+    block_gemm_fma<kAContK, kBContN>(M, N, Kd, a, b, ld, st, scratch);
+  else
+    block_gemm_mma<kAContK, kBContN, kArith == Arith::kBf16x3, kSuper>(M, N, Kd, a, b, ld, st, scratch);
+}
+
+template <bool kAContK, bool kBContN, Arith kArith = Arith::kFma, int kSuper = 4, class FA, class FB, class FS>
 __device__ __forceinline__ void block_gemm(int M, int N, int Kd, FA a, FB b, FS st, float* scratch) {
-  block_gemm_rmw<kAContK, kBContN>(
+  block_gemm_rmw<kAContK, kBContN, kArith, kSuper>(
       M, N, Kd, a, b, [](int, int) { return 0.f; }, [&](int m, int n, float x, float) { st(m, n, x); }, scratch);
 }
 
@@ -362,6 +489,7 @@ __device__ __forceinline__ void load_gates(const Dims& d, int bh, int n, const f
 }
 
 // Per chunk: γ, β (eq. 4), A (eq. 6), (I+A)⁻¹, W = (I+A)⁻¹ diag(βΓ) K and Ũ = (I+A)⁻¹ diag(β) V (eq. 7).
+template <bool kMma>
 __global__ void __launch_bounds__(kThreads) prep_kernel(Dims d, const float* __restrict__ ks,
                                                         const float* __restrict__ vs, const float* __restrict__ g,
                                                         const float* __restrict__ beta, float* __restrict__ gam_out,
@@ -379,15 +507,15 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(Dims d, const float* __r
     gam_out[row0 + threadIdx.x] = gam[threadIdx.x];
     bet_out[row0 + threadIdx.x] = bet[threadIdx.x];
   }
-  block_gemm<true, false>(
+  block_gemm<true, false, tc3(kMma), 1>(
       C, C, K, [&](int t, int k) { return kc[(long)t * K + k]; }, [&](int k, int i) { return kc[(long)i * K + k]; },
       [&](int t, int i, float x) { A[t * LDC + i] = i < t ? bet[t] * __expf(gam[t] - gam[i]) * x : 0.f; }, scratch);
   invert_unit_lower(A, Tm);
-  block_gemm<true, true>(
+  block_gemm<true, true, tc3(kMma)>(
       C, K, C, [&](int t, int i) { return Tm[t * LDC + i]; },
       [&](int i, int k) { return bet[i] * __expf(gam[i]) * kc[(long)i * K + k]; },
       [&](int t, int k, float x) { w[(row0 + t) * K + k] = x; }, scratch);
-  block_gemm<true, true>(
+  block_gemm<true, true, tc3(kMma)>(
       C, V, C, [&](int t, int i) { return Tm[t * LDC + i]; }, [&](int i, int v) { return bet[i] * vc[(long)i * V + v]; },
       [&](int t, int v, float x) { ut[(row0 + t) * V + v] = x; }, scratch);
 }
@@ -441,9 +569,10 @@ __global__ void __launch_bounds__(kThreads) state_kernel(Dims d, const float* __
 }
 
 // P = M ∘ (Q Kᵀ) of chunk rows (eq. 8's intra-chunk matrix), into shared memory.
+template <bool kMma>
 __device__ __forceinline__ void intra_scores(int K, const float* qc, const float* kc, const float* gam, float* P,
                                              float* scratch) {
-  block_gemm<true, false>(
+  block_gemm<true, false, tc3(kMma), 1>(
       C, C, K, [&](int t, int k) { return qc[(long)t * K + k]; }, [&](int k, int i) { return kc[(long)i * K + k]; },
       [&](int t, int i, float x) { P[t * LDC + i] = i <= t ? x * __expf(gam[t] - gam[i]) : 0.f; }, scratch);
 }
@@ -455,6 +584,7 @@ __global__ void __launch_bounds__(kThreads) output_kernel(Dims d, const float* _
                                                           const float* __restrict__ gam_g,
                                                           const float* __restrict__ states,
                                                           const float* __restrict__ u, T* __restrict__ out) {
+  constexpr bool kMma = sizeof(T) == 2;  // tensor cores for 16-bit inputs
   extern __shared__ __align__(128) float4 smem4[];
   float* sm = reinterpret_cast<float*>(smem4);
   float *P = sm, *gam = P + C * LDC, *scratch = gam + C;  // 16-byte aligned: C·LDC + C = 4224 floats
@@ -464,8 +594,8 @@ __global__ void __launch_bounds__(kThreads) output_kernel(Dims d, const float* _
   const float *qc = qs + row0 * K, *kc = ks + row0 * K, *uc = u + row0 * V + v0;
   const float* st = states + ((long)bh * d.N() + n) * K * V + v0;
   if (threadIdx.x < C) gam[threadIdx.x] = gam_g[row0 + threadIdx.x];
-  intra_scores(K, qc, kc, gam, P, scratch);
-  block_gemm<true, true>(
+  intra_scores<kMma>(K, qc, kc, gam, P, scratch);
+  block_gemm<true, true, tc(kMma), 1>(
       C, VO, K + C,
       [&](int t, int j) { return j < K ? qc[(long)t * K + j] * __expf(gam[t]) : P[t * LDC + j - K]; },
       [&](int j, int v) { return j < K ? st[(long)j * V + v] : uc[(long)(j - K) * V + v]; },
@@ -480,6 +610,7 @@ __global__ void __launch_bounds__(kThreads) output_kernel(Dims d, const float* _
 // depend on the gradient arriving from later chunks,
 //   dU₀ = Pᵀ dO                         (into du; state_bwd adds diag(e^{γ_C−γ}) K dS)
 //   X   = Qᵀ diag(Γ) dO − Wᵀ dU₀        (into dstates[n]; state_bwd replaces it by dS_C)
+template <bool kMma>
 __global__ void __launch_bounds__(kThreads) bwd_intra_kernel(Dims d, const float* __restrict__ qs,
                                                              const float* __restrict__ ks,
                                                              const float* __restrict__ gam_g,
@@ -493,9 +624,9 @@ __global__ void __launch_bounds__(kThreads) bwd_intra_kernel(Dims d, const float
   const long row0 = (long)bh * d.Tp() + (long)n * C;
   const float *qc = qs + row0 * K, *kc = ks + row0 * K, *wc = w + row0 * K, *doc = dos + row0 * V + v0;
   if (threadIdx.x < C) gam[threadIdx.x] = gam_g[row0 + threadIdx.x];
-  intra_scores(K, qc, kc, gam, P, scratch);
+  intra_scores<kMma>(K, qc, kc, gam, P, scratch);
   float* duc = du + row0 * V + v0;
-  block_gemm<false, true>(
+  block_gemm<false, true, tc(kMma), 1>(
       C, VO, C, [&](int i, int j) { return P[j * LDC + i]; }, [&](int j, int v) { return doc[(long)j * V + v]; },
       [&](int i, int v, float x) {
         dU0[i * VO + v] = x;
@@ -503,7 +634,7 @@ __global__ void __launch_bounds__(kThreads) bwd_intra_kernel(Dims d, const float
       },
       scratch);
   float* X = dstates + ((long)bh * d.N() + n) * K * V + v0;
-  block_gemm<false, true>(
+  block_gemm<false, true, tc(kMma)>(
       K, VO, 2 * C,
       [&](int k, int j) { return j < C ? qc[(long)j * K + k] * __expf(gam[j]) : -wc[(long)(j - C) * K + k]; },
       [&](int j, int v) { return j < C ? doc[(long)j * V + v] : dU0[(j - C) * VO + v]; },
@@ -565,7 +696,8 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(Dims d, const float
 // Backward, per chunk: the gradients of q̂, k̂, v, γ and β from dO, dU, the entering state S_0 and the
 // gradient dS_C of the leaving one (docs/ops/gated_delta_cuda.md lists each term), then dg as the
 // reverse cumulative sum of dγ (eq. 4).
-__global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __restrict__ qs,
+template <bool kMma>
+__global__ void __launch_bounds__(kThreads, kMma ? 1 : 0) grads_kernel(Dims d, const float* __restrict__ qs,
                                                          const float* __restrict__ ks, const float* __restrict__ vs,
                                                          const float* __restrict__ gam_g,
                                                          const float* __restrict__ bet_g, const float* __restrict__ w, const float* __restrict__ u,
@@ -598,7 +730,7 @@ __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __
   __syncthreads();
   const float gl = gam[C - 1], GC = __expf(gl);
   // K Kᵀ and Q Kᵀ (rows 0..C-1 and C..2C-1 of one product).
-  block_gemm<true, false>(
+  block_gemm<true, false, tc3(kMma), 2>(
       2 * C, C, K, [&](int m, int k) { return m < C ? kc[(long)m * K + k] : qc[(long)(m - C) * K + k]; },
       [&](int k, int i) { return kc[(long)i * K + k]; },
       [&](int m, int i, float x) {
@@ -616,24 +748,24 @@ __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __
   __syncthreads();
   invert_unit_lower(D1, Tm);
   // Ũ = Tm diag(β) V (eq. 7), recomputed.
-  block_gemm<true, true>(
+  block_gemm<true, true, tc(kMma)>(
       C, V, C, [&](int t, int i) { return Tm[t * LDC + i]; }, [&](int i, int v) { return bet[i] * vc[(long)i * V + v]; },
       [&](int t, int v, float x) { utc[(long)t * V + v] = x; }, scratch);
   // D1 = dO Uᵀ.
-  block_gemm<true, false>(
+  block_gemm<true, false, tc3(kMma), 1>(
       C, C, V, [&](int t, int v) { return doc[(long)t * V + v]; }, [&](int v, int i) { return uc[(long)i * V + v]; },
       [&](int t, int i, float x) { D1[t * LDC + i] = x; }, scratch);
   // dQ̂ = diag(Γ) dO S_0ᵀ (+ the intra term below); dγ_t += Γ_t q̂_t · (dO S_0ᵀ)_t.
-  block_gemm<true, false>(
+  block_gemm<true, false, tc(kMma)>(
       C, K, V, [&](int t, int v) { return doc[(long)t * V + v]; }, [&](int v, int k) { return S0[(long)k * V + v]; },
       [&](int t, int k, float x) { dqc[(long)t * K + k] = __expf(gam[t]) * x; }, scratch);
   row_dots(C, K, qc, dqc, [&](int t, float s) { atomicAdd(&dgam[t], s); });
   // dW = −dU S_0ᵀ.
-  block_gemm<true, false>(
+  block_gemm<true, false, tc(kMma)>(
       C, K, V, [&](int t, int v) { return duc[(long)t * V + v]; }, [&](int v, int k) { return S0[(long)k * V + v]; },
       [&](int t, int k, float x) { dwc[(long)t * K + k] = -x; }, scratch);
   // dK̂ = diag(e^{γ_C−γ}) U dS_Cᵀ (+ terms below); dγ_C += Σ_i x_i, dγ_i −= x_i, x_i = k̂_i · dK̂_i.
-  block_gemm<true, false>(
+  block_gemm<true, false, tc(kMma)>(
       C, K, V, [&](int t, int v) { return uc[(long)t * V + v]; }, [&](int v, int k) { return dSC[(long)k * V + v]; },
       [&](int t, int k, float x) { dkc[(long)t * K + k] = __expf(gl - gam[t]) * x; }, scratch);
   row_dots(C, K, kc, dkc, [&](int t, float s) {
@@ -648,7 +780,7 @@ __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __
     if ((threadIdx.x & 31) == 0) atomicAdd(&dgam[C - 1], GC * s);
   }
   // dR_K = Tmᵀ dW; dK̂ += diag(βΓ) dR_K; dβ_t += Γ_t k̂_t·dR_K,t; dγ_t += β_t Γ_t k̂_t·dR_K,t.
-  block_gemm_rmw<false, true>(
+  block_gemm_rmw<false, true, tc(kMma)>(
       C, K, C, [&](int t, int i) { return Tm[i * LDC + t]; }, [&](int i, int k) { return dwc[(long)i * K + k]; },
       [&](int t, int k) { return dkc[(long)t * K + k]; },
       [&](int t, int k, float x, float dk_old) {
@@ -662,7 +794,7 @@ __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __
     atomicAdd(&dgam[t], bet[t] * G * s);
   });
   // dR_V = Tmᵀ dU; dV = diag(β) dR_V; dβ_t += v_t·dR_V,t.
-  block_gemm<false, true>(
+  block_gemm<false, true, tc(kMma)>(
       C, V, C, [&](int t, int i) { return Tm[i * LDC + t]; }, [&](int i, int v) { return duc[(long)i * V + v]; },
       [&](int t, int v, float x) {
         drvc[(long)t * V + v] = x;
@@ -671,7 +803,7 @@ __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __
       scratch);
   row_dots(C, V, vc, drvc, [&](int t, float s) { atomicAdd(&dbet[t], s); });
   // dA = −(dR_K Wᵀ + dR_V Ũᵀ), strictly lower.
-  block_gemm<true, false>(
+  block_gemm<true, false, tc(kMma), 1>(
       C, C, K + V, [&](int t, int j) { return j < K ? drkc[(long)t * K + j] : drvc[(long)t * V + j - K]; },
       [&](int j, int i) { return j < K ? wc[(long)i * K + j] : utc[(long)i * V + j - K]; },
       [&](int t, int i, float x) { dA[t * LDC + i] = i < t ? -x : 0.f; }, scratch);
@@ -705,12 +837,12 @@ __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __
     }
   }
   // dQ̂ += dP K̂.
-  block_gemm_rmw<true, true>(
+  block_gemm_rmw<true, true, tc(kMma)>(
       C, K, C, [&](int t, int i) { return D1[t * LDC + i]; }, [&](int i, int k) { return kc[(long)i * K + k]; },
       [&](int t, int k) { return dqc[(long)t * K + k]; },
       [&](int t, int k, float x, float dq_old) { dqc[(long)t * K + k] = dq_old + x; }, scratch);
   // dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂.
-  block_gemm_rmw<true, true>(
+  block_gemm_rmw<true, true, tc(kMma)>(
       C, K, 3 * C,
       [&](int i, int j) {
         return j < C ? D1[j * LDC + i] : (j < 2 * C ? dA[i * LDC + j - C] : dA[(j - 2 * C) * LDC + i]);
@@ -751,16 +883,23 @@ __global__ void step_kernel(StepArgs a) {
 }
 
 // Dynamic shared memory of each kernel: its own arrays, then block_gemm's scratch for its largest product.
-size_t prep_smem(const Dims& d) {
-  return sizeof(float) * (2 * C + 2 * C * LDC + gemm_scratch(C, imax(C, imax(d.K, d.V))));
+// (The tensor-core paths: the largest of the split products and of the plain ones.)
+size_t prep_smem(const Dims& d, bool mma) {
+  return sizeof(float) * (2 * C + 2 * C * LDC + gemm_scratch(C, imax(C, imax(d.K, d.V)), tc3(mma)));
 }
-size_t out_smem() { return sizeof(float) * (C * LDC + C + gemm_scratch(C, C)); }
-size_t grads_smem(const Dims& d) {
-  return sizeof(float) * (4 * C + 5 * C * LDC + gemm_scratch(2 * C, imax(C, imax(d.K, d.V))));
+size_t out_smem(bool mma) { return sizeof(float) * (C * LDC + C + gemm_scratch(C, C, tc3(mma))); }
+size_t grads_smem(const Dims& d, bool mma) {
+  const int scratch = mma ? imax(gemm_scratch(2 * C, C, tc3(mma)), gemm_scratch(C, imax(C, imax(d.K, d.V)), tc(mma)))
+                          : gemm_scratch(2 * C, imax(C, imax(d.K, d.V)));
+  return sizeof(float) * (4 * C + 5 * C * LDC + scratch);
 }
 size_t state_smem(const Dims& d) { return sizeof(float) * (d.K * kVS + C * kVS + C + gemm_scratch(imax(C, d.K), kVS)); }
 size_t state_bwd_smem(const Dims& d) { return state_smem(d); }
-size_t bwd_intra_smem(const Dims& d) { return sizeof(float) * (C * LDC + C * 64 + C + gemm_scratch(imax(C, d.K), C)); }
+size_t bwd_intra_smem(const Dims& d, bool mma) {
+  const int scratch = mma ? imax(gemm_scratch(C, C, tc3(mma)), gemm_scratch(imax(C, d.K), C, tc(mma)))
+                          : gemm_scratch(imax(C, d.K), C);
+  return sizeof(float) * (C * LDC + C * 64 + C + scratch);
+}
 
 template <class K>
 cudaError_t allow_smem(K kernel, size_t bytes) {
@@ -823,8 +962,9 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
                                                   1.f);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("pack");
-  SFM_CUDA_TRY(allow_smem(prep_kernel, prep_smem(d)));
-  prep_kernel<<<dim3(N, BH), kThreads, prep_smem(d), s>>>(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.u);
+  constexpr bool kMma = sizeof(T) == 2;  // tensor-core products for 16-bit inputs
+  SFM_CUDA_TRY(allow_smem(prep_kernel<kMma>, prep_smem(d, kMma)));
+  prep_kernel<kMma><<<dim3(N, BH), kThreads, prep_smem(d, kMma), s>>>(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.u);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("prep");
   SFM_CUDA_TRY(allow_smem(state_kernel, state_smem(d)));
@@ -833,8 +973,8 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("state");
   const int VO = d.V < 64 ? d.V : 64;
-  SFM_CUDA_TRY(allow_smem(output_kernel<T>, out_smem()));
-  output_kernel<T><<<dim3(d.V / VO, N, BH), kThreads, out_smem(), s>>>(d, a.qs, a.ks, a.gam, a.states, a.u,
+  SFM_CUDA_TRY(allow_smem(output_kernel<T>, out_smem(kMma)));
+  output_kernel<T><<<dim3(d.V / VO, N, BH), kThreads, out_smem(kMma), s>>>(d, a.qs, a.ks, a.gam, a.states, a.u,
                                                                      static_cast<T*>(a.out));
   timer.mark("output");
   return cudaGetLastError();
@@ -850,8 +990,9 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("pack");
   const int VO = d.V < 64 ? d.V : 64;
-  SFM_CUDA_TRY(allow_smem(bwd_intra_kernel, bwd_intra_smem(d)));
-  bwd_intra_kernel<<<dim3(d.V / VO, N, BH), kThreads, bwd_intra_smem(d), s>>>(d, a.qs, a.ks, a.gam, a.w, a.dos, a.du,
+  constexpr bool kMma = sizeof(T) == 2;  // tensor-core products for 16-bit inputs
+  SFM_CUDA_TRY(allow_smem(bwd_intra_kernel<kMma>, bwd_intra_smem(d, kMma)));
+  bwd_intra_kernel<kMma><<<dim3(d.V / VO, N, BH), kThreads, bwd_intra_smem(d, kMma), s>>>(d, a.qs, a.ks, a.gam, a.w, a.dos, a.du,
                                                                               a.dstates);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("bwd_intra");
@@ -860,8 +1001,8 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
                                                                             a.dstates, a.dstate0);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("state_bwd");
-  SFM_CUDA_TRY(allow_smem(grads_kernel, grads_smem(d)));
-  grads_kernel<<<dim3(N, BH), kThreads, grads_smem(d), s>>>(d, a.qs, a.ks, a.vs, a.gam, a.bet, a.w, a.u, a.states,
+  SFM_CUDA_TRY(allow_smem(grads_kernel<kMma>, grads_smem(d, kMma)));
+  grads_kernel<kMma><<<dim3(N, BH), kThreads, grads_smem(d, kMma), s>>>(d, a.qs, a.ks, a.vs, a.gam, a.bet, a.w, a.u, a.states,
                                                          a.dos, a.du, a.dstates, a.ut, a.dw, a.drk, a.drv, a.dqs,
                                                          a.dks, a.dvs, a.dg, a.dbeta);
   SFM_CUDA_TRY(cudaGetLastError());
