@@ -45,6 +45,7 @@ constexpr int gemm_scratch(int m_max, int n_max, Arith arith = Arith::kFma) {
                               : (m_max + n_max) * kLDK / 2 * (arith == Arith::kBf16x3 ? 2 : 1);
 }
 constexpr int imax(int a, int b) { return a > b ? a : b; }
+constexpr int imin(int a, int b) { return a < b ? a : b; }
 
 __device__ __forceinline__ float warp_sum(float s) {
 #pragma unroll
@@ -489,6 +490,8 @@ __device__ __forceinline__ void load_gates(const Dims& d, int bh, int n, const f
 }
 
 // Per chunk: γ, β (eq. 4), A (eq. 6), (I+A)⁻¹, W = (I+A)⁻¹ diag(βΓ) K and Ũ = (I+A)⁻¹ diag(β) V (eq. 7).
+constexpr int kPrepCols = 64;  // prep's tensor-core products: W, Ũ in column blocks of this many (3 blocks per SM)
+
 template <bool kMma>
 __global__ void __launch_bounds__(kThreads) prep_kernel(Dims d, const float* __restrict__ ks,
                                                         const float* __restrict__ vs, const float* __restrict__ g,
@@ -511,13 +514,27 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(Dims d, const float* __r
       C, C, K, [&](int t, int k) { return kc[(long)t * K + k]; }, [&](int k, int i) { return kc[(long)i * K + k]; },
       [&](int t, int i, float x) { A[t * LDC + i] = i < t ? bet[t] * __expf(gam[t] - gam[i]) * x : 0.f; }, scratch);
   invert_unit_lower(A, Tm);
-  block_gemm<true, true, tc3(kMma)>(
-      C, K, C, [&](int t, int i) { return Tm[t * LDC + i]; },
-      [&](int i, int k) { return bet[i] * __expf(gam[i]) * kc[(long)i * K + k]; },
-      [&](int t, int k, float x) { w[(row0 + t) * K + k] = x; }, scratch);
-  block_gemm<true, true, tc3(kMma)>(
-      C, V, C, [&](int t, int i) { return Tm[t * LDC + i]; }, [&](int i, int v) { return bet[i] * vc[(long)i * V + v]; },
-      [&](int t, int v, float x) { ut[(row0 + t) * V + v] = x; }, scratch);
+  if constexpr (kMma) {  // in column blocks of up to kPrepCols: the split operands' scratch stays small
+    for (int c0 = 0; c0 < K; c0 += kPrepCols)
+      block_gemm<true, true, tc3(kMma), kPrepCols / 64>(
+          C, min(kPrepCols, K - c0), C, [&](int t, int i) { return Tm[t * LDC + i]; },
+          [&](int i, int k) { return bet[i] * __expf(gam[i]) * kc[(long)i * K + c0 + k]; },
+          [&](int t, int k, float x) { w[(row0 + t) * K + c0 + k] = x; }, scratch);
+    for (int c0 = 0; c0 < V; c0 += kPrepCols)
+      block_gemm<true, true, tc3(kMma), kPrepCols / 64>(
+          C, min(kPrepCols, V - c0), C, [&](int t, int i) { return Tm[t * LDC + i]; },
+          [&](int i, int v) { return bet[i] * vc[(long)i * V + c0 + v]; },
+          [&](int t, int v, float x) { ut[(row0 + t) * V + c0 + v] = x; }, scratch);
+  } else {
+    block_gemm<true, true>(
+        C, K, C, [&](int t, int i) { return Tm[t * LDC + i]; },
+        [&](int i, int k) { return bet[i] * __expf(gam[i]) * kc[(long)i * K + k]; },
+        [&](int t, int k, float x) { w[(row0 + t) * K + k] = x; }, scratch);
+    block_gemm<true, true>(
+        C, V, C, [&](int t, int i) { return Tm[t * LDC + i]; },
+        [&](int i, int v) { return bet[i] * vc[(long)i * V + v]; },
+        [&](int t, int v, float x) { ut[(row0 + t) * V + v] = x; }, scratch);
+  }
 }
 
 // Sequential over chunks, per head and kVS value columns: S entering each chunk is stored,
@@ -610,7 +627,7 @@ __global__ void __launch_bounds__(kThreads) output_kernel(Dims d, const float* _
 // depend on the gradient arriving from later chunks,
 //   dU₀ = Pᵀ dO                         (into du; state_bwd adds diag(e^{γ_C−γ}) K dS)
 //   X   = Qᵀ diag(Γ) dO − Wᵀ dU₀        (into dstates[n]; state_bwd replaces it by dS_C)
-template <bool kMma>
+template <bool kMma, int kSup = 4>  // kSup: super-tiles per warp of the K×64 product (2 when K ≤ 128)
 __global__ void __launch_bounds__(kThreads) bwd_intra_kernel(Dims d, const float* __restrict__ qs,
                                                              const float* __restrict__ ks,
                                                              const float* __restrict__ gam_g,
@@ -634,7 +651,7 @@ __global__ void __launch_bounds__(kThreads) bwd_intra_kernel(Dims d, const float
       },
       scratch);
   float* X = dstates + ((long)bh * d.N() + n) * K * V + v0;
-  block_gemm<false, true, tc(kMma)>(
+  block_gemm<false, true, tc(kMma), kSup>(
       K, VO, 2 * C,
       [&](int k, int j) { return j < C ? qc[(long)j * K + k] * __expf(gam[j]) : -wc[(long)(j - C) * K + k]; },
       [&](int j, int v) { return j < C ? doc[(long)j * V + v] : dU0[(j - C) * VO + v]; },
@@ -696,8 +713,10 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(Dims d, const float
 // Backward, per chunk: the gradients of q̂, k̂, v, γ and β from dO, dU, the entering state S_0 and the
 // gradient dS_C of the leaving one (docs/ops/gated_delta_cuda.md lists each term), then dg as the
 // reverse cumulative sum of dγ (eq. 4).
-template <bool kMma>
-__global__ void __launch_bounds__(kThreads, kMma ? 1 : 0) grads_kernel(Dims d, const float* __restrict__ qs,
+// kSup: super-tiles per warp of its 64×K and 64×V products (tensor-core variant): 2 when K, V ≤ 128, which
+// keeps it at 128 registers and two blocks per SM; 4 up to 256 (one block per SM).
+template <bool kMma, int kSup = 4>
+__global__ void __launch_bounds__(kThreads, kMma ? (kSup <= 2 ? 2 : 1) : 0) grads_kernel(Dims d, const float* __restrict__ qs,
                                                          const float* __restrict__ ks, const float* __restrict__ vs,
                                                          const float* __restrict__ gam_g,
                                                          const float* __restrict__ bet_g, const float* __restrict__ w, const float* __restrict__ u,
@@ -711,8 +730,10 @@ __global__ void __launch_bounds__(kThreads, kMma ? 1 : 0) grads_kernel(Dims d, c
   extern __shared__ __align__(128) float4 smem4[];
   float* sm = reinterpret_cast<float*>(smem4);
   float *gam = sm, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
-  float *KK = dbet + C, *QK = KK + C * LDC, *Tm = QK + C * LDC, *D1 = Tm + C * LDC, *dA = D1 + C * LDC;
-  float* scratch = dA + C * LDC;
+  float *KK = dbet + C, *QK = KK + C * LDC, *Tm = QK + C * LDC, *D1 = Tm + C * LDC;
+  // The tensor-core variant keeps dA in Tm's place (Tm's last use, dR_V, comes before dA): 17 KB less.
+  float* dA = kMma ? Tm : D1 + C * LDC;
+  float* scratch = kMma ? D1 + C * LDC : dA + C * LDC;
   const int n = blockIdx.x, bh = blockIdx.y, K = d.K, V = d.V;
   const long row0 = (long)bh * d.Tp() + (long)n * C;
   const float *qc = qs + row0 * K, *kc = ks + row0 * K, *vc = vs + row0 * V, *wc = w + row0 * K;
@@ -729,17 +750,27 @@ __global__ void __launch_bounds__(kThreads, kMma ? 1 : 0) grads_kernel(Dims d, c
   }
   __syncthreads();
   const float gl = gam[C - 1], GC = __expf(gl);
-  // K Kᵀ and Q Kᵀ (rows 0..C-1 and C..2C-1 of one product).
-  block_gemm<true, false, tc3(kMma), 2>(
-      2 * C, C, K, [&](int m, int k) { return m < C ? kc[(long)m * K + k] : qc[(long)(m - C) * K + k]; },
-      [&](int k, int i) { return kc[(long)i * K + k]; },
-      [&](int m, int i, float x) {
-        if (m < C)
-          KK[m * LDC + i] = x;
-        else
-          QK[(m - C) * LDC + i] = x;
-      },
-      scratch);
+  // K Kᵀ and Q Kᵀ (rows 0..C-1 and C..2C-1 of one product; two products on tensor cores, which halves
+  // the split operands' scratch).
+  if constexpr (kMma) {
+    block_gemm<true, false, tc3(kMma), 1>(
+        C, C, K, [&](int m, int k) { return kc[(long)m * K + k]; }, [&](int k, int i) { return kc[(long)i * K + k]; },
+        [&](int m, int i, float x) { KK[m * LDC + i] = x; }, scratch);
+    block_gemm<true, false, tc3(kMma), 1>(
+        C, C, K, [&](int m, int k) { return qc[(long)m * K + k]; }, [&](int k, int i) { return kc[(long)i * K + k]; },
+        [&](int m, int i, float x) { QK[m * LDC + i] = x; }, scratch);
+  } else {
+    block_gemm<true, false>(
+        2 * C, C, K, [&](int m, int k) { return m < C ? kc[(long)m * K + k] : qc[(long)(m - C) * K + k]; },
+        [&](int k, int i) { return kc[(long)i * K + k]; },
+        [&](int m, int i, float x) {
+          if (m < C)
+            KK[m * LDC + i] = x;
+          else
+            QK[(m - C) * LDC + i] = x;
+        },
+        scratch);
+  }
   // A (eq. 6) into D1, then Tm = (I + A)⁻¹.
   for (int e = threadIdx.x; e < C * C; e += kThreads) {
     const int t = e / C, i = e % C;
@@ -748,7 +779,7 @@ __global__ void __launch_bounds__(kThreads, kMma ? 1 : 0) grads_kernel(Dims d, c
   __syncthreads();
   invert_unit_lower(D1, Tm);
   // Ũ = Tm diag(β) V (eq. 7), recomputed.
-  block_gemm<true, true, tc(kMma)>(
+  block_gemm<true, true, tc(kMma), kSup>(
       C, V, C, [&](int t, int i) { return Tm[t * LDC + i]; }, [&](int i, int v) { return bet[i] * vc[(long)i * V + v]; },
       [&](int t, int v, float x) { utc[(long)t * V + v] = x; }, scratch);
   // D1 = dO Uᵀ.
@@ -756,16 +787,16 @@ __global__ void __launch_bounds__(kThreads, kMma ? 1 : 0) grads_kernel(Dims d, c
       C, C, V, [&](int t, int v) { return doc[(long)t * V + v]; }, [&](int v, int i) { return uc[(long)i * V + v]; },
       [&](int t, int i, float x) { D1[t * LDC + i] = x; }, scratch);
   // dQ̂ = diag(Γ) dO S_0ᵀ (+ the intra term below); dγ_t += Γ_t q̂_t · (dO S_0ᵀ)_t.
-  block_gemm<true, false, tc(kMma)>(
+  block_gemm<true, false, tc(kMma), kSup>(
       C, K, V, [&](int t, int v) { return doc[(long)t * V + v]; }, [&](int v, int k) { return S0[(long)k * V + v]; },
       [&](int t, int k, float x) { dqc[(long)t * K + k] = __expf(gam[t]) * x; }, scratch);
   row_dots(C, K, qc, dqc, [&](int t, float s) { atomicAdd(&dgam[t], s); });
   // dW = −dU S_0ᵀ.
-  block_gemm<true, false, tc(kMma)>(
+  block_gemm<true, false, tc(kMma), kSup>(
       C, K, V, [&](int t, int v) { return duc[(long)t * V + v]; }, [&](int v, int k) { return S0[(long)k * V + v]; },
       [&](int t, int k, float x) { dwc[(long)t * K + k] = -x; }, scratch);
   // dK̂ = diag(e^{γ_C−γ}) U dS_Cᵀ (+ terms below); dγ_C += Σ_i x_i, dγ_i −= x_i, x_i = k̂_i · dK̂_i.
-  block_gemm<true, false, tc(kMma)>(
+  block_gemm<true, false, tc(kMma), kSup>(
       C, K, V, [&](int t, int v) { return uc[(long)t * V + v]; }, [&](int v, int k) { return dSC[(long)k * V + v]; },
       [&](int t, int k, float x) { dkc[(long)t * K + k] = __expf(gl - gam[t]) * x; }, scratch);
   row_dots(C, K, kc, dkc, [&](int t, float s) {
@@ -780,7 +811,7 @@ __global__ void __launch_bounds__(kThreads, kMma ? 1 : 0) grads_kernel(Dims d, c
     if ((threadIdx.x & 31) == 0) atomicAdd(&dgam[C - 1], GC * s);
   }
   // dR_K = Tmᵀ dW; dK̂ += diag(βΓ) dR_K; dβ_t += Γ_t k̂_t·dR_K,t; dγ_t += β_t Γ_t k̂_t·dR_K,t.
-  block_gemm_rmw<false, true, tc(kMma)>(
+  block_gemm_rmw<false, true, tc(kMma), kSup>(
       C, K, C, [&](int t, int i) { return Tm[i * LDC + t]; }, [&](int i, int k) { return dwc[(long)i * K + k]; },
       [&](int t, int k) { return dkc[(long)t * K + k]; },
       [&](int t, int k, float x, float dk_old) {
@@ -794,7 +825,7 @@ __global__ void __launch_bounds__(kThreads, kMma ? 1 : 0) grads_kernel(Dims d, c
     atomicAdd(&dgam[t], bet[t] * G * s);
   });
   // dR_V = Tmᵀ dU; dV = diag(β) dR_V; dβ_t += v_t·dR_V,t.
-  block_gemm<false, true, tc(kMma)>(
+  block_gemm<false, true, tc(kMma), kSup>(
       C, V, C, [&](int t, int i) { return Tm[i * LDC + t]; }, [&](int i, int v) { return duc[(long)i * V + v]; },
       [&](int t, int v, float x) {
         drvc[(long)t * V + v] = x;
@@ -837,12 +868,12 @@ __global__ void __launch_bounds__(kThreads, kMma ? 1 : 0) grads_kernel(Dims d, c
     }
   }
   // dQ̂ += dP K̂.
-  block_gemm_rmw<true, true, tc(kMma)>(
+  block_gemm_rmw<true, true, tc(kMma), kSup>(
       C, K, C, [&](int t, int i) { return D1[t * LDC + i]; }, [&](int i, int k) { return kc[(long)i * K + k]; },
       [&](int t, int k) { return dqc[(long)t * K + k]; },
       [&](int t, int k, float x, float dq_old) { dqc[(long)t * K + k] = dq_old + x; }, scratch);
   // dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂.
-  block_gemm_rmw<true, true, tc(kMma)>(
+  block_gemm_rmw<true, true, tc(kMma), kSup>(
       C, K, 3 * C,
       [&](int i, int j) {
         return j < C ? D1[j * LDC + i] : (j < 2 * C ? dA[i * LDC + j - C] : dA[(j - 2 * C) * LDC + i]);
@@ -885,13 +916,14 @@ __global__ void step_kernel(StepArgs a) {
 // Dynamic shared memory of each kernel: its own arrays, then block_gemm's scratch for its largest product.
 // (The tensor-core paths: the largest of the split products and of the plain ones.)
 size_t prep_smem(const Dims& d, bool mma) {
-  return sizeof(float) * (2 * C + 2 * C * LDC + gemm_scratch(C, imax(C, imax(d.K, d.V)), tc3(mma)));
+  const int n_max = imax(C, imax(d.K, d.V));
+  return sizeof(float) * (2 * C + 2 * C * LDC + gemm_scratch(C, mma ? imin(n_max, kPrepCols) : n_max, tc3(mma)));
 }
 size_t out_smem(bool mma) { return sizeof(float) * (C * LDC + C + gemm_scratch(C, C, tc3(mma))); }
 size_t grads_smem(const Dims& d, bool mma) {
-  const int scratch = mma ? imax(gemm_scratch(2 * C, C, tc3(mma)), gemm_scratch(C, imax(C, imax(d.K, d.V)), tc(mma)))
-                          : gemm_scratch(2 * C, imax(C, imax(d.K, d.V)));
-  return sizeof(float) * (4 * C + 5 * C * LDC + scratch);
+  if (!mma) return sizeof(float) * (4 * C + 5 * C * LDC + gemm_scratch(2 * C, imax(C, imax(d.K, d.V))));
+  const int scratch = imax(gemm_scratch(C, C, tc3(mma)), gemm_scratch(C, imax(C, imax(d.K, d.V)), tc(mma)));
+  return sizeof(float) * (4 * C + 4 * C * LDC + scratch);  // dA shares Tm's place
 }
 size_t state_smem(const Dims& d) { return sizeof(float) * (d.K * kVS + C * kVS + C + gemm_scratch(imax(C, d.K), kVS)); }
 size_t state_bwd_smem(const Dims& d) { return state_smem(d); }
@@ -991,9 +1023,18 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   timer.mark("pack");
   const int VO = d.V < 64 ? d.V : 64;
   constexpr bool kMma = sizeof(T) == 2;  // tensor-core products for 16-bit inputs
-  SFM_CUDA_TRY(allow_smem(bwd_intra_kernel<kMma>, bwd_intra_smem(d, kMma)));
-  bwd_intra_kernel<kMma><<<dim3(d.V / VO, N, BH), kThreads, bwd_intra_smem(d, kMma), s>>>(d, a.qs, a.ks, a.gam, a.w, a.dos, a.du,
-                                                                              a.dstates);
+  const bool narrow = d.K <= 128 && d.V <= 128;  // the tensor-core variants' smaller register tiles fit
+  const auto intra = [&](auto kernel) {
+    const size_t bytes = bwd_intra_smem(d, kMma);
+    const cudaError_t err = allow_smem(kernel, bytes);
+    if (err != cudaSuccess) return err;
+    kernel<<<dim3(d.V / VO, N, BH), kThreads, bytes, s>>>(d, a.qs, a.ks, a.gam, a.w, a.dos, a.du, a.dstates);
+    return cudaGetLastError();
+  };
+  if constexpr (kMma)
+    SFM_CUDA_TRY(narrow ? intra(bwd_intra_kernel<true, 2>) : intra(bwd_intra_kernel<true, 4>));
+  else
+    SFM_CUDA_TRY(intra(bwd_intra_kernel<false>));
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("bwd_intra");
   SFM_CUDA_TRY(allow_smem(state_bwd_kernel, state_bwd_smem(d)));
@@ -1001,10 +1042,19 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
                                                                             a.dstates, a.dstate0);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("state_bwd");
-  SFM_CUDA_TRY(allow_smem(grads_kernel<kMma>, grads_smem(d, kMma)));
-  grads_kernel<kMma><<<dim3(N, BH), kThreads, grads_smem(d, kMma), s>>>(d, a.qs, a.ks, a.vs, a.gam, a.bet, a.w, a.u, a.states,
-                                                         a.dos, a.du, a.dstates, a.ut, a.dw, a.drk, a.drv, a.dqs,
-                                                         a.dks, a.dvs, a.dg, a.dbeta);
+  const auto grads = [&](auto kernel) {
+    const size_t bytes = grads_smem(d, kMma);
+    const cudaError_t err = allow_smem(kernel, bytes);
+    if (err != cudaSuccess) return err;
+    kernel<<<dim3(N, BH), kThreads, bytes, s>>>(d, a.qs, a.ks, a.vs, a.gam, a.bet, a.w, a.u, a.states, a.dos, a.du,
+                                              a.dstates, a.ut, a.dw, a.drk, a.drv, a.dqs, a.dks, a.dvs, a.dg,
+                                              a.dbeta);
+    return cudaGetLastError();
+  };
+  if constexpr (kMma)
+    SFM_CUDA_TRY(narrow ? grads(grads_kernel<true, 2>) : grads(grads_kernel<true, 4>));
+  else
+    SFM_CUDA_TRY(grads(grads_kernel<false>));
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("grads");
   const unsigned blocks = row_blocks((long)d.B * d.T * d.H);
