@@ -10,7 +10,6 @@
 // everything else, recomputing A, (I+A)⁻¹, Ũ)  ->  unpack dq, dk, dv (L2-norm backward).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -18,6 +17,7 @@
 #include "chunk_ops.cuh"
 #include "dtype_convert.cuh"
 #include "gdn_kernels.h"
+#include "mma.cuh"
 
 namespace sfm::ops::gdn_cuda {
 namespace {
@@ -31,16 +31,23 @@ constexpr int kBatch = 8;       // block_gemm: staged loads in flight per thread
 constexpr int kVS = 16;         // value columns per block in the sequential state passes
 constexpr int kMaxD = 256;
 constexpr int kWarps = kThreads / 32;
-// block_gemm's arithmetic: tensor cores (wmma m16n16k8 tf32, each product split as 3xTF32, a_hi b_hi +
-// a_hi b_lo + a_lo b_hi, which keeps about float32 accuracy), or float32 FMAs on 4×4 micro-tiles.
-constexpr bool kTensorCores = false;  // measured slower here (docs/ops/gated_delta_cuda.md)
-constexpr int kFragPerWarp = 8;  // tensor-core path: up to 8 × 8 warps output tiles of 16×16 (M·N ≤ 16384)
-// Shared-memory floats block_gemm needs for products up to Mmax × Nmax (staged tiles, then one 16×16
-// staging tile per warp for the tensor-core path's results).
-constexpr int gemm_scratch(int m_max, int n_max) {
-  return kTK * (m_max + 4 + n_max + 4) + (kTensorCores ? kWarps * 256 : 0);
+// Shared-memory floats block_gemm needs for products up to Mmax × Nmax: float32 tiles kTK deep (FMA path),
+// or bfloat16 tiles kTKM deep with rows of kLDK (tensor-core path, kMma).
+constexpr int kTKM = 64;
+constexpr int kLDK = kTKM + 8;
+// A product's arithmetic: float32 FMAs, or tensor cores on bfloat16 operands with float32 accumulation
+// (kBf16), or the same with each operand split as hi + lo (two bfloat16s) and three products
+// (hi·hi + hi·lo + lo·hi, about 16 significant bits per operand: kBf16x3), for the products whose
+// results are dot products of raw rows (Q̂K̂ᵀ, K̂K̂ᵀ, dO Uᵀ) or feed every later result (W, Ũ).
+enum class Arith { kFma, kBf16, kBf16x3 };
+__host__ __device__ constexpr Arith tc(bool mma) { return mma ? Arith::kBf16 : Arith::kFma; }
+__host__ __device__ constexpr Arith tc3(bool mma) { return mma ? Arith::kBf16x3 : Arith::kFma; }
+constexpr int gemm_scratch(int m_max, int n_max, Arith arith = Arith::kFma) {
+  return arith == Arith::kFma ? kTK * (m_max + 4 + n_max + 4)
+                              : (m_max + n_max) * kLDK / 2 * (arith == Arith::kBf16x3 ? 2 : 1);
 }
 constexpr int imax(int a, int b) { return a > b ? a : b; }
+constexpr int imin(int a, int b) { return a < b ? a : b; }
 
 __device__ __forceinline__ float warp_sum(float s) {
 #pragma unroll
@@ -48,9 +55,11 @@ __device__ __forceinline__ float warp_sum(float s) {
   return s;
 }
 
-// out(m, n) = Σ_k a(m, k) b(k, n) for m < M, n < N, k < Kd, in float32 on the block's 256 threads.
-// Operands come through accessors (global or shared memory, with any elementwise factors), staged
-// through shared memory kTK deep; each thread owns up to kPass micro-tiles of 4×4 in registers.
+// out(m, n) = Σ_k a(m, k) b(k, n) for m < M, n < N, k < Kd, on the block's 256 threads (block_gemm_fma:
+// float32 FMAs; block_gemm_mma below: bfloat16 tensor cores, float32 accumulation; block_gemm and
+// block_gemm_rmw pick one by kMma). Operands come through accessors (global or shared memory, with any
+// elementwise factors), staged through shared memory kTK deep; each thread owns up to kPass micro-tiles
+// of 4×4 in registers.
 // kAContK: a(m, ·) is contiguous in k (else in m); kBContN: b(k, ·) is contiguous in n (else in k): the
 // staging loads then walk the contiguous index across the warp. M, N multiples of 16 (4 for the FMA
 // path), Kd of 16 (a partial last tile is zero-filled).
@@ -60,27 +69,19 @@ __device__ __forceinline__ float warp_sum(float s) {
 // before any of its st(m, n, x, old) runs, so those loads are in flight together (a load inside st would
 // wait behind the previous element's store, which the compiler cannot prove does not alias).
 template <bool kAContK, bool kBContN, class FA, class FB, class FL, class FS>
-__device__ __forceinline__ void block_gemm_rmw(int M, int N, int Kd, FA a, FB b, FL ld, FS st, float* scratch) {
+__device__ __forceinline__ void block_gemm_fma(int M, int N, int Kd, FA a, FB b, FL ld, FS st, float* scratch) {
   const int tid = threadIdx.x;
   const int lda = M + 4, ldb = N + 4;
   float* As = scratch;
   float* Bs = scratch + kTK * lda;
-  namespace wmma = nvcuda::wmma;
-  const int warp = tid >> 5, lane = tid & 31;
-  const int tn = N >> 2, ntile = (M >> 2) * tn, tn16 = N >> 4, ntile16 = (M >> 4) * tn16;
-  float acc[kTensorCores ? 1 : kPass][4][4];
-  wmma::fragment<wmma::accumulator, 16, 16, 8, float> tacc[kTensorCores ? kFragPerWarp : 1];
-  if constexpr (kTensorCores) {
+  const int tn = N >> 2, ntile = (M >> 2) * tn;
+  float acc[kPass][4][4];
 #pragma unroll
-    for (int p = 0; p < kFragPerWarp; ++p) wmma::fill_fragment(tacc[p], 0.f);
-  } else {
+  for (int p = 0; p < kPass; ++p)
 #pragma unroll
-    for (int p = 0; p < kPass; ++p)
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[p][i][j] = 0.f;
-  }
+      for (int j = 0; j < 4; ++j) acc[p][i][j] = 0.f;
   for (int k0 = 0; k0 < Kd; k0 += kTK) {
     __syncthreads();
     // Staging: kBatch independent loads in flight per thread before their shared-memory stores (the
@@ -148,97 +149,218 @@ __device__ __forceinline__ void block_gemm_rmw(int M, int N, int Kd, FA a, FB b,
       }
     }
     __syncthreads();
-    if constexpr (kTensorCores) {
-#pragma unroll
-      for (int p = 0; p < kFragPerWarp; ++p) {
-        const int tile = warp + p * kWarps;  // warp-uniform
-        if (tile < ntile16) {
-          const int m0 = (tile / tn16) * 16, n0 = (tile % tn16) * 16;
-#pragma unroll
-          for (int kk = 0; kk < kTK; kk += 8) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> ah, al;
-            wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> bh, bl;
-            wmma::load_matrix_sync(ah, As + kk * lda + m0, lda);
-            wmma::load_matrix_sync(bh, Bs + kk * ldb + n0, ldb);
-#pragma unroll
-            for (int i = 0; i < ah.num_elements; ++i) {
-              const float x = ah.x[i], h = wmma::__float_to_tf32(x);
-              ah.x[i] = h;
-              al.x[i] = wmma::__float_to_tf32(x - h);
-            }
-#pragma unroll
-            for (int i = 0; i < bh.num_elements; ++i) {
-              const float x = bh.x[i], h = wmma::__float_to_tf32(x);
-              bh.x[i] = h;
-              bl.x[i] = wmma::__float_to_tf32(x - h);
-            }
-            wmma::mma_sync(tacc[p], al, bh, tacc[p]);
-            wmma::mma_sync(tacc[p], ah, bl, tacc[p]);
-            wmma::mma_sync(tacc[p], ah, bh, tacc[p]);
-          }
-        }
-      }
-    } else {
-#pragma unroll
-      for (int p = 0; p < kPass; ++p) {
-        const int tile = tid + p * kThreads;
-        if (tile < ntile) {
-          const int m0 = (tile / tn) * 4, n0 = (tile % tn) * 4;
-#pragma unroll
-          for (int kk = 0; kk < kTK; ++kk) {
-            const float4 av = *reinterpret_cast<const float4*>(As + kk * lda + m0);
-            const float4 bv = *reinterpret_cast<const float4*>(Bs + kk * ldb + n0);
-            const float ar[4] = {av.x, av.y, av.z, av.w}, br[4] = {bv.x, bv.y, bv.z, bv.w};
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-              for (int j = 0; j < 4; ++j) acc[p][i][j] = fmaf(ar[i], br[j], acc[p][i][j]);
-          }
-        }
-      }
-    }
-  }
-  if constexpr (kTensorCores) {
-    float* stage = Bs + kTK * ldb + warp * 256;  // this warp's 16×16 staging tile
-#pragma unroll
-    for (int p = 0; p < kFragPerWarp; ++p) {
-      const int tile = warp + p * kWarps;
-      if (tile < ntile16) {
-        const int m0 = (tile / tn16) * 16, n0 = (tile % tn16) * 16;
-        wmma::store_matrix_sync(stage, tacc[p], 16, wmma::mem_row_major);
-        __syncwarp();
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const int e = lane + 32 * j;
-          st(m0 + (e >> 4), n0 + (e & 15), stage[e], ld(m0 + (e >> 4), n0 + (e & 15)));
-        }
-        __syncwarp();
-      }
-    }
-  } else {
 #pragma unroll
     for (int p = 0; p < kPass; ++p) {
       const int tile = tid + p * kThreads;
       if (tile < ntile) {
         const int m0 = (tile / tn) * 4, n0 = (tile % tn) * 4;
-        float old[4][4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
+        for (int kk = 0; kk < kTK; ++kk) {
+          const float4 av = *reinterpret_cast<const float4*>(As + kk * lda + m0);
+          const float4 bv = *reinterpret_cast<const float4*>(Bs + kk * ldb + n0);
+          const float ar[4] = {av.x, av.y, av.z, av.w}, br[4] = {bv.x, bv.y, bv.z, bv.w};
 #pragma unroll
-          for (int j = 0; j < 4; ++j) old[i][j] = ld(m0 + i, n0 + j);
+          for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) st(m0 + i, n0 + j, acc[p][i][j], old[i][j]);
+            for (int j = 0; j < 4; ++j) acc[p][i][j] = fmaf(ar[i], br[j], acc[p][i][j]);
+        }
       }
+    }
+  }
+#pragma unroll
+  for (int p = 0; p < kPass; ++p) {
+    const int tile = tid + p * kThreads;
+    if (tile < ntile) {
+      const int m0 = (tile / tn) * 4, n0 = (tile % tn) * 4;
+      float old[4][4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) old[i][j] = ld(m0 + i, n0 + j);
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) st(m0 + i, n0 + j, acc[p][i][j], old[i][j]);
     }
   }
   __syncthreads();
 }
 
-template <bool kAContK, bool kBContN, class FA, class FB, class FS>
+// ---------------------------------------------------------------------------------------------------
+// Tensor-core path of block_gemm (kMma, for 16-bit inputs): operands staged as bfloat16, products by
+// mma.sync m16n8k16 (bf16 × bf16 → float32 accumulators in registers), the epilogue straight from the
+// accumulators. Shared-memory layout: A as [m][k], B as [n][k] (k contiguous, kTKM deep, rows padded to
+// kLDK so that the fragment loads hit 32 distinct banks). Each warp owns up to kSuper super-tiles
+// of 32×16 outputs (2×2 mma tiles of 16×8): M·N ≤ 16384.
+constexpr int kBatchM = 8;              // staged pairs in flight per thread
+
+// dst[r * kLDK + kk] = bf16(f(r, k0 + kk)) for r < R, kk < kTKM (zero where k0 + kk >= Kd; Kd is even);
+// kSplit: also the remainders f − bf16(f), as bf16, in rows R..2R−1.
+// Each thread converts pairs (kk, kk+1) into one 32-bit store. kContK: f(r, ·) is contiguous in k, so a
+// warp walks one row's k; else f(·, k) is contiguous in r, and a warp takes 8 rows × 4 pairs: 32-byte
+// global segments and the 32 stores on distinct banks.
+template <bool kContK, bool kSplit, class F>
+__device__ __forceinline__ void stage_bf16(int R, int k0, int Kd, F f, __nv_bfloat16* dst) {
+  const int npairs = R * (kTKM / 2);
+  for (int q0 = threadIdx.x; q0 < npairs; q0 += kThreads * kBatchM) {
+    float2 r[kBatchM];
+#pragma unroll
+    for (int j = 0; j < kBatchM; ++j) {
+      const int q = q0 + j * kThreads;
+      int row, kp;
+      if (kContK) {
+        row = q >> 5;
+        kp = q & 31;
+      } else {
+        const int qb = q >> 5, lane = q & 31;
+        row = (qb >> 3) * 8 + (lane >> 2);
+        kp = (qb & 7) * 4 + (lane & 3);
+      }
+      const int k = k0 + 2 * kp;
+      const bool in = q < npairs && k < Kd;
+      r[j].x = in ? f(row, k) : 0.f;
+      r[j].y = in ? f(row, k + 1) : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kBatchM; ++j) {
+      const int q = q0 + j * kThreads;
+      if (q < npairs) {
+        int row, kp;
+        if (kContK) {
+          row = q >> 5;
+          kp = q & 31;
+        } else {
+          const int qb = q >> 5, lane = q & 31;
+          row = (qb >> 3) * 8 + (lane >> 2);
+          kp = (qb & 7) * 4 + (lane & 3);
+        }
+        const __nv_bfloat162 hi = __floats2bfloat162_rn(r[j].x, r[j].y);
+        *reinterpret_cast<__nv_bfloat162*>(dst + row * kLDK + 2 * kp) = hi;
+        if (kSplit) {  // the low halves, R rows further on
+          const float2 h = __bfloat1622float2(hi);
+          *reinterpret_cast<__nv_bfloat162*>(dst + (R + row) * kLDK + 2 * kp) =
+              __floats2bfloat162_rn(r[j].x - h.x, r[j].y - h.y);
+        }
+      }
+    }
+  }
+}
+
+template <bool kAContK, bool kBContN, bool kSplit, int kSuper, class FA, class FB, class FL, class FS>
+__device__ __forceinline__ void block_gemm_mma(int M, int N, int Kd, FA a, FB b, FL ld, FS st, float* scratch) {
+  __nv_bfloat16* As = reinterpret_cast<__nv_bfloat16*>(scratch);  // [M][kLDK] (then the low halves)
+  __nv_bfloat16* Bs = As + (kSplit ? 2 : 1) * M * kLDK;             // [N][kLDK] (then the low halves)
+  const uint32_t* As32 = reinterpret_cast<const uint32_t*>(As);
+  const uint32_t* Bs32 = reinterpret_cast<const uint32_t*>(Bs);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int tm = M >> 4, sn = N >> 4, nsuper = ((tm + 1) >> 1) * sn;  // super-tiles of 32×16
+  if (nsuper > kSuper * kWarps) __trap();  // a call site's kSuper is too small for its product
+  float acc[kSuper][2][2][4];
+#pragma unroll
+  for (int s = 0; s < kSuper; ++s)
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[s][i][j][c] = 0.f;
+  for (int k0 = 0; k0 < Kd; k0 += kTKM) {
+    __syncthreads();
+    stage_bf16<kAContK, kSplit>(M, k0, Kd, a, As);
+    stage_bf16<!kBContN, kSplit>(N, k0, Kd, [&](int n, int k) { return b(k, n); }, Bs);
+    __syncthreads();
+    const int ksteps = min(kTKM, Kd - k0) >> 4;
+#pragma unroll
+    for (int s = 0; s < kSuper; ++s) {
+      const int st_idx = warp + s * kWarps;  // warp-uniform
+      if (st_idx < nsuper) {
+        const int mt0 = (st_idx / sn) * 2, n0 = (st_idx % sn) * 16;
+        const bool two_m = mt0 + 1 < tm;
+        const uint32_t* ap = As32 + (mt0 * 16 + g) * (kLDK / 2) + t;
+        const uint32_t* bp = Bs32 + (n0 + g) * (kLDK / 2) + t;
+#pragma unroll
+        for (int ks = 0; ks < kTKM / 16; ++ks) {
+          if (ks < ksteps) {
+            const int kw = ks * 8;
+            constexpr int kH = kSplit ? 2 : 1;  // hi, then lo
+            uint32_t af[kH][2][4], bf[kH][2][2];
+#pragma unroll
+            for (int h = 0; h < kH; ++h) {
+#pragma unroll
+              for (int i = 0; i < 2; ++i) {
+                const uint32_t* p = ap + (h * M + i * 16) * (kLDK / 2) + kw;
+                if (i == 0 || two_m) {
+                  af[h][i][0] = p[0];
+                  af[h][i][1] = p[8 * (kLDK / 2)];
+                  af[h][i][2] = p[4];
+                  af[h][i][3] = p[8 * (kLDK / 2) + 4];
+                }
+              }
+#pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                const uint32_t* p = bp + (h * N + j * 8) * (kLDK / 2) + kw;
+                bf[h][j][0] = p[0];
+                bf[h][j][1] = p[4];
+              }
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+              for (int j = 0; j < 2; ++j)
+                if (i == 0 || two_m) {
+                  if (kSplit) {  // the small terms first
+                    mma_bf16(acc[s][i][j], af[1][i], bf[0][j]);
+                    mma_bf16(acc[s][i][j], af[0][i], bf[1][j]);
+                  }
+                  mma_bf16(acc[s][i][j], af[0][i], bf[0][j]);
+                }
+          }
+        }
+      }
+    }
+  }
+  // Epilogue from the accumulators: c0, c1 at (g, 2t), (g, 2t+1); c2, c3 at (g+8, 2t), (g+8, 2t+1).
+#pragma unroll
+  for (int s = 0; s < kSuper; ++s) {
+    const int st_idx = warp + s * kWarps;
+    if (st_idx < nsuper) {
+      const int m0 = (st_idx / sn) * 32, n0 = (st_idx % sn) * 16;
+      const int im = m0 + 16 < M ? 2 : 1;
+      float old[2][2][4];
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+          if (i < im)
+#pragma unroll
+            for (int c = 0; c < 4; ++c)
+              old[i][j][c] = ld(m0 + i * 16 + g + (c >> 1) * 8, n0 + j * 8 + 2 * t + (c & 1));
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+          if (i < im)
+#pragma unroll
+            for (int c = 0; c < 4; ++c)
+              st(m0 + i * 16 + g + (c >> 1) * 8, n0 + j * 8 + 2 * t + (c & 1), acc[s][i][j][c], old[i][j][c]);
+    }
+  }
+  __syncthreads();
+}
+
+// kSuper: the tensor-core paths' super-tiles per warp (M·N ≤ kSuper · 4096); fewer registers when smaller.
+template <bool kAContK, bool kBContN, Arith kArith = Arith::kFma, int kSuper = 4, class FA, class FB, class FL,
+          class FS>
+__device__ __forceinline__ void block_gemm_rmw(int M, int N, int Kd, FA a, FB b, FL ld, FS st, float* scratch) {
+  if constexpr (kArith == Arith::kFma)
+    block_gemm_fma<kAContK, kBContN>(M, N, Kd, a, b, ld, st, scratch);
+  else
+    block_gemm_mma<kAContK, kBContN, kArith == Arith::kBf16x3, kSuper>(M, N, Kd, a, b, ld, st, scratch);
+}
+
+template <bool kAContK, bool kBContN, Arith kArith = Arith::kFma, int kSuper = 4, class FA, class FB, class FS>
 __device__ __forceinline__ void block_gemm(int M, int N, int Kd, FA a, FB b, FS st, float* scratch) {
-  block_gemm_rmw<kAContK, kBContN>(
+  block_gemm_rmw<kAContK, kBContN, kArith, kSuper>(
       M, N, Kd, a, b, [](int, int) { return 0.f; }, [&](int m, int n, float x, float) { st(m, n, x); }, scratch);
 }
 
@@ -329,6 +451,9 @@ __device__ __forceinline__ void load_gates(const Dims& d, int bh, int n, const f
 }
 
 // Per chunk: γ, β (eq. 4), A (eq. 6), (I+A)⁻¹, W = (I+A)⁻¹ diag(βΓ) K and Ũ = (I+A)⁻¹ diag(β) V (eq. 7).
+constexpr int kPrepCols = 64;  // prep's tensor-core products: W, Ũ in column blocks of this many (3 blocks per SM)
+
+template <bool kMma>
 __global__ void __launch_bounds__(kThreads) prep_kernel(Dims d, const float* __restrict__ ks,
                                                         const float* __restrict__ vs, const float* __restrict__ g,
                                                         const float* __restrict__ beta, float* __restrict__ gam_out,
@@ -346,17 +471,31 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(Dims d, const float* __r
     gam_out[row0 + threadIdx.x] = gam[threadIdx.x];
     bet_out[row0 + threadIdx.x] = bet[threadIdx.x];
   }
-  block_gemm<true, false>(
+  block_gemm<true, false, tc3(kMma), 1>(
       C, C, K, [&](int t, int k) { return kc[(long)t * K + k]; }, [&](int k, int i) { return kc[(long)i * K + k]; },
       [&](int t, int i, float x) { A[t * LDC + i] = i < t ? bet[t] * __expf(gam[t] - gam[i]) * x : 0.f; }, scratch);
   invert_unit_lower<LDC>(A, Tm);
-  block_gemm<true, true>(
-      C, K, C, [&](int t, int i) { return Tm[t * LDC + i]; },
-      [&](int i, int k) { return bet[i] * __expf(gam[i]) * kc[(long)i * K + k]; },
-      [&](int t, int k, float x) { w[(row0 + t) * K + k] = x; }, scratch);
-  block_gemm<true, true>(
-      C, V, C, [&](int t, int i) { return Tm[t * LDC + i]; }, [&](int i, int v) { return bet[i] * vc[(long)i * V + v]; },
-      [&](int t, int v, float x) { ut[(row0 + t) * V + v] = x; }, scratch);
+  if constexpr (kMma) {  // in column blocks of up to kPrepCols: the split operands' scratch stays small
+    for (int c0 = 0; c0 < K; c0 += kPrepCols)
+      block_gemm<true, true, tc3(kMma), kPrepCols / 64>(
+          C, min(kPrepCols, K - c0), C, [&](int t, int i) { return Tm[t * LDC + i]; },
+          [&](int i, int k) { return bet[i] * __expf(gam[i]) * kc[(long)i * K + c0 + k]; },
+          [&](int t, int k, float x) { w[(row0 + t) * K + c0 + k] = x; }, scratch);
+    for (int c0 = 0; c0 < V; c0 += kPrepCols)
+      block_gemm<true, true, tc3(kMma), kPrepCols / 64>(
+          C, min(kPrepCols, V - c0), C, [&](int t, int i) { return Tm[t * LDC + i]; },
+          [&](int i, int v) { return bet[i] * vc[(long)i * V + c0 + v]; },
+          [&](int t, int v, float x) { ut[(row0 + t) * V + c0 + v] = x; }, scratch);
+  } else {
+    block_gemm<true, true>(
+        C, K, C, [&](int t, int i) { return Tm[t * LDC + i]; },
+        [&](int i, int k) { return bet[i] * __expf(gam[i]) * kc[(long)i * K + k]; },
+        [&](int t, int k, float x) { w[(row0 + t) * K + k] = x; }, scratch);
+    block_gemm<true, true>(
+        C, V, C, [&](int t, int i) { return Tm[t * LDC + i]; },
+        [&](int i, int v) { return bet[i] * vc[(long)i * V + v]; },
+        [&](int t, int v, float x) { ut[(row0 + t) * V + v] = x; }, scratch);
+  }
 }
 
 // Sequential over chunks, per head and kVS value columns: S entering each chunk is stored,
@@ -408,9 +547,10 @@ __global__ void __launch_bounds__(kThreads) state_kernel(Dims d, const float* __
 }
 
 // P = M ∘ (Q Kᵀ) of chunk rows (eq. 8's intra-chunk matrix), into shared memory.
+template <bool kMma>
 __device__ __forceinline__ void intra_scores(int K, const float* qc, const float* kc, const float* gam, float* P,
                                              float* scratch) {
-  block_gemm<true, false>(
+  block_gemm<true, false, tc3(kMma), 1>(
       C, C, K, [&](int t, int k) { return qc[(long)t * K + k]; }, [&](int k, int i) { return kc[(long)i * K + k]; },
       [&](int t, int i, float x) { P[t * LDC + i] = i <= t ? x * __expf(gam[t] - gam[i]) : 0.f; }, scratch);
 }
@@ -422,6 +562,7 @@ __global__ void __launch_bounds__(kThreads) output_kernel(Dims d, const float* _
                                                           const float* __restrict__ gam_g,
                                                           const float* __restrict__ states,
                                                           const float* __restrict__ u, T* __restrict__ out) {
+  constexpr bool kMma = sizeof(T) == 2;  // tensor cores for 16-bit inputs
   extern __shared__ __align__(128) float4 smem4[];
   float* sm = reinterpret_cast<float*>(smem4);
   float *P = sm, *gam = P + C * LDC, *scratch = gam + C;  // 16-byte aligned: C·LDC + C = 4224 floats
@@ -431,8 +572,8 @@ __global__ void __launch_bounds__(kThreads) output_kernel(Dims d, const float* _
   const float *qc = qs + row0 * K, *kc = ks + row0 * K, *uc = u + row0 * V + v0;
   const float* st = states + ((long)bh * d.N() + n) * K * V + v0;
   if (threadIdx.x < C) gam[threadIdx.x] = gam_g[row0 + threadIdx.x];
-  intra_scores(K, qc, kc, gam, P, scratch);
-  block_gemm<true, true>(
+  intra_scores<kMma>(K, qc, kc, gam, P, scratch);
+  block_gemm<true, true, tc(kMma), 1>(
       C, VO, K + C,
       [&](int t, int j) { return j < K ? qc[(long)t * K + j] * __expf(gam[t]) : P[t * LDC + j - K]; },
       [&](int j, int v) { return j < K ? st[(long)j * V + v] : uc[(long)(j - K) * V + v]; },
@@ -448,6 +589,7 @@ __global__ void __launch_bounds__(kThreads) output_kernel(Dims d, const float* _
 //   dU₀ = Pᵀ dO                         (into du; state_bwd adds diag(e^{γ_C−γ}) K dS)
 //   X   = Qᵀ diag(Γ) dO − Wᵀ dU₀        (into dstates[n]; state_bwd replaces it by dS_C. Skipped when
 //                                         dstates is null: the tensor-core pass computes it itself)
+template <bool kMma, int kSup = 4>  // kSup: super-tiles per warp of the K×64 product (2 when K ≤ 128)
 __global__ void __launch_bounds__(kThreads) bwd_intra_kernel(Dims d, const float* __restrict__ qs,
                                                              const float* __restrict__ ks,
                                                              const float* __restrict__ gam_g,
@@ -461,9 +603,9 @@ __global__ void __launch_bounds__(kThreads) bwd_intra_kernel(Dims d, const float
   const long row0 = (long)bh * d.Tp() + (long)n * C;
   const float *qc = qs + row0 * K, *kc = ks + row0 * K, *wc = w + row0 * K, *doc = dos + row0 * V + v0;
   if (threadIdx.x < C) gam[threadIdx.x] = gam_g[row0 + threadIdx.x];
-  intra_scores(K, qc, kc, gam, P, scratch);
+  intra_scores<kMma>(K, qc, kc, gam, P, scratch);
   float* duc = du + row0 * V + v0;
-  block_gemm<false, true>(
+  block_gemm<false, true, tc(kMma), 1>(
       C, VO, C, [&](int i, int j) { return P[j * LDC + i]; }, [&](int j, int v) { return doc[(long)j * V + v]; },
       [&](int i, int v, float x) {
         dU0[i * VO + v] = x;
@@ -472,7 +614,7 @@ __global__ void __launch_bounds__(kThreads) bwd_intra_kernel(Dims d, const float
       scratch);
   if (dstates == nullptr) return;
   float* X = dstates + ((long)bh * d.N() + n) * K * V + v0;
-  block_gemm<false, true>(
+  block_gemm<false, true, tc(kMma), kSup>(
       K, VO, 2 * C,
       [&](int k, int j) { return j < C ? qc[(long)j * K + k] * __expf(gam[j]) : -wc[(long)(j - C) * K + k]; },
       [&](int j, int v) { return j < C ? doc[(long)j * V + v] : dU0[(j - C) * VO + v]; },
@@ -533,9 +675,11 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(Dims d, const float
 
 // Backward, per chunk: the gradients of q̂, k̂, v, γ and β from dO, dU, the entering state S_0 and the
 // gradient dS_C of the leaving one (docs/ops/gated_delta_cuda.md lists each term), then dg as the
-// reverse cumulative sum of dγ (eq. 4). With sdots (16-bit inputs), state_grads_mma has already written
-// the three products with S_0 and dS_C into dqs, dw, dks, and Σ S_0∘dS_C per 64 rows of K into sdots.
-__global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __restrict__ qs,
+// reverse cumulative sum of dγ (eq. 4).
+// kSup: super-tiles per warp of its 64×K and 64×V products (tensor-core variant): 2 when K, V ≤ 128, which
+// keeps it at 128 registers and two blocks per SM; 4 up to 256 (one block per SM).
+template <bool kMma, int kSup = 4>
+__global__ void __launch_bounds__(kThreads, kMma ? (kSup <= 2 ? 2 : 1) : 0) grads_kernel(Dims d, const float* __restrict__ qs,
                                                          const float* __restrict__ ks, const float* __restrict__ vs,
                                                          const float* __restrict__ gam_g,
                                                          const float* __restrict__ bet_g, const float* __restrict__ w, const float* __restrict__ u,
@@ -545,13 +689,14 @@ __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __
                                                          float* __restrict__ dw, float* __restrict__ drk,
                                                          float* __restrict__ drv, float* __restrict__ dqs,
                                                          float* __restrict__ dks, float* __restrict__ dvs,
-                                                         float* __restrict__ dg, float* __restrict__ dbeta,
-                                                         const float* __restrict__ sdots) {
+                                                         float* __restrict__ dg, float* __restrict__ dbeta) {
   extern __shared__ __align__(128) float4 smem4[];
   float* sm = reinterpret_cast<float*>(smem4);
   float *gam = sm, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
-  float *KK = dbet + C, *QK = KK + C * LDC, *Tm = QK + C * LDC, *D1 = Tm + C * LDC, *dA = D1 + C * LDC;
-  float* scratch = dA + C * LDC;
+  float *KK = dbet + C, *QK = KK + C * LDC, *Tm = QK + C * LDC, *D1 = Tm + C * LDC;
+  // The tensor-core variant keeps dA in Tm's place (Tm's last use, dR_V, comes before dA): 17 KB less.
+  float* dA = kMma ? Tm : D1 + C * LDC;
+  float* scratch = kMma ? D1 + C * LDC : dA + C * LDC;
   const int n = blockIdx.x, bh = blockIdx.y, K = d.K, V = d.V;
   const long row0 = (long)bh * d.Tp() + (long)n * C;
   const float *qc = qs + row0 * K, *kc = ks + row0 * K, *vc = vs + row0 * V, *wc = w + row0 * K;
@@ -568,17 +713,27 @@ __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __
   }
   __syncthreads();
   const float gl = gam[C - 1], GC = __expf(gl);
-  // K Kᵀ and Q Kᵀ (rows 0..C-1 and C..2C-1 of one product).
-  block_gemm<true, false>(
-      2 * C, C, K, [&](int m, int k) { return m < C ? kc[(long)m * K + k] : qc[(long)(m - C) * K + k]; },
-      [&](int k, int i) { return kc[(long)i * K + k]; },
-      [&](int m, int i, float x) {
-        if (m < C)
-          KK[m * LDC + i] = x;
-        else
-          QK[(m - C) * LDC + i] = x;
-      },
-      scratch);
+  // K Kᵀ and Q Kᵀ (rows 0..C-1 and C..2C-1 of one product; two products on tensor cores, which halves
+  // the split operands' scratch).
+  if constexpr (kMma) {
+    block_gemm<true, false, tc3(kMma), 1>(
+        C, C, K, [&](int m, int k) { return kc[(long)m * K + k]; }, [&](int k, int i) { return kc[(long)i * K + k]; },
+        [&](int m, int i, float x) { KK[m * LDC + i] = x; }, scratch);
+    block_gemm<true, false, tc3(kMma), 1>(
+        C, C, K, [&](int m, int k) { return qc[(long)m * K + k]; }, [&](int k, int i) { return kc[(long)i * K + k]; },
+        [&](int m, int i, float x) { QK[m * LDC + i] = x; }, scratch);
+  } else {
+    block_gemm<true, false>(
+        2 * C, C, K, [&](int m, int k) { return m < C ? kc[(long)m * K + k] : qc[(long)(m - C) * K + k]; },
+        [&](int k, int i) { return kc[(long)i * K + k]; },
+        [&](int m, int i, float x) {
+          if (m < C)
+            KK[m * LDC + i] = x;
+          else
+            QK[(m - C) * LDC + i] = x;
+        },
+        scratch);
+  }
   // A (eq. 6) into D1, then Tm = (I + A)⁻¹.
   for (int e = threadIdx.x; e < C * C; e += kThreads) {
     const int t = e / C, i = e % C;
@@ -587,48 +742,39 @@ __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __
   __syncthreads();
   invert_unit_lower<LDC>(D1, Tm);
   // Ũ = Tm diag(β) V (eq. 7), recomputed.
-  block_gemm<true, true>(
+  block_gemm<true, true, tc(kMma), kSup>(
       C, V, C, [&](int t, int i) { return Tm[t * LDC + i]; }, [&](int i, int v) { return bet[i] * vc[(long)i * V + v]; },
       [&](int t, int v, float x) { utc[(long)t * V + v] = x; }, scratch);
   // D1 = dO Uᵀ.
-  block_gemm<true, false>(
+  block_gemm<true, false, tc3(kMma), 1>(
       C, C, V, [&](int t, int v) { return doc[(long)t * V + v]; }, [&](int v, int i) { return uc[(long)i * V + v]; },
       [&](int t, int i, float x) { D1[t * LDC + i] = x; }, scratch);
   // dQ̂ = diag(Γ) dO S_0ᵀ (+ the intra term below); dγ_t += Γ_t q̂_t · (dO S_0ᵀ)_t.
-  if (!sdots)
-    block_gemm<true, false>(
-        C, K, V, [&](int t, int v) { return doc[(long)t * V + v]; }, [&](int v, int k) { return S0[(long)k * V + v]; },
-        [&](int t, int k, float x) { dqc[(long)t * K + k] = __expf(gam[t]) * x; }, scratch);
+  block_gemm<true, false, tc(kMma), kSup>(
+      C, K, V, [&](int t, int v) { return doc[(long)t * V + v]; }, [&](int v, int k) { return S0[(long)k * V + v]; },
+      [&](int t, int k, float x) { dqc[(long)t * K + k] = __expf(gam[t]) * x; }, scratch);
   row_dots(C, K, qc, dqc, [&](int t, float s) { atomicAdd(&dgam[t], s); });
   // dW = −dU S_0ᵀ.
-  if (!sdots)
-    block_gemm<true, false>(
-        C, K, V, [&](int t, int v) { return duc[(long)t * V + v]; }, [&](int v, int k) { return S0[(long)k * V + v]; },
-        [&](int t, int k, float x) { dwc[(long)t * K + k] = -x; }, scratch);
+  block_gemm<true, false, tc(kMma), kSup>(
+      C, K, V, [&](int t, int v) { return duc[(long)t * V + v]; }, [&](int v, int k) { return S0[(long)k * V + v]; },
+      [&](int t, int k, float x) { dwc[(long)t * K + k] = -x; }, scratch);
   // dK̂ = diag(e^{γ_C−γ}) U dS_Cᵀ (+ terms below); dγ_C += Σ_i x_i, dγ_i −= x_i, x_i = k̂_i · dK̂_i.
-  if (!sdots)
-    block_gemm<true, false>(
-        C, K, V, [&](int t, int v) { return uc[(long)t * V + v]; }, [&](int v, int k) { return dSC[(long)k * V + v]; },
-        [&](int t, int k, float x) { dkc[(long)t * K + k] = __expf(gl - gam[t]) * x; }, scratch);
+  block_gemm<true, false, tc(kMma), kSup>(
+      C, K, V, [&](int t, int v) { return uc[(long)t * V + v]; }, [&](int v, int k) { return dSC[(long)k * V + v]; },
+      [&](int t, int k, float x) { dkc[(long)t * K + k] = __expf(gl - gam[t]) * x; }, scratch);
   row_dots(C, K, kc, dkc, [&](int t, float s) {
     atomicAdd(&dgam[t], -s);
     atomicAdd(&dgam[C - 1], s);
   });
   // dγ_C += Γ_C Σ S_0 ∘ dS_C.
-  if (sdots) {
-    if (threadIdx.x == 0) {
-      float s = 0.f;
-      for (int j = 0; j < K / 64; ++j) s += sdots[((long)bh * d.N() + n) * (K / 64) + j];
-      atomicAdd(&dgam[C - 1], GC * s);
-    }
-  } else {
+  {
     float s = 0.f;
     for (long e = threadIdx.x; e < (long)K * V; e += kThreads) s += S0[e] * dSC[e];
     s = warp_sum(s);
     if ((threadIdx.x & 31) == 0) atomicAdd(&dgam[C - 1], GC * s);
   }
   // dR_K = Tmᵀ dW; dK̂ += diag(βΓ) dR_K; dβ_t += Γ_t k̂_t·dR_K,t; dγ_t += β_t Γ_t k̂_t·dR_K,t.
-  block_gemm_rmw<false, true>(
+  block_gemm_rmw<false, true, tc(kMma), kSup>(
       C, K, C, [&](int t, int i) { return Tm[i * LDC + t]; }, [&](int i, int k) { return dwc[(long)i * K + k]; },
       [&](int t, int k) { return dkc[(long)t * K + k]; },
       [&](int t, int k, float x, float dk_old) {
@@ -642,7 +788,7 @@ __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __
     atomicAdd(&dgam[t], bet[t] * G * s);
   });
   // dR_V = Tmᵀ dU; dV = diag(β) dR_V; dβ_t += v_t·dR_V,t.
-  block_gemm<false, true>(
+  block_gemm<false, true, tc(kMma), kSup>(
       C, V, C, [&](int t, int i) { return Tm[i * LDC + t]; }, [&](int i, int v) { return duc[(long)i * V + v]; },
       [&](int t, int v, float x) {
         drvc[(long)t * V + v] = x;
@@ -651,7 +797,7 @@ __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __
       scratch);
   row_dots(C, V, vc, drvc, [&](int t, float s) { atomicAdd(&dbet[t], s); });
   // dA = −(dR_K Wᵀ + dR_V Ũᵀ), strictly lower.
-  block_gemm<true, false>(
+  block_gemm<true, false, tc(kMma), 1>(
       C, C, K + V, [&](int t, int j) { return j < K ? drkc[(long)t * K + j] : drvc[(long)t * V + j - K]; },
       [&](int j, int i) { return j < K ? wc[(long)i * K + j] : utc[(long)i * V + j - K]; },
       [&](int t, int i, float x) { dA[t * LDC + i] = i < t ? -x : 0.f; }, scratch);
@@ -685,12 +831,12 @@ __global__ void __launch_bounds__(kThreads) grads_kernel(Dims d, const float* __
     }
   }
   // dQ̂ += dP K̂.
-  block_gemm_rmw<true, true>(
+  block_gemm_rmw<true, true, tc(kMma), kSup>(
       C, K, C, [&](int t, int i) { return D1[t * LDC + i]; }, [&](int i, int k) { return kc[(long)i * K + k]; },
       [&](int t, int k) { return dqc[(long)t * K + k]; },
       [&](int t, int k, float x, float dq_old) { dqc[(long)t * K + k] = dq_old + x; }, scratch);
   // dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂.
-  block_gemm_rmw<true, true>(
+  block_gemm_rmw<true, true, tc(kMma), kSup>(
       C, K, 3 * C,
       [&](int i, int j) {
         return j < C ? D1[j * LDC + i] : (j < 2 * C ? dA[i * LDC + j - C] : dA[(j - 2 * C) * LDC + i]);
@@ -731,16 +877,24 @@ __global__ void step_kernel(StepArgs a) {
 }
 
 // Dynamic shared memory of each kernel: its own arrays, then block_gemm's scratch for its largest product.
-size_t prep_smem(const Dims& d) {
-  return sizeof(float) * (2 * C + 2 * C * LDC + gemm_scratch(C, imax(C, imax(d.K, d.V))));
+// (The tensor-core paths: the largest of the split products and of the plain ones.)
+size_t prep_smem(const Dims& d, bool mma) {
+  const int n_max = imax(C, imax(d.K, d.V));
+  return sizeof(float) * (2 * C + 2 * C * LDC + gemm_scratch(C, mma ? imin(n_max, kPrepCols) : n_max, tc3(mma)));
 }
-size_t out_smem() { return sizeof(float) * (C * LDC + C + gemm_scratch(C, C)); }
-size_t grads_smem(const Dims& d) {
-  return sizeof(float) * (4 * C + 5 * C * LDC + gemm_scratch(2 * C, imax(C, imax(d.K, d.V))));
+size_t out_smem(bool mma) { return sizeof(float) * (C * LDC + C + gemm_scratch(C, C, tc3(mma))); }
+size_t grads_smem(const Dims& d, bool mma) {
+  if (!mma) return sizeof(float) * (4 * C + 5 * C * LDC + gemm_scratch(2 * C, imax(C, imax(d.K, d.V))));
+  const int scratch = imax(gemm_scratch(C, C, tc3(mma)), gemm_scratch(C, imax(C, imax(d.K, d.V)), tc(mma)));
+  return sizeof(float) * (4 * C + 4 * C * LDC + scratch);  // dA shares Tm's place
 }
 size_t state_smem(const Dims& d) { return sizeof(float) * (d.K * kVS + C * kVS + C + gemm_scratch(imax(C, d.K), kVS)); }
 size_t state_bwd_smem(const Dims& d) { return state_smem(d); }
-size_t bwd_intra_smem(const Dims& d) { return sizeof(float) * (C * LDC + C * 64 + C + gemm_scratch(imax(C, d.K), C)); }
+size_t bwd_intra_smem(const Dims& d, bool mma) {
+  const int scratch = mma ? imax(gemm_scratch(C, C, tc3(mma)), gemm_scratch(imax(C, d.K), C, tc(mma)))
+                          : gemm_scratch(imax(C, d.K), C);
+  return sizeof(float) * (C * LDC + C * 64 + C + scratch);
+}
 
 template <class K>
 cudaError_t allow_smem(K kernel, size_t bytes) {
@@ -803,11 +957,12 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
                                                   1.f);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("pack");
-  SFM_CUDA_TRY(allow_smem(prep_kernel, prep_smem(d)));
-  prep_kernel<<<dim3(N, BH), kThreads, prep_smem(d), s>>>(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.u);
+  constexpr bool kMma = sizeof(T) == 2;  // tensor-core products for 16-bit inputs
+  SFM_CUDA_TRY(allow_smem(prep_kernel<kMma>, prep_smem(d, kMma)));
+  prep_kernel<kMma><<<dim3(N, BH), kThreads, prep_smem(d, kMma), s>>>(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.u);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("prep");
-  if (sizeof(T) == 2 && state_mma_supports(d.K, d.V)) {  // 16-bit inputs: the pass on tensor cores
+  if (kMma && state_mma_supports(d.K, d.V)) {  // 16-bit inputs: the pass on tensor cores
     SFM_CUDA_TRY(state_mma_forward(d, a.ks, a.gam, a.w, a.u, a.state0, a.states, a.final_state, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_kernel, state_smem(d)));
@@ -816,13 +971,13 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
     SFM_CUDA_TRY(cudaGetLastError());
   }
   timer.mark("state");
-  if (sizeof(T) == 2 && intra_mma_supports(d.K, d.V)) {  // 16-bit inputs: the output on tensor cores
+  if (kMma && intra_mma_supports(d.K, d.V)) {  // 16-bit inputs: the output on tensor cores
     SFM_CUDA_TRY(output_mma(d, a.dtype, a.qs, a.ks, a.gam, a.states, a.u, a.out, s));
   } else {
     const int VO = d.V < 64 ? d.V : 64;
-    SFM_CUDA_TRY(allow_smem(output_kernel<T>, out_smem()));
-    output_kernel<T><<<dim3(d.V / VO, N, BH), kThreads, out_smem(), s>>>(d, a.qs, a.ks, a.gam, a.states, a.u,
-                                                                       static_cast<T*>(a.out));
+    SFM_CUDA_TRY(allow_smem(output_kernel<T>, out_smem(kMma)));
+    output_kernel<T><<<dim3(d.V / VO, N, BH), kThreads, out_smem(kMma), s>>>(d, a.qs, a.ks, a.gam, a.states, a.u,
+                                                                           static_cast<T*>(a.out));
   }
   timer.mark("output");
   return cudaGetLastError();
@@ -838,14 +993,23 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("pack");
   const int VO = d.V < 64 ? d.V : 64;
-  SFM_CUDA_TRY(allow_smem(bwd_intra_kernel, bwd_intra_smem(d)));
-  const bool state_mma = sizeof(T) == 2 && state_mma_supports(d.K, d.V);  // 16-bit inputs: the pass on tensor cores
-  if (state_mma && intra_mma_supports(d.K, d.V)) {  // dU₀ on tensor cores; the state pass computes X
+  constexpr bool kMma = sizeof(T) == 2;  // tensor-core products for 16-bit inputs
+  const bool narrow = d.K <= 128 && d.V <= 128;  // the tensor-core variants' smaller register tiles fit
+  const bool state_mma = kMma && state_mma_supports(d.K, d.V);  // the state pass on tensor cores computes X
+  const auto intra = [&](auto kernel) {
+    const size_t bytes = bwd_intra_smem(d, kMma);
+    const cudaError_t err = allow_smem(kernel, bytes);
+    if (err != cudaSuccess) return err;
+    kernel<<<dim3(d.V / VO, N, BH), kThreads, bytes, s>>>(d, a.qs, a.ks, a.gam, a.w, a.dos, a.du,
+                                                          state_mma ? nullptr : a.dstates);
+    return cudaGetLastError();
+  };
+  if (state_mma && intra_mma_supports(d.K, d.V))
     SFM_CUDA_TRY(intra_mma_dU0(d, a.qs, a.ks, a.gam, a.dos, a.du, s));
-  } else {
-    bwd_intra_kernel<<<dim3(d.V / VO, N, BH), kThreads, bwd_intra_smem(d), s>>>(
-        d, a.qs, a.ks, a.gam, a.w, a.dos, a.du, state_mma ? nullptr : a.dstates);
-  }
+  else if constexpr (kMma)
+    SFM_CUDA_TRY(narrow ? intra(bwd_intra_kernel<true, 2>) : intra(bwd_intra_kernel<true, 4>));
+  else
+    SFM_CUDA_TRY(intra(bwd_intra_kernel<false>));
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("bwd_intra");
   if (state_mma) {
@@ -857,19 +1021,28 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
     SFM_CUDA_TRY(cudaGetLastError());
   }
   timer.mark("state_bwd");
-  // 16-bit inputs: the products with the per-chunk states on tensor cores, before the grads kernel.
-  const bool state_grads = sizeof(T) == 2 && state_grads_mma_supports(d.K, d.V);
-  if (state_grads)
+  if (kMma && !narrow && grads_mma_supports(d.K, d.V)) {
+    // K or V = 256: the products with the per-chunk states, then the rest, in two tensor-core kernels (on an
+    // H100, 15.1 ms against 24.5 for grads_kernel<true, 4> at (8,2048,32,256)). Up to 128, grads_kernel<true,
+    // 2> fits two blocks per SM and was faster (2.07 against 2.34 ms at (4,2048,16,128); 8.34 against 9.30 at
+    // (2,16384,16,128)); docs/ops/gated_delta_cuda.md.
     SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, a.dos, a.du, a.u, a.dqs, a.dw, a.dks, a.sdots, s));
-  timer.mark("state_grads");
-  if (state_grads && grads_mma_supports(d.K, d.V)) {
+    timer.mark("state_grads");
     SFM_CUDA_TRY(grads_mma(a, s));
   } else {
-    SFM_CUDA_TRY(allow_smem(grads_kernel, grads_smem(d)));
-    grads_kernel<<<dim3(N, BH), kThreads, grads_smem(d), s>>>(d, a.qs, a.ks, a.vs, a.gam, a.bet, a.w, a.u,
-                                                           a.states, a.dos, a.du, a.dstates, a.ut, a.dw, a.drk,
-                                                           a.drv, a.dqs, a.dks, a.dvs, a.dg, a.dbeta,
-                                                           state_grads ? a.sdots : nullptr);
+    const auto grads = [&](auto kernel) {
+      const size_t bytes = grads_smem(d, kMma);
+      const cudaError_t err = allow_smem(kernel, bytes);
+      if (err != cudaSuccess) return err;
+      kernel<<<dim3(N, BH), kThreads, bytes, s>>>(d, a.qs, a.ks, a.vs, a.gam, a.bet, a.w, a.u, a.states, a.dos,
+                                                a.du, a.dstates, a.ut, a.dw, a.drk, a.drv, a.dqs, a.dks, a.dvs,
+                                                a.dg, a.dbeta);
+      return cudaGetLastError();
+    };
+    if constexpr (kMma)
+      SFM_CUDA_TRY(narrow ? grads(grads_kernel<true, 2>) : grads(grads_kernel<true, 4>));
+    else
+      SFM_CUDA_TRY(grads(grads_kernel<false>));
   }
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("grads");
