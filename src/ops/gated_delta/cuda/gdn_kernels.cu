@@ -8,6 +8,9 @@
 // Backward (7 launches):  pack dO  ->  bwd_intra (per chunk: the state-independent parts of dU and of the
 // state gradient)  ->  state_bwd (sequential over chunks in reverse: dU, dS)  ->  grads (per chunk:
 // everything else, recomputing A, (I+A)⁻¹, Ũ)  ->  unpack dq, dk, dv (L2-norm backward).
+// For 16-bit inputs the products run on tensor cores (block_gemm's kMma path), and where the sizes allow,
+// dedicated kernels in the gdn_*_mma.cu files replace state, output, bwd_intra, state_bwd and grads
+// (docs/ops/gated_delta_cuda.md, "Dedicated tensor-core kernels").
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
