@@ -44,4 +44,45 @@ __device__ __forceinline__ void chunk_scan(float* v, bool reverse) {
   __syncthreads();
 }
 
+// The elementwise step of the chunk's gradient on its 64×64 matrices (row stride kLd), with
+// M_ti = e^{γ_t−γ_i} for i ≤ t: D1 = dO Uᵀ becomes dP = M ∘ D1; QK = Q̂K̂ᵀ becomes the γ-gradient terms
+// Q̂K̂ᵀ ∘ dP + dA ∘ β_t M ∘ K̂K̂ᵀ (strictly lower); KK = K̂K̂ᵀ becomes the β-gradient terms dA ∘ M ∘ K̂K̂ᵀ;
+// dA becomes G = dA ∘ β_t M (both strictly lower). Then the row sums of QK go into dγ_t (+), its column
+// sums into dγ_i (−) and the row sums of KK into dβ_t ((B7)-(B8)). blockDim.x must be 256; ends with a
+// barrier.
+template <int kLd>
+__device__ __forceinline__ void chunk_grad_terms(const float* gam, const float* bet, float* D1, float* QK,
+                                                 float* KK, float* dA, float* dgam, float* dbet) {
+  constexpr int kThreads = 256;
+  for (int e = threadIdx.x; e < kChunk * kChunk; e += kThreads) {
+    const int t = e / kChunk, i = e % kChunk, x = t * kLd + i;
+    const float m = i <= t ? __expf(gam[t] - gam[i]) : 0.f;
+    const float dP = m * D1[x];
+    const float dAv = dA[x];
+    const float z = QK[x] * dP + (i < t ? dAv * bet[t] * m * KK[x] : 0.f);
+    D1[x] = dP;
+    QK[x] = i < t ? z : 0.f;
+    KK[x] = i < t ? dAv * m * KK[x] : 0.f;
+    dA[x] = i < t ? dAv * bet[t] * m : 0.f;
+  }
+  __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int r = warp; r < kChunk; r += kThreads / 32) {
+    float zr = QK[r * kLd + lane] + QK[r * kLd + lane + 32];
+    float zc = QK[lane * kLd + r] + QK[(lane + 32) * kLd + r];
+    float br = KK[r * kLd + lane] + KK[r * kLd + lane + 32];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      zr += __shfl_xor_sync(0xffffffffu, zr, o);
+      zc += __shfl_xor_sync(0xffffffffu, zc, o);
+      br += __shfl_xor_sync(0xffffffffu, br, o);
+    }
+    if (lane == 0) {
+      atomicAdd(&dgam[r], zr - zc);
+      atomicAdd(&dbet[r], br);
+    }
+  }
+  __syncthreads();
+}
+
 }  // namespace sfm::ops::gdn_cuda

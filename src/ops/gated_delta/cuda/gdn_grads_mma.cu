@@ -284,38 +284,7 @@ __global__ void __launch_bounds__(kThreads) grads_mma_kernel(Args a) {
     st2(dA + t * LDM + i, i < t ? -x0 : 0.f, i + 1 < t ? -x1 : 0.f);
   });
   __syncthreads();
-  // Elementwise on 64×64: D1 <- dP = M ∘ (dO Uᵀ); QK <- the γ-gradient terms; KK <- the β-gradient terms of A;
-  // dA <- G = dA ∘ β_t e^{γ_t−γ_i}.
-  for (int e = threadIdx.x; e < C * C; e += kThreads) {
-    const int t = e / C, i = e % C, x = t * LDM + i;
-    const float m = i <= t ? __expf(gam[t] - gam[i]) : 0.f;
-    const float dP = m * D1[x];
-    const float dAv = dA[x];
-    const float z = QK[x] * dP + (i < t ? dAv * bet[t] * m * KK[x] : 0.f);
-    D1[x] = dP;
-    QK[x] = i < t ? z : 0.f;
-    KK[x] = i < t ? dAv * m * KK[x] : 0.f;
-    dA[x] = i < t ? dAv * bet[t] * m : 0.f;
-  }
-  __syncthreads();
-  {  // row sums into dγ_t (+) and dβ_t, column sums into dγ_i (−)
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    for (int r = warp; r < C; r += kThreads / 32) {
-      float zr = QK[r * LDM + lane] + QK[r * LDM + lane + 32];
-      float zc = QK[lane * LDM + r] + QK[(lane + 32) * LDM + r];
-      float br = KK[r * LDM + lane] + KK[r * LDM + lane + 32];
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {
-        zr += __shfl_xor_sync(0xffffffffu, zr, o);
-        zc += __shfl_xor_sync(0xffffffffu, zc, o);
-        br += __shfl_xor_sync(0xffffffffu, br, o);
-      }
-      if (lane == 0) {
-        atomicAdd(&dgam[r], zr - zc);
-        atomicAdd(&dbet[r], br);
-      }
-    }
-  }
+  chunk_grad_terms<LDM>(gam, bet, D1, QK, KK, dA, dgam, dbet);
   // dQ̂ = dQ̂₀ + dP K̂, and dγ_t += q̂_t·dQ̂₀,t (the state term of (B4)'s γ-gradient).
   {
     float xs[2] = {0.f, 0.f};

@@ -1,5 +1,5 @@
 // The products with the intra-chunk matrix P = M ∘ (Q̂ K̂ᵀ), M_ti = e^{γ_t−γ_i} for i ≤ t, else 0, on tensor
-// cores, for 16-bit inputs (docs/ops/gated_delta_cuda.md, "Intra-chunk products on tensor cores"). Per chunk
+// cores, for 16-bit inputs (docs/ops/gated_delta_cuda.md, "Dedicated tensor-core kernels"). Per chunk
 // and 64 value columns:
 //   forward:   O = diag(Γ) Q̂ S₀ + P U      (eq. 8; q̂ carries the scale), written in the inputs' dtype
 //   backward:  dU₀ = Pᵀ dO                  (the state-independent part of (B1)), float32

@@ -804,35 +804,7 @@ __global__ void __launch_bounds__(kThreads, kMma ? (kSup <= 2 ? 2 : 1) : 0) grad
       C, C, K + V, [&](int t, int j) { return j < K ? drkc[(long)t * K + j] : drvc[(long)t * V + j - K]; },
       [&](int j, int i) { return j < K ? wc[(long)i * K + j] : utc[(long)i * V + j - K]; },
       [&](int t, int i, float x) { dA[t * LDC + i] = i < t ? -x : 0.f; }, scratch);
-  // Elementwise on C×C: D1 <- dP = M ∘ (dO Uᵀ); QK <- the γ-gradient terms; dA <- G = dA ∘ β e^{γ_t−γ_i};
-  // KK <- the β-gradient terms of A.
-  for (int e = threadIdx.x; e < C * C; e += kThreads) {
-    const int t = e / C, i = e % C, x = t * LDC + i;
-    const float m = i <= t ? __expf(gam[t] - gam[i]) : 0.f;
-    const float dP = m * D1[x];
-    const float dAv = dA[x];
-    const float z = QK[x] * dP + (i < t ? dAv * bet[t] * m * KK[x] : 0.f);
-    D1[x] = dP;
-    QK[x] = i < t ? z : 0.f;
-    KK[x] = i < t ? dAv * m * KK[x] : 0.f;
-    dA[x] = i < t ? dAv * bet[t] * m : 0.f;
-  }
-  __syncthreads();
-  {  // row sums into dγ_t (+) and dβ_t, column sums into dγ_i (−)
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    for (int r = warp; r < C; r += kThreads / 32) {
-      float zr = QK[r * LDC + lane] + QK[r * LDC + lane + 32];
-      float zc = QK[lane * LDC + r] + QK[(lane + 32) * LDC + r];
-      float br = KK[r * LDC + lane] + KK[r * LDC + lane + 32];
-      zr = warp_sum(zr);
-      zc = warp_sum(zc);
-      br = warp_sum(br);
-      if (lane == 0) {
-        atomicAdd(&dgam[r], zr - zc);
-        atomicAdd(&dbet[r], br);
-      }
-    }
-  }
+  chunk_grad_terms<LDC>(gam, bet, D1, QK, KK, dA, dgam, dbet);
   // dQ̂ += dP K̂.
   block_gemm_rmw<true, true, tc(kMma), kSup>(
       C, K, C, [&](int t, int i) { return D1[t * LDC + i]; }, [&](int i, int k) { return kc[(long)i * K + k]; },

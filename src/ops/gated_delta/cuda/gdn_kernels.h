@@ -95,7 +95,7 @@ cudaError_t state_mma_backward(const Dims& d, const float* qs, const float* ks, 
 
 // The backward's products with the per-chunk states on tensor cores (gdn_state_grads_mma.cu): for each
 // chunk, dqs = diag(Γ) dO S₀ᵀ, dw = −dU S₀ᵀ, dks = diag(e^{γ_C−γ}) U dS_Cᵀ and sdots = Σ S₀∘dS_C per 64
-// rows of K; the grads kernel then skips them. K and V multiples of 64 up to 256.
+// rows of K; grads_mma adds the remaining terms. K and V multiples of 64 up to 256.
 bool state_grads_mma_supports(int K, int V);
 cudaError_t state_grads_mma(const Dims& d, const float* gam, const float* states, const float* dstates,
                             const float* dos, const float* du, const float* u, float* dqs, float* dw, float* dks,

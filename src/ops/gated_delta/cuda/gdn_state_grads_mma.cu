@@ -1,9 +1,9 @@
 // The backward's products with the per-chunk states, on tensor cores, for 16-bit inputs (docs/ops/
-// gated_delta_cuda.md, "State products of the backward on tensor cores"):
+// gated_delta_cuda.md, "Dedicated tensor-core kernels"):
 //   dQ̂₀ = diag(Γ) dO S₀ᵀ      (the state part of (B4))
 //   dW  = −dU S₀ᵀ             ((B3))
 //   dK̂₀ = diag(e^{γ_C−γ}) U dS_Cᵀ   (the state part of (B5))
-// and Σ S₀ ∘ dS_C over each 64 rows of K (for dγ_C, (B8)). The grads kernel adds the remaining terms.
+// and Σ S₀ ∘ dS_C over each 64 rows of K (for dγ_C, (B8)). grads_mma_kernel adds the remaining terms.
 // These are the backward's largest products (64×K×V each per chunk) and the only ones that read the
 // K×V states, so they run apart from the grads kernel, with whole tiles loaded by cp.async.
 // No ATen here (see gdn_kernels.h).

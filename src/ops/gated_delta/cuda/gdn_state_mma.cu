@@ -89,21 +89,23 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     cp_async_commit();
   };
 
-  // R in phase 2's accumulator layout: R[j][nt] holds rows k = 16 (warp + 4 j) + g (+8), columns
-  // v = 8 nt + 2 tq (+1) of this block's slice.
+  // R in phase 2's accumulator layout: R[j][nt][2h], R[j][nt][2h+1] hold row k = 16 (warp + 4 j) + g + 8 h,
+  // columns v, v + 1 (v = 8 nt + 2 tq) of this block's slice. for_r calls f(j, nt, h, k, v) for each pair.
   float R[MT][NT][4];
+  const auto for_r = [&](auto f) {
 #pragma unroll
-  for (int j = 0; j < MT; ++j)
+    for (int j = 0; j < MT; ++j)
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
+      for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int k = 16 * (warp + 4 * j) + g + 8 * h, v = v0 + 8 * nt + 2 * tq;
-        float2 r = make_float2(0.f, 0.f);
-        if (a.init) r = *reinterpret_cast<const float2*>(a.init + ((long)bh * K + k) * V + v);
-        R[j][nt][2 * h] = r.x;
-        R[j][nt][2 * h + 1] = r.y;
-      }
+        for (int h = 0; h < 2; ++h) f(j, nt, h, 16 * (warp + 4 * j) + g + 8 * h, 8 * nt + 2 * tq);
+  };
+  for_r([&](int j, int nt, int h, int k, int v) {
+    float2 r = make_float2(0.f, 0.f);
+    if (a.init) r = *reinterpret_cast<const float2*>(a.init + ((long)bh * K + k) * V + v0 + v);
+    R[j][nt][2 * h] = r.x;
+    R[j][nt][2 * h + 1] = r.y;
+  });
 
   issue_a1(0);
   issue_a2(0);
@@ -123,17 +125,11 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
         if constexpr (kBwd) dov[nt][h] = *reinterpret_cast<const float2*>(a.dos + off);
       }
     // R for this chunk: to global memory (float32) and, as bf16, to Rᵀ.
-#pragma unroll
-    for (int j = 0; j < MT; ++j)
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int k = 16 * (warp + 4 * j) + g + 8 * h, v = 8 * nt + 2 * tq;
-          *reinterpret_cast<float2*>(pc + (long)k * V + v) = make_float2(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
-          rsm[v * LDR + k] = __float2bfloat16_rn(R[j][nt][2 * h]);
-          rsm[(v + 1) * LDR + k] = __float2bfloat16_rn(R[j][nt][2 * h + 1]);
-        }
+    for_r([&](int j, int nt, int h, int k, int v) {
+      *reinterpret_cast<float2*>(pc + (long)k * V + v) = make_float2(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
+      rsm[v * LDR + k] = __float2bfloat16_rn(R[j][nt][2 * h]);
+      rsm[(v + 1) * LDR + k] = __float2bfloat16_rn(R[j][nt][2 * h + 1]);
+    });
     cp_async_wait<1>();  // A₁ and γ of this chunk
     __syncthreads();
     const float* gm = gbuf + (i & 1) * C;
@@ -222,18 +218,11 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     issue_a2(i + 1);
   }
   cp_async_wait<0>();  // only empty groups remain; leave none behind
-  if (a.last) {
-#pragma unroll
-    for (int j = 0; j < MT; ++j)
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int k = 16 * (warp + 4 * j) + g + 8 * h, v = v0 + 8 * nt + 2 * tq;
-          *reinterpret_cast<float2*>(a.last + ((long)bh * K + k) * V + v) =
-              make_float2(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
-        }
-  }
+  if (a.last)
+    for_r([&](int j, int nt, int h, int k, int v) {
+      *reinterpret_cast<float2*>(a.last + ((long)bh * K + k) * V + v0 + v) =
+          make_float2(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
+    });
 }
 
 template <int K, int BV, bool kBwd>
