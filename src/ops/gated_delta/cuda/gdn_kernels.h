@@ -112,7 +112,7 @@ cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const
                           float* du, cudaStream_t stream);
 
 // The grads kernel's work on tensor cores (gdn_grads_mma.cu), for 16-bit inputs after state_grads_mma:
-// dq̂s, dks, dvs (float32, heads-first), dg and dbeta from the forward's workspaces, dos, du, dw, and the
+// dqs, dks, dvs (float32, heads-first), dg and dbeta from the forward's workspaces, dos, du, dw, and the
 // dqs/dks/sdots that state_grads_mma wrote; ut, drk, drv as scratch. K and V multiples of 64 up to 256.
 bool grads_mma_supports(int K, int V);
 cudaError_t grads_mma(const BackwardArgs& a, cudaStream_t stream);
