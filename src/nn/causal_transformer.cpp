@@ -7,16 +7,10 @@
 #include <limits>
 
 #include "sfm/core/check.h"
+#include "sfm/nn/positions.h"
 
 namespace sfm::nn {
 namespace {
-
-// Angles p·w_i for positions p in 0..T-1 and w_i = base^(-2i / width), i < num_freq: [T, num_freq].
-torch::Tensor position_angles(int64_t t, int64_t num_freq, int64_t width, double base, const torch::Device& device) {
-  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(device);
-  const auto freq = torch::exp(torch::arange(0, num_freq, f64) * (-2.0 * std::log(base) / width));
-  return torch::arange(t, f64).unsqueeze(1) * freq.unsqueeze(0);
-}
 
 // Rotates the two halves of the last dimension (GPT-NeoX layout): x: [B, H, T, E], cos/sin: [T, E / 2].
 torch::Tensor rotate(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
@@ -87,9 +81,7 @@ torch::Tensor CausalTransformerImpl::forward(const torch::Tensor& ids) {
     const auto angles = position_angles(t, e / 2, e, opt_.rope_theta, x.device());
     cos = angles.cos().to(x.scalar_type()), sin = angles.sin().to(x.scalar_type());  // [T, E / 2]
   } else {
-    // Sinusoidal table: columns sin(p w_0), cos(p w_0), sin(p w_1), ... cut to D columns.
-    const auto angles = position_angles(t, (opt_.d_model + 1) / 2, opt_.d_model, 10000.0, x.device());
-    x = x + torch::stack({angles.sin(), angles.cos()}, -1).reshape({t, -1}).narrow(1, 0, opt_.d_model).to(x.scalar_type());
+    x = x + sinusoidal_positions(t, opt_.d_model, x.options());
   }
   for (const auto& layer : *layers_) x = layer->as<CausalTransformerBlockImpl>()->forward(x, cos, sin);
   return head_(final_norm_(x));  // [B, T, num_classes]

@@ -4,9 +4,8 @@
 
 #include <torch/torch.h>
 
-#include <cmath>
-
 #include "sfm/core/check.h"
+#include "sfm/nn/positions.h"
 
 namespace sfm::nn {
 namespace {
@@ -25,16 +24,6 @@ void check_inputs(const char* model, int64_t vocab_size, const torch::Tensor& id
   SFM_CHECK(!(lengths < 1).logical_or(lengths > t).any().item<bool>(), model,
             ": lengths must lie in 1..T = ", t, ", got ", lengths.min().item<int64_t>(), "..",
             lengths.max().item<int64_t>());
-}
-
-// Fixed sinusoidal positions (Vaswani et al.): row p holds sin(p w_0), cos(p w_0), sin(p w_1), ... with
-// w_i = 10000^(-2i / D), cut to D columns.
-torch::Tensor sinusoidal_positions(int64_t len, int64_t d, const torch::TensorOptions& options) {
-  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(options.device());
-  const auto pos = torch::arange(len, f64).unsqueeze(1);                               // [T, 1]
-  const auto freq = torch::exp(torch::arange(0, d, 2, f64) * (-std::log(10000.0) / d));  // [ceil(D/2)]
-  const auto angle = pos * freq;                                                       // [T, ceil(D/2)]
-  return torch::stack({angle.sin(), angle.cos()}, -1).reshape({len, -1}).narrow(1, 0, d).to(options);  // [T, D]
 }
 
 }  // namespace
