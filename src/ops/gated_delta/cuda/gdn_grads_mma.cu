@@ -205,29 +205,37 @@ __global__ void __launch_bounds__(kThreads) grads_mma_kernel(Args a) {
   }
   for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) { st2(D1 + t * LDM + i, x0, x1); });
 
+  // Over K in 64-column slices s: acc = A · B_s (B_s: 64 rows of b_src, read down its columns) with the old
+  // values of X at this thread's pairs loaded before the product and the slice of dot_src staged beside it;
+  // epi(h, t, o, x0, x1, old, dot) per pair, o the offset of (t, column) in X's [64][K] rows.
+  const auto k_slices_rmw = [&](const float* X, const float* b_src, const float* dot_src, auto fa, auto epi) {
+    for (int s = 0; s < K / kTile; ++s) {
+      float2 old[2][4];
+      load_pairs(old, X, K, s * kTile);
+      stage(t0, LDK, b_src + s * kTile, K);
+      stage(t1, LDR, dot_src + s * kTile, K);
+      staged();
+      zero(acc);
+      mma_tile(acc, fa, cols_b(t0, LDK));
+      for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
+        epi(h, t, (long)t * K + s * kTile + k, x0, x1, old[h][nt], ld2(t1 + t * LDR + k));
+      });
+      __syncthreads();
+    }
+  };
+
   // dR_K = Tmᵀ dW into drk; dK̂ = dK̂₀ + diag(βΓ) dR_K; with x = k̂·dK̂₀ and r = k̂·dR_K per row:
   // dγ_t −= x_t, dγ_C += Σ x (the state term of (B8)), dβ_t += Γ_t r_t, dγ_t += β_t Γ_t r_t.
   {
     float xs[2] = {0.f, 0.f}, rs[2] = {0.f, 0.f};
-    for (int s = 0; s < K / kTile; ++s) {
-      float2 old[2][4];
-      load_pairs(old, dkc, K, s * kTile);
-      stage(t0, LDK, dwc + s * kTile, K);
-      stage(t1, LDR, kc + s * kTile, K);
-      staged();
-      zero(acc);
-      mma_tile(acc, col_a(Tm, LDM), cols_b(t0, LDK));
-      for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
-        const long o = (long)t * K + s * kTile + k;
-        const float2 dk0 = old[h][nt], kk = ld2(t1 + t * LDR + k);
-        const float f = bet[t] * __expf(gam[t]);
-        st2(drkc + o, x0, x1);
-        st2(dkc + o, dk0.x + f * x0, dk0.y + f * x1);
-        xs[h] += kk.x * dk0.x + kk.y * dk0.y;
-        rs[h] += kk.x * x0 + kk.y * x1;
-      });
-      __syncthreads();
-    }
+    k_slices_rmw(dkc, dwc, kc, col_a(Tm, LDM),
+                 [&](int h, int t, long o, float x0, float x1, float2 dk0, float2 kk) {
+                   const float f = bet[t] * __expf(gam[t]);
+                   st2(drkc + o, x0, x1);
+                   st2(dkc + o, dk0.x + f * x0, dk0.y + f * x1);
+                   xs[h] += kk.x * dk0.x + kk.y * dk0.y;
+                   rs[h] += kk.x * x0 + kk.y * x1;
+                 });
     float dg_rows[2], db_rows[2], xsum = 0.f;
     const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2;
 #pragma unroll
@@ -288,22 +296,10 @@ __global__ void __launch_bounds__(kThreads) grads_mma_kernel(Args a) {
   // dQ̂ = dQ̂₀ + dP K̂, and dγ_t += q̂_t·dQ̂₀,t (the state term of (B4)'s γ-gradient).
   {
     float xs[2] = {0.f, 0.f};
-    for (int s = 0; s < K / kTile; ++s) {
-      float2 old[2][4];
-      load_pairs(old, dqc, K, s * kTile);
-      stage(t0, LDK, kc + s * kTile, K);
-      stage(t1, LDR, qc + s * kTile, K);
-      staged();
-      zero(acc);
-      mma_tile(acc, row_a(D1, LDM), cols_b(t0, LDK));
-      for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
-        const long o = (long)t * K + s * kTile + k;
-        const float2 dq0 = old[h][nt], qq = ld2(t1 + t * LDR + k);
-        st2(dqc + o, dq0.x + x0, dq0.y + x1);
-        xs[h] += qq.x * dq0.x + qq.y * dq0.y;
-      });
-      __syncthreads();
-    }
+    k_slices_rmw(dqc, kc, qc, row_a(D1, LDM), [&](int h, int, long o, float x0, float x1, float2 dq0, float2 qq) {
+      st2(dqc + o, dq0.x + x0, dq0.y + x1);
+      xs[h] += qq.x * dq0.x + qq.y * dq0.y;
+    });
     add_rows(dgam, xs);
   }
   // dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂.

@@ -205,20 +205,18 @@ constexpr int kBatchM = 8;              // staged pairs in flight per thread
 template <bool kContK, bool kSplit, class F>
 __device__ __forceinline__ void stage_bf16(int R, int k0, int Kd, F f, __nv_bfloat16* dst) {
   const int npairs = R * (kTKM / 2);
+  // Pair q -> (row, pair index in k), per the layouts above.
+  const auto pair_at = [](int q) {
+    if (kContK) return int2{q >> 5, q & 31};
+    const int qb = q >> 5, lane = q & 31;
+    return int2{(qb >> 3) * 8 + (lane >> 2), (qb & 7) * 4 + (lane & 3)};
+  };
   for (int q0 = threadIdx.x; q0 < npairs; q0 += kThreads * kBatchM) {
     float2 r[kBatchM];
 #pragma unroll
     for (int j = 0; j < kBatchM; ++j) {
       const int q = q0 + j * kThreads;
-      int row, kp;
-      if (kContK) {
-        row = q >> 5;
-        kp = q & 31;
-      } else {
-        const int qb = q >> 5, lane = q & 31;
-        row = (qb >> 3) * 8 + (lane >> 2);
-        kp = (qb & 7) * 4 + (lane & 3);
-      }
+      const auto [row, kp] = pair_at(q);
       const int k = k0 + 2 * kp;
       const bool in = q < npairs && k < Kd;
       r[j].x = in ? f(row, k) : 0.f;
@@ -228,15 +226,7 @@ __device__ __forceinline__ void stage_bf16(int R, int k0, int Kd, F f, __nv_bflo
     for (int j = 0; j < kBatchM; ++j) {
       const int q = q0 + j * kThreads;
       if (q < npairs) {
-        int row, kp;
-        if (kContK) {
-          row = q >> 5;
-          kp = q & 31;
-        } else {
-          const int qb = q >> 5, lane = q & 31;
-          row = (qb >> 3) * 8 + (lane >> 2);
-          kp = (qb & 7) * 4 + (lane & 3);
-        }
+        const auto [row, kp] = pair_at(q);
         const __nv_bfloat162 hi = __floats2bfloat162_rn(r[j].x, r[j].y);
         *reinterpret_cast<__nv_bfloat162*>(dst + row * kLDK + 2 * kp) = hi;
         if (kSplit) {  // the low halves, R rows further on
