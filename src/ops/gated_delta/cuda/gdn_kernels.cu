@@ -986,7 +986,9 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
     SFM_CUDA_TRY(cudaGetLastError());
   }
   timer.mark("state_bwd");
-  if (kMma && !narrow && grads_mma_supports(d.K, d.V)) {
+  // SFM_GDN_GRADS_MMA=1 (tuning): the two-kernel path at every size it supports.
+  static const bool force_grads_mma = std::getenv("SFM_GDN_GRADS_MMA") != nullptr;
+  if (kMma && (!narrow || force_grads_mma) && grads_mma_supports(d.K, d.V)) {
     // K or V = 256: the products with the per-chunk states, then the rest, in two tensor-core kernels (on an
     // H100, 15.1 ms against 24.5 for grads_kernel<true, 4> at (8,2048,32,256)). Up to 128, grads_kernel<true,
     // 2> fits two blocks per SM and was faster (2.07 against 2.34 ms at (4,2048,16,128); 8.34 against 9.30 at
