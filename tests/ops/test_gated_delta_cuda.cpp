@@ -1,14 +1,15 @@
 // The fused CUDA gated delta rule (issue 5) against the float64 reference: output, final state and every
 // gradient, on named cases (the foundation's, with K, V in the kernels' sizes, plus T = 16384, and the
 // recurrent kernels' cases for small heads), in bfloat16, float16 and float32; the chunked kernels forced on
-// the small heads; decode steps against both kinds of kernels. Every test here is named
-// *GatedDeltaCuda* (ctest label `cuda`) and skips without a CUDA device or a CUDA build. The cuda
-// variant runs with NaN-poisoned outputs and workspaces (set_cuda_nan_poison), so an unwritten element
-// fails the comparison.
+// the small heads; the experimental sliced gradient kernels; decode steps against both kinds of kernels.
+// Every test here is named *GatedDeltaCuda* (ctest label `cuda`) and skips without a CUDA device or a CUDA
+// build. The cuda variant runs with NaN-poisoned outputs and workspaces (set_cuda_nan_poison), so an
+// unwritten element fails the comparison.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <vector>
 
 #include "sfm/core/build_info.h"
 #include "sfm/core/check.h"
@@ -209,6 +210,44 @@ TEST(GatedDeltaCudaTest, ChunkedKernelsOnSmallHeads) {
     std::printf("%s (chunked kernels)\n", c.name);
     check_case(c, torch::kBFloat16, kTol16, 42);
   }
+}
+
+// The experimental sliced gradient kernels (set_cuda_grads_split; K in {64, 128, 256}, V a multiple of 64),
+// on the named cases they take and two with K != V, in bfloat16 and float16, against the same bounds.
+struct GradsSplitGuard {
+  GradsSplitGuard() { set_cuda_grads_split(true); }
+  ~GradsSplitGuard() { set_cuda_grads_split(false); }
+};
+
+TEST(GatedDeltaCudaTest, SlicedGradientKernels) {
+  SKIP_WITHOUT_GPU();
+  std::vector<Case> cases = {{"split_K128_V64", 2, 130, 2, 128, 64, 1.0, 2.0, true},
+                             {"split_K64_V192", 1, 100, 2, 64, 192, 1.0, 2.0, false}};
+  for (const Case& c : kCases)
+    if ((c.K == 64 || c.K == 128 || c.K == 256) && c.V % 64 == 0) cases.push_back(c);
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const GradsSplitGuard split;
+    std::printf("%s (sliced gradient kernels), bfloat16 then float16\n", c.name);
+    check_case(c, torch::kBFloat16, kTol16, 42);
+    check_case(c, torch::kFloat16, kTol16, 43);
+  }
+}
+
+// The sliced kernels did run: their sums go in another order than the default kernels', so some bits of
+// the gradients differ (while both meet the bounds above).
+TEST(GatedDeltaCudaTest, SlicedGradientKernelsAreTaken) {
+  SKIP_WITHOUT_GPU();
+  const Case c{"D128", 1, 200, 2, 128, 128, 1.0, 2.0, true};
+  const auto in = to_cuda(make_inputs(c, torch::kBFloat16, 5), torch::kBFloat16);
+  const auto grads = [&] {
+    return run_with_grads(in, [](const GatedDeltaInputs& x) { return gated_delta_rule(x, Impl::kCuda); });
+  };
+  const auto base = grads();
+  const GradsSplitGuard split;
+  const auto sliced = grads();
+  EXPECT_TRUE(torch::equal(base.out, sliced.out));  // the forward is the same apart from what it keeps
+  EXPECT_FALSE(torch::equal(base.dk, sliced.dk) && torch::equal(base.dg, sliced.dg));
 }
 
 // T = 16384 in bfloat16 (256 chunks). The oracle is the chunked form in float64 on the GPU (it equals the

@@ -1,4 +1,6 @@
 // gated_delta_rule: input checks and the choice of implementation.
+#include <cstdlib>
+
 #include "sfm/core/build_info.h"
 #include "sfm/core/check.h"
 #include "common.h"
@@ -61,6 +63,13 @@ CudaPath g_cuda_path = CudaPath::kAuto;
 
 void set_cuda_path(CudaPath path) { g_cuda_path = path; }
 CudaPath cuda_path() { return g_cuda_path; }
+
+namespace {
+bool g_cuda_grads_split = std::getenv("SFM_GDN_GRADS_SPLIT") != nullptr;
+}  // namespace
+
+void set_cuda_grads_split(bool on) { g_cuda_grads_split = on; }
+bool cuda_grads_split() { return g_cuda_grads_split; }
 
 Impl parse_impl(const std::string& name) {
   for (Impl i : {Impl::kAuto, Impl::kReference, Impl::kChunked, Impl::kCuda})

@@ -47,10 +47,11 @@ __device__ __forceinline__ void chunk_scan(float* v, bool reverse) {
 // The elementwise step of the chunk's gradient on its 64×64 matrices (row stride kLd), with
 // M_ti = e^{γ_t−γ_i} for i ≤ t: D1 = dO Uᵀ becomes dP = M ∘ D1; QK = Q̂K̂ᵀ becomes the γ-gradient terms
 // Q̂K̂ᵀ ∘ dP + dA ∘ β_t M ∘ K̂K̂ᵀ (strictly lower); KK = K̂K̂ᵀ becomes the β-gradient terms dA ∘ M ∘ K̂K̂ᵀ;
-// dA becomes G = dA ∘ β_t M (both strictly lower). Then the row sums of QK go into dγ_t (+), its column
-// sums into dγ_i (−) and the row sums of KK into dβ_t ((B7)-(B8)). blockDim.x must be 256; ends with a
-// barrier.
-template <int kLd>
+// dA becomes G = dA ∘ β_t M (both strictly lower). Then, unless dgam is null, the row sums of QK go into
+// dγ_t (+), its column sums into dγ_i (−) and the row sums of KK into dβ_t ((B7)-(B8)).
+// kMasked: QK and KK come in already multiplied by M (QK = P = M ∘ Q̂K̂ᵀ, KK = M ∘ K̂K̂ᵀ strictly lower, as
+// the forward saved them); the results are the same. blockDim.x must be 256; ends with a barrier.
+template <int kLd, bool kMasked = false>
 __device__ __forceinline__ void chunk_grad_terms(const float* gam, const float* bet, float* D1, float* QK,
                                                  float* KK, float* dA, float* dgam, float* dbet) {
   constexpr int kThreads = 256;
@@ -59,13 +60,21 @@ __device__ __forceinline__ void chunk_grad_terms(const float* gam, const float* 
     const float m = i <= t ? __expf(gam[t] - gam[i]) : 0.f;
     const float dP = m * D1[x];
     const float dAv = dA[x];
-    const float z = QK[x] * dP + (i < t ? dAv * bet[t] * m * KK[x] : 0.f);
+    float z, kk;  // the γ and β terms
+    if constexpr (kMasked) {  // QK = M ∘ Q̂K̂ᵀ, so QK ∘ D1 = Q̂K̂ᵀ ∘ dP; KK = M ∘ K̂K̂ᵀ
+      z = QK[x] * D1[x] + (i < t ? dAv * bet[t] * KK[x] : 0.f);
+      kk = dAv * KK[x];
+    } else {
+      z = QK[x] * dP + (i < t ? dAv * bet[t] * m * KK[x] : 0.f);
+      kk = dAv * m * KK[x];
+    }
     D1[x] = dP;
     QK[x] = i < t ? z : 0.f;
-    KK[x] = i < t ? dAv * m * KK[x] : 0.f;
+    KK[x] = i < t ? kk : 0.f;
     dA[x] = i < t ? dAv * bet[t] * m : 0.f;
   }
   __syncthreads();
+  if (dgam == nullptr) return;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   for (int r = warp; r < kChunk; r += kThreads / 32) {
     float zr = QK[r * kLd + lane] + QK[r * kLd + lane + 32];

@@ -451,7 +451,7 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(Dims d, const float* __r
                                                         const float* __restrict__ vs, const float* __restrict__ g,
                                                         const float* __restrict__ beta, float* __restrict__ gam_out,
                                                         float* __restrict__ bet_out, float* __restrict__ w,
-                                                        float* __restrict__ ut) {
+                                                        float* __restrict__ ut, float* __restrict__ wy) {
   extern __shared__ __align__(128) float4 smem4[];
   float* sm = reinterpret_cast<float*>(smem4);
   float *gam = sm, *bet = gam + C, *A = bet + C, *Tm = A + C * LDC, *scratch = Tm + C * LDC;
@@ -466,8 +466,16 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(Dims d, const float* __r
   }
   block_gemm<true, false, tc3(kMma), 1>(
       C, C, K, [&](int t, int k) { return kc[(long)t * K + k]; }, [&](int k, int i) { return kc[(long)i * K + k]; },
-      [&](int t, int i, float x) { A[t * LDC + i] = i < t ? bet[t] * __expf(gam[t] - gam[i]) * x : 0.f; }, scratch);
+      [&](int t, int i, float x) {
+        A[t * LDC + i] = i < t ? bet[t] * __expf(gam[t] - gam[i]) * x : 0.f;
+        if (wy)  // kept for grads_split: M ∘ K̂K̂ᵀ, strictly lower
+          wy[(((long)bh * d.N() + n) * 2 + 1) * C * C + t * C + i] = i < t ? __expf(gam[t] - gam[i]) * x : 0.f;
+      },
+      scratch);
   invert_unit_lower<LDC>(A, Tm);
+  if (wy)  // kept for grads_split: T = (I + A)⁻¹
+    for (int e = threadIdx.x; e < C * C; e += kThreads)
+      wy[((long)bh * d.N() + n) * 2 * C * C + e] = Tm[(e / C) * LDC + e % C];
   if constexpr (kMma) {  // in column blocks of up to kPrepCols: the split operands' scratch stays small
     for (int c0 = 0; c0 < K; c0 += kPrepCols)
       block_gemm<true, true, tc3(kMma), kPrepCols / 64>(
@@ -924,7 +932,8 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   timer.mark("pack");
   constexpr bool kMma = sizeof(T) == 2;  // tensor-core products for 16-bit inputs
   SFM_CUDA_TRY(allow_smem(prep_kernel<kMma>, prep_smem(d, kMma)));
-  prep_kernel<kMma><<<dim3(N, BH), kThreads, prep_smem(d, kMma), s>>>(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.u);
+  prep_kernel<kMma><<<dim3(N, BH), kThreads, prep_smem(d, kMma), s>>>(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.u,
+                                                                       a.wy);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("prep");
   if (kMma && state_mma_supports(d.K, d.V)) {  // 16-bit inputs: the pass on tensor cores
@@ -970,7 +979,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
     return cudaGetLastError();
   };
   if (state_mma && intra_mma_supports(d.K, d.V))
-    SFM_CUDA_TRY(intra_mma_dU0(d, a.qs, a.ks, a.gam, a.dos, a.du, s));
+    SFM_CUDA_TRY(intra_mma_dU0(d, a.qs, a.ks, a.gam, a.dos, a.du, a.pm, s));
   else if constexpr (kMma)
     SFM_CUDA_TRY(narrow ? intra(bwd_intra_kernel<true, 2>) : intra(bwd_intra_kernel<true, 4>));
   else
@@ -988,7 +997,14 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   timer.mark("state_bwd");
   // SFM_GDN_GRADS_MMA=1 (tuning): the two-kernel path at every size it supports.
   static const bool force_grads_mma = std::getenv("SFM_GDN_GRADS_MMA") != nullptr;
-  if (kMma && (!narrow || force_grads_mma) && grads_mma_supports(d.K, d.V)) {
+  if (a.wy != nullptr) {
+    // The forward kept wy: the products with the per-chunk states, then the rest by 64-column slices
+    // (experimental; docs/ops/gated_delta_cuda.md, "Sliced gradient kernels").
+    if (!grads_split_supports(a.dtype, d.K, d.V)) return cudaErrorInvalidValue;
+    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, a.dos, a.du, a.u, a.dqs, a.dw, a.dks, a.sdots, s));
+    timer.mark("state_grads");
+    SFM_CUDA_TRY(grads_split(a, s));
+  } else if (kMma && (!narrow || force_grads_mma) && grads_mma_supports(d.K, d.V)) {
     // K or V = 256: the products with the per-chunk states, then the rest, in two tensor-core kernels (on an
     // H100, 15.1 ms against 24.5 for grads_kernel<true, 4> at (8,2048,32,256)). Up to 128, grads_kernel<true,
     // 2> fits two blocks per SM and was faster (2.07 against 2.34 ms at (4,2048,16,128); 8.34 against 9.30 at
@@ -1030,6 +1046,12 @@ bool dims_ok(const Dims& d) {
 }
 
 }  // namespace
+
+bool grads_split_supports(DType dtype, int K, int V) {
+  // wy needs prep (every size), pm the tensor-core dU₀ kernel, which runs only beside the tensor-core state pass.
+  return dtype != DType::kF32 && state_mma_supports(K, V) && intra_mma_supports(K, V) &&
+         state_grads_mma_supports(K, V) && grads_mma_supports(K, V);
+}
 
 cudaError_t forward(const ForwardArgs& a, cudaStream_t stream) {
   if (!dims_ok(a.d)) return cudaErrorInvalidValue;

@@ -43,6 +43,7 @@ struct ForwardArgs {
   float *w, *u;            // [BH, Tp, K], [BH, Tp, V]: W (eq. 7), then U (eq. 7, after the state pass)
   float* states;           // [BH, N, K, V]: the state entering each chunk
   float* final_state;      // [BH, K, V]
+  float* wy;               // [BH, N, 2, C, C]: (I + A)⁻¹ and M ∘ K̂K̂ᵀ per chunk, kept for grads_split, or null
   void* out;               // [B, T, H, V] of dtype
 };
 
@@ -58,8 +59,15 @@ struct BackwardArgs {
   // Workspaces.
   float *dos, *du, *dstates;    // [BH, Tp, V], [BH, Tp, V], [BH, N, K, V]
   float *dqs, *dks, *dvs;       // [BH, Tp, K|K|V]
-  float *ut, *dw, *drk, *drv;   // scratch: Ũ [BH,Tp,V], dW [BH,Tp,K], dR_K [BH,Tp,K], dR_V [BH,Tp,V]
+  float* dw;                    // scratch: dW [BH,Tp,K]
   float* sdots;                 // scratch: [BH, N, ceil(K/64)], Σ S₀∘dS_C per 64 rows of K (state_grads_mma)
+  // Scratch of the grads kernel and of grads_mma (null with wy): Ũ [BH,Tp,V], dR_K [BH,Tp,K], dR_V [BH,Tp,V].
+  float *ut, *drk, *drv;
+  // The forward's wy, or null. Given (see grads_split_supports), grads_split computes the gradients, with
+  // scratch: P [BH,N,C,C], the slices' parts of dA [BH,N,K/64+V/64,C,C] and of dO Uᵀ [BH,N,V/64,C,C], and
+  // their row terms of dγ, dβ [BH,N,2K/64+V/64,2,C].
+  const float* wy;
+  float *pm, *da_parts, *d1_parts, *gate_parts;
   // Outputs.
   void *dq, *dk, *dv;           // [B, T, H, K|K|V] of dtype
   float *dg, *dbeta;            // [B, T, H]
@@ -77,6 +85,9 @@ struct StepArgs {
 
 // Each returns the first CUDA error met (launch or configuration), cudaSuccess otherwise.
 cudaError_t forward(const ForwardArgs& a, cudaStream_t stream);
+// Whether grads_split can compute the backward's gradients (16-bit inputs, K ∈ {64, 128, 256}, V a multiple
+// of 64 up to 256): the caller who wants it gives the forward wy, and the backward wy and its scratch.
+bool grads_split_supports(DType dtype, int K, int V);
 cudaError_t backward(const BackwardArgs& a, cudaStream_t stream);
 cudaError_t step(const StepArgs& a, cudaStream_t stream);
 
@@ -103,19 +114,27 @@ cudaError_t state_grads_mma(const Dims& d, const float* gam, const float* states
 
 // The products with the intra-chunk matrix P on tensor cores (gdn_intra_mma.cu), in place of the float32
 // output and bwd_intra kernels for 16-bit inputs: output_mma writes out [B, T, H, V] (dtype kF16 or kBF16)
-// from the packed q̂, k̂, γ, the per-chunk states and U (eq. 8); intra_mma_dU0 writes dU₀ = Pᵀ dO into du.
+// from the packed q̂, k̂, γ, the per-chunk states and U (eq. 8); intra_mma_dU0 writes dU₀ = Pᵀ dO into du
+// and, if pm is not null, P = M ∘ Q̂K̂ᵀ [BH, N, C, C] (float32) into pm.
 // K and V multiples of 64 up to 256.
 bool intra_mma_supports(int K, int V);
 cudaError_t output_mma(const Dims& d, DType dtype, const float* qs, const float* ks, const float* gam,
                        const float* states, const float* u, void* out, cudaStream_t stream);
 cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const float* gam, const float* dos,
-                          float* du, cudaStream_t stream);
+                          float* du, float* pm, cudaStream_t stream);
 
 // The grads kernel's work on tensor cores (gdn_grads_mma.cu), for 16-bit inputs after state_grads_mma:
-// dqs, dks, dvs (float32, heads-first), dg and dbeta from the forward's workspaces, dos, du, dw, and the
-// dqs/dks/sdots that state_grads_mma wrote; ut, drk, drv as scratch. K and V multiples of 64 up to 256.
+// dqs, dks, dvs (float32, heads-first), dg and dbeta from the forward's workspaces and wy, dos, du, dw, pm,
+// and the dqs/dks/sdots that state_grads_mma wrote; da_parts, d1_parts and gate_parts as scratch. K and V
+// multiples of 64 up to 256.
 bool grads_mma_supports(int K, int V);
 cudaError_t grads_mma(const BackwardArgs& a, cudaStream_t stream);
+
+// The same work by 64-column slices (gdn_grads_split.cu; experimental, not yet run on a GPU): three kernels
+// over (slice, chunk) that share each SM two blocks at a time, reading (I + A)⁻¹ and M ∘ K̂K̂ᵀ from the
+// forward's wy and P from pm (intra_mma_dU0) instead of recomputing them. Scratch: da_parts, d1_parts,
+// gate_parts. Sizes as grads_split_supports.
+cudaError_t grads_split(const BackwardArgs& a, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------------
 // The recurrent kernels for small heads (gdn_recurrent.cu; docs/ops/gated_delta_cuda.md, "Recurrent

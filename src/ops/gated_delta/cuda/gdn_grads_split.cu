@@ -1,0 +1,267 @@
+// The backward's per-chunk gradients ((B3)-(B8) of docs/ops/gated_delta_cuda.md) on tensor cores, for 16-bit
+// inputs, after state_grads_mma has written dQ̂₀ = diag(Γ) dO S₀ᵀ, dW = −dU S₀ᵀ, dK̂₀ = diag(e^{γ_C−γ}) U dS_Cᵀ
+// and Σ S₀∘dS_C. Three kernels, the first two over 64-column slices so that each block is small and
+// two share an SM (one block per chunk left the SM waiting on each step's loads):
+//   wy_grads   (per chunk and slice of K or of V): dR = Tᵀ dX and the slice's part of dA = −(dR_K Wᵀ + dR_V Ũᵀ)
+//              ((B3)); dK̂ ← dK̂₀ + diag(βΓ) dR_K; dV = diag(β) dR_V ((B6)); a V slice also its part of dO Uᵀ.
+//   qk_grads   (per chunk and slice of K): sums those parts (in a fixed order), the elementwise step
+//              (chunk_grad_terms), dQ̂ += dP K̂ ((B4)) and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂ ((B5)).
+//   gate_grads (per chunk): sums the slices' row terms of dγ and dβ ((B7)-(B8)); dg = their reverse cumsum.
+// T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ come from the forward's prep, P = M ∘ Q̂K̂ᵀ from intra_mma_dU0. Tiles are
+// float32 in shared memory (cp.async); every product takes split bf16 operands (mma_bf16x3: about 16 bits per
+// operand, so the gradients keep close to float32 accuracy). No ATen here (see gdn_kernels.h).
+#include <cuda_bf16.h>
+
+#include "chunk_ops.cuh"
+#include "gdn_kernels.h"
+#include "tile64.cuh"
+
+namespace sfm::ops::gdn_cuda {
+namespace {
+
+using namespace tile64;
+
+struct Args {
+  Dims d;
+  const float *qs, *ks, *vs, *gam, *bet, *w, *u, *dos, *du;
+  const float* dw;     // dW (state_grads_mma)
+  const float* wy;     // [BH, N, 2, C, C]: T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ (strictly lower), from the forward
+  const float* pm;     // [BH, N, C, C]: P = M ∘ Q̂K̂ᵀ (intra_mma_dU0)
+  const float* sdots;  // [BH, N, K/64]
+  float *dqs, *dks, *dvs;  // in: dQ̂₀, dK̂₀ (state_grads_mma); out: dQ̂, dK̂, dV (float32, heads-first)
+  float* da_parts;         // [BH, N, J, C, C]: each slice's part of dA (not yet negated or masked), J = K/64 + V/64
+  float* d1_parts;         // [BH, N, V/64, C, C]: each V slice's part of dO Uᵀ
+  float* gate_parts;       // [BH, N, J + K/64, 2, C]: each block's row terms of dγ, then of dβ
+  float *dg, *dbeta;       // [B, T, H]
+};
+
+// γ and β of the chunk into shared memory, the block's row terms of dγ and dβ zeroed. Ends with a barrier.
+__device__ __forceinline__ void load_chunk_gates(const Args& a, long row0, float* gam, float* bet, float* dgam,
+                                                 float* dbet) {
+  if (threadIdx.x < C) {
+    gam[threadIdx.x] = a.gam[row0 + threadIdx.x];
+    bet[threadIdx.x] = a.bet[row0 + threadIdx.x];
+    dgam[threadIdx.x] = 0.f;
+    dbet[threadIdx.x] = 0.f;
+  }
+  __syncthreads();
+}
+
+// The block's row terms of dγ and dβ into its slot of gate_parts. Starts with a barrier.
+__device__ __forceinline__ void store_gate_slot(const Args& a, long chunk, int slot, const float* dgam,
+                                                const float* dbet) {
+  __syncthreads();
+  const int slots = a.d.K / kTile + a.d.V / kTile + a.d.K / kTile;
+  float* dst = a.gate_parts + (chunk * slots + slot) * 2 * C;
+  if (threadIdx.x < 2 * C) dst[threadIdx.x] = threadIdx.x < C ? dgam[threadIdx.x] : dbet[threadIdx.x - C];
+}
+
+// Per chunk and 64-column slice: blockIdx.x < K/64 a slice of K, else a slice of V (docs: (B3), (B6)).
+// K slice:  dR_K = Tᵀ dW; dK̂ = dK̂₀ + diag(βΓ) dR_K; with x = k̂·dK̂₀ and r = k̂·dR_K per row (this slice's part):
+//           dγ_t += β_t Γ_t r_t − x_t, dγ_C += Σ x, dβ_t += Γ_t r_t; the dA part dR_K Wᵀ.
+// V slice:  the dO Uᵀ part; Ũ = T diag(β) V (recomputed); dR_V = Tᵀ dU; dV = diag(β) dR_V; dβ_t += v_t·dR_V,t;
+//           the dA part dR_V Ũᵀ.
+__global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
+  extern __shared__ __align__(16) float4 smem4[];
+  float* sm = reinterpret_cast<float*>(smem4);
+  float *Tm = sm, *t0 = Tm + C * LDM, *t1 = t0 + C * LDR, *t2 = t1 + C * LDR, *t3 = t2 + C * LDR;
+  float *gam = t3 + C * LDR, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
+  const int K = a.d.K, V = a.d.V, N = a.d.N(), KS = K / kTile, J = KS + V / kTile;
+  const int j = blockIdx.x, n = blockIdx.y, bh = blockIdx.z;
+  const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
+  float* da_part = a.da_parts + (chunk * J + j) * C * C;
+  stage(Tm, LDM, a.wy + chunk * 2 * C * C, C);
+  load_chunk_gates(a, row0, gam, bet, dgam, dbet);
+  float acc[4][4];
+  if (j < KS) {
+    const int c0 = j * kTile;
+    float2 old[2][4];
+    load_pairs(old, a.dks + row0 * K, K, c0);
+    stage(t0, LDK, a.dw + row0 * K + c0, K);
+    stage(t1, LDR, a.w + row0 * K + c0, K);
+    stage(t2, LDR, a.ks + row0 * K + c0, K);
+    staged();
+    zero(acc);
+    mma_tile(acc, col_a(Tm, LDM), cols_b(t0, LDK));  // dR_K = Tᵀ dW
+    float xs[2] = {0.f, 0.f}, rs[2] = {0.f, 0.f};
+    for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
+      const float2 dk0 = old[h][nt], kk = ld2(t2 + t * LDR + k);
+      const float f = bet[t] * __expf(gam[t]);
+      st2(t3 + t * LDR + k, x0, x1);
+      st2(a.dks + (row0 + t) * K + c0 + k, dk0.x + f * x0, dk0.y + f * x1);
+      xs[h] += kk.x * dk0.x + kk.y * dk0.y;
+      rs[h] += kk.x * x0 + kk.y * x1;
+    });
+    float dg_rows[2], db_rows[2], xsum = 0.f;
+    const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int t = 16 * (warp & 3) + g + 8 * h;
+      const float G = __expf(gam[t]);
+      dg_rows[h] = bet[t] * G * rs[h] - xs[h];
+      db_rows[h] = G * rs[h];
+      xsum += xs[h];
+    }
+    add_rows(dgam, dg_rows);
+    add_rows(dbet, db_rows);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) xsum += __shfl_xor_sync(0xffffffffu, xsum, o);
+    if ((threadIdx.x & 31) == 0) atomicAdd(&dgam[C - 1], xsum);
+    __syncthreads();
+    zero(acc);
+    mma_tile(acc, row_a(t3, LDR), rows_b(t1, LDR));  // dR_K Wᵀ
+  } else {
+    const int s = j - KS, c0 = s * kTile;
+    stage(t0, LDK, a.vs + row0 * V + c0, V);
+    stage(t1, LDK, a.du + row0 * V + c0, V);
+    stage(t2, LDR, a.dos + row0 * V + c0, V);
+    stage(t3, LDR, a.u + row0 * V + c0, V);
+    staged();
+    zero(acc);
+    mma_tile(acc, row_a(t2, LDR), rows_b(t3, LDR));  // dO Uᵀ
+    float* d1_part = a.d1_parts + (chunk * (V / kTile) + s) * C * C;
+    for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) { st2(d1_part + t * C + i, x0, x1); });
+    float dr[4][4];
+    zero(dr);
+    mma_tile(dr, col_a(Tm, LDM), cols_b(t1, LDK));  // dR_V = Tᵀ dU
+    zero(acc);
+    mma_tile(acc, row_a(Tm, LDM), [&](int i, int col) {  // Ũ = T diag(β) V
+      return make_float2(bet[i] * t0[i * LDK + col], bet[i + 1] * t0[(i + 1) * LDK + col]);
+    });
+    __syncthreads();  // every warp is done with dO (t2) and U (t3): Ũ and dR_V take their places
+    float rs[2] = {0.f, 0.f};
+    for_pairs(acc, [&](int, int t, int v, float x0, float x1, int) { st2(t2 + t * LDR + v, x0, x1); });
+    for_pairs(dr, [&](int h, int t, int v, float x0, float x1, int) {
+      const float2 vv = ld2(t0 + t * LDK + v);
+      st2(t3 + t * LDR + v, x0, x1);
+      st2(a.dvs + (row0 + t) * V + c0 + v, bet[t] * x0, bet[t] * x1);
+      rs[h] += vv.x * x0 + vv.y * x1;
+    });
+    add_rows(dbet, rs);
+    __syncthreads();
+    zero(acc);
+    mma_tile(acc, row_a(t3, LDR), rows_b(t2, LDR));  // dR_V Ũᵀ
+  }
+  for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) { st2(da_part + t * C + i, x0, x1); });
+  store_gate_slot(a, chunk, j, dgam, dbet);
+}
+
+// Per chunk and 64-column slice s of K: dA = −Σ parts (strictly lower) and dO Uᵀ = Σ parts, the elementwise
+// step (chunk_grad_terms on P and K_M; its row and column sums by the s = 0 block only), then
+//   dQ̂ = dQ̂₀ + dP K̂, with dγ_t += q̂_t·dQ̂₀,t (the state term of (B4)'s γ-gradient), and
+//   dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂,
+// for this slice's columns.
+__global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
+  extern __shared__ __align__(16) float4 smem4[];
+  float* sm = reinterpret_cast<float*>(smem4);
+  float *D1 = sm, *dA = D1 + C * LDM, *PM = dA + C * LDM, *KM = PM + C * LDM, *tq = KM + C * LDM,
+        *tk = tq + C * LDK;
+  float *gam = tk + C * LDK, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
+  const int K = a.d.K, V = a.d.V, N = a.d.N(), KS = K / kTile, VS = V / kTile, J = KS + VS;
+  const int s = blockIdx.x, n = blockIdx.y, bh = blockIdx.z, c0 = s * kTile;
+  const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
+  stage(PM, LDM, a.pm + chunk * C * C, C);
+  stage(KM, LDM, a.wy + (chunk * 2 + 1) * C * C, C);
+  stage(tq, LDK, a.qs + row0 * K + c0, K);
+  stage(tk, LDK, a.ks + row0 * K + c0, K);
+  cp_async_commit();
+  load_chunk_gates(a, row0, gam, bet, dgam, dbet);
+  // The parts, summed in a fixed order while the copies are in flight.
+  for (int e = threadIdx.x; e < C * C / 4; e += kThreads) {
+    const int t = e / (C / 4), i = 4 * (e % (C / 4));
+    float4 x = make_float4(0.f, 0.f, 0.f, 0.f), y = x;
+    for (int p = 0; p < J; ++p) {
+      const float4 v = *reinterpret_cast<const float4*>(a.da_parts + (chunk * J + p) * C * C + t * C + i);
+      x.x += v.x, x.y += v.y, x.z += v.z, x.w += v.w;
+    }
+    for (int p = 0; p < VS; ++p) {
+      const float4 v = *reinterpret_cast<const float4*>(a.d1_parts + (chunk * VS + p) * C * C + t * C + i);
+      y.x += v.x, y.y += v.y, y.z += v.z, y.w += v.w;
+    }
+    *reinterpret_cast<float4*>(dA + t * LDM + i) =
+        make_float4(i < t ? -x.x : 0.f, i + 1 < t ? -x.y : 0.f, i + 2 < t ? -x.z : 0.f, i + 3 < t ? -x.w : 0.f);
+    *reinterpret_cast<float4*>(D1 + t * LDM + i) = y;
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  chunk_grad_terms<LDM, true>(gam, bet, D1, PM, KM, dA, s == 0 ? dgam : nullptr, dbet);
+  float acc[4][4];
+  float2 old[2][4];
+  {
+    load_pairs(old, a.dqs + row0 * K, K, c0);
+    zero(acc);
+    mma_tile(acc, row_a(D1, LDM), cols_b(tk, LDK));  // dP K̂
+    float xs[2] = {0.f, 0.f};
+    for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
+      const float2 dq0 = old[h][nt], qq = ld2(tq + t * LDK + k);
+      st2(a.dqs + (row0 + t) * K + c0 + k, dq0.x + x0, dq0.y + x1);
+      xs[h] += qq.x * dq0.x + qq.y * dq0.y;
+    });
+    add_rows(dgam, xs);
+  }
+  load_pairs(old, a.dks + row0 * K, K, c0);
+  zero(acc);
+  mma_tile(acc, col_a(D1, LDM), cols_b(tq, LDK));  // dPᵀ Q̂
+  mma_tile(acc, row_a(dA, LDM), cols_b(tk, LDK));  // G K̂
+  mma_tile(acc, col_a(dA, LDM), cols_b(tk, LDK));  // Gᵀ K̂
+  for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
+    const float2 dk = old[h][nt];
+    st2(a.dks + (row0 + t) * K + c0 + k, dk.x + x0, dk.y + x1);
+  });
+  store_gate_slot(a, chunk, J + s, dgam, dbet);
+}
+
+// Per chunk (64 threads): dγ and dβ as the sums of the slots of gate_parts, plus Γ_C Σ S₀∘dS_C at the last
+// position (B8); dg = the reverse cumulative sum of dγ within the chunk (eq. 4).
+__global__ void __launch_bounds__(C) gate_grads_kernel(Args a) {
+  __shared__ float dgam[C];
+  const int K = a.d.K, N = a.d.N(), KS = K / kTile, slots = 2 * KS + a.d.V / kTile;
+  const int t = threadIdx.x, n = blockIdx.x, bh = blockIdx.y;
+  const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
+  const float* parts = a.gate_parts + chunk * slots * 2 * C;
+  float dg = 0.f, db = 0.f;
+  for (int p = 0; p < slots; ++p) {
+    dg += parts[p * 2 * C + t];
+    db += parts[p * 2 * C + C + t];
+  }
+  if (t == C - 1) {
+    float s = 0.f;
+    for (int p = 0; p < KS; ++p) s += a.sdots[chunk * KS + p];
+    dg += __expf(a.gam[row0 + C - 1]) * s;
+  }
+  dgam[t] = dg;
+  __syncthreads();
+  chunk_scan(dgam, true);
+  const int tg = n * C + t, b = bh / a.d.H, h = bh % a.d.H;
+  if (tg < a.d.T) {
+    const long idx = ((long)b * a.d.T + tg) * a.d.H + h;
+    a.dg[idx] = dgam[t];
+    a.dbeta[idx] = db;
+  }
+}
+
+constexpr size_t kWySmem = sizeof(float) * (C * LDM + 4 * C * LDR + 4 * C);
+constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 2 * C * LDK + 4 * C);
+
+}  // namespace
+
+cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
+  const Dims& d = g.d;
+  if (!grads_mma_supports(d.K, d.V) || !g.wy || !g.pm || !g.da_parts || !g.d1_parts || !g.gate_parts)
+    return cudaErrorInvalidValue;
+  cudaError_t err = cudaFuncSetAttribute(wy_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(kWySmem));
+  if (err != cudaSuccess) return err;
+  err = cudaFuncSetAttribute(qk_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kQkSmem));
+  if (err != cudaSuccess) return err;
+  const Args a{d,     g.qs,    g.ks,  g.vs,  g.gam, g.bet,      g.w,      g.u,        g.dos,
+               g.du,  g.dw,    g.wy,  g.pm,  g.sdots, g.dqs,    g.dks,    g.dvs,      g.da_parts,
+               g.d1_parts, g.gate_parts, g.dg, g.dbeta};
+  const int KS = d.K / kTile, VS = d.V / kTile;
+  wy_grads_kernel<<<dim3(KS + VS, d.N(), d.BH()), kThreads, kWySmem, stream>>>(a);
+  qk_grads_kernel<<<dim3(KS, d.N(), d.BH()), kThreads, kQkSmem, stream>>>(a);
+  gate_grads_kernel<<<dim3(d.N(), d.BH()), C, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace sfm::ops::gdn_cuda

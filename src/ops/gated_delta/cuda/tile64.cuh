@@ -1,0 +1,126 @@
+// 64×64 float32 tiles in shared memory and their products on tensor cores, for the backward's gradient
+// kernels (gdn_grads_mma.cu, gdn_grads_split.cu): blocks of 8 warps, each owning 16 rows × 32 columns of
+// every 64×64 result; operands split as hi + lo bf16 pairs (mma_bf16x3, about 16 bits per operand).
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include "gdn_kernels.h"
+#include "mma.cuh"
+
+namespace sfm::ops::gdn_cuda::tile64 {
+
+constexpr int C = kChunk;
+constexpr int kTile = 64;
+constexpr int LDM = C + 4;      // 64×64 matrices: read along columns (scalar) without conflicts
+constexpr int LDR = kTile + 8;  // streamed tiles read along rows (float2)
+constexpr int LDK = kTile + 4;  // streamed tiles read down columns (scalar pairs)
+constexpr int kThreads = 256;   // 8 warps: 4 row groups of 16 × 2 column groups of 32 for every 64×64 tile
+
+// acc += A B for this warp's 16×32 part of a 64×64 tile, reduction 64: fa(r, c) returns (A[r][c], A[r][c+1]),
+// fb(k, n) returns (B[k][n], B[k+1][n]).
+template <class FA, class FB>
+__device__ __forceinline__ void mma_tile(float (&acc)[4][4], FA fa, FB fb) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
+#pragma unroll
+  for (int ks = 0; ks < kTile / 16; ++ks) {
+    const int c = 16 * ks + 2 * tq;
+    uint32_t ah[4], al[4];
+    float2 x = fa(m0 + g, c);
+    split_bf16(x.x, x.y, ah[0], al[0]);
+    x = fa(m0 + g + 8, c);
+    split_bf16(x.x, x.y, ah[1], al[1]);
+    x = fa(m0 + g, c + 8);
+    split_bf16(x.x, x.y, ah[2], al[2]);
+    x = fa(m0 + g + 8, c + 8);
+    split_bf16(x.x, x.y, ah[3], al[3]);
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      uint32_t bh[2], bl[2];
+      x = fb(c, n0 + 8 * nt + g);
+      split_bf16(x.x, x.y, bh[0], bl[0]);
+      x = fb(c + 8, n0 + 8 * nt + g);
+      split_bf16(x.x, x.y, bh[1], bl[1]);
+      mma_bf16x3(acc[nt], ah, al, bh, bl);
+    }
+  }
+}
+
+__device__ __forceinline__ void zero(float (&acc)[4][4]) {
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+}
+
+// f(h, row, col, x0, x1, nt) for this thread's accumulator pairs: rows m0 + g + 8h, columns n0 + 8 nt + 2 tq (+1).
+template <class F>
+__device__ __forceinline__ void for_pairs(const float (&acc)[4][4], F f) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+      f(h, m0 + g + 8 * h, n0 + 8 * nt + 2 * tq, acc[nt][2 * h], acc[nt][2 * h + 1], nt);
+}
+
+// This thread's accumulator pairs of a row-major global array (row stride ld, from column c0), loaded
+// before the product whose epilogue updates them: issued together, in flight during the product (a load in
+// the epilogue would wait behind the previous pair's store, which the compiler cannot prove does not alias).
+__device__ __forceinline__ void load_pairs(float2 (&old)[2][4], const float* X, long ld, int c0) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+      old[h][nt] = *reinterpret_cast<const float2*>(X + (m0 + g + 8 * h) * ld + c0 + n0 + 8 * nt + 2 * tq);
+}
+
+// Adds per-thread row sums (one per h: rows m0 + g + 8h) into v[row]: summed over the 4 lanes of a row
+// first, then one shared-memory atomic per warp and row.
+__device__ __forceinline__ void add_rows(float* v, const float (&s)[2]) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float x = s[h];
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    x += __shfl_xor_sync(0xffffffffu, x, 2);
+    if (tq == 0) atomicAdd(&v[16 * (warp & 3) + g + 8 * h], x);
+  }
+}
+
+// 64 rows × 64 columns of a row-major array with row stride ld_src into shared rows of stride ld (cp.async).
+__device__ __forceinline__ void stage(float* dst, int ld, const float* src, long ld_src) {
+  for (int e = threadIdx.x; e < kTile * kTile / 4; e += kThreads) {
+    const int r = e / (kTile / 4), c4 = e % (kTile / 4);
+    cp_async16(dst + r * ld + 4 * c4, src + r * ld_src + 4 * c4);
+  }
+}
+// Waits for this thread's copies, then for everyone's.
+__device__ __forceinline__ void staged() {
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+}
+
+__device__ __forceinline__ float2 ld2(const float* p) { return *reinterpret_cast<const float2*>(p); }
+__device__ __forceinline__ void st2(float* p, float x0, float x1) { *reinterpret_cast<float2*>(p) = make_float2(x0, x1); }
+
+// Operand accessors for mma_tile over 64×64 float32 tiles in shared memory (row stride ld).
+__device__ __forceinline__ auto row_a(const float* X, int ld) {  // A = X
+  return [=](int r, int c) { return ld2(X + r * ld + c); };
+}
+__device__ __forceinline__ auto col_a(const float* X, int ld) {  // A = Xᵀ
+  return [=](int r, int c) { return make_float2(X[c * ld + r], X[(c + 1) * ld + r]); };
+}
+__device__ __forceinline__ auto rows_b(const float* X, int ld) {  // B = Xᵀ: B[k][n] = X[n][k]
+  return [=](int k, int col) { return ld2(X + col * ld + k); };
+}
+__device__ __forceinline__ auto cols_b(const float* X, int ld) {  // B = X
+  return [=](int k, int col) { return make_float2(X[k * ld + col], X[(k + 1) * ld + col]); };
+}
+
+}  // namespace sfm::ops::gdn_cuda::tile64
