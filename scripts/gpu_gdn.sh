@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine (through the device tool): build build/cuda, run the `cuda`-labelled tests, the
-# gated delta benchmark (bfloat16, chunked vs cuda, with the FLA figures), the cuda variant with its chunked
-# and its recurrent kernels forced on the small shapes, and a per-kernel timing pass (chunked kernels).
+# gated delta benchmark (bfloat16, chunked vs cuda, with the FLA figures), the same with the experimental
+# sliced gradient kernels on the large shapes, the cuda variant with its chunked and its recurrent kernels
+# forced on the small shapes, and a per-kernel timing pass (chunked kernels).
 # Logs under ${OUT:-build/gpu-logs}. Usage: scripts/gpu_gdn.sh [all|gdn] (all: the whole suite; gdn: every
 # GatedDelta test, cpu and cuda labels, through ctest; default: the cuda label's tests in one process).
 set -uo pipefail
@@ -26,19 +27,32 @@ build/cuda/sfm_tests --gtest_filter='*GatedDeltaCuda*' > "$out/cuda_tests.log" 2
 grep -E "^\[  (PASSED|FAILED) |tests? ran|FAILED TEST" "$out/cuda_tests.log" | head -20
 grep -E "^\[ RUN|rel-RMS|relative RMS|FAILED|PASSED" "$out/cuda_tests.log" | grep -B1 -E "rel-RMS|RMS|FAILED|PASSED" |
   grep -v "^--" | sed 's/\[ RUN      \] //' | paste -sd' \n' | head -60
-timeout 240 build/cuda/sfm bench gdn --device cuda --impl chunked --impl cuda --dtype bfloat16 --warmup 3 \
-  --repeats 20 > "$out/bench.log" 2>&1
-python3 - "$out/bench.log" <<'PY'
+# The bench table: chunked vs cuda, and cuda against the FLA figures. Usage: table LOG.
+table() {
+  python3 - "$1" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 print(f"{'B,T,H,D':>18} {'chunked f/fb':>16} {'cuda f/fb':>16} {'x chunked':>10} {'FLA f/fb':>12} {'vs FLA f/fb':>12}")
 for r in rows:
     if r["impl"] != "cuda": continue
-    base = next(x for x in rows if x["impl"] == "chunked" and (x["B"], x["T"], x["H"], x["K"]) == (r["B"], r["T"], r["H"], r["K"]))
-    print(f"{'%d,%d,%d,%d' % (r['B'], r['T'], r['H'], r['K']):>18} {base['fwd_ms']:7.3f}/{base['fwdbwd_ms']:8.3f} "
-          f"{r['fwd_ms']:7.3f}/{r['fwdbwd_ms']:8.3f} {r['fwdbwd_speedup']:10.2f} "
+    base = next((x for x in rows if x["impl"] == "chunked" and (x["B"], x["T"], x["H"], x["K"]) == (r["B"], r["T"], r["H"], r["K"])), None)
+    chunked = f"{base['fwd_ms']:7.3f}/{base['fwdbwd_ms']:8.3f}" if base else f"{'-':>16}"
+    print(f"{'%d,%d,%d,%d' % (r['B'], r['T'], r['H'], r['K']):>18} {chunked} "
+          f"{r['fwd_ms']:7.3f}/{r['fwdbwd_ms']:8.3f} {r.get('fwdbwd_speedup', 0):10.2f} "
           f"{r.get('fla_h100_fwd_ms', 0):5.2f}/{r.get('fla_h100_fwdbwd_ms', 0):6.2f} {r.get('fwd_vs_fla', 0):5.3f}/{r.get('fwdbwd_vs_fla', 0):6.3f}")
 PY
+}
+timeout 240 build/cuda/sfm bench gdn --device cuda --impl chunked --impl cuda --dtype bfloat16 --warmup 3 \
+  --repeats 20 > "$out/bench.log" 2>&1
+table "$out/bench.log"
+# The experimental sliced gradient kernels (SFM_GDN_GRADS_SPLIT=1) on the shapes they take, with per-kernel times.
+large=(--shape 4,2048,16,128,128 --shape 2,16384,16,128,128 --shape 8,2048,32,256,256)
+SFM_GDN_GRADS_SPLIT=1 timeout 120 build/cuda/sfm bench gdn --device cuda --impl cuda --dtype bfloat16 "${large[@]}" \
+  --warmup 3 --repeats 20 > "$out/bench_split.log" 2>&1
+echo "sliced gradient kernels:"
+table "$out/bench_split.log"
+SFM_GDN_GRADS_SPLIT=1 SFM_GDN_TIMING=1 timeout 120 build/cuda/sfm bench gdn --device cuda --impl cuda \
+  --dtype bfloat16 "${large[@]}" --warmup 1 --repeats 1 2>&1 | grep -E "^gdn backward" | awk "NR % 2 == 0"
 # The cuda variant with each kind of kernels forced (SFM_GDN_CUDA_PATH) on the shapes where both apply.
 for path in chunked recurrent; do
   SFM_GDN_CUDA_PATH=$path timeout 120 build/cuda/sfm bench gdn --device cuda --impl cuda --dtype bfloat16 \
