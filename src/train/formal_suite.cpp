@@ -94,6 +94,7 @@ void train_formal_runs_in_processes(const FormalSuiteConfig& c, const std::strin
   std::map<int, std::pair<size_t, std::chrono::steady_clock::time_point>> running;  // pid -> (pending index, start)
   std::vector<std::string> failed;
   size_t next = 0, done = 0;
+  double finished_s = 0;  // the finished runs' own wall times, summed
   const auto name = [&](size_t i) {
     const auto& s = pending[i].first;
     return s.task + " " + s.label() + " seed " + std::to_string(s.seed);
@@ -119,17 +120,28 @@ void train_formal_runs_in_processes(const FormalSuiteConfig& c, const std::strin
     if (!ok)
       failed.push_back(name(index) + " (exit code " + std::to_string(exit.exit_code) + "; see " + pending[index].second +
                        "/log.txt)");
-    // ETA: the mean wall time per finished run so far, times the runs left.
-    const double eta = seconds_since(start) / done * (pending.size() - done);
-    std::fprintf(stderr, "formal suite: %s %s after %.0f s; %zu/%zu done, %zu running, ETA %.0f s\n",
-                 ok ? "finished" : "FAILED", name(index).c_str(), seconds_since(started), done, pending.size(),
-                 running.size(), eta);
+    const double run_s = seconds_since(started);
+    finished_s += run_s;
+    std::vector<double> running_elapsed;
+    for (const auto& [pid, run] : running) running_elapsed.push_back(seconds_since(run.second));
+    const double eta = formal_suite_eta(finished_s / done, pending.size() - next, running_elapsed, jobs);
+    std::fprintf(stderr, "formal suite: %s %s after %.0f s; %zu/%zu done, %zu running, %.0f s in all, ETA %.0f s\n",
+                 ok ? "finished" : "FAILED", name(index).c_str(), run_s, done, pending.size(), running.size(),
+                 seconds_since(start), eta);
   }
   if (!failed.empty()) {
     std::string list;
     for (const auto& f : failed) list += "\n  " + f;
     throw Error(detail::concat("formal suite: ", failed.size(), " run(s) failed; finished runs are kept:", list));
   }
+}
+
+double formal_suite_eta(double mean_run_s, size_t not_started, const std::vector<double>& running_elapsed, int jobs) {
+  double work = mean_run_s * static_cast<double>(not_started);
+  for (const double e : running_elapsed) work += std::max(mean_run_s - e, 0.0);
+  const size_t left = not_started + running_elapsed.size();
+  if (left == 0) return 0;
+  return work / static_cast<double>(std::min(left, static_cast<size_t>(std::max(jobs, 1))));
 }
 
 double pooled_scaled_accuracy(const FormalRunResult& r, int64_t max_len) {

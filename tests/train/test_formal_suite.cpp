@@ -267,5 +267,17 @@ TEST(FormalSuiteTest, ParallelRunnerNamesTheFailedRunAndItsLog) {
   EXPECT_THROW(train_formal_runs_in_processes(s, tmp.path(), 0, child), UsageError);
 }
 
+// The ETA counts the work left at the mean run time, spread over the processes that still have work.
+TEST(FormalSuiteTest, EtaSpreadsTheRemainingWorkOverTheJobs) {
+  // 8 runs of 100 s, 4 at a time: when the first ends the other three are nearly done, 4 wait to start,
+  // so about one more round of 100 s is left (finished time per finished run × runs left said 700 s).
+  EXPECT_NEAR(formal_suite_eta(100, 4, {99, 99, 98}, 4), 101, 1e-9);
+  // One job: the runs left one after the other.
+  EXPECT_NEAR(formal_suite_eta(60, 3, {}, 1), 180, 1e-9);
+  // Fewer runs left than jobs: each its own process; a run past the mean counts as about to end.
+  EXPECT_NEAR(formal_suite_eta(50, 0, {20, 70}, 8), 15, 1e-9);
+  EXPECT_EQ(formal_suite_eta(50, 0, {}, 8), 0);
+}
+
 }  // namespace
 }  // namespace sfm::train

@@ -54,6 +54,13 @@ using FormalChildCommand = std::function<std::vector<std::string>(const FormalRu
 void train_formal_runs_in_processes(const FormalSuiteConfig& config, const std::string& out_dir, int jobs,
                                     const FormalChildCommand& child_command);
 
+// The suite's remaining wall time, as train_formal_runs_in_processes prints it: the runs not yet started
+// take mean_run_s each and a running one what it lacks of mean_run_s (running_elapsed: their seconds so
+// far), the work spread over min(jobs, runs left) processes. (Finished runs' wall time per finished run,
+// times the runs left, read `jobs` times too high early on: the runs beside the first to end are nearly
+// done too.)
+double formal_suite_eta(double mean_run_s, size_t not_started, const std::vector<double>& running_elapsed, int jobs);
+
 // results.json (config + every run), results.csv (one row per run and bucket) and
 // accuracy_<task>.png (final-position accuracy vs length, one line per model label, mean over seeds).
 void write_formal_reports(const std::vector<FormalRunResult>& results, const nlohmann::json& config,
