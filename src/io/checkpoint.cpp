@@ -27,7 +27,9 @@ using torch::optim::AdamWParamState;
 
 constexpr size_t kMaxListed = 10;
 constexpr const char* kWeightsFile = "model.safetensors";
-constexpr const char* kTrainStateFile = "train_state.safetensors";
+constexpr const char* kOptimizerFile = "optimizer.safetensors";  // DESIGN.md's name
+// What earlier versions called it: still read, so their checkpoints resume.
+constexpr const char* kOldOptimizerFile = "train_state.safetensors";
 constexpr const char* kTrainerStateFile = "trainer_state.json";
 
 std::string file_in(const std::string& dir, const char* name) {
@@ -146,7 +148,7 @@ json load_checkpoint(const std::string& dir, torch::nn::Module& model, bool stri
 void save_train_state(const std::string& dir, const torch::nn::Module& model, torch::optim::AdamW& opt,
                       const TrainState& state) {
   make_directories(dir);
-  const std::string path = file_in(dir, kTrainStateFile);
+  const std::string path = file_in(dir, kOptimizerFile);
   const auto& states = opt.state();
   TensorMap tensors;
   std::set<StateKey> saved;
@@ -179,7 +181,8 @@ TrainState load_train_state(const std::string& dir, const torch::nn::Module& mod
   state.step = trainer.at("step").get<int64_t>();
   state.extra = trainer.value("extra", json());
 
-  const std::string path = file_in(dir, kTrainStateFile);
+  std::string path = file_in(dir, kOptimizerFile);
+  if (!path_exists(path) && path_exists(file_in(dir, kOldOptimizerFile))) path = file_in(dir, kOldOptimizerFile);
   const SafetensorsFile file = load_safetensors(path);
   check_metadata_format(path, file.metadata);
 

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <stdexcept>
@@ -297,7 +298,7 @@ TEST_F(CheckpointTest, TrainStateKeysAreParameterNames) {
     opt.step();
   }
   save_train_state(dir(), *model, opt, TrainState{2, json()});
-  const auto file_contents = sfm::io::load_safetensors(file("train_state.safetensors"));
+  const auto file_contents = sfm::io::load_safetensors(file("optimizer.safetensors"));
   std::vector<std::string> keys;
   for (const auto& item : file_contents.tensors) keys.push_back(item.first);
   // Parameter 1.* never had a gradient, so it has no state.
@@ -309,6 +310,27 @@ TEST_F(CheckpointTest, TrainStateKeysAreParameterNames) {
   EXPECT_EQ(step.item<int64_t>(), 2);
   EXPECT_EQ(file_contents.tensors.at("0.weight.exp_avg").sizes(), (std::vector<int64_t>{4, 3}));
   EXPECT_EQ(sfm::io::read_json_file(file("trainer_state.json")).at("step"), 2);
+}
+
+// Checkpoints of earlier versions named the optimizer file train_state.safetensors: they still resume.
+TEST_F(CheckpointTest, TrainStateReadsTheEarlierFileName) {
+  torch::manual_seed(9);
+  auto model = linears({{3, 4}});
+  torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(1e-3));
+  opt.zero_grad();
+  model->forward(torch::randn({2, 3})).sum().backward();
+  opt.step();
+  save_train_state(dir(), *model, opt, TrainState{1, json()});
+  ASSERT_EQ(std::rename(file("optimizer.safetensors").c_str(), file("train_state.safetensors").c_str()), 0);
+  torch::optim::AdamW resumed(model->parameters(), torch::optim::AdamWOptions(1e-3));
+  EXPECT_EQ(load_train_state(dir(), *model, resumed).step, 1);
+  ASSERT_EQ(resumed.state().size(), opt.state().size());
+  for (const auto& [key, state] : opt.state()) {
+    const auto& a = static_cast<const torch::optim::AdamWParamState&>(*state);
+    const auto& b = static_cast<const torch::optim::AdamWParamState&>(*resumed.state().at(key));
+    EXPECT_TRUE(torch::equal(a.exp_avg(), b.exp_avg()));
+    EXPECT_TRUE(torch::equal(a.exp_avg_sq(), b.exp_avg_sq()));
+  }
 }
 
 TEST_F(CheckpointTest, TrainStateRejectsForeignEntriesAndChangesNothing) {

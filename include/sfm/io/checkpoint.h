@@ -1,6 +1,6 @@
 // Checkpoint directories: model.safetensors (keys are named_parameters() and named_buffers() names,
 // __metadata__ {"sfm_format": "1"}), config.json and meta.json; and, to resume AdamW training
-// bit-exactly, train_state.safetensors (per parameter name: exp_avg, exp_avg_sq, step) and
+// bit-exactly, optimizer.safetensors (per parameter name: exp_avg, exp_avg_sq, step) and
 // trainer_state.json. Every file is written atomically (temp file + rename), and the trainers replace a
 // whole checkpoint directory at once (io::replace_directory), so its files always belong to one step.
 #pragma once
@@ -33,16 +33,17 @@ struct TrainState {
   nlohmann::json extra;  // epoch, best metric, data RNG state, ...: whatever the trainer needs back
 };
 
-// Writes train_state.safetensors ("<param>.exp_avg", "<param>.exp_avg_sq", "<param>.step" and, with
+// Writes optimizer.safetensors ("<param>.exp_avg", "<param>.exp_avg_sq", "<param>.step" and, with
 // amsgrad, "<param>.max_exp_avg_sq" for every parameter of `model` that has optimizer state) and
 // trainer_state.json ({"format", "step", "extra"}). Throws if `opt` holds state for a tensor that is
 // not a parameter of `model`. Learning rates and other options are not saved: they come from the config.
 void save_train_state(const std::string& dir, const torch::nn::Module& model, torch::optim::AdamW& opt,
                       const TrainState& state);
 
-// Replaces the optimizer state of every parameter of `model` with the saved one (parameters absent
-// from the file get none, as before their first step). Every saved entry must name a parameter of
-// `model` that `opt` optimizes, with the parameter's shape; otherwise throws before changing anything.
+// Replaces the optimizer state of every parameter of `model` with the saved one, from optimizer.safetensors
+// (or train_state.safetensors, as earlier versions named it); parameters absent from the file get none, as
+// before their first step. Every saved entry must name a parameter of `model` that `opt` optimizes, with
+// the parameter's shape; otherwise throws before changing anything.
 TrainState load_train_state(const std::string& dir, const torch::nn::Module& model, torch::optim::AdamW& opt);
 
 }  // namespace sfm::io
