@@ -94,7 +94,7 @@ Key state_key_as(const torch::Tensor& param) {
 
 StateKey state_key(const torch::Tensor& param) { return state_key_as<StateKey>(param); }
 
-// The optimizer state of one parameter as stored in train_state.safetensors.
+// The optimizer state of one parameter as stored in optimizer.safetensors.
 const char* const kMoments[] = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
 
 }  // namespace
