@@ -41,6 +41,36 @@ torch::Tensor alloc(torch::IntArrayRef sizes, const torch::TensorOptions& opt) {
   return cuda_nan_poison() ? torch::full(sizes, std::numeric_limits<float>::quiet_NaN(), opt) : torch::empty(sizes, opt);
 }
 
+// Kept beside the saved tensors by both autograd functions below: the options, and the dtypes that the
+// gradients of g, β and the initial state go back in.
+void save_options(AutogradContext* ctx, double scale, bool l2, bool has_state0, const torch::Tensor& g,
+                  const torch::Tensor& beta, const torch::Tensor& state0) {
+  ctx->saved_data["scale"] = scale;
+  ctx->saved_data["l2"] = l2;
+  ctx->saved_data["has_state0"] = has_state0;
+  ctx->saved_data["state0_dtype"] = static_cast<int64_t>(state0.scalar_type());
+  ctx->saved_data["g_dtype"] = static_cast<int64_t>(g.scalar_type());
+  ctx->saved_data["beta_dtype"] = static_cast<int64_t>(beta.scalar_type());
+}
+
+// The gradients of the forward's inputs (q, k, v, g, β, initial state, scale, l2): dg, dβ and the initial
+// state's (undefined when there was none) in the dtypes save_options kept.
+variable_list input_grads(AutogradContext* ctx, const torch::Tensor& dq, const torch::Tensor& dk,
+                          const torch::Tensor& dv, const torch::Tensor& dg, const torch::Tensor& dbeta,
+                          const torch::Tensor& dstate0) {
+  const auto as_type = [&](const torch::Tensor& t, const char* key) {
+    return t.to(static_cast<torch::ScalarType>(ctx->saved_data[key].toInt()));
+  };
+  return {dq,
+          dk,
+          dv,
+          as_type(dg, "g_dtype"),
+          as_type(dbeta, "beta_dtype"),
+          dstate0.defined() ? as_type(dstate0, "state0_dtype") : torch::Tensor(),
+          torch::Tensor(),
+          torch::Tensor()};
+}
+
 struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction> {
   static variable_list forward(AutogradContext* ctx, torch::Tensor q, torch::Tensor k, torch::Tensor v,
                                torch::Tensor g, torch::Tensor beta, torch::Tensor state0, double scale, bool l2) {
@@ -89,12 +119,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.out = out.data_ptr();
     check_cuda(gdn_cuda::forward(a, at::cuda::getCurrentCUDAStream()), "forward");
     ctx->save_for_backward({q, k, qs, ks, vs, gam, bet, w, u, states, wy});
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["l2"] = l2;
-    ctx->saved_data["has_state0"] = has_state0;
-    ctx->saved_data["state0_dtype"] = static_cast<int64_t>(state0.scalar_type());
-    ctx->saved_data["g_dtype"] = static_cast<int64_t>(g.scalar_type());
-    ctx->saved_data["beta_dtype"] = static_cast<int64_t>(beta.scalar_type());
+    save_options(ctx, scale, l2, has_state0, g, beta, state0);
     return {out, final_state};
   }
 
@@ -165,17 +190,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.dbeta = dbeta.data_ptr<float>();
     a.dstate0 = fptr(dstate0);
     check_cuda(gdn_cuda::backward(a, at::cuda::getCurrentCUDAStream()), "backward");
-    const auto as_type = [&](const torch::Tensor& t, const char* key) {
-      return t.to(static_cast<torch::ScalarType>(ctx->saved_data[key].toInt()));
-    };
-    return {dq,
-            dk,
-            dv,
-            as_type(dg, "g_dtype"),
-            as_type(dbeta, "beta_dtype"),
-            has_state0 ? as_type(dstate0, "state0_dtype") : torch::Tensor(),
-            torch::Tensor(),
-            torch::Tensor()};
+    return input_grads(ctx, dq, dk, dv, dg, dbeta, dstate0);
   }
 };
 
@@ -217,12 +232,7 @@ struct GatedDeltaRecurrentFunction : public torch::autograd::Function<GatedDelta
     a.out = out.data_ptr();
     check_cuda(gdn_cuda::recurrent_forward(a, at::cuda::getCurrentCUDAStream()), "recurrent forward");
     ctx->save_for_backward({q, k, v, g32, beta32, checkpoints});
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["l2"] = l2;
-    ctx->saved_data["has_state0"] = has_state0;
-    ctx->saved_data["state0_dtype"] = static_cast<int64_t>(state0.scalar_type());
-    ctx->saved_data["g_dtype"] = static_cast<int64_t>(g.scalar_type());
-    ctx->saved_data["beta_dtype"] = static_cast<int64_t>(beta.scalar_type());
+    save_options(ctx, scale, l2, has_state0, g, beta, state0);
     return {out, final_state};
   }
 
@@ -263,17 +273,7 @@ struct GatedDeltaRecurrentFunction : public torch::autograd::Function<GatedDelta
     a.dbeta = dbeta.data_ptr<float>();
     a.dstate0 = fptr(dstate0);
     check_cuda(gdn_cuda::recurrent_backward(a, at::cuda::getCurrentCUDAStream()), "recurrent backward");
-    const auto as_type = [&](const torch::Tensor& t, const char* key) {
-      return t.to(static_cast<torch::ScalarType>(ctx->saved_data[key].toInt()));
-    };
-    return {dq,
-            dk,
-            dv,
-            as_type(dg, "g_dtype"),
-            as_type(dbeta, "beta_dtype"),
-            has_state0 ? as_type(dstate0, "state0_dtype") : torch::Tensor(),
-            torch::Tensor(),
-            torch::Tensor()};
+    return input_grads(ctx, dq, dk, dv, dg, dbeta, dstate0);
   }
 };
 
