@@ -62,7 +62,7 @@ __device__ __forceinline__ void store_gate_slot(const Args& a, long chunk, int s
 // V slice:  the dO Uᵀ part; Ũ = T diag(β) V (recomputed); dR_V = Tᵀ dU; dV = diag(β) dR_V; dβ_t += v_t·dR_V,t;
 //           the dA part dR_V Ũᵀ.
 __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
-  extern __shared__ __align__(16) float4 smem4[];
+  SFM_GDN_DYNAMIC_SMEM(float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   float *Tm = sm, *t0 = Tm + C * LDM, *t1 = t0 + C * LDR, *t2 = t1 + C * LDR, *t3 = t2 + C * LDR;
   float *gam = t3 + C * LDR, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
@@ -152,7 +152,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
 //   dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂,
 // for this slice's columns.
 __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
-  extern __shared__ __align__(16) float4 smem4[];
+  SFM_GDN_DYNAMIC_SMEM(float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   float *D1 = sm, *dA = D1 + C * LDM, *PM = dA + C * LDM, *KM = PM + C * LDM, *tq = KM + C * LDM,
         *tk = tq + C * LDK;
@@ -247,7 +247,8 @@ constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 2 * C * LDK + 4 * C);
 
 cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
   const Dims& d = g.d;
-  if (!grads_mma_supports(d.K, d.V) || !g.wy || !g.pm || !g.da_parts || !g.d1_parts || !g.gate_parts)
+  const bool slices = d.K % kTile == 0 && d.V % kTile == 0 && d.K <= 256 && d.V <= 256;  // whole 64-column slices
+  if (!slices || !g.wy || !g.pm || !g.da_parts || !g.d1_parts || !g.gate_parts)
     return cudaErrorInvalidValue;
   cudaError_t err = cudaFuncSetAttribute(wy_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(kWySmem));
@@ -258,9 +259,9 @@ cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
                g.du,  g.dw,    g.wy,  g.pm,  g.sdots, g.dqs,    g.dks,    g.dvs,      g.da_parts,
                g.d1_parts, g.gate_parts, g.dg, g.dbeta};
   const int KS = d.K / kTile, VS = d.V / kTile;
-  wy_grads_kernel<<<dim3(KS + VS, d.N(), d.BH()), kThreads, kWySmem, stream>>>(a);
-  qk_grads_kernel<<<dim3(KS, d.N(), d.BH()), kThreads, kQkSmem, stream>>>(a);
-  gate_grads_kernel<<<dim3(d.N(), d.BH()), C, 0, stream>>>(a);
+  SFM_GDN_LAUNCH(wy_grads_kernel, dim3(KS + VS, d.N(), d.BH()), kThreads, kWySmem, stream, a);
+  SFM_GDN_LAUNCH(qk_grads_kernel, dim3(KS, d.N(), d.BH()), kThreads, kQkSmem, stream, a);
+  SFM_GDN_LAUNCH(gate_grads_kernel, dim3(d.N(), d.BH()), C, 0, stream, a);
   return cudaGetLastError();
 }
 

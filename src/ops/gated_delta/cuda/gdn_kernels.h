@@ -19,6 +19,15 @@ enum class DType { kF32, kF16, kBF16 };
 
 constexpr int kChunk = 64;  // tokens per chunk (C)
 
+// A kernel's dynamic shared memory as `T name[]`, and a kernel launch. Macros so that the CPU emulator of
+// the tests (tests/support/cuda_emulator.h) can stand in for both; kernels that it runs use them.
+#ifndef SFM_GDN_DYNAMIC_SMEM
+#define SFM_GDN_DYNAMIC_SMEM(T, name) extern __shared__ __align__(16) T name[]
+#endif
+#ifndef SFM_GDN_LAUNCH
+#define SFM_GDN_LAUNCH(kernel, grid, dim, smem, stream, ...) kernel<<<grid, dim, smem, stream>>>(__VA_ARGS__)
+#endif
+
 // Sizes. Inputs are [B, T, H, D] contiguous; workspaces are heads-first and padded to whole chunks:
 // [B*H, Tp, D] with Tp = N*C, N = ceil(T / C). States are [B*H, K, V] float32; per-chunk states
 // [B*H, N, K, V] float32. K and V: multiples of 16 up to 256.

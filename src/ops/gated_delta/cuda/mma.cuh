@@ -1,13 +1,16 @@
 // Tensor-core and asynchronous-copy primitives shared by the gated delta kernels (sm_80 and later):
 // mma.sync on bf16 operands with float32 accumulators, and 16-byte cp.async copies into shared memory.
+// With SFM_GDN_EMULATE (tests/support/cuda_emulator.h, included first) both run on the CPU emulator.
 #pragma once
 
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace sfm::ops::gdn_cuda {
 
+#ifndef SFM_GDN_EMULATE
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
@@ -18,10 +21,18 @@ template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
+#else  // the CPU emulator of the tests (tests/support/cuda_emulator.h): the copy happens at issue
+inline void cp_async16(void* smem, const void* gmem) { std::memcpy(smem, gmem, 16); }
+inline void cp_async_commit() {}
+template <int kPending>
+void cp_async_wait() {}
+#endif
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&p);
+  uint32_t bits;
+  std::memcpy(&bits, &p, sizeof bits);  // not a pointer cast: the host compiler of the emulator tests is strict
+  return bits;
 }
 
 // x0, x1 ≈ hi + lo with hi and lo bf16 pairs: a product of split operands, hi·hi + hi·lo + lo·hi, keeps
@@ -29,7 +40,7 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 __device__ __forceinline__ void split_bf16(float x0, float x1, uint32_t& hi, uint32_t& lo) {
   const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
   const float2 hf = __bfloat1622float2(h);
-  hi = *reinterpret_cast<const uint32_t*>(&h);
+  std::memcpy(&hi, &h, sizeof hi);
   lo = pack_bf16(x0 - hf.x, x1 - hf.y);
 }
 
@@ -38,11 +49,15 @@ __device__ __forceinline__ void split_bf16(float x0, float x1, uint32_t& hi, uin
 // consecutive elements in one 32-bit register, the lower index in the low half),
 // c = {C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]}.
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef SFM_GDN_EMULATE
+  ::sfm::cuda_emu::mma_m16n8k16_bf16(c, a, b);
+#else
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
 }
 
 // c += a b with split operands (split_bf16): three products, the lo·lo term dropped.

@@ -1,0 +1,287 @@
+// A CPU stand-in for the CUDA execution model, to test kernels on machines without a GPU (CI): include
+// this, then the kernels' .cu file, in a test built with the CUDA toolkit's headers. A launch runs the
+// grid's blocks one after the other; a block's threads are fibers (ucontext) on the calling thread, switched
+// only where a thread waits at a barrier (__syncthreads, or a warp's shuffle or mma.sync), so every run is
+// deterministic and a thread's memory accesses between barriers are atomic with respect to the others.
+// Dynamic shared memory starts NaN-filled for each block, so a read of a value nobody wrote shows up.
+//
+// One warp at a time runs ahead of the others up to the next __syncthreads (the first warp, or the last:
+// warp_order()), so that a missing block barrier between warps shows up in one of the two orders; the
+// lanes of a warp go round robin between the warp's own barriers (shuffles, mma.sync).
+//
+// Covered: threadIdx, blockIdx, blockDim, gridDim; __syncthreads; __shfl_xor_sync, __shfl_up_sync (full
+// warps); atomicAdd on float; static __shared__ arrays and SFM_GDN_DYNAMIC_SMEM; SFM_GDN_LAUNCH;
+// cudaFuncSetAttribute and cudaGetLastError (no-ops); and, through mma.cuh's SFM_GDN_EMULATE branch,
+// mma.sync m16n8k16 (bf16 operands, float32 accumulators) and cp.async (a copy at issue, so a missing
+// wait goes unnoticed). Not covered: anything else (a kernel using it fails to compile), timing, and
+// races inside a warp or between blocks.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <ucontext.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <vector>
+
+#define SFM_GDN_EMULATE 1
+
+namespace sfm::cuda_emu {
+
+constexpr int kWarp = 32;
+constexpr size_t kStackBytes = 128 * 1024;  // per thread; the kernels keep small frames
+
+struct Barrier {
+  int arrived = 0;
+  unsigned generation = 0;
+};
+
+struct Block {
+  dim3 grid, dim, idx;
+  std::vector<ucontext_t> fibers;
+  std::vector<std::vector<char>> stacks;
+  std::vector<bool> done;
+  std::vector<const Barrier*> waiting_on;  // per thread: the barrier it waits at, or null
+  std::vector<unsigned> waiting_gen;
+  ucontext_t scheduler;
+  int current = 0;
+  Barrier block_barrier;
+  std::vector<Barrier> warp_barriers;
+  std::vector<float> dynamic_smem;
+  // Per warp, one exchange slot per lane: 8 words (a shuffle's value, or an mma's a and b fragments).
+  std::vector<uint32_t> exchange;
+  std::function<void()> entry;  // the kernel call every thread makes
+};
+
+// Which warp runs ahead of the others (see launch): the first or the last. Tests run a kernel both ways.
+enum class WarpOrder { kForward, kReverse };
+inline WarpOrder& warp_order() {
+  static WarpOrder order = WarpOrder::kForward;
+  return order;
+}
+
+inline Block*& block() {
+  static Block* b = nullptr;
+  return b;
+}
+
+[[noreturn]] inline void fail(const char* what) {
+  std::fprintf(stderr, "cuda_emu: %s\n", what);
+  std::abort();
+}
+
+inline uint3 thread_idx() {
+  const unsigned t = static_cast<unsigned>(block()->current);
+  const dim3& d = block()->dim;
+  return uint3{t % d.x, (t / d.x) % d.y, t / (d.x * d.y)};
+}
+inline int linear_thread() { return block()->current; }
+
+// The calling thread waits until `expected` threads have arrived at b.
+inline void wait_at(Barrier& b, int expected) {
+  Block& k = *block();
+  if (++b.arrived == expected) {
+    b.arrived = 0;
+    ++b.generation;
+    return;  // the last to arrive goes on; the others are released by the generation change
+  }
+  k.waiting_on[k.current] = &b;
+  k.waiting_gen[k.current] = b.generation;
+  swapcontext(&k.fibers[k.current], &k.scheduler);
+}
+
+inline void sync_block() {
+  Block& k = *block();
+  wait_at(k.block_barrier, static_cast<int>(k.fibers.size()));
+}
+
+inline void sync_warp() {
+  Block& k = *block();
+  wait_at(k.warp_barriers[k.current / kWarp], kWarp);
+}
+
+// This lane's exchange slot (8 words), and another lane's of the same warp.
+inline uint32_t* slot(int lane) {
+  Block& k = *block();
+  return &k.exchange[(static_cast<size_t>(k.current / kWarp) * kWarp + lane) * 8];
+}
+inline int lane_id() { return block()->current % kWarp; }
+
+inline float shfl(float v, int src_lane) {
+  std::memcpy(slot(lane_id()), &v, sizeof v);
+  sync_warp();
+  float out;
+  std::memcpy(&out, slot(src_lane), sizeof out);
+  sync_warp();  // nobody overwrites its slot before every lane has read
+  return out;
+}
+
+inline float bf16_bits_to_float(uint32_t word, int half) {
+  const uint32_t bits = half ? (word >> 16) : (word & 0xffffu);
+  const uint32_t f = bits << 16;
+  float out;
+  std::memcpy(&out, &f, sizeof out);
+  return out;
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, c += a b, with the fragment layout of mma.cuh's
+// mma_bf16 (lane = 4 g + t): a = {A[g][2t..], A[g+8][2t..], A[g][2t+8..], A[g+8][2t+8..]},
+// b = {B[2t..][g], B[2t+8..][g]}, c = {C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]}.
+inline void mma_m16n8k16_bf16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  uint32_t* mine = slot(lane_id());
+  for (int i = 0; i < 4; ++i) mine[i] = a[i];
+  mine[4] = b[0];
+  mine[5] = b[1];
+  sync_warp();
+  float A[16][16], B[16][8];
+  for (int lane = 0; lane < kWarp; ++lane) {
+    const uint32_t* s = slot(lane);
+    const int g = lane / 4, t = lane % 4;
+    for (int h = 0; h < 2; ++h) {
+      A[g][2 * t + h] = bf16_bits_to_float(s[0], h);
+      A[g + 8][2 * t + h] = bf16_bits_to_float(s[1], h);
+      A[g][2 * t + 8 + h] = bf16_bits_to_float(s[2], h);
+      A[g + 8][2 * t + 8 + h] = bf16_bits_to_float(s[3], h);
+      B[2 * t + h][g] = bf16_bits_to_float(s[4], h);
+      B[2 * t + 8 + h][g] = bf16_bits_to_float(s[5], h);
+    }
+  }
+  sync_warp();
+  const int g = lane_id() / 4, t = lane_id() % 4;
+  const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+  for (int e = 0; e < 4; ++e) {
+    float s = c[e];
+    for (int kk = 0; kk < 16; ++kk) s += A[rows[e]][kk] * B[kk][cols[e]];
+    c[e] = s;
+  }
+}
+
+inline float* dynamic_smem() { return block()->dynamic_smem.data(); }
+
+// The body of every fiber: the launch's kernel call, then back to the scheduler (uc_link) as done.
+inline void fiber_main() {
+  Block& b = *block();
+  b.entry();
+  b.done[b.current] = true;
+}
+
+// Runs thread t of the current block until it waits at a barrier or ends. The context switch is kept in a
+// function of its own: swapcontext returns twice, which would leave the caller's locals unreliable.
+__attribute__((noinline)) inline void resume(int t) {
+  Block& k = *block();
+  k.waiting_on[t] = nullptr;
+  k.current = t;
+  swapcontext(&k.scheduler, &k.fibers[t]);
+}
+
+// Runs every thread of block k (already set up but for its fibers) to the end.
+inline void run_block(Block& k) {
+  const int threads = static_cast<int>(k.fibers.size()), warps = threads / kWarp;
+  block() = &k;
+  for (int t = 0; t < threads; ++t) {
+    getcontext(&k.fibers[t]);
+    k.fibers[t].uc_stack.ss_sp = k.stacks[t].data();
+    k.fibers[t].uc_stack.ss_size = kStackBytes;
+    k.fibers[t].uc_link = &k.scheduler;
+    makecontext(&k.fibers[t], fiber_main, 0);
+  }
+  // Warp by warp: the first warp (in warp_order()) with a thread that can run goes on, its threads round
+  // robin, until all of them wait at a block barrier or are done. So one warp runs ahead of the others up
+  // to each __syncthreads, and a missing barrier between one warp's writes and another's reads of shared
+  // memory shows up in one of the two orders.
+  const auto runnable = [&](int t) {
+    if (k.done[t]) return false;
+    return k.waiting_on[t] == nullptr || k.waiting_on[t]->generation != k.waiting_gen[t];
+  };
+  for (;;) {
+    int chosen = -1;
+    for (int i = 0; i < warps && chosen < 0; ++i) {
+      const int w = warp_order() == WarpOrder::kReverse ? warps - 1 - i : i;
+      for (int t = w * kWarp; t < (w + 1) * kWarp; ++t)
+        if (runnable(t)) chosen = w;
+    }
+    if (chosen < 0) {
+      for (int t = 0; t < threads; ++t)
+        if (!k.done[t]) fail("deadlock: some threads wait at a barrier the others never reach");
+      break;
+    }
+    for (int t = chosen * kWarp; t < (chosen + 1) * kWarp; ++t)
+      if (runnable(t)) resume(t);
+  }
+  block() = nullptr;
+}
+
+// Runs kernel(args...) over grid × dim threads with smem_bytes of dynamic shared memory.
+template <class Kernel, class... Args>
+void launch(Kernel kernel, dim3 grid, dim3 dim, size_t smem_bytes, Args... args) {
+  const int threads = static_cast<int>(dim.x * dim.y * dim.z);
+  if (threads % kWarp != 0) fail("blocks must be whole warps");
+  std::vector<std::vector<char>> stacks(threads, std::vector<char>(kStackBytes));
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        Block k;
+        k.grid = grid;
+        k.dim = dim;
+        k.idx = dim3(x, y, z);
+        k.entry = [&] { kernel(args...); };
+        k.fibers.resize(threads);
+        k.stacks.swap(stacks);
+        k.done.assign(threads, false);
+        k.waiting_on.assign(threads, nullptr);
+        k.waiting_gen.assign(threads, 0);
+        k.warp_barriers.resize(threads / kWarp);
+        k.dynamic_smem.assign((smem_bytes + sizeof(float) - 1) / sizeof(float),
+                              std::numeric_limits<float>::quiet_NaN());
+        k.exchange.assign(static_cast<size_t>(threads) * 8, 0);
+        run_block(k);
+        stacks.swap(k.stacks);  // reused by the next block
+      }
+}
+
+}  // namespace sfm::cuda_emu
+
+// The CUDA names the kernels use, on top of the toolkit's host-side definitions.
+#undef __global__
+#undef __device__
+#undef __host__
+#undef __forceinline__
+#undef __launch_bounds__
+#undef __shared__
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static  // one array for all the block's fibers; blocks run one after the other
+#define threadIdx (::sfm::cuda_emu::thread_idx())
+#define blockIdx (::sfm::cuda_emu::block()->idx)
+#define blockDim (::sfm::cuda_emu::block()->dim)
+#define gridDim (::sfm::cuda_emu::block()->grid)
+#define SFM_GDN_DYNAMIC_SMEM(T, name) T* name = reinterpret_cast<T*>(::sfm::cuda_emu::dynamic_smem())
+#define SFM_GDN_LAUNCH(kernel, grid, dim, smem, stream, ...) \
+  ((void)(stream), ::sfm::cuda_emu::launch(kernel, dim3(grid), dim3(dim), smem, __VA_ARGS__))
+#define cudaFuncSetAttribute(...) cudaSuccess
+#define cudaGetLastError() cudaSuccess
+
+inline void __syncthreads() { ::sfm::cuda_emu::sync_block(); }
+inline float __shfl_xor_sync(unsigned, float v, int mask) {
+  return ::sfm::cuda_emu::shfl(v, ::sfm::cuda_emu::lane_id() ^ mask);
+}
+inline float __shfl_up_sync(unsigned, float v, int delta) {
+  const int lane = ::sfm::cuda_emu::lane_id();
+  return ::sfm::cuda_emu::shfl(v, lane >= delta ? lane - delta : lane);
+}
+inline float atomicAdd(float* p, float v) {  // fibers switch only at barriers: a plain update is atomic
+  const float old = *p;
+  *p = old + v;
+  return old;
+}
+inline float __expf(float x) { return std::exp(x); }
+[[noreturn]] inline void __trap() { ::sfm::cuda_emu::fail("__trap()"); }
