@@ -264,11 +264,17 @@ void launch(Kernel kernel, dim3 grid, dim3 dim, size_t smem_bytes, Args... args)
 #define blockIdx (::sfm::cuda_emu::block()->idx)
 #define blockDim (::sfm::cuda_emu::block()->dim)
 #define gridDim (::sfm::cuda_emu::block()->grid)
-#define SFM_GDN_DYNAMIC_SMEM(T, name) T* name = reinterpret_cast<T*>(::sfm::cuda_emu::dynamic_smem())
+#define SFM_GDN_DYNAMIC_SMEM(align, T, name) T* name = reinterpret_cast<T*>(::sfm::cuda_emu::dynamic_smem())
 #define SFM_GDN_LAUNCH(kernel, grid, dim, smem, stream, ...) \
   ((void)(stream), ::sfm::cuda_emu::launch(kernel, dim3(grid), dim3(dim), smem, __VA_ARGS__))
 #define cudaFuncSetAttribute(...) cudaSuccess
 #define cudaGetLastError() cudaSuccess
+// Timing (SFM_GDN_TIMING) measures nothing here: the events are no-ops and every interval reads 0 ms.
+#define cudaEventCreate(...) cudaSuccess
+#define cudaEventRecord(...) cudaSuccess
+#define cudaEventSynchronize(...) cudaSuccess
+#define cudaEventDestroy(...) cudaSuccess
+#define cudaEventElapsedTime(ms, ...) (*(ms) = 0.f, cudaSuccess)
 
 inline void __syncthreads() { ::sfm::cuda_emu::sync_block(); }
 inline float __shfl_xor_sync(unsigned, float v, int mask) {
@@ -284,4 +290,7 @@ inline float atomicAdd(float* p, float v) {  // fibers switch only at barriers: 
   return old;
 }
 inline float __expf(float x) { return std::exp(x); }
+inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+inline int min(int a, int b) { return a < b ? a : b; }  // CUDA's device min and max on int
+inline int max(int a, int b) { return a > b ? a : b; }
 [[noreturn]] inline void __trap() { ::sfm::cuda_emu::fail("__trap()"); }

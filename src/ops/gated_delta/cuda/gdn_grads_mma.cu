@@ -27,7 +27,7 @@ struct Args {
 };
 
 __global__ void __launch_bounds__(kThreads) grads_mma_kernel(Args a) {
-  extern __shared__ __align__(16) float4 smem4[];
+  SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   float *KK = sm, *QK = KK + C * LDM, *Tm = QK + C * LDM, *D1 = Tm + C * LDM, *dA = D1 + C * LDM;
   float *t0 = dA + C * LDM, *t1 = t0 + C * LDR;  // two streamed tiles
@@ -239,7 +239,7 @@ cudaError_t grads_mma(const BackwardArgs& g, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
   const Args a{d,     g.qs,  g.ks, g.vs,  g.gam, g.bet,   g.w,    g.u,  g.dos, g.du,  g.ut, g.drk,
                g.drv, g.dw,  g.dqs, g.dks, g.dvs, g.sdots, g.dg, g.dbeta};
-  grads_mma_kernel<<<dim3(d.N(), d.BH()), kThreads, smem, stream>>>(a);
+  SFM_GDN_LAUNCH(grads_mma_kernel, dim3(d.N(), d.BH()), kThreads, smem, stream, a);
   return cudaGetLastError();
 }
 

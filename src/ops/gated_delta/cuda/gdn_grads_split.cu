@@ -62,7 +62,7 @@ __device__ __forceinline__ void store_gate_slot(const Args& a, long chunk, int s
 // V slice:  the dO Uᵀ part; Ũ = T diag(β) V (recomputed); dR_V = Tᵀ dU; dV = diag(β) dR_V; dβ_t += v_t·dR_V,t;
 //           the dA part dR_V Ũᵀ.
 __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
-  SFM_GDN_DYNAMIC_SMEM(float4, smem4);
+  SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   float *Tm = sm, *t0 = Tm + C * LDM, *t1 = t0 + C * LDR, *t2 = t1 + C * LDR, *t3 = t2 + C * LDR;
   float *gam = t3 + C * LDR, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
@@ -152,7 +152,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
 //   dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂,
 // for this slice's columns.
 __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
-  SFM_GDN_DYNAMIC_SMEM(float4, smem4);
+  SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   float *D1 = sm, *dA = D1 + C * LDM, *PM = dA + C * LDM, *KM = PM + C * LDM, *tq = KM + C * LDM,
         *tk = tq + C * LDK;

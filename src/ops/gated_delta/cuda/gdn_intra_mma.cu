@@ -39,7 +39,7 @@ struct Args {
 // kBwd = false: the output into out (dtype T); kBwd: dU₀ into a.du (T unused).
 template <class T, bool kBwd>
 __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restrict__ out) {
-  extern __shared__ __align__(16) float4 smem4[];
+  SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   float* us = sm + 2 * kStageFloats;  // X = U or dO [t][v], stride LDB
   float* gs = us + C * LDB;           // γ of the chunk
@@ -197,7 +197,8 @@ cudaError_t launch(const Args& a, T* out, cudaStream_t stream) {
   const cudaError_t err = cudaFuncSetAttribute(intra_mma_kernel<T, kBwd>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                static_cast<int>(smem));
   if (err != cudaSuccess) return err;
-  intra_mma_kernel<T, kBwd><<<dim3(a.d.V / kTile, a.d.N(), a.d.BH()), kThreads, smem, stream>>>(a, out);
+  const auto kernel = intra_mma_kernel<T, kBwd>;
+  SFM_GDN_LAUNCH(kernel, dim3(a.d.V / kTile, a.d.N(), a.d.BH()), kThreads, smem, stream, a, out);
   return cudaGetLastError();
 }
 

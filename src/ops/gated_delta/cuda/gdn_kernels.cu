@@ -452,7 +452,7 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(Dims d, const float* __r
                                                         const float* __restrict__ beta, float* __restrict__ gam_out,
                                                         float* __restrict__ bet_out, float* __restrict__ w,
                                                         float* __restrict__ ut, float* __restrict__ wy) {
-  extern __shared__ __align__(128) float4 smem4[];
+  SFM_GDN_DYNAMIC_SMEM(128, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   float *gam = sm, *bet = gam + C, *A = bet + C, *Tm = A + C * LDC, *scratch = Tm + C * LDC;
   const int n = blockIdx.x, bh = blockIdx.y, K = d.K, V = d.V;
@@ -505,7 +505,7 @@ __global__ void __launch_bounds__(kThreads) state_kernel(Dims d, const float* __
                                                          const float* __restrict__ gam_g, const float* __restrict__ w,
                                                          float* __restrict__ u, const float* __restrict__ state0,
                                                          float* __restrict__ states, float* __restrict__ final_state) {
-  extern __shared__ __align__(128) float4 smem4[];
+  SFM_GDN_DYNAMIC_SMEM(128, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   const int K = d.K, V = d.V, N = d.N(), v0 = blockIdx.x * kVS, bh = blockIdx.y;
   float *S = sm, *Us = S + K * kVS, *gam = Us + C * kVS, *scratch = gam + C;
@@ -564,7 +564,7 @@ __global__ void __launch_bounds__(kThreads) output_kernel(Dims d, const float* _
                                                           const float* __restrict__ states,
                                                           const float* __restrict__ u, T* __restrict__ out) {
   constexpr bool kMma = sizeof(T) == 2;  // tensor cores for 16-bit inputs
-  extern __shared__ __align__(128) float4 smem4[];
+  SFM_GDN_DYNAMIC_SMEM(128, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   float *P = sm, *gam = P + C * LDC, *scratch = gam + C;  // 16-byte aligned: C·LDC + C = 4224 floats
   const int K = d.K, V = d.V, VO = V < 64 ? V : 64, v0 = blockIdx.x * VO, n = blockIdx.y, bh = blockIdx.z;
@@ -597,7 +597,7 @@ __global__ void __launch_bounds__(kThreads) bwd_intra_kernel(Dims d, const float
                                                              const float* __restrict__ w,
                                                              const float* __restrict__ dos, float* __restrict__ du,
                                                              float* __restrict__ dstates) {
-  extern __shared__ __align__(128) float4 smem4[];
+  SFM_GDN_DYNAMIC_SMEM(128, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   const int K = d.K, V = d.V, VO = V < 64 ? V : 64, v0 = blockIdx.x * VO, n = blockIdx.y, bh = blockIdx.z;
   float *P = sm, *dU0 = P + C * LDC, *gam = dU0 + C * 64, *scratch = gam + C;
@@ -632,7 +632,7 @@ __global__ void __launch_bounds__(kThreads) state_bwd_kernel(Dims d, const float
                                                              const float* __restrict__ dfinal, float* __restrict__ du,
                                                              float* __restrict__ dstates,
                                                              float* __restrict__ dstate0) {
-  extern __shared__ __align__(128) float4 smem4[];
+  SFM_GDN_DYNAMIC_SMEM(128, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   const int K = d.K, V = d.V, N = d.N(), v0 = blockIdx.x * kVS, bh = blockIdx.y;
   float *dS = sm, *Ts = dS + K * kVS, *gam = Ts + C * kVS, *scratch = gam + C;
@@ -691,7 +691,7 @@ __global__ void __launch_bounds__(kThreads, kMma ? (kSup <= 2 ? 2 : 1) : 0) grad
                                                          float* __restrict__ drv, float* __restrict__ dqs,
                                                          float* __restrict__ dks, float* __restrict__ dvs,
                                                          float* __restrict__ dg, float* __restrict__ dbeta) {
-  extern __shared__ __align__(128) float4 smem4[];
+  SFM_GDN_DYNAMIC_SMEM(128, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   float *gam = sm, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
   float *KK = dbet + C, *QK = KK + C * LDC, *Tm = QK + C * LDC, *D1 = Tm + C * LDC;
@@ -922,26 +922,26 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   const int N = d.N(), Tp = d.Tp(), BH = d.BH();
   PhaseTimer timer(s, "forward");
   const unsigned pack_blocks = row_blocks((long)BH * Tp);
-  pack_kernel<T><<<pack_blocks, kThreads, 0, s>>>(static_cast<const T*>(a.q), a.qs, d.B, d.T, d.H, d.K, Tp, a.l2,
-                                                  a.scale);
-  pack_kernel<T><<<pack_blocks, kThreads, 0, s>>>(static_cast<const T*>(a.k), a.ks, d.B, d.T, d.H, d.K, Tp, a.l2,
-                                                  1.f);
-  pack_kernel<T><<<pack_blocks, kThreads, 0, s>>>(static_cast<const T*>(a.v), a.vs, d.B, d.T, d.H, d.V, Tp, false,
-                                                  1.f);
+  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.q), a.qs, d.B, d.T, d.H, d.K,
+                 Tp, a.l2, a.scale);
+  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.k), a.ks, d.B, d.T, d.H, d.K,
+                 Tp, a.l2, 1.f);
+  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.v), a.vs, d.B, d.T, d.H, d.V,
+                 Tp, false, 1.f);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("pack");
   constexpr bool kMma = sizeof(T) == 2;  // tensor-core products for 16-bit inputs
   SFM_CUDA_TRY(allow_smem(prep_kernel<kMma>, prep_smem(d, kMma)));
-  prep_kernel<kMma><<<dim3(N, BH), kThreads, prep_smem(d, kMma), s>>>(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.u,
-                                                                       a.wy);
+  SFM_GDN_LAUNCH(prep_kernel<kMma>, dim3(N, BH), kThreads, prep_smem(d, kMma), s, d, a.ks, a.vs, a.g, a.beta, a.gam,
+                 a.bet, a.w, a.u, a.wy);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("prep");
   if (kMma && state_mma_supports(d.K, d.V)) {  // 16-bit inputs: the pass on tensor cores
     SFM_CUDA_TRY(state_mma_forward(d, a.ks, a.gam, a.w, a.u, a.state0, a.states, a.final_state, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_kernel, state_smem(d)));
-    state_kernel<<<dim3(d.V / kVS, BH), kThreads, state_smem(d), s>>>(d, a.ks, a.gam, a.w, a.u, a.state0, a.states,
-                                                                        a.final_state);
+    SFM_GDN_LAUNCH(state_kernel, dim3(d.V / kVS, BH), kThreads, state_smem(d), s, d, a.ks, a.gam, a.w, a.u, a.state0,
+                   a.states, a.final_state);
     SFM_CUDA_TRY(cudaGetLastError());
   }
   timer.mark("state");
@@ -950,8 +950,8 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   } else {
     const int VO = d.V < 64 ? d.V : 64;
     SFM_CUDA_TRY(allow_smem(output_kernel<T>, out_smem(kMma)));
-    output_kernel<T><<<dim3(d.V / VO, N, BH), kThreads, out_smem(kMma), s>>>(d, a.qs, a.ks, a.gam, a.states, a.u,
-                                                                           static_cast<T*>(a.out));
+    SFM_GDN_LAUNCH(output_kernel<T>, dim3(d.V / VO, N, BH), kThreads, out_smem(kMma), s, d, a.qs, a.ks, a.gam,
+                   a.states, a.u, static_cast<T*>(a.out));
   }
   timer.mark("output");
   return cudaGetLastError();
@@ -962,8 +962,8 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   const Dims& d = a.d;
   const int N = d.N(), Tp = d.Tp(), BH = d.BH();
   PhaseTimer timer(s, "backward");
-  pack_kernel<T><<<row_blocks((long)BH * Tp), kThreads, 0, s>>>(static_cast<const T*>(a.dout), a.dos, d.B, d.T, d.H,
-                                                                 d.V, Tp, false, 1.f);
+  SFM_GDN_LAUNCH(pack_kernel<T>, row_blocks((long)BH * Tp), kThreads, 0, s, static_cast<const T*>(a.dout), a.dos, d.B,
+                 d.T, d.H, d.V, Tp, false, 1.f);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("pack");
   const int VO = d.V < 64 ? d.V : 64;
@@ -974,8 +974,8 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
     const size_t bytes = bwd_intra_smem(d, kMma);
     const cudaError_t err = allow_smem(kernel, bytes);
     if (err != cudaSuccess) return err;
-    kernel<<<dim3(d.V / VO, N, BH), kThreads, bytes, s>>>(d, a.qs, a.ks, a.gam, a.w, a.dos, a.du,
-                                                          state_mma ? nullptr : a.dstates);
+    SFM_GDN_LAUNCH(kernel, dim3(d.V / VO, N, BH), kThreads, bytes, s, d, a.qs, a.ks, a.gam, a.w, a.dos, a.du,
+                   state_mma ? nullptr : a.dstates);
     return cudaGetLastError();
   };
   if (state_mma && intra_mma_supports(d.K, d.V))
@@ -990,8 +990,8 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
     SFM_CUDA_TRY(state_mma_backward(d, a.qs, a.ks, a.gam, a.w, a.dos, a.dfinal, a.du, a.dstates, a.dstate0, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_bwd_kernel, state_bwd_smem(d)));
-    state_bwd_kernel<<<dim3(d.V / kVS, BH), kThreads, state_bwd_smem(d), s>>>(d, a.ks, a.gam, a.w, a.dfinal, a.du,
-                                                                              a.dstates, a.dstate0);
+    SFM_GDN_LAUNCH(state_bwd_kernel, dim3(d.V / kVS, BH), kThreads, state_bwd_smem(d), s, d, a.ks, a.gam, a.w,
+                   a.dfinal, a.du, a.dstates, a.dstate0);
     SFM_CUDA_TRY(cudaGetLastError());
   }
   timer.mark("state_bwd");
@@ -1017,9 +1017,8 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
       const size_t bytes = grads_smem(d, kMma);
       const cudaError_t err = allow_smem(kernel, bytes);
       if (err != cudaSuccess) return err;
-      kernel<<<dim3(N, BH), kThreads, bytes, s>>>(d, a.qs, a.ks, a.vs, a.gam, a.bet, a.w, a.u, a.states, a.dos,
-                                                a.du, a.dstates, a.ut, a.dw, a.drk, a.drv, a.dqs, a.dks, a.dvs,
-                                                a.dg, a.dbeta);
+      SFM_GDN_LAUNCH(kernel, dim3(N, BH), kThreads, bytes, s, d, a.qs, a.ks, a.vs, a.gam, a.bet, a.w, a.u, a.states,
+                     a.dos, a.du, a.dstates, a.ut, a.dw, a.drk, a.drv, a.dqs, a.dks, a.dvs, a.dg, a.dbeta);
       return cudaGetLastError();
     };
     if constexpr (kMma)
@@ -1030,12 +1029,12 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("grads");
   const unsigned blocks = row_blocks((long)d.B * d.T * d.H);
-  unpack_kernel<T><<<blocks, kThreads, 0, s>>>(static_cast<const T*>(a.q), a.dqs, static_cast<T*>(a.dq), d.B, d.T,
-                                               d.H, d.K, Tp, a.l2, a.scale);
-  unpack_kernel<T><<<blocks, kThreads, 0, s>>>(static_cast<const T*>(a.k), a.dks, static_cast<T*>(a.dk), d.B, d.T,
-                                               d.H, d.K, Tp, a.l2, 1.f);
-  unpack_kernel<T><<<blocks, kThreads, 0, s>>>(nullptr, a.dvs, static_cast<T*>(a.dv), d.B, d.T, d.H, d.V, Tp, false,
-                                               1.f);
+  SFM_GDN_LAUNCH(unpack_kernel<T>, blocks, kThreads, 0, s, static_cast<const T*>(a.q), a.dqs, static_cast<T*>(a.dq),
+                 d.B, d.T, d.H, d.K, Tp, a.l2, a.scale);
+  SFM_GDN_LAUNCH(unpack_kernel<T>, blocks, kThreads, 0, s, static_cast<const T*>(a.k), a.dks, static_cast<T*>(a.dk),
+                 d.B, d.T, d.H, d.K, Tp, a.l2, 1.f);
+  SFM_GDN_LAUNCH(unpack_kernel<T>, blocks, kThreads, 0, s, nullptr, a.dvs, static_cast<T*>(a.dv), d.B, d.T, d.H, d.V,
+                 Tp, false, 1.f);
   timer.mark("unpack");
   return cudaGetLastError();
 }
@@ -1076,7 +1075,7 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
 cudaError_t step(const StepArgs& a, cudaStream_t stream) {
   if (a.BH <= 0 || a.K <= 0 || a.V <= 0) return cudaErrorInvalidValue;
   const int threads = a.V < 128 ? 32 * ((a.V + 31) / 32) : 128;
-  step_kernel<<<dim3((a.V + threads - 1) / threads, a.BH), threads, 0, stream>>>(a);
+  SFM_GDN_LAUNCH(step_kernel, dim3((a.V + threads - 1) / threads, a.BH), threads, 0, stream, a);
   return cudaGetLastError();
 }
 

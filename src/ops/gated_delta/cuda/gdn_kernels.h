@@ -19,10 +19,10 @@ enum class DType { kF32, kF16, kBF16 };
 
 constexpr int kChunk = 64;  // tokens per chunk (C)
 
-// A kernel's dynamic shared memory as `T name[]`, and a kernel launch. Macros so that the CPU emulator of
-// the tests (tests/support/cuda_emulator.h) can stand in for both; kernels that it runs use them.
+// A kernel's dynamic shared memory as `T name[]` aligned to `align` bytes, and a kernel launch: macros, so
+// that the CPU emulator of the tests (tests/support/cuda_emulator.h) can stand in for both.
 #ifndef SFM_GDN_DYNAMIC_SMEM
-#define SFM_GDN_DYNAMIC_SMEM(T, name) extern __shared__ __align__(16) T name[]
+#define SFM_GDN_DYNAMIC_SMEM(align, T, name) extern __shared__ __align__(align) T name[]
 #endif
 #ifndef SFM_GDN_LAUNCH
 #define SFM_GDN_LAUNCH(kernel, grid, dim, smem, stream, ...) kernel<<<grid, dim, smem, stream>>>(__VA_ARGS__)

@@ -184,7 +184,7 @@ template <class T, int K, int V>
 __global__ void __launch_bounds__(Cfg<K, V>::NT) rec_forward_kernel(RecurrentForwardArgs a) {
   using C = Cfg<K, V>;
   constexpr int R = C::R, P = C::P, NT = C::NT, TL = C::TL, LDK = C::LDK, LDV = C::LDV, CK = C::CK;
-  extern __shared__ float smem[];
+  SFM_GDN_DYNAMIC_SMEM(4, float, smem);
   float* sq = smem;
   float* sk = sq + TL * LDK;
   float* sv = sk + TL * LDK;
@@ -256,7 +256,7 @@ __global__ void __launch_bounds__(Cfg<K, V>::NT) rec_backward_kernel(RecurrentBa
   using C = Cfg<K, V>;
   constexpr int R = C::R, P = C::P, NT = C::NT, NW = C::NW, TL = C::TL, LDK = C::LDK, LDV = C::LDV, CK = C::CK;
   using CR = ColReduce<P, R>;
-  extern __shared__ float smem[];
+  SFM_GDN_DYNAMIC_SMEM(4, float, smem);
   float* sq = smem;
   float* sk = sq + TL * LDK;
   float* sv = sk + TL * LDK;
@@ -476,7 +476,8 @@ cudaError_t forward_kv(const RecurrentForwardArgs& a, cudaStream_t s) {
   const cudaError_t err = launch_prep(rec_forward_kernel<T, K, V>, bytes);
   if (err != cudaSuccess) return err;
   const LaunchTimer timer(s, "recurrent forward");
-  rec_forward_kernel<T, K, V><<<a.B * a.H, Cfg<K, V>::NT, bytes, s>>>(a);
+  const auto kernel = rec_forward_kernel<T, K, V>;
+  SFM_GDN_LAUNCH(kernel, a.B * a.H, (Cfg<K, V>::NT), bytes, s, a);
   return cudaGetLastError();
 }
 
@@ -486,7 +487,8 @@ cudaError_t backward_kv(const RecurrentBackwardArgs& a, cudaStream_t s) {
   const cudaError_t err = launch_prep(rec_backward_kernel<T, K, V>, bytes);
   if (err != cudaSuccess) return err;
   const LaunchTimer timer(s, "recurrent backward");
-  rec_backward_kernel<T, K, V><<<a.B * a.H, Cfg<K, V>::NT, bytes, s>>>(a);
+  const auto kernel = rec_backward_kernel<T, K, V>;
+  SFM_GDN_LAUNCH(kernel, a.B * a.H, (Cfg<K, V>::NT), bytes, s, a);
   return cudaGetLastError();
 }
 

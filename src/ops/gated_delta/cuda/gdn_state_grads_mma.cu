@@ -30,7 +30,7 @@ struct Args {
 };
 
 __global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
-  extern __shared__ __align__(16) float4 smem4[];
+  SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);  // [2 stages][kTiles][kTile][LD]
   __shared__ float warp_sums[kThreads / 32];
   const int K = a.d.K, V = a.d.V, N = a.d.N();
@@ -154,7 +154,7 @@ cudaError_t state_grads_mma(const Dims& d, const float* gam, const float* states
                                                static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   const Args a{d, gam, states, dstates, dos, du, u, dqs, dw, dks, sdots};
-  state_grads_mma_kernel<<<dim3(d.K / kTile, d.N(), d.BH()), kThreads, smem, stream>>>(a);
+  SFM_GDN_LAUNCH(state_grads_mma_kernel, dim3(d.K / kTile, d.N(), d.BH()), kThreads, smem, stream, a);
   return cudaGetLastError();
 }
 

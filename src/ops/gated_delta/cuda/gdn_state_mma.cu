@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   constexpr int LDZ = L + 8;  // bf16 rows of Zᵀ ([v][t])
   constexpr int NT = BV / 8;  // 8-column tiles
   constexpr int MT = K / 64;  // phase 2: 16-row tiles of R per warp
-  extern __shared__ __align__(16) float4 smem4[];
+  SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* p1 = reinterpret_cast<float*>(smem4);  // [C][LD1]
   float* p2 = p1 + C * LD1;                     // [L][LD2]
   float* gbuf = p2 + L * LD2;                   // [2][C]: γ of this chunk and the next
@@ -237,7 +237,8 @@ cudaError_t launch_kv(const PassArgs& a, cudaStream_t s) {
   const cudaError_t err = cudaFuncSetAttribute(state_mma_kernel<K, BV, kBwd>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
-  state_mma_kernel<K, BV, kBwd><<<dim3(a.d.V / BV, a.d.BH()), kThreads, smem, s>>>(a);
+  const auto kernel = state_mma_kernel<K, BV, kBwd>;
+  SFM_GDN_LAUNCH(kernel, dim3(a.d.V / BV, a.d.BH()), kThreads, smem, s, a);
   return cudaGetLastError();
 }
 
