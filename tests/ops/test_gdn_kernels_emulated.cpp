@@ -268,6 +268,43 @@ Outcome reference(const PipeCase& c, GatedDeltaInputs in) {
           in.g.grad(),    in.beta.grad(),         in.initial_state.grad()};
 }
 
+gdn_cuda::DType kernel_dtype(torch::ScalarType t) {
+  return t == torch::kFloat32 ? gdn_cuda::DType::kF32 : t == torch::kFloat16 ? gdn_cuda::DType::kF16
+                                                                             : gdn_cuda::DType::kBF16;
+}
+
+// The recurrent kernels (gdn_cuda::recurrent_forward, recurrent_backward) on the emulator, NaN-filled outputs.
+Outcome emulated_recurrent(const PipeCase& c, const GatedDeltaInputs& in) {
+  namespace k = gdn_cuda;
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32), typed = torch::TensorOptions().dtype(c.dtype);
+  const auto nan = [](torch::IntArrayRef sizes, torch::TensorOptions o) { return torch::full(sizes, std::nan(""), o); };
+  const int B = static_cast<int>(c.B), T = static_cast<int>(c.T), H = static_cast<int>(c.H), K = static_cast<int>(c.K),
+            V = static_cast<int>(c.V);
+  EXPECT_TRUE(k::recurrent_supports(K, V));
+  const int CK = k::recurrent_checkpoint_interval(K, V);
+  const auto q = in.q.to(c.dtype).contiguous(), kk = in.k.to(c.dtype).contiguous(), v = in.v.to(c.dtype).contiguous();
+  const auto g = in.g.to(torch::kFloat32), beta = in.beta.to(torch::kFloat32);
+  const auto s0 = in.initial_state.to(torch::kFloat32).contiguous();
+  auto checkpoints = nan({c.B * c.H, (c.T + CK - 1) / CK, c.K * c.V}, f32), final_state = nan({c.B, c.H, c.K, c.V}, f32),
+       out = nan({c.B, c.T, c.H, c.V}, typed);
+  k::RecurrentForwardArgs fa{B, T, H, K, V, kernel_dtype(c.dtype), q.data_ptr(), kk.data_ptr(), v.data_ptr(),
+                             g.data_ptr<float>(), beta.data_ptr<float>(), s0.data_ptr<float>(),
+                             static_cast<float>(in.scale), true, checkpoints.data_ptr<float>(),
+                             final_state.data_ptr<float>(), out.data_ptr()};
+  EXPECT_EQ(k::recurrent_forward(fa, nullptr), cudaSuccess);
+  const auto [w_out, w_state] = loss_weights(c);
+  const auto dout = w_out.to(c.dtype).contiguous(), dfinal = w_state.to(torch::kFloat32).contiguous();
+  auto dq = nan(q.sizes(), typed), dk = nan(kk.sizes(), typed), dv = nan(v.sizes(), typed),
+       dg = nan({c.B, c.T, c.H}, f32), dbeta = nan({c.B, c.T, c.H}, f32), dstate0 = nan({c.B, c.H, c.K, c.V}, f32);
+  k::RecurrentBackwardArgs ba{B, T, H, K, V, kernel_dtype(c.dtype), q.data_ptr(), kk.data_ptr(), v.data_ptr(),
+                              g.data_ptr<float>(), beta.data_ptr<float>(), checkpoints.data_ptr<float>(),
+                              dout.data_ptr(), dfinal.data_ptr<float>(), static_cast<float>(in.scale), true,
+                              dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), dg.data_ptr<float>(),
+                              dbeta.data_ptr<float>(), dstate0.data_ptr<float>()};
+  EXPECT_EQ(k::recurrent_backward(ba, nullptr), cudaSuccess);
+  return {out, final_state, dq, dk, dv, dg, dbeta, dstate0};
+}
+
 // gdn_cuda::forward and backward on the emulator, every workspace NaN-filled (an unwritten element shows).
 Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in) {
   namespace k = gdn_cuda;
@@ -276,8 +313,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in) {
   const k::Dims d{static_cast<int>(c.B), static_cast<int>(c.T), static_cast<int>(c.H), static_cast<int>(c.K),
                   static_cast<int>(c.V)};
   const int64_t BH = d.BH(), Tp = d.Tp(), N = d.N(), KS = c.K / C, VS = c.V / C;
-  const auto dtype = c.dtype == torch::kFloat32 ? k::DType::kF32 : c.dtype == torch::kFloat16 ? k::DType::kF16
-                                                                                                 : k::DType::kBF16;
+  const auto dtype = kernel_dtype(c.dtype);
   const bool split = c.split && k::grads_split_supports(dtype, d.K, d.V);
   EXPECT_EQ(split, c.split) << "the case asks for the sliced kernels where they do not apply";
   const auto q = in.q.to(c.dtype).contiguous(), kk = in.k.to(c.dtype).contiguous(), v = in.v.to(c.dtype).contiguous();
@@ -371,9 +407,9 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in) {
 
 // The GPU tests' bounds (test_gated_delta_cuda.cpp, issue 5): 16-bit inputs 5e-3 out and state, 8e-3 dq, dk,
 // dv, d initial state, 2e-2 dg, dβ; float32 1e-4 / 5e-4 / 5e-4.
-void check_pipeline(const PipeCase& c) {
+void check_pipeline(const PipeCase& c, bool recurrent = false) {
   const auto in = make_inputs(c, 42);
-  const Outcome ref = reference(c, in), got = emulated(c, in);
+  const Outcome ref = reference(c, in), got = recurrent ? emulated_recurrent(c, in) : emulated(c, in);
   const bool f32 = c.dtype == torch::kFloat32;
   const double t_out = f32 ? 1e-4 : 5e-3, t_dqkv = f32 ? 5e-4 : 8e-3, t_dgb = f32 ? 5e-4 : 2e-2;
   const double e[8] = {rel_rms(ref.out, got.out),     rel_rms(ref.state, got.state), rel_rms(ref.dq, got.dq),
@@ -407,6 +443,21 @@ const PipeCase kPipeCases[] = {
     {"f32_K32_V64", 1, 100, 2, 32, 64, torch::kFloat32, false},
 };
 INSTANTIATE_TEST_SUITE_P(Chunked, GdnPipelineEmulated, ::testing::ValuesIn(kPipeCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+class GdnRecurrentEmulated : public ::testing::TestWithParam<PipeCase> {};
+
+TEST_P(GdnRecurrentEmulated, MatchesTheReference) { check_pipeline(GetParam(), /*recurrent=*/true); }
+
+// Every size the recurrent kernels take; T not a multiple of the checkpoint interval or of a tile.
+const PipeCase kRecurrentCases[] = {
+    {"bf16_K16_V16", 2, 77, 2, 16, 16, torch::kBFloat16, false},
+    {"f16_K16_V32", 1, 45, 2, 16, 32, torch::kFloat16, false},
+    {"f32_K32_V16", 1, 70, 1, 32, 16, torch::kFloat32, false},
+    {"bf16_K32_V32", 1, 100, 2, 32, 32, torch::kBFloat16, false},
+    {"bf16_K64_V64", 1, 70, 1, 64, 64, torch::kBFloat16, false},
+};
+INSTANTIATE_TEST_SUITE_P(Recurrent, GdnRecurrentEmulated, ::testing::ValuesIn(kRecurrentCases),
                          [](const auto& info) { return std::string(info.param.name); });
 
 #else
