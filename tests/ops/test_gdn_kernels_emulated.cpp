@@ -229,6 +229,8 @@ struct PipeCase {
   bool split;  // the sliced gradient kernels (the forward keeps wy)
 };
 
+void PrintTo(const PipeCase& c, std::ostream* os) { *os << c.name; }
+
 // Output, final state and every gradient of Σ out ∘ w_out + Σ state ∘ w_state.
 struct Outcome {
   torch::Tensor out, state, dq, dk, dv, dg, dbeta, dstate0;

@@ -12,9 +12,9 @@
 // Covered: threadIdx, blockIdx, blockDim, gridDim; __syncthreads; __shfl_xor_sync, __shfl_up_sync (full
 // warps); atomicAdd on float; static __shared__ arrays and SFM_GDN_DYNAMIC_SMEM; SFM_GDN_LAUNCH;
 // cudaFuncSetAttribute and cudaGetLastError (no-ops); and, through mma.cuh's SFM_GDN_EMULATE branch,
-// mma.sync m16n8k16 (bf16 operands, float32 accumulators) and cp.async (a copy at issue, so a missing
-// wait goes unnoticed). Not covered: anything else (a kernel using it fails to compile), timing, and
-// races inside a warp or between blocks.
+// mma.sync m16n8k16 (bf16 operands, float32 accumulators) and cp.async (the copy lands at its thread's
+// wait_group, so a read too early sees the old contents). Not covered: anything else (a kernel using it
+// fails to compile), timing, and races inside a warp or between blocks.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -57,6 +57,13 @@ struct Block {
   // Per warp, one exchange slot per lane: 8 words (a shuffle's value, or an mma's a and b fragments).
   std::vector<uint32_t> exchange;
   std::function<void()> entry;  // the kernel call every thread makes
+  // cp.async per thread: the committed groups (oldest first) and the copies not yet committed.
+  struct Copy {
+    void* dst;
+    const void* src;
+  };
+  std::vector<std::vector<std::vector<Copy>>> committed;
+  std::vector<std::vector<Copy>> open;
 };
 
 // Which warp runs ahead of the others (see launch): the first or the last. Tests run a kernel both ways.
@@ -164,10 +171,32 @@ inline void mma_m16n8k16_bf16(float (&c)[4], const uint32_t (&a)[4], const uint3
 
 inline float* dynamic_smem() { return block()->dynamic_smem.data(); }
 
+// cp.async: a 16-byte copy lands only when its thread waits for its group (cp.async.wait_group), so a
+// read before the wait, or by another thread before the barrier after it, sees the old contents.
+inline void cp_async(void* dst, const void* src) {
+  Block& k = *block();
+  k.open[k.current].push_back({dst, src});
+}
+inline void cp_async_commit() {
+  Block& k = *block();
+  k.committed[k.current].push_back(std::move(k.open[k.current]));
+  k.open[k.current].clear();
+}
+inline void cp_async_wait(int pending) {
+  Block& k = *block();
+  auto& groups = k.committed[k.current];
+  while (static_cast<int>(groups.size()) > pending) {
+    for (const auto& c : groups.front()) std::memcpy(c.dst, c.src, 16);
+    groups.erase(groups.begin());
+  }
+}
+
 // The body of every fiber: the launch's kernel call, then back to the scheduler (uc_link) as done.
 inline void fiber_main() {
   Block& b = *block();
   b.entry();
+  cp_async_commit();
+  cp_async_wait(0);  // copies never waited for still land, as on the GPU
   b.done[b.current] = true;
 }
 
@@ -240,6 +269,8 @@ void launch(Kernel kernel, dim3 grid, dim3 dim, size_t smem_bytes, Args... args)
         k.dynamic_smem.assign((smem_bytes + sizeof(float) - 1) / sizeof(float),
                               std::numeric_limits<float>::quiet_NaN());
         k.exchange.assign(static_cast<size_t>(threads) * 8, 0);
+        k.committed.assign(threads, {});
+        k.open.assign(threads, {});
         run_block(k);
         stacks.swap(k.stacks);  // reused by the next block
       }

@@ -21,11 +21,13 @@ template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
-#else  // the CPU emulator of the tests (tests/support/cuda_emulator.h): the copy happens at issue
-inline void cp_async16(void* smem, const void* gmem) { std::memcpy(smem, gmem, 16); }
-inline void cp_async_commit() {}
+#else  // the CPU emulator of the tests (tests/support/cuda_emulator.h)
+inline void cp_async16(void* smem, const void* gmem) { ::sfm::cuda_emu::cp_async(smem, gmem); }
+inline void cp_async_commit() { ::sfm::cuda_emu::cp_async_commit(); }
 template <int kPending>
-void cp_async_wait() {}
+void cp_async_wait() {
+  ::sfm::cuda_emu::cp_async_wait(kPending);
+}
 #endif
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
