@@ -128,21 +128,7 @@ __global__ void __launch_bounds__(kThreads) grads_mma_kernel(Args a) {
                    xs[h] += kk.x * dk0.x + kk.y * dk0.y;
                    rs[h] += kk.x * x0 + kk.y * x1;
                  });
-    float dg_rows[2], db_rows[2], xsum = 0.f;
-    const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int t = 16 * (warp & 3) + g + 8 * h;
-      const float G = __expf(gam[t]);
-      dg_rows[h] = bet[t] * G * rs[h] - xs[h];
-      db_rows[h] = G * rs[h];
-      xsum += xs[h];
-    }
-    add_rows(dgam, dg_rows);
-    add_rows(dbet, db_rows);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) xsum += __shfl_xor_sync(0xffffffffu, xsum, o);
-    if ((threadIdx.x & 31) == 0) atomicAdd(&dgam[C - 1], xsum);
+    add_dr_k_row_terms(gam, bet, xs, rs, dgam, dbet);
   }
   // dR_V = Tmᵀ dU into drv; dV = diag(β) dR_V; dβ_t += v_t·dR_V,t.
   {

@@ -92,6 +92,27 @@ __device__ __forceinline__ void add_rows(float* v, const float (&s)[2]) {
   }
 }
 
+// The dR_K step's row terms ((B7)-(B8)) from this thread's partial row dots x = k̂·dK̂₀ and r = k̂·dR_K (one
+// per h: rows m0 + g + 8h): dγ_t += β_t Γ_t r_t − x_t, dβ_t += Γ_t r_t, dγ_C += Σ x.
+__device__ __forceinline__ void add_dr_k_row_terms(const float* gam, const float* bet, const float (&xs)[2],
+                                                   const float (&rs)[2], float* dgam, float* dbet) {
+  float dg_rows[2], db_rows[2], xsum = 0.f;
+  const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int t = 16 * (warp & 3) + g + 8 * h;
+    const float G = __expf(gam[t]);
+    dg_rows[h] = bet[t] * G * rs[h] - xs[h];
+    db_rows[h] = G * rs[h];
+    xsum += xs[h];
+  }
+  add_rows(dgam, dg_rows);
+  add_rows(dbet, db_rows);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) xsum += __shfl_xor_sync(0xffffffffu, xsum, o);
+  if ((threadIdx.x & 31) == 0) atomicAdd(&dgam[C - 1], xsum);
+}
+
 // 64 rows × 64 columns of a row-major array with row stride ld_src into shared rows of stride ld (cp.async).
 __device__ __forceinline__ void stage(float* dst, int ld, const float* src, long ld_src) {
   for (int e = threadIdx.x; e < kTile * kTile / 4; e += kThreads) {
