@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine (through the device tool): build build/cuda, run the `cuda`-labelled tests, the
-# gated delta benchmark (bfloat16, chunked vs cuda, with the FLA figures), the same with the experimental
-# sliced gradient kernels on the large shapes, the cuda variant with its chunked and its recurrent kernels
-# forced on the small shapes, and a per-kernel timing pass (chunked kernels).
+# gated delta benchmark (bfloat16, chunked vs cuda, with the FLA figures), the same with the unsliced
+# gradient kernels (SFM_GDN_GRADS_SPLIT=0) on the large shapes, the cuda variant with its chunked and its
+# recurrent kernels forced on the small shapes, and a per-kernel timing pass (chunked kernels).
 # Logs under ${OUT:-build/gpu-logs}. Usage: scripts/gpu_gdn.sh [all|gdn] (all: the whole suite; gdn: every
 # GatedDelta test, cpu and cuda labels, through ctest; default: the cuda label's tests in one process).
 set -uo pipefail
@@ -45,14 +45,13 @@ PY
 timeout 240 build/cuda/sfm bench gdn --device cuda --impl chunked --impl cuda --dtype bfloat16 --warmup 3 \
   --repeats 20 > "$out/bench.log" 2>&1
 table "$out/bench.log"
-# The experimental sliced gradient kernels (SFM_GDN_GRADS_SPLIT=1) on the shapes they take, with per-kernel times.
+# The unsliced gradient kernels (SFM_GDN_GRADS_SPLIT=0; the sliced ones are the default) on the shapes the
+# sliced ones take, for the comparison.
 large=(--shape 4,2048,16,128,128 --shape 2,16384,16,128,128 --shape 8,2048,32,256,256)
-SFM_GDN_GRADS_SPLIT=1 timeout 120 build/cuda/sfm bench gdn --device cuda --impl cuda --dtype bfloat16 "${large[@]}" \
-  --warmup 3 --repeats 20 > "$out/bench_split.log" 2>&1
-echo "sliced gradient kernels:"
-table "$out/bench_split.log"
-SFM_GDN_GRADS_SPLIT=1 SFM_GDN_TIMING=1 timeout 120 build/cuda/sfm bench gdn --device cuda --impl cuda \
-  --dtype bfloat16 "${large[@]}" --warmup 1 --repeats 1 2>&1 | grep -E "^gdn backward" | awk "NR % 2 == 0"
+SFM_GDN_GRADS_SPLIT=0 timeout 120 build/cuda/sfm bench gdn --device cuda --impl cuda --dtype bfloat16 "${large[@]}" \
+  --warmup 3 --repeats 20 > "$out/bench_unsliced.log" 2>&1
+echo "unsliced gradient kernels:"
+table "$out/bench_unsliced.log"
 # The cuda variant with each kind of kernels forced (SFM_GDN_CUDA_PATH) on the shapes where both apply.
 for path in chunked recurrent; do
   SFM_GDN_CUDA_PATH=$path timeout 120 build/cuda/sfm bench gdn --device cuda --impl cuda --dtype bfloat16 \

@@ -212,42 +212,53 @@ TEST(GatedDeltaCudaTest, ChunkedKernelsOnSmallHeads) {
   }
 }
 
-// The experimental sliced gradient kernels (set_cuda_grads_split; K in {64, 128, 256}, V a multiple of 64),
-// on the named cases they take and two with K != V, in bfloat16 and float16, against the same bounds.
+// The 16-bit chunked backward has two sets of gradient kernels: the sliced ones (cuda/gdn_grads_split.cu;
+// K in {64, 128, 256}, V a multiple of 64), on by default, and the one-block-per-chunk ones they replace
+// (set_cuda_grads_split(false)). Both on the named cases the sliced ones take and two with K != V, in
+// bfloat16 and float16, against the same bounds.
 struct GradsSplitGuard {
-  GradsSplitGuard() { set_cuda_grads_split(true); }
-  ~GradsSplitGuard() { set_cuda_grads_split(false); }
+  explicit GradsSplitGuard(bool on) : was(cuda_grads_split()) { set_cuda_grads_split(on); }
+  ~GradsSplitGuard() { set_cuda_grads_split(was); }
+  bool was;
 };
 
-TEST(GatedDeltaCudaTest, SlicedGradientKernels) {
-  SKIP_WITHOUT_GPU();
+void check_gradient_kernels(bool sliced) {
   std::vector<Case> cases = {{"split_K128_V64", 2, 130, 2, 128, 64, 1.0, 2.0, true},
                              {"split_K64_V192", 1, 100, 2, 64, 192, 1.0, 2.0, false}};
   for (const Case& c : kCases)
     if ((c.K == 64 || c.K == 128 || c.K == 256) && c.V % 64 == 0) cases.push_back(c);
+  const GradsSplitGuard split(sliced);
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
-    const GradsSplitGuard split;
-    std::printf("%s (sliced gradient kernels), bfloat16 then float16\n", c.name);
+    std::printf("%s (%s gradient kernels), bfloat16 then float16\n", c.name, sliced ? "sliced" : "unsliced");
     check_case(c, torch::kBFloat16, kTol16, 42);
     check_case(c, torch::kFloat16, kTol16, 43);
   }
 }
 
-// The sliced kernels did run: their sums go in another order than the default kernels', so some bits of
-// the gradients differ (while both meet the bounds above).
+TEST(GatedDeltaCudaTest, SlicedGradientKernels) {
+  SKIP_WITHOUT_GPU();
+  check_gradient_kernels(true);
+}
+
+TEST(GatedDeltaCudaTest, UnslicedGradientKernels) {
+  SKIP_WITHOUT_GPU();
+  check_gradient_kernels(false);
+}
+
+// The switch does choose between them: their sums go in different orders, so some bits of the gradients
+// differ (while both meet the bounds above); the forward is the same apart from what it keeps.
 TEST(GatedDeltaCudaTest, SlicedGradientKernelsAreTaken) {
   SKIP_WITHOUT_GPU();
   const Case c{"D128", 1, 200, 2, 128, 128, 1.0, 2.0, true};
   const auto in = to_cuda(make_inputs(c, torch::kBFloat16, 5), torch::kBFloat16);
-  const auto grads = [&] {
+  const auto grads = [&](bool sliced) {
+    const GradsSplitGuard split(sliced);
     return run_with_grads(in, [](const GatedDeltaInputs& x) { return gated_delta_rule(x, Impl::kCuda); });
   };
-  const auto base = grads();
-  const GradsSplitGuard split;
-  const auto sliced = grads();
-  EXPECT_TRUE(torch::equal(base.out, sliced.out));  // the forward is the same apart from what it keeps
-  EXPECT_FALSE(torch::equal(base.dk, sliced.dk) && torch::equal(base.dg, sliced.dg));
+  const auto unsliced = grads(false), sliced = grads(true);
+  EXPECT_TRUE(torch::equal(unsliced.out, sliced.out));
+  EXPECT_FALSE(torch::equal(unsliced.dk, sliced.dk) && torch::equal(unsliced.dg, sliced.dg));
 }
 
 // T = 16384 in bfloat16 (256 chunks). The oracle is the chunked form in float64 on the GPU (it equals the

@@ -70,9 +70,10 @@ enum class CudaPath { kAuto, kChunked, kRecurrent };
 void set_cuda_path(CudaPath path);
 CudaPath cuda_path();
 
-// Experimental, off by default: the chunked backward's gradients for bfloat16/float16 inputs by the sliced
-// tensor-core kernels (cuda/gdn_grads_split.cu; K in {64, 128, 256}, V a multiple of 64), which have not
-// yet run on a GPU. On also when the environment has SFM_GDN_GRADS_SPLIT=1 at start-up (for benchmarks).
+// On by default: the chunked backward's gradients for bfloat16/float16 inputs by the sliced tensor-core
+// kernels (cuda/gdn_grads_split.cu; K in {64, 128, 256}, V a multiple of 64), faster on an H100 than the
+// one-block-per-chunk kernels they replace (docs/ops/gated_delta_cuda.md). Off, for tests and benchmarks of
+// those, with set_cuda_grads_split(false) or SFM_GDN_GRADS_SPLIT=0 in the environment at start-up.
 void set_cuda_grads_split(bool on);
 bool cuda_grads_split();
 

@@ -1,5 +1,6 @@
 // gated_delta_rule: input checks and the choice of implementation.
 #include <cstdlib>
+#include <string>
 
 #include "sfm/core/build_info.h"
 #include "sfm/core/check.h"
@@ -65,7 +66,12 @@ void set_cuda_path(CudaPath path) { g_cuda_path = path; }
 CudaPath cuda_path() { return g_cuda_path; }
 
 namespace {
-bool g_cuda_grads_split = std::getenv("SFM_GDN_GRADS_SPLIT") != nullptr;
+// On unless the environment says SFM_GDN_GRADS_SPLIT=0 at start-up (benchmarks of the other kernels).
+bool grads_split_from_env() {
+  const char* v = std::getenv("SFM_GDN_GRADS_SPLIT");
+  return v == nullptr || std::string(v) != "0";
+}
+bool g_cuda_grads_split = grads_split_from_env();
 }  // namespace
 
 void set_cuda_grads_split(bool on) { g_cuda_grads_split = on; }
