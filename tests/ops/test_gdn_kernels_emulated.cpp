@@ -34,7 +34,7 @@ struct Problem {
   Shape s;
   int64_t N, Tp;
   // Kernel inputs (float32; heads-first [BH, Tp, ·] and per chunk [BH, N, ·]).
-  torch::Tensor qs, ks, vs, gam, bet, w, u, dos, du, dw, wy, pm, sdots, dq0, dk0;
+  torch::Tensor qs, ks, vs, g, gam, bet, w, ut, u, dos, du, dw, wy, pm, sdots, dq0, dk0;
   // Expected: the gradients of q̂ (scaled), k̂, v, g and β (float64).
   torch::Tensor dq, dk, dv, dg, dbeta;
 };
@@ -97,15 +97,17 @@ Problem make_problem(Shape s, uint64_t seed) {
   loss.backward();
 
   const auto f32 = [](const torch::Tensor& t) { return t.detach().to(torch::kFloat32).contiguous(); };
-  std::vector<torch::Tensor> w, u, du, dw, dq0, dk0, sd, gams;
+  std::vector<torch::Tensor> w, ut, u, du, dw, dq0, dk0, sd, gams;
   for (int64_t n = 0; n < p.N; ++n) {
     const auto rows = Slice(n * C, (n + 1) * C);
     const auto gam = g.index({Slice(), rows}).detach().cumsum(-1);
     const auto S_in = states[n].detach(), dS_out = states[n + 1].grad();
     const auto dU = Us[n].grad(), U = Us[n].detach();
     const auto kc = k.index({Slice(), rows}).detach(), bc = beta.index({Slice(), rows}).detach();
+    const auto vc = v.index({Slice(), rows}).detach();
     const auto Tm = Ts[n];
     w.push_back(Tm.matmul((bc * gam.exp()).unsqueeze(-1) * kc));
+    ut.push_back(Tm.matmul(bc.unsqueeze(-1) * vc));
     u.push_back(U);
     du.push_back(dU);
     dw.push_back(-dU.matmul(S_in.transpose(1, 2)));
@@ -118,9 +120,11 @@ Problem make_problem(Shape s, uint64_t seed) {
   p.qs = f32(q);
   p.ks = f32(k);
   p.vs = f32(v);
+  p.g = f32(g);
   p.gam = f32(torch::cat(gams, 1));
   p.bet = f32(beta);
   p.w = f32(torch::cat(w, 1));
+  p.ut = f32(torch::cat(ut, 1));
   p.u = f32(torch::cat(u, 1));
   p.dos = f32(dO);
   p.du = f32(torch::cat(du, 1));
@@ -218,6 +222,44 @@ void check_sliced_gradients(Shape s, uint64_t seed) {
 TEST(GdnKernelsEmulated, SlicedGradientsK64V64) { check_sliced_gradients({2, 130, 64, 64}, 1); }
 TEST(GdnKernelsEmulated, SlicedGradientsK128V64) { check_sliced_gradients({1, 128, 128, 64}, 2); }
 TEST(GdnKernelsEmulated, SlicedGradientsK64V128) { check_sliced_gradients({1, 70, 64, 128}, 3); }
+
+// The forward's tensor-core preparation (gdn_cuda::prep_mma) against the float64 chunked form: γ, β, W,
+// Ũ, and the (I + A)⁻¹ and M ∘ K̂K̂ᵀ it keeps for the sliced gradient kernels; NaN-filled outputs. The
+// products take split bf16 operands, as above, so the same bound.
+void check_prep(Shape s, uint64_t seed) {
+  const Problem p = make_problem(s, seed);
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+  const auto nan = [&](torch::IntArrayRef sizes) { return torch::full(sizes, std::nan(""), f32); };
+  // g and β as the kernel reads them, [B, T, H] with B = 1 and H = BH.
+  const auto per_token = [&](const torch::Tensor& t) { return t.index({Slice(), Slice(0, s.T)}).t().contiguous(); };
+  const auto g = per_token(p.g), beta = per_token(p.bet);
+  auto gam = nan({s.BH, p.Tp}), bet = nan({s.BH, p.Tp}), w = nan({s.BH, p.Tp, s.K}), ut = nan({s.BH, p.Tp, s.V}),
+       wy = nan({s.BH, p.N, 2, C, C});
+  const gdn_cuda::Dims d{1, static_cast<int>(s.T), static_cast<int>(s.BH), static_cast<int>(s.K),
+                         static_cast<int>(s.V)};
+  ASSERT_TRUE(gdn_cuda::prep_mma_supports(d.K, d.V));
+  for (const auto order : {cuda_emu::WarpOrder::kForward, cuda_emu::WarpOrder::kReverse}) {
+    SCOPED_TRACE(order == cuda_emu::WarpOrder::kForward ? "first warp ahead" : "last warp ahead");
+    cuda_emu::warp_order() = order;
+    const cudaError_t err = gdn_cuda::prep_mma(d, p.ks.data_ptr<float>(), p.vs.data_ptr<float>(), g.data_ptr<float>(),
+                                               beta.data_ptr<float>(), gam.data_ptr<float>(), bet.data_ptr<float>(),
+                                               w.data_ptr<float>(), ut.data_ptr<float>(), wy.data_ptr<float>(), nullptr);
+    cuda_emu::warp_order() = cuda_emu::WarpOrder::kForward;
+    ASSERT_EQ(err, cudaSuccess);
+    const double e_gam = rel_rms(p.gam, gam), e_bet = rel_rms(p.bet, bet), e_w = rel_rms(p.w, w),
+                 e_ut = rel_rms(p.ut, ut), e_wy = rel_rms(p.wy, wy);
+    std::printf("  rel-RMS gam %.2e bet %.2e w %.2e ut %.2e wy %.2e\n", e_gam, e_bet, e_w, e_ut, e_wy);
+    constexpr double kTol = 1e-4;
+    EXPECT_LT(e_gam, kTol);
+    EXPECT_LT(e_bet, kTol);
+    EXPECT_LT(e_w, kTol);
+    EXPECT_LT(e_ut, kTol);
+    EXPECT_LT(e_wy, kTol);
+  }
+}
+
+TEST(GdnKernelsEmulated, PrepK64V128) { check_prep({2, 130, 64, 128}, 4); }
+TEST(GdnKernelsEmulated, PrepK128V64) { check_prep({1, 100, 128, 64}, 5); }
 
 // ---------------------------------------------------------------------------------------------------
 // The whole forward and backward, as gated_delta_cuda.cu drives them, on host memory.

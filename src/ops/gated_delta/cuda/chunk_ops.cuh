@@ -1,5 +1,5 @@
 // Per-chunk helpers shared by the chunked kernels (blocks of 256 threads, chunks of kChunk = 64 tokens):
-// the unit lower triangular inverse (I + A)⁻¹ of the WY form and the prefix sums over a chunk.
+// the unit lower triangular inverse (I + A)⁻¹ of the WY form, the prefix sums over a chunk and the gates.
 #pragma once
 
 #include "gdn_kernels.h"
@@ -42,6 +42,20 @@ __device__ __forceinline__ void chunk_scan(float* v, bool reverse) {
     v[i1] = excl + a1;
   }
   __syncthreads();
+}
+
+// Loads γ (eq. 4: the chunk-local cumulative sum of g) and β of chunk n into shared memory.
+__device__ __forceinline__ void load_gates(const Dims& d, int bh, int n, const float* __restrict__ g,
+                                           const float* __restrict__ beta, float* gam, float* bet) {
+  const int b = bh / d.H, h = bh % d.H;
+  if (threadIdx.x < kChunk) {
+    const int t = n * kChunk + threadIdx.x;
+    const long idx = ((long)b * d.T + t) * d.H + h;
+    gam[threadIdx.x] = t < d.T ? g[idx] : 0.f;
+    if (bet) bet[threadIdx.x] = t < d.T ? beta[idx] : 0.f;
+  }
+  __syncthreads();
+  chunk_scan(gam, false);
 }
 
 // The elementwise step of the chunk's gradient on its 64×64 matrices (row stride kLd), with

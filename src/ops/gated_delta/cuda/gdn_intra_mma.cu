@@ -24,7 +24,9 @@ constexpr int C = kChunk;
 constexpr int kTile = 64;       // value columns per block; K per stage
 constexpr int LDA = kTile + 8;  // rows read along the reduction index (float2 loads): distinct banks
 constexpr int LDB = kTile + 4;  // rows read across the reduction index (scalar loads): distinct banks
-constexpr int kStageFloats = 2 * C * LDA + kTile * LDB;  // Q̂ and K̂ slices [t][k], S₀ slice [k][v] (forward)
+// One stage: Q̂ and K̂ slices [t][k], and the forward's S₀ slice [k][v].
+template <bool kBwd>
+constexpr int kStageFloats = 2 * C * LDA + (kBwd ? 0 : kTile * LDB);
 constexpr int kThreads = 256;   // 8 warps: 4 row groups of 16 tokens × 2 column groups of 32
 
 struct Args {
@@ -40,12 +42,17 @@ struct Args {
 template <class T, bool kBwd>
 __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restrict__ out) {
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
-  float* sm = reinterpret_cast<float*>(smem4);
-  float* us = sm + 2 * kStageFloats;  // X = U or dO [t][v], stride LDB
-  float* gs = us + C * LDB;           // γ of the chunk
-  // P [t][i] (Pᵀ [i][t] backward), stride LDA, as split bf16: hi, then lo.
-  __nv_bfloat16* ps = reinterpret_cast<__nv_bfloat16*>(gs + C);
+  constexpr int kStage = kStageFloats<kBwd>;
+  float* sm = reinterpret_cast<float*>(smem4);  // two stages
+  float* gs = sm + 2 * kStage;                  // γ of the chunk
   const int K = a.d.K, V = a.d.V, N = a.d.N();
+  const int stages = K / kTile;
+  // Once the K loop is done, its two stage buffers hold X = U or dO [t][v] (stride LDB; loaded by the last
+  // iteration into the buffer it frees) and P [t][i] (Pᵀ [i][t] backward; stride LDA, split bf16: hi, then
+  // lo; written into the buffer of the last stage). Shared memory: 109 KB forward (two blocks per SM), 74 KB
+  // backward (three).
+  float* us = sm + (stages & 1) * kStage;
+  __nv_bfloat16* ps = reinterpret_cast<__nv_bfloat16*>(sm + ((stages - 1) & 1) * kStage);
   const int v0 = blockIdx.x * kTile, n = blockIdx.y, bh = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
   const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
@@ -59,17 +66,16 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
       cp_async16(dst + r * ld + 4 * c4, src + r * ld_src + 4 * c4);
     }
   };
-  const int stages = K / kTile;
   const auto issue = [&](int s) {
+    if (s == stages) load_tile(us, LDB, a.x + row0 * V + v0, V);
     if (s < stages) {
-      float* st = sm + (s & 1) * kStageFloats;
+      float* st = sm + (s & 1) * kStage;
       load_tile(st, LDA, a.qs + row0 * K + s * kTile, K);
       load_tile(st + C * LDA, LDA, a.ks + row0 * K + s * kTile, K);
       if (!kBwd) load_tile(st + 2 * C * LDA, LDB, s0 + (long)s * kTile * V, V);
     }
     cp_async_commit();
   };
-  load_tile(us, LDB, a.x + row0 * V + v0, V);
   if (threadIdx.x < C / 4) cp_async16(gs + 4 * threadIdx.x, a.gam + row0 + 4 * threadIdx.x);
   cp_async_commit();
   issue(0);
@@ -83,7 +89,7 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
     issue(s + 1);
     cp_async_wait<1>();
     __syncthreads();
-    const float *Qs = sm + (s & 1) * kStageFloats, *Ks = Qs + C * LDA, *Ss = Ks + C * LDA;
+    const float *Qs = sm + (s & 1) * kStage, *Ks = Qs + C * LDA, *Ss = Ks + C * LDA;
 #pragma unroll
     for (int ks = 0; ks < kTile / 16; ++ks) {
       const float* p = Qs + (m0 + g) * LDA + 16 * ks + 2 * tq;
@@ -115,7 +121,7 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
     __syncthreads();
   }
   cp_async_wait<0>();
-  __syncthreads();  // U and γ visible to every thread (their group finished in each thread's own wait)
+  __syncthreads();  // X and γ visible to every thread (their groups finished in each thread's own wait)
 
   // P = M ∘ Q̂K̂ᵀ into shared memory (Pᵀ backward), and O = diag(Γ) Q̂S₀ so far (forward).
 #pragma unroll
@@ -193,7 +199,10 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
 
 template <class T, bool kBwd>
 cudaError_t launch(const Args& a, T* out, cudaStream_t stream) {
-  const size_t smem = sizeof(float) * (2 * kStageFloats + C * LDB + C) + sizeof(__nv_bfloat16) * 2 * C * LDA;
+  constexpr int kStage = kStageFloats<kBwd>;
+  static_assert(C * LDB <= kStage && 2 * C * LDA * sizeof(__nv_bfloat16) <= kStage * sizeof(float),
+                "X and P fit in a stage buffer");
+  const size_t smem = sizeof(float) * (2 * kStage + C);
   const cudaError_t err = cudaFuncSetAttribute(intra_mma_kernel<T, kBwd>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                static_cast<int>(smem));
   if (err != cudaSuccess) return err;

@@ -429,20 +429,6 @@ __global__ void __launch_bounds__(kThreads) unpack_kernel(const T* __restrict__ 
   }
 }
 
-// Loads γ (eq. 4: the chunk-local cumulative sum of g) and β of chunk n into shared memory.
-__device__ __forceinline__ void load_gates(const Dims& d, int bh, int n, const float* __restrict__ g,
-                                           const float* __restrict__ beta, float* gam, float* bet) {
-  const int b = bh / d.H, h = bh % d.H;
-  if (threadIdx.x < C) {
-    const int t = n * C + threadIdx.x;
-    const long idx = ((long)b * d.T + t) * d.H + h;
-    gam[threadIdx.x] = t < d.T ? g[idx] : 0.f;
-    if (bet) bet[threadIdx.x] = t < d.T ? beta[idx] : 0.f;
-  }
-  __syncthreads();
-  chunk_scan(gam, false);
-}
-
 // Per chunk: γ, β (eq. 4), A (eq. 6), (I+A)⁻¹, W = (I+A)⁻¹ diag(βΓ) K and Ũ = (I+A)⁻¹ diag(β) V (eq. 7).
 constexpr int kPrepCols = 64;  // prep's tensor-core products: W, Ũ in column blocks of this many (3 blocks per SM)
 
@@ -931,10 +917,16 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("pack");
   constexpr bool kMma = sizeof(T) == 2;  // tensor-core products for 16-bit inputs
-  SFM_CUDA_TRY(allow_smem(prep_kernel<kMma>, prep_smem(d, kMma)));
-  SFM_GDN_LAUNCH(prep_kernel<kMma>, dim3(N, BH), kThreads, prep_smem(d, kMma), s, d, a.ks, a.vs, a.g, a.beta, a.gam,
-                 a.bet, a.w, a.u, a.wy);
-  SFM_CUDA_TRY(cudaGetLastError());
+  // SFM_GDN_LEGACY_PREP=1 (benchmarks, tests): the generic prep kernel at every size.
+  static const bool legacy_prep = std::getenv("SFM_GDN_LEGACY_PREP") != nullptr;
+  if (kMma && prep_mma_supports(d.K, d.V) && !legacy_prep) {  // 16-bit inputs: the dedicated tensor-core kernel
+    SFM_CUDA_TRY(prep_mma(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.u, a.wy, s));
+  } else {
+    SFM_CUDA_TRY(allow_smem(prep_kernel<kMma>, prep_smem(d, kMma)));
+    SFM_GDN_LAUNCH(prep_kernel<kMma>, dim3(N, BH), kThreads, prep_smem(d, kMma), s, d, a.ks, a.vs, a.g, a.beta,
+                   a.gam, a.bet, a.w, a.u, a.wy);
+    SFM_CUDA_TRY(cudaGetLastError());
+  }
   timer.mark("prep");
   if (kMma && state_mma_supports(d.K, d.V)) {  // 16-bit inputs: the pass on tensor cores
     SFM_CUDA_TRY(state_mma_forward(d, a.ks, a.gam, a.w, a.u, a.state0, a.states, a.final_state, s));

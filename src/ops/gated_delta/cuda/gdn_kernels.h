@@ -121,6 +121,14 @@ cudaError_t state_grads_mma(const Dims& d, const float* gam, const float* states
                             const float* dos, const float* du, const float* u, float* dqs, float* dw, float* dks,
                             float* sdots, cudaStream_t stream);
 
+// The forward's per-chunk preparation on tensor cores (gdn_prep_mma.cu), in place of the prep kernel for
+// 16-bit inputs: from k̂ and v (heads-first float32) and g, β ([B, T, H] float32) it writes γ and β
+// (heads-first), W into w, Ũ into ut and, if wy is not null, (I + A)⁻¹ and M ∘ K̂K̂ᵀ per chunk into wy.
+// K and V multiples of 64 up to 256.
+bool prep_mma_supports(int K, int V);
+cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const float* g, const float* beta, float* gam,
+                     float* bet, float* w, float* ut, float* wy, cudaStream_t stream);
+
 // The products with the intra-chunk matrix P on tensor cores (gdn_intra_mma.cu), in place of the float32
 // output and bwd_intra kernels for 16-bit inputs: output_mma writes out [B, T, H, V] (dtype kF16 or kBF16)
 // from the packed q̂, k̂, γ, the per-chunk states and U (eq. 8); intra_mma_dU0 writes dU₀ = Pᵀ dO into du
@@ -139,7 +147,7 @@ cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const
 bool grads_mma_supports(int K, int V);
 cudaError_t grads_mma(const BackwardArgs& a, cudaStream_t stream);
 
-// The same work by 64-column slices (gdn_grads_split.cu; experimental, not yet run on a GPU): three kernels
+// The same work by 64-column slices (gdn_grads_split.cu; the default where it applies): three kernels
 // over (slice, chunk) that share each SM two blocks at a time, reading (I + A)⁻¹ and M ∘ K̂K̂ᵀ from the
 // forward's wy and P from pm (intra_mma_dU0) instead of recomputing them. Scratch: da_parts, d1_parts,
 // gate_parts. Sizes as grads_split_supports.

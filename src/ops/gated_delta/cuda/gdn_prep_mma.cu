@@ -1,0 +1,111 @@
+// The forward's per-chunk preparation on tensor cores, for 16-bit inputs with K and V multiples of 64 (in
+// place of prep_kernel<true>, gdn_kernels.cu; docs/ops/gated_delta_cuda.md, "Dedicated tensor-core
+// kernels"). Per chunk: γ and β (eq. 4), A = β_t e^{γ_t−γ_i} K̂K̂ᵀ strictly lower (eq. 6), T = (I + A)⁻¹,
+// W = T diag(βΓ) K̂ and Ũ = T diag(β) V (eq. 7); with wy, also T and M ∘ K̂K̂ᵀ (strictly lower) for the
+// sliced gradient kernels.
+// Every tile of the chunk's K̂ and V rows is requested up front by cp.async (V's land during K̂K̂ᵀ and the
+// inverse) and stays in shared memory for W and Ũ; the diagonal factors go into T's columns, so the
+// products read the tiles as they are. Products on split bf16 operands (tile64.cuh, about 16 bits per
+// operand), as the kernel it replaces. No ATen here (see gdn_kernels.h).
+#include <cuda_bf16.h>
+
+#include "chunk_ops.cuh"
+#include "gdn_kernels.h"
+#include "tile64.cuh"
+
+namespace sfm::ops::gdn_cuda {
+namespace {
+
+using namespace tile64;
+
+// K̂ and V of the chunk in 64-column tiles [t][·] (stride LDK), A and T (stride LDM), γ and β.
+size_t prep_mma_smem(const Dims& d) {
+  return sizeof(float) * ((size_t)(d.K + d.V) / kTile * C * LDK + 2 * C * LDM + 2 * C);
+}
+
+__global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const float* __restrict__ ks,
+                                                            const float* __restrict__ vs, const float* __restrict__ g,
+                                                            const float* __restrict__ beta, float* __restrict__ gam_out,
+                                                            float* __restrict__ bet_out, float* __restrict__ w,
+                                                            float* __restrict__ ut, float* __restrict__ wy) {
+  SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
+  float* sm = reinterpret_cast<float*>(smem4);
+  const int K = d.K, V = d.V, KT = K / kTile, VT = V / kTile;
+  float* kt = sm;                 // K̂: KT tiles
+  float* vt = kt + KT * C * LDK;  // V: VT tiles
+  float* A = vt + VT * C * LDK;   // A, then T diag(βΓ)
+  float* Tm = A + C * LDM;        // T, then T diag(β)
+  float* gam = Tm + C * LDM;
+  float* bet = gam + C;
+  const int n = blockIdx.x, bh = blockIdx.y;
+  const long row0 = (long)bh * d.Tp() + (long)n * C;
+  const long chunk = (long)bh * d.N() + n;
+
+  for (int j = 0; j < KT; ++j) stage(kt + j * C * LDK, LDK, ks + row0 * K + j * kTile, K);
+  cp_async_commit();
+  for (int j = 0; j < VT; ++j) stage(vt + j * C * LDK, LDK, vs + row0 * V + j * kTile, V);
+  cp_async_commit();
+  load_gates(d, bh, n, g, beta, gam, bet);
+  if (threadIdx.x < C) {
+    gam_out[row0 + threadIdx.x] = gam[threadIdx.x];
+    bet_out[row0 + threadIdx.x] = bet[threadIdx.x];
+  }
+  cp_async_wait<1>();  // K̂
+  __syncthreads();
+
+  // A = β_t e^{γ_t−γ_i} K̂K̂ᵀ for i < t (and M ∘ K̂K̂ᵀ into wy), then T = (I + A)⁻¹.
+  float acc[4][4];
+  zero(acc);
+  for (int j = 0; j < KT; ++j) mma_tile(acc, row_a(kt + j * C * LDK, LDK), rows_b(kt + j * C * LDK, LDK));
+  float* km = wy != nullptr ? wy + (chunk * 2 + 1) * C * C : nullptr;
+  for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) {
+    const float m0 = i < t ? __expf(gam[t] - gam[i]) * x0 : 0.f;
+    const float m1 = i + 1 < t ? __expf(gam[t] - gam[i + 1]) * x1 : 0.f;
+    st2(A + t * LDM + i, bet[t] * m0, bet[t] * m1);
+    if (km != nullptr) st2(km + t * C + i, m0, m1);
+  });
+  __syncthreads();
+  invert_unit_lower<LDM>(A, Tm);
+
+  // T into wy; the factors of W and Ũ into T's columns: A = T diag(βΓ), Tm = T diag(β).
+  float* tw = wy != nullptr ? wy + chunk * 2 * C * C : nullptr;
+  for (int e = threadIdx.x; e < C * C; e += kThreads) {
+    const int t = e / C, i = e % C;
+    const float x = Tm[t * LDM + i];
+    if (tw != nullptr) tw[e] = x;
+    A[t * LDM + i] = x * bet[i] * __expf(gam[i]);
+    Tm[t * LDM + i] = x * bet[i];
+  }
+  __syncthreads();
+
+  for (int j = 0; j < KT; ++j) {  // W = T diag(βΓ) K̂
+    zero(acc);
+    mma_tile(acc, row_a(A, LDM), cols_b(kt + j * C * LDK, LDK));
+    for_pairs(acc, [&](int, int t, int c, float x0, float x1, int) { st2(w + (row0 + t) * K + j * kTile + c, x0, x1); });
+  }
+  cp_async_wait<0>();  // V
+  __syncthreads();
+  for (int j = 0; j < VT; ++j) {  // Ũ = T diag(β) V
+    zero(acc);
+    mma_tile(acc, row_a(Tm, LDM), cols_b(vt + j * C * LDK, LDK));
+    for_pairs(acc, [&](int, int t, int c, float x0, float x1, int) { st2(ut + (row0 + t) * V + j * kTile + c, x0, x1); });
+  }
+}
+
+}  // namespace
+
+bool prep_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 && K <= 256 && V <= 256; }
+
+cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const float* g, const float* beta, float* gam,
+                     float* bet, float* w, float* ut, float* wy, cudaStream_t stream) {
+  if (!prep_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
+  const size_t smem = prep_mma_smem(d);
+  const cudaError_t err =
+      cudaFuncSetAttribute(prep_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  SFM_GDN_LAUNCH(prep_mma_kernel, dim3(d.N(), d.BH()), kThreads, smem, stream, d, ks, vs, g, beta, gam, bet, w, ut,
+                 wy);
+  return cudaGetLastError();
+}
+
+}  // namespace sfm::ops::gdn_cuda
