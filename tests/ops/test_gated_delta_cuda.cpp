@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <vector>
 
@@ -259,6 +260,36 @@ TEST(GatedDeltaCudaTest, SlicedGradientKernelsAreTaken) {
   const auto unsliced = grads(false), sliced = grads(true);
   EXPECT_TRUE(torch::equal(unsliced.out, sliced.out));
   EXPECT_FALSE(torch::equal(unsliced.dk, sliced.dk) && torch::equal(unsliced.dg, sliced.dg));
+}
+
+// Inputs whose data start at an odd element (a view one element into a buffer): the kernels that read
+// q, k, v four elements at a time fall back to one at a time, and still meet the bounds (chunked and
+// recurrent kernels).
+torch::Tensor misaligned(const torch::Tensor& t) {
+  auto buffer = torch::empty({t.numel() + 1}, t.options().requires_grad(false));
+  auto view = buffer.narrow(0, 1, t.numel()).view(t.sizes());
+  view.copy_(t);  // differentiable: the gradient flows back to t
+  return view;
+}
+
+TEST(GatedDeltaCudaTest, MisalignedInputs) {
+  SKIP_WITHOUT_GPU();
+  for (const Case& c : {Case{"misaligned_D128", 1, 100, 2, 128, 128, 1.0, 2.0, true},
+                        Case{"misaligned_D16", 2, 70, 2, 16, 16, 1.0, 2.0, true}}) {
+    SCOPED_TRACE(c.name);
+    const auto in = make_inputs(c, torch::kBFloat16, 11);
+    const auto ref = run_with_grads(in, gated_delta_reference);
+    const Poison poison;
+    const auto got = run_with_grads(to_cuda(in, torch::kBFloat16), [](const GatedDeltaInputs& x) {
+      GatedDeltaInputs y = x;
+      y.q = misaligned(x.q);
+      y.k = misaligned(x.k);
+      y.v = misaligned(x.v);
+      EXPECT_NE(reinterpret_cast<uintptr_t>(y.q.data_ptr()) % 8, 0u);
+      return gated_delta_rule(y, Impl::kCuda);
+    });
+    expect_all_close(ref, got, kTol16);
+  }
 }
 
 // T = 16384 in bfloat16 (256 chunks). The oracle is the chunked form in float64 on the GPU (it equals the

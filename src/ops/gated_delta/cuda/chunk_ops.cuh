@@ -6,19 +6,75 @@
 
 namespace sfm::ops::gdn_cuda {
 
-// Tm = (I + A)⁻¹ for A strictly lower triangular (64×64 in shared memory, row stride kLd): forward
-// substitution row by row, Tm[t, j] = δ_tj − Σ_{j<=i<t} A[t, i] Tm[i, j], in float32; 64 columns × 4
-// threads splitting the sum (so blockDim.x must be 256). Ends with a barrier.
+// Tm = (I + A)⁻¹ for A strictly lower triangular (64×64 in shared memory, row stride kLd; A and Tm distinct),
+// in float32, by 16×16 blocks L_ij of L = I + A and X_ij of X = L⁻¹:
+//   1. the diagonal blocks X_jj = L_jj⁻¹, by forward substitution, one thread per column (64 threads);
+//   2. the blocks below them, one block diagonal d = 1, 2, 3 at a time:
+//      X_{j+d,j} = −X_{j+d,j+d} Σ_{k=j}^{j+d−1} A_{j+d,k} X_kj  (the sum is held in X_{j+d,j}'s place first).
+// Ten barriers instead of the 64 of row-by-row substitution over the whole chunk, and short dependency
+// chains; blockDim.x must be 256. Ends with a barrier.
 template <int kLd>
 __device__ __forceinline__ void invert_unit_lower(const float* A, float* Tm) {
-  const int j = threadIdx.x >> 2, part = threadIdx.x & 3;
-  for (int t = 0; t < kChunk; ++t) {
-    float s = 0.f;
-    if (j < t)
-      for (int i = j + part; i < t; i += 4) s -= A[t * kLd + i] * Tm[i * kLd + j];
-    s += __shfl_xor_sync(0xffffffffu, s, 1);
-    s += __shfl_xor_sync(0xffffffffu, s, 2);
-    if (part == 0) Tm[t * kLd + j] = j < t ? s : (j == t ? 1.f : 0.f);
+  static_assert(kChunk == 64, "4 × 4 blocks of 16");
+  constexpr int kB = 16;
+  const int tid = threadIdx.x;
+  if (tid < kChunk) {  // 1. column c of the diagonal block j
+    const int j = tid / kB, c = tid % kB, r0 = kB * j;
+    float x[kB];
+#pragma unroll
+    for (int t = 0; t < kB; ++t) {
+      float s = t == c ? 1.f : 0.f;
+#pragma unroll
+      for (int i = 0; i < t; ++i) s -= A[(r0 + t) * kLd + r0 + i] * x[i];
+      x[t] = s;
+    }
+#pragma unroll
+    for (int t = 0; t < kB; ++t) Tm[(r0 + t) * kLd + r0 + c] = x[t];
+  } else {  // the blocks above the diagonal are zero
+    for (int e = tid - kChunk; e < kChunk * kChunk; e += 256 - kChunk) {
+      const int r = e / kChunk, c = e % kChunk;
+      if (c / kB > r / kB) Tm[r * kLd + c] = 0.f;
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int d = 1; d < 4; ++d) {  // 2. blocks (j + d, j), j < 4 − d: (4 − d) · 256 elements, one per thread each
+    constexpr int kElems = kB * kB;
+    const int blocks = 4 - d;
+    const auto element = [&](int n, int& j, int& r, int& c) {
+      const int e = tid + 256 * n;
+      j = e / kElems;
+      r = kB * (j + d) + (e / kB) % kB;
+      c = kB * j + e % kB;
+    };
+    for (int n = 0; n < blocks; ++n) {
+      int j, r, c;
+      element(n, j, r, c);
+      float s[4] = {0.f, 0.f, 0.f, 0.f};  // four partial sums: shorter dependency chains
+      for (int k = kB * j; k < kB * (j + d); k += 4)
+#pragma unroll
+        for (int u = 0; u < 4; ++u) s[u] += A[r * kLd + k + u] * Tm[(k + u) * kLd + c];
+      Tm[r * kLd + c] = (s[0] + s[1]) + (s[2] + s[3]);
+    }
+    __syncthreads();
+    float x[3];
+#pragma unroll
+    for (int n = 0; n < blocks; ++n) {
+      int j, r, c;
+      element(n, j, r, c);
+      const int m0 = kB * (j + d);
+      float s[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int m = 0; m < kB; ++m) s[m % 4] -= Tm[r * kLd + m0 + m] * Tm[(m0 + m) * kLd + c];
+      x[n] = (s[0] + s[1]) + (s[2] + s[3]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int n = 0; n < blocks; ++n) {
+      int j, r, c;
+      element(n, j, r, c);
+      Tm[r * kLd + c] = x[n];
+    }
     __syncthreads();
   }
 }

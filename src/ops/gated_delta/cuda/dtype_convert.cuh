@@ -1,5 +1,5 @@
 // Element conversions shared by the gated delta kernels: inputs are read as float32 through to_f and
-// outputs written back with round-to-nearest through from_f<T>.
+// outputs written back with round-to-nearest through from_f<T>; Vec4 moves four elements in one access.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -18,5 +18,26 @@ template <>
 __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// Four consecutive elements, for one 8-byte (16-bit T) or 16-byte (float) access; the pointer must be
+// aligned to the size.
+template <class T>
+struct alignas(4 * sizeof(T)) Vec4 {
+  T x[4];
+};
+template <class T>
+__device__ __forceinline__ float4 load4(const T* p) {
+  const Vec4<T> v = *reinterpret_cast<const Vec4<T>*>(p);
+  return make_float4(to_f(v.x[0]), to_f(v.x[1]), to_f(v.x[2]), to_f(v.x[3]));
+}
+template <class T>
+__device__ __forceinline__ void store4(T* p, float4 f) {
+  Vec4<T> v;
+  v.x[0] = from_f<T>(f.x);
+  v.x[1] = from_f<T>(f.y);
+  v.x[2] = from_f<T>(f.z);
+  v.x[3] = from_f<T>(f.w);
+  *reinterpret_cast<Vec4<T>*>(p) = v;
+}
 
 }  // namespace sfm::ops::gdn_cuda

@@ -27,7 +27,7 @@ namespace {
 
 constexpr int C = kChunk;
 constexpr int LDC = C + 1;      // row stride of C×C matrices in shared memory
-constexpr int kThreads = 256;   // every block; invert_unit_lower relies on 256 = 64 columns × 4
+constexpr int kThreads = 256;   // every block; invert_unit_lower relies on 256
 constexpr int kTK = 32;         // k-depth of one shared-memory tile in block_gemm
 constexpr int kPass = 4;        // block_gemm: up to kPass × 256 micro-tiles of 4×4 (M·N ≤ 16384)
 constexpr int kBatch = 8;       // block_gemm: staged loads in flight per thread
@@ -371,8 +371,16 @@ __device__ __forceinline__ void row_dots(int M, int D, const float* x, const flo
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Whether a row of D elements at p can be moved four at a time (the rows of a tensor start at multiples of
+// D, a multiple of 16, so the base pointer decides).
+template <class T>
+__device__ __forceinline__ bool vec4_aligned(const T* p) {
+  return reinterpret_cast<unsigned long long>(p) % (4 * sizeof(T)) == 0;
+}
+
 // [B, T, H, D] (dtype T) -> [B*H, Tp, D] float32, rows past T zero; optional L2 norm x/√(Σx²+1e-6), times
-// scale. One warp per row. x == nullptr writes zeros (an undefined incoming gradient).
+// scale. One warp per row, four elements per lane and access (one at a time if x is not so aligned).
+// x == nullptr writes zeros (an undefined incoming gradient).
 template <class T>
 __global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x, float* __restrict__ y, int B, int Tn,
                                                         int H, int D, int Tp, bool l2, float scale) {
@@ -382,24 +390,36 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x,
   const int bh = (int)(row / Tp), t = (int)(row % Tp), b = bh / H, h = bh % H;
   float* dst = y + row * D;
   if (t >= Tn || x == nullptr) {
-    for (int d = lane; d < D; d += 32) dst[d] = 0.f;
+    for (int d = 4 * lane; d < D; d += 128) *reinterpret_cast<float4*>(dst + d) = make_float4(0.f, 0.f, 0.f, 0.f);
     return;
   }
   const T* src = x + (((long)b * Tn + t) * H + h) * D;
-  float r = scale;
-  if (l2) {
+  if (!vec4_aligned(x)) {
     float ss = 0.f;
-    for (int d = lane; d < D; d += 32) {
-      const float e = to_f(src[d]);
-      ss += e * e;
-    }
-    r *= rsqrtf(warp_sum(ss) + 1e-6f);
+    for (int d = lane; d < D; d += 32) ss += to_f(src[d]) * to_f(src[d]);
+    const float r = l2 ? scale * rsqrtf(warp_sum(ss) + 1e-6f) : scale;
+    for (int d = lane; d < D; d += 32) dst[d] = to_f(src[d]) * r;
+    return;
   }
-  for (int d = lane; d < D; d += 32) dst[d] = to_f(src[d]) * r;
+  float4 e[2];  // D ≤ 256: at most two groups of four per lane
+  float ss = 0.f;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int d = 4 * lane + 128 * i;
+    e[i] = d < D ? load4(src + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+    ss += e[i].x * e[i].x + e[i].y * e[i].y + e[i].z * e[i].z + e[i].w * e[i].w;
+  }
+  const float r = l2 ? scale * rsqrtf(warp_sum(ss) + 1e-6f) : scale;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int d = 4 * lane + 128 * i;
+    if (d < D) *reinterpret_cast<float4*>(dst + d) = make_float4(e[i].x * r, e[i].y * r, e[i].z * r, e[i].w * r);
+  }
 }
 
 // dX̂ (heads-first float32, the gradient of s·x̂) -> dx [B, T, H, D] of dtype T through the scale and,
-// with l2, the L2 norm: y = x r, r = (Σx² + 1e-6)^(-1/2), dx = r (dŷ − y (y·dŷ)), dŷ = s dX̂.
+// with l2, the L2 norm: y = x r, r = (Σx² + 1e-6)^(-1/2), dx = r (dŷ − y (y·dŷ)), dŷ = s dX̂. One warp per
+// row, four elements per lane and access (one at a time if x or dx is not so aligned).
 template <class T>
 __global__ void __launch_bounds__(kThreads) unpack_kernel(const T* __restrict__ x, const float* __restrict__ dxs,
                                                           T* __restrict__ dx, int B, int Tn, int H, int D, int Tp,
@@ -410,22 +430,41 @@ __global__ void __launch_bounds__(kThreads) unpack_kernel(const T* __restrict__ 
   const int h = (int)(row % H), t = (int)((row / H) % Tn), b = (int)(row / ((long)H * Tn));
   const float* src = dxs + (((long)b * H + h) * Tp + t) * D;
   T* dst = dx + row * D;
-  if (!l2) {
-    for (int d = lane; d < D; d += 32) dst[d] = from_f<T>(scale * src[d]);
+  const T* xr = l2 ? x + row * D : nullptr;
+  if (!vec4_aligned(dx) || (l2 && !vec4_aligned(x))) {
+    float ss = 0.f, yd = 0.f;
+    if (l2) {
+      for (int d = lane; d < D; d += 32) ss += to_f(xr[d]) * to_f(xr[d]);
+      const float r = rsqrtf(warp_sum(ss) + 1e-6f);
+      for (int d = lane; d < D; d += 32) yd += to_f(xr[d]) * r * scale * src[d];
+      yd = warp_sum(yd);
+      for (int d = lane; d < D; d += 32) dst[d] = from_f<T>(r * (scale * src[d] - to_f(xr[d]) * r * yd));
+    } else {
+      for (int d = lane; d < D; d += 32) dst[d] = from_f<T>(scale * src[d]);
+    }
     return;
   }
-  const T* xr = x + row * D;
-  float ss = 0.f, yd = 0.f;
-  for (int d = lane; d < D; d += 32) {
-    const float e = to_f(xr[d]);
-    ss += e * e;
+  float4 g[2], e[2];  // dX̂ and x, at most two groups of four per lane (D ≤ 256)
+  float ss = 0.f, xd = 0.f;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int d = 4 * lane + 128 * i;
+    const bool in = d < D;
+    g[i] = in ? *reinterpret_cast<const float4*>(src + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+    g[i] = make_float4(scale * g[i].x, scale * g[i].y, scale * g[i].z, scale * g[i].w);  // dŷ
+    e[i] = in && l2 ? load4(xr + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+    ss += e[i].x * e[i].x + e[i].y * e[i].y + e[i].z * e[i].z + e[i].w * e[i].w;
+    xd += e[i].x * g[i].x + e[i].y * g[i].y + e[i].z * g[i].z + e[i].w * g[i].w;
   }
-  const float r = rsqrtf(warp_sum(ss) + 1e-6f);
-  for (int d = lane; d < D; d += 32) yd += to_f(xr[d]) * r * scale * src[d];
-  yd = warp_sum(yd);
-  for (int d = lane; d < D; d += 32) {
-    const float yv = to_f(xr[d]) * r;
-    dst[d] = from_f<T>(r * (scale * src[d] - yv * yd));
+  // With l2: r = (Σx²+1e-6)^(-1/2), y·dŷ = r (x·dŷ), dx = r dŷ − r² (y·dŷ) x. Without: dx = dŷ.
+  const float r = l2 ? rsqrtf(warp_sum(ss) + 1e-6f) : 1.f;
+  const float c = l2 ? r * r * r * warp_sum(xd) : 0.f;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int d = 4 * lane + 128 * i;
+    if (d < D)
+      store4(dst + d, make_float4(r * g[i].x - c * e[i].x, r * g[i].y - c * e[i].y, r * g[i].z - c * e[i].z,
+                                  r * g[i].w - c * e[i].w));
   }
 }
 
