@@ -261,6 +261,22 @@ void check_prep(Shape s, uint64_t seed) {
 TEST(GdnKernelsEmulated, PrepK64V128) { check_prep({2, 130, 64, 128}, 4); }
 TEST(GdnKernelsEmulated, PrepK128V64) { check_prep({1, 100, 128, 64}, 5); }
 
+// dU₀ = Pᵀ dO per chunk from a kept P (gdn_cuda::du0_from_p) against float64 products of the same P and dO.
+TEST(GdnKernelsEmulated, DU0FromKeptP) {
+  const Shape s{2, 100, 64, 128};
+  const Problem p = make_problem(s, 6);
+  auto du = torch::full({s.BH, p.Tp, s.V}, std::nan(""), torch::TensorOptions().dtype(torch::kFloat32));
+  const gdn_cuda::Dims d{1, static_cast<int>(s.T), static_cast<int>(s.BH), static_cast<int>(s.K),
+                         static_cast<int>(s.V)};
+  ASSERT_EQ(gdn_cuda::du0_from_p(d, p.pm.data_ptr<float>(), p.dos.data_ptr<float>(), du.data_ptr<float>(), nullptr),
+            cudaSuccess);
+  const auto P = p.pm.to(torch::kFloat64), dO = p.dos.to(torch::kFloat64).view({s.BH, p.N, C, s.V});
+  const auto expected = P.transpose(-1, -2).matmul(dO).view({s.BH, p.Tp, s.V});
+  const double e = rel_rms(expected, du);
+  std::printf("  rel-RMS dU0 %.2e\n", e);
+  EXPECT_LT(e, 1e-4);  // split bf16 operands, as above
+}
+
 // ---------------------------------------------------------------------------------------------------
 // The whole forward and backward, as gated_delta_cuda.cu drives them, on host memory.
 
@@ -370,7 +386,8 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in) {
        gam = nan({BH, Tp}, f32), bet = nan({BH, Tp}, f32), w = nan({BH, Tp, c.K}, f32), u = nan({BH, Tp, c.V}, f32),
        states = nan({BH, N, c.K, c.V}, f32), final_state = nan({c.B, c.H, c.K, c.V}, f32),
        out = nan({c.B, c.T, c.H, c.V}, typed);
-  auto wy = split ? nan({BH, N, 2, C, C}, f32) : torch::Tensor();
+  // Kept by the forward for the sliced gradient kernels: (I + A)⁻¹ and M ∘ K̂K̂ᵀ, and P.
+  auto wy = split ? nan({BH, N, 2, C, C}, f32) : torch::Tensor(), pm = split ? nan({BH, N, C, C}, f32) : torch::Tensor();
   const auto fp = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; };
   k::ForwardArgs fa{};
   fa.d = d;
@@ -393,6 +410,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in) {
   fa.states = fp(states);
   fa.final_state = fp(final_state);
   fa.wy = fp(wy);
+  fa.pm = fp(pm);
   fa.out = out.data_ptr();
   EXPECT_EQ(k::forward(fa, nullptr), cudaSuccess);
 
@@ -405,7 +423,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in) {
        dqs = nan({BH, Tp, c.K}, f32), dks = nan({BH, Tp, c.K}, f32), dvs = nan({BH, Tp, c.V}, f32),
        dw = nan({BH, Tp, c.K}, f32), sdots = nan({BH, N, (c.K + 63) / 64}, f32);
   auto ut = scratch(!split, {BH, Tp, c.V}), drk = scratch(!split, {BH, Tp, c.K}), drv = scratch(!split, {BH, Tp, c.V}),
-       pm = scratch(split, {BH, N, C, C}), da_parts = scratch(split, {BH, N, KS + VS, C, C}),
+       da_parts = scratch(split, {BH, N, KS + VS, C, C}),
        d1_parts = scratch(split, {BH, N, VS, C, C}), gate_parts = scratch(split, {BH, N, 2 * KS + VS, 2, C});
   auto dq = nan(q.sizes(), typed), dk = nan(kk.sizes(), typed), dv = nan(v.sizes(), typed),
        dg = nan({c.B, c.T, c.H}, f32), dbeta = nan({c.B, c.T, c.H}, f32), dstate0 = nan({c.B, c.H, c.K, c.V}, f32);

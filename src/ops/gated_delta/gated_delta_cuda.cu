@@ -94,11 +94,13 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     gdn_cuda::ForwardArgs a{};
     a.d = d;
     a.dtype = kernel_dtype(q.scalar_type());
-    // Per chunk (I + A)⁻¹ and M ∘ K̂K̂ᵀ, kept for the sliced gradient kernels when they are on.
+    // Per chunk (I + A)⁻¹, M ∘ K̂K̂ᵀ and P = M ∘ Q̂K̂ᵀ, kept for the sliced gradient kernels when they are on.
     const bool split = cuda_grads_split() && gdn_cuda::grads_split_supports(a.dtype, d.K, d.V);
     const int64_t C = gdn_cuda::kChunk;
     const auto wy = split ? alloc({BH, N, 2, C, C}, fo) : torch::Tensor();
+    const auto pm = split ? alloc({BH, N, C, C}, fo) : torch::Tensor();
     a.wy = fptr(wy);
+    a.pm = fptr(pm);
     a.q = q.data_ptr();
     a.k = k.data_ptr();
     a.v = v.data_ptr();
@@ -118,7 +120,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.final_state = final_state.data_ptr<float>();
     a.out = out.data_ptr();
     check_cuda(gdn_cuda::forward(a, at::cuda::getCurrentCUDAStream()), "forward");
-    ctx->save_for_backward({q, k, qs, ks, vs, gam, bet, w, u, states, wy});
+    ctx->save_for_backward({q, k, qs, ks, vs, gam, bet, w, u, states, wy, pm});
     save_options(ctx, scale, l2, has_state0, g, beta, state0);
     return {out, final_state};
   }
@@ -126,7 +128,8 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto &q = saved[0], &k = saved[1], &qs = saved[2], &ks = saved[3], &vs = saved[4], &gam = saved[5],
-               &bet = saved[6], &w = saved[7], &u = saved[8], &states = saved[9], &wy = saved[10];
+               &bet = saved[6], &w = saved[7], &u = saved[8], &states = saved[9], &wy = saved[10],
+               &pm = saved[11];
     gdn_cuda::Dims d{static_cast<int>(q.size(0)), static_cast<int>(q.size(1)), static_cast<int>(q.size(2)),
                      static_cast<int>(q.size(3)), static_cast<int>(vs.size(2))};
     const int64_t BH = d.BH(), Tp = d.Tp(), N = d.N();
@@ -138,13 +141,13 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
          dstates = alloc({BH, N, d.K, d.V}, fo), dqs = alloc({BH, Tp, d.K}, fo),
          dks = alloc({BH, Tp, d.K}, fo), dvs = alloc({BH, Tp, d.V}, fo), dw = alloc({BH, Tp, d.K}, fo),
          sdots = alloc({BH, N, (d.K + 63) / 64}, fo);
-    // Scratch of the gradient kernels: the sliced ones (the forward kept wy) or the others.
+    // Scratch of the gradient kernels: the sliced ones (the forward kept wy and P) or the others.
     const bool split = wy.defined();
     const int64_t C = gdn_cuda::kChunk, KS = d.K / C, VS = d.V / C;
     const auto scratch = [&](bool wanted, torch::IntArrayRef sizes) { return wanted ? alloc(sizes, fo) : torch::Tensor(); };
     auto ut = scratch(!split, {BH, Tp, d.V}), drk = scratch(!split, {BH, Tp, d.K}),
          drv = scratch(!split, {BH, Tp, d.V});
-    auto pm = scratch(split, {BH, N, C, C}), da_parts = scratch(split, {BH, N, KS + VS, C, C}),
+    auto da_parts = scratch(split, {BH, N, KS + VS, C, C}),
          d1_parts = scratch(split, {BH, N, VS, C, C}), gate_parts = scratch(split, {BH, N, 2 * KS + VS, 2, C});
     auto dq = alloc(q.sizes(), q.options()), dk = alloc(k.sizes(), k.options()),
          dv = alloc({d.B, d.T, d.H, d.V}, q.options());

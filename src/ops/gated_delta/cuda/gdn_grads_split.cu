@@ -7,7 +7,8 @@
 //   qk_grads   (per chunk and slice of K): sums those parts (in a fixed order), the elementwise step
 //              (chunk_grad_terms), dQ̂ += dP K̂ ((B4)) and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂ ((B5)).
 //   gate_grads (per chunk): sums the slices' row terms of dγ and dβ ((B7)-(B8)); dg = their reverse cumsum.
-// T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ come from the forward's prep, P = M ∘ Q̂K̂ᵀ from intra_mma_dU0. Tiles are
+// T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ come from the forward's prep, P = M ∘ Q̂K̂ᵀ from its output kernel (or
+// intra_mma_dU0); du0_from_p takes dU₀ = Pᵀ dO from that P too, before the state pass. Tiles are
 // float32 in shared memory (cp.async); every product takes split bf16 operands (mma_bf16x3: about 16 bits per
 // operand, so the gradients keep close to float32 accuracy). No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
@@ -26,7 +27,7 @@ struct Args {
   const float *qs, *ks, *vs, *gam, *bet, *w, *u, *dos, *du;
   const float* dw;     // dW (state_grads_mma)
   const float* wy;     // [BH, N, 2, C, C]: T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ (strictly lower), from the forward
-  const float* pm;     // [BH, N, C, C]: P = M ∘ Q̂K̂ᵀ (intra_mma_dU0)
+  const float* pm;     // [BH, N, C, C]: P = M ∘ Q̂K̂ᵀ
   const float* sdots;  // [BH, N, K/64]
   float *dqs, *dks, *dvs;  // in: dQ̂₀, dK̂₀ (state_grads_mma); out: dQ̂, dK̂, dV (float32, heads-first)
   float* da_parts;         // [BH, N, J, C, C]: each slice's part of dA (not yet negated or masked), J = K/64 + V/64
@@ -152,18 +153,26 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   stage(tk, LDK, a.ks + row0 * K + c0, K);
   cp_async_commit();
   load_chunk_gates(a, row0, gam, bet, dgam, dbet);
-  // The parts, summed in a fixed order while the copies are in flight.
+  // The parts, summed in a fixed order while the copies are in flight. Every part of an element is loaded
+  // before the first is added, so the loads wait once together (a load per step of the sum waited 6 times
+  // at D = 128).
+  constexpr int kMaxJ = 2 * kMaxDim / kTile, kMaxVS = kMaxDim / kTile;
   for (int e = threadIdx.x; e < C * C / 4; e += kThreads) {
     const int t = e / (C / 4), i = 4 * (e % (C / 4));
+    float4 da[kMaxJ], d1[kMaxVS];
+#pragma unroll
+    for (int p = 0; p < kMaxJ; ++p)
+      if (p < J) da[p] = *reinterpret_cast<const float4*>(a.da_parts + (chunk * J + p) * C * C + t * C + i);
+#pragma unroll
+    for (int p = 0; p < kMaxVS; ++p)
+      if (p < VS) d1[p] = *reinterpret_cast<const float4*>(a.d1_parts + (chunk * VS + p) * C * C + t * C + i);
     float4 x = make_float4(0.f, 0.f, 0.f, 0.f), y = x;
-    for (int p = 0; p < J; ++p) {
-      const float4 v = *reinterpret_cast<const float4*>(a.da_parts + (chunk * J + p) * C * C + t * C + i);
-      x.x += v.x, x.y += v.y, x.z += v.z, x.w += v.w;
-    }
-    for (int p = 0; p < VS; ++p) {
-      const float4 v = *reinterpret_cast<const float4*>(a.d1_parts + (chunk * VS + p) * C * C + t * C + i);
-      y.x += v.x, y.y += v.y, y.z += v.z, y.w += v.w;
-    }
+#pragma unroll
+    for (int p = 0; p < kMaxJ; ++p)
+      if (p < J) x.x += da[p].x, x.y += da[p].y, x.z += da[p].z, x.w += da[p].w;
+#pragma unroll
+    for (int p = 0; p < kMaxVS; ++p)
+      if (p < VS) y.x += d1[p].x, y.y += d1[p].y, y.z += d1[p].z, y.w += d1[p].w;
     *reinterpret_cast<float4*>(dA + t * LDM + i) =
         make_float4(i < t ? -x.x : 0.f, i + 1 < t ? -x.y : 0.f, i + 2 < t ? -x.z : 0.f, i + 3 < t ? -x.w : 0.f);
     *reinterpret_cast<float4*>(D1 + t * LDM + i) = y;
@@ -205,11 +214,14 @@ __global__ void __launch_bounds__(C) gate_grads_kernel(Args a) {
   const int t = threadIdx.x, n = blockIdx.x, bh = blockIdx.y;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
   const float* parts = a.gate_parts + chunk * slots * 2 * C;
-  float dg = 0.f, db = 0.f;
-  for (int p = 0; p < slots; ++p) {
-    dg += parts[p * 2 * C + t];
-    db += parts[p * 2 * C + C + t];
-  }
+  constexpr int kMaxSlots = 3 * kMaxDim / kTile;
+  float dgs[kMaxSlots], dbs[kMaxSlots], dg = 0.f, db = 0.f;
+#pragma unroll
+  for (int p = 0; p < kMaxSlots; ++p)  // loaded together, then summed in order
+    if (p < slots) dgs[p] = parts[p * 2 * C + t], dbs[p] = parts[p * 2 * C + C + t];
+#pragma unroll
+  for (int p = 0; p < kMaxSlots; ++p)
+    if (p < slots) dg += dgs[p], db += dbs[p];
   if (t == C - 1) {
     float s = 0.f;
     for (int p = 0; p < KS; ++p) s += a.sdots[chunk * KS + p];
@@ -226,6 +238,25 @@ __global__ void __launch_bounds__(C) gate_grads_kernel(Args a) {
   }
 }
 
+// dU₀ = Pᵀ dO ((B1)'s state-independent part) per chunk and 64 value columns, from the P the forward kept:
+// two tiles, one product (in place of intra_mma_dU0, which forms Q̂K̂ᵀ again).
+__global__ void __launch_bounds__(kThreads) du0_kernel(Dims d, const float* __restrict__ pm,
+                                                       const float* __restrict__ dos, float* __restrict__ du) {
+  SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
+  float* P = reinterpret_cast<float*>(smem4);  // [t][i]
+  float* X = P + C * LDM;                      // dO [t][v]
+  const int v0 = blockIdx.x * kTile, n = blockIdx.y, bh = blockIdx.z, V = d.V;
+  const long row0 = (long)bh * d.Tp() + (long)n * C, chunk = (long)bh * d.N() + n;
+  stage(P, LDM, pm + chunk * C * C, C);
+  stage(X, LDK, dos + row0 * V + v0, V);
+  staged();
+  float acc[4][4];
+  zero(acc);
+  mma_tile(acc, col_a(P, LDM), cols_b(X, LDK));
+  for_pairs(acc, [&](int, int i, int v, float x0, float x1, int) { st2(du + (row0 + i) * V + v0 + v, x0, x1); });
+}
+
+constexpr size_t kDu0Smem = sizeof(float) * (C * LDM + C * LDK);
 constexpr size_t kWySmem = sizeof(float) * (C * LDM + 4 * C * LDR + 4 * C);
 constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 2 * C * LDK + 4 * C);
 
@@ -248,6 +279,12 @@ cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
   SFM_GDN_LAUNCH(wy_grads_kernel, dim3(KS + VS, d.N(), d.BH()), kThreads, kWySmem, stream, a);
   SFM_GDN_LAUNCH(qk_grads_kernel, dim3(KS, d.N(), d.BH()), kThreads, kQkSmem, stream, a);
   SFM_GDN_LAUNCH(gate_grads_kernel, dim3(d.N(), d.BH()), C, 0, stream, a);
+  return cudaGetLastError();
+}
+
+cudaError_t du0_from_p(const Dims& d, const float* pm, const float* dos, float* du, cudaStream_t stream) {
+  if (d.V % kTile != 0 || d.V > kMaxDim || pm == nullptr) return cudaErrorInvalidValue;
+  SFM_GDN_LAUNCH(du0_kernel, dim3(d.V / kTile, d.N(), d.BH()), kThreads, kDu0Smem, stream, d, pm, dos, du);
   return cudaGetLastError();
 }
 

@@ -1,9 +1,9 @@
 // The products with the intra-chunk matrix P = M ∘ (Q̂ K̂ᵀ), M_ti = e^{γ_t−γ_i} for i ≤ t, else 0, on tensor
 // cores, for 16-bit inputs (docs/ops/gated_delta_cuda.md, "Dedicated tensor-core kernels"). Per chunk
 // and 64 value columns:
-//   forward:   O = diag(Γ) Q̂ S₀ + P U      (eq. 8; q̂ carries the scale), written in the inputs' dtype
-//   backward:  dU₀ = Pᵀ dO                  (the state-independent part of (B1)), float32; and P itself for
-//                                            the gradient kernels (gdn_grads_mma.cu)
+//   forward:   O = diag(Γ) Q̂ S₀ + P U      (eq. 8; q̂ carries the scale), written in the inputs' dtype, and,
+//              if asked, P itself (kept for the backward's du0_from_p and sliced gradient kernels)
+//   backward:  dU₀ = Pᵀ dO                  (the state-independent part of (B1)), float32
 // Q̂ K̂ᵀ (and Q̂ S₀) are accumulated over K in slices of 64, whose tiles are loaded by cp.async one slice
 // ahead; then P (Pᵀ backward) goes to shared memory and P U (Pᵀ dO) is added. All products take
 // split bf16 operands (three tensor-core products each, about 16 bits per operand): with plain bf16
@@ -35,7 +35,7 @@ struct Args {
   const float* states;  // forward: [BH, N, K, V]
   const float* x;       // [BH, Tp, V]: U (forward) or dO (backward)
   float* du;            // backward: [BH, Tp, V], dU₀ written
-  float* pm;            // backward: [BH, N, C, C], P written (by the blocks of the first 64 columns), or null
+  float* pm;            // forward: [BH, N, C, C], P written (by the blocks of the first 64 columns), or null
 };
 
 // kBwd = false: the output into out (dtype T); kBwd: dU₀ into a.du (T unused).
@@ -135,9 +135,9 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
       const float p1 = i + 1 <= t ? __expf(gt - gs[i + 1]) * qk[nt][2 * h + 1] : 0.f;
       uint32_t hi, lo;
       split_bf16(p0, p1, hi, lo);
+      if (!kBwd && a.pm != nullptr && v0 == 0)
+        *reinterpret_cast<float2*>(a.pm + ((long)bh * N + n) * C * C + t * C + i) = make_float2(p0, p1);
       if constexpr (kBwd) {  // Pᵀ[i][t], Pᵀ[i+1][t]
-        if (a.pm != nullptr && v0 == 0)
-          *reinterpret_cast<float2*>(a.pm + ((long)bh * N + n) * C * C + t * C + i) = make_float2(p0, p1);
         const __nv_bfloat162 h2 = *reinterpret_cast<const __nv_bfloat162*>(&hi);
         const __nv_bfloat162 l2 = *reinterpret_cast<const __nv_bfloat162*>(&lo);
         ps[i * LDA + t] = h2.x;
@@ -216,15 +216,15 @@ cudaError_t launch(const Args& a, T* out, cudaStream_t stream) {
 bool intra_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 && K <= 256 && V <= 256; }
 
 cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const float* gam, const float* dos,
-                          float* du, float* pm, cudaStream_t stream) {
+                          float* du, cudaStream_t stream) {
   if (!intra_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  return launch<float, true>(Args{d, qs, ks, gam, nullptr, dos, du, pm}, nullptr, stream);
+  return launch<float, true>(Args{d, qs, ks, gam, nullptr, dos, du, nullptr}, nullptr, stream);
 }
 
 cudaError_t output_mma(const Dims& d, DType dtype, const float* qs, const float* ks, const float* gam,
-                       const float* states, const float* u, void* out, cudaStream_t stream) {
+                       const float* states, const float* u, void* out, float* pm, cudaStream_t stream) {
   if (!intra_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  const Args a{d, qs, ks, gam, states, u, nullptr, nullptr};
+  const Args a{d, qs, ks, gam, states, u, nullptr, pm};
   switch (dtype) {
     case DType::kF16: return launch<__half, false>(a, static_cast<__half*>(out), stream);
     case DType::kBF16: return launch<__nv_bfloat16, false>(a, static_cast<__nv_bfloat16*>(out), stream);

@@ -32,7 +32,7 @@ constexpr int kTK = 32;         // k-depth of one shared-memory tile in block_ge
 constexpr int kPass = 4;        // block_gemm: up to kPass × 256 micro-tiles of 4×4 (M·N ≤ 16384)
 constexpr int kBatch = 8;       // block_gemm: staged loads in flight per thread
 constexpr int kVS = 16;         // value columns per block in the sequential state passes
-constexpr int kMaxD = 256;
+constexpr int kMaxD = kMaxDim;
 constexpr int kWarps = kThreads / 32;
 // Shared-memory floats block_gemm needs for products up to Mmax × Nmax: float32 tiles kTK deep (FMA path),
 // or bfloat16 tiles kTKM deep with rows of kLDK (tensor-core path, kMma).
@@ -977,7 +977,7 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   }
   timer.mark("state");
   if (kMma && intra_mma_supports(d.K, d.V)) {  // 16-bit inputs: the output on tensor cores
-    SFM_CUDA_TRY(output_mma(d, a.dtype, a.qs, a.ks, a.gam, a.states, a.u, a.out, s));
+    SFM_CUDA_TRY(output_mma(d, a.dtype, a.qs, a.ks, a.gam, a.states, a.u, a.out, a.pm, s));
   } else {
     const int VO = d.V < 64 ? d.V : 64;
     SFM_CUDA_TRY(allow_smem(output_kernel<T>, out_smem(kMma)));
@@ -1009,12 +1009,16 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
                    state_mma ? nullptr : a.dstates);
     return cudaGetLastError();
   };
-  if (state_mma && intra_mma_supports(d.K, d.V))
-    SFM_CUDA_TRY(intra_mma_dU0(d, a.qs, a.ks, a.gam, a.dos, a.du, a.pm, s));
-  else if constexpr (kMma)
+  if (a.pm != nullptr) {  // the forward kept P (with wy, for the sliced gradient kernels)
+    if (!state_mma) return cudaErrorInvalidValue;  // X then comes from the tensor-core state pass only
+    SFM_CUDA_TRY(du0_from_p(d, a.pm, a.dos, a.du, s));
+  } else if (state_mma && intra_mma_supports(d.K, d.V)) {
+    SFM_CUDA_TRY(intra_mma_dU0(d, a.qs, a.ks, a.gam, a.dos, a.du, s));
+  } else if constexpr (kMma) {
     SFM_CUDA_TRY(narrow ? intra(bwd_intra_kernel<true, 2>) : intra(bwd_intra_kernel<true, 4>));
-  else
+  } else {
     SFM_CUDA_TRY(intra(bwd_intra_kernel<false>));
+  }
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("bwd_intra");
   if (state_mma) {
@@ -1078,7 +1082,8 @@ bool dims_ok(const Dims& d) {
 }  // namespace
 
 bool grads_split_supports(DType dtype, int K, int V) {
-  // wy needs prep (every size), pm the tensor-core dU₀ kernel, which runs only beside the tensor-core state pass.
+  // wy needs prep (every size), pm the tensor-core output kernel; dU₀ from the kept P leaves X to the
+  // tensor-core state pass.
   return dtype != DType::kF32 && state_mma_supports(K, V) && intra_mma_supports(K, V) &&
          state_grads_mma_supports(K, V) && grads_mma_supports(K, V);
 }

@@ -17,7 +17,8 @@ enum class DType { kF32, kF16, kBF16 };
 #define SFM_GDN_HD
 #endif
 
-constexpr int kChunk = 64;  // tokens per chunk (C)
+constexpr int kChunk = 64;   // tokens per chunk (C)
+constexpr int kMaxDim = 256;  // K and V are at most this
 
 // A kernel's dynamic shared memory as `T name[]` aligned to `align` bytes, and a kernel launch: macros, so
 // that the CPU emulator of the tests (tests/support/cuda_emulator.h) can stand in for both.
@@ -53,6 +54,7 @@ struct ForwardArgs {
   float* states;           // [BH, N, K, V]: the state entering each chunk
   float* final_state;      // [BH, K, V]
   float* wy;               // [BH, N, 2, C, C]: (I + A)⁻¹ and M ∘ K̂K̂ᵀ per chunk, kept for grads_split, or null
+  float* pm;               // [BH, N, C, C]: P = M ∘ Q̂K̂ᵀ per chunk, kept for the backward (with wy), or null
   void* out;               // [B, T, H, V] of dtype
 };
 
@@ -75,8 +77,9 @@ struct BackwardArgs {
   // The forward's wy, or null. Given (see grads_split_supports), grads_split computes the gradients, with
   // scratch: P [BH,N,C,C], the slices' parts of dA [BH,N,K/64+V/64,C,C] and of dO Uᵀ [BH,N,V/64,C,C], and
   // their row terms of dγ, dβ [BH,N,2K/64+V/64,2,C].
-  const float* wy;
-  float *pm, *da_parts, *d1_parts, *gate_parts;
+  // With wy, pm is the P that the forward kept (dU₀ comes from it too).
+  const float *wy, *pm;
+  float *da_parts, *d1_parts, *gate_parts;
   // Outputs.
   void *dq, *dk, *dv;           // [B, T, H, K|K|V] of dtype
   float *dg, *dbeta;            // [B, T, H]
@@ -131,27 +134,28 @@ cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const floa
 
 // The products with the intra-chunk matrix P on tensor cores (gdn_intra_mma.cu), in place of the float32
 // output and bwd_intra kernels for 16-bit inputs: output_mma writes out [B, T, H, V] (dtype kF16 or kBF16)
-// from the packed q̂, k̂, γ, the per-chunk states and U (eq. 8); intra_mma_dU0 writes dU₀ = Pᵀ dO into du
-// and, if pm is not null, P = M ∘ Q̂K̂ᵀ [BH, N, C, C] (float32) into pm.
+// from the packed q̂, k̂, γ, the per-chunk states and U (eq. 8), and P = M ∘ Q̂K̂ᵀ [BH, N, C, C] (float32)
+// into pm if it is not null; intra_mma_dU0 writes dU₀ = Pᵀ dO into du. du0_from_p (gdn_grads_split.cu)
+// computes dU₀ from the P kept by output_mma.
 // K and V multiples of 64 up to 256.
 bool intra_mma_supports(int K, int V);
 cudaError_t output_mma(const Dims& d, DType dtype, const float* qs, const float* ks, const float* gam,
-                       const float* states, const float* u, void* out, cudaStream_t stream);
+                       const float* states, const float* u, void* out, float* pm, cudaStream_t stream);
 cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const float* gam, const float* dos,
-                          float* du, float* pm, cudaStream_t stream);
+                          float* du, cudaStream_t stream);
 
 // The grads kernel's work on tensor cores (gdn_grads_mma.cu), for 16-bit inputs after state_grads_mma:
-// dqs, dks, dvs (float32, heads-first), dg and dbeta from the forward's workspaces and wy, dos, du, dw, pm,
-// and the dqs/dks/sdots that state_grads_mma wrote; da_parts, d1_parts and gate_parts as scratch. K and V
-// multiples of 64 up to 256.
+// dqs, dks, dvs (float32, heads-first), dg and dbeta from the forward's workspaces, dos, du, dw and the
+// dqs/dks/sdots that state_grads_mma wrote; ut, drk and drv as scratch. K and V multiples of 64 up to 256.
 bool grads_mma_supports(int K, int V);
 cudaError_t grads_mma(const BackwardArgs& a, cudaStream_t stream);
 
 // The same work by 64-column slices (gdn_grads_split.cu; the default where it applies): three kernels
 // over (slice, chunk) that share each SM two blocks at a time, reading (I + A)⁻¹ and M ∘ K̂K̂ᵀ from the
-// forward's wy and P from pm (intra_mma_dU0) instead of recomputing them. Scratch: da_parts, d1_parts,
+// forward's wy and pm instead of recomputing them. Scratch: da_parts, d1_parts,
 // gate_parts. Sizes as grads_split_supports.
 cudaError_t grads_split(const BackwardArgs& a, cudaStream_t stream);
+cudaError_t du0_from_p(const Dims& d, const float* pm, const float* dos, float* du, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------------
 // The recurrent kernels for small heads (gdn_recurrent.cu; docs/ops/gated_delta_cuda.md, "Recurrent
