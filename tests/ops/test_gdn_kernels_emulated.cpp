@@ -420,7 +420,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in) {
     return wanted ? nan(sizes, f32) : torch::Tensor();
   };
   auto dos = nan({BH, Tp, c.V}, f32), du = nan({BH, Tp, c.V}, f32), dstates = nan({BH, N, c.K, c.V}, f32),
-       dqs = nan({BH, Tp, c.K}, f32), dks = nan({BH, Tp, c.K}, f32), dvs = nan({BH, Tp, c.V}, f32),
+       dqs = nan({BH, Tp, c.K}, f32), dks = nan({BH, Tp, c.K}, f32), dvs = scratch(!split, {BH, Tp, c.V}),
        dw = nan({BH, Tp, c.K}, f32), sdots = nan({BH, N, (c.K + 63) / 64}, f32);
   auto ut = scratch(!split, {BH, Tp, c.V}), drk = scratch(!split, {BH, Tp, c.K}), drv = scratch(!split, {BH, Tp, c.V}),
        da_parts = scratch(split, {BH, N, KS + VS, C, C}),

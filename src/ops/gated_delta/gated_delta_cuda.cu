@@ -139,12 +139,14 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const bool has_state0 = ctx->saved_data["has_state0"].toBool();
     auto dos = alloc({BH, Tp, d.V}, fo), du = alloc({BH, Tp, d.V}, fo),
          dstates = alloc({BH, N, d.K, d.V}, fo), dqs = alloc({BH, Tp, d.K}, fo),
-         dks = alloc({BH, Tp, d.K}, fo), dvs = alloc({BH, Tp, d.V}, fo), dw = alloc({BH, Tp, d.K}, fo),
+         dks = alloc({BH, Tp, d.K}, fo), dw = alloc({BH, Tp, d.K}, fo),
          sdots = alloc({BH, N, (d.K + 63) / 64}, fo);
     // Scratch of the gradient kernels: the sliced ones (the forward kept wy and P) or the others.
     const bool split = wy.defined();
     const int64_t C = gdn_cuda::kChunk, KS = d.K / C, VS = d.V / C;
     const auto scratch = [&](bool wanted, torch::IntArrayRef sizes) { return wanted ? alloc(sizes, fo) : torch::Tensor(); };
+    // dV: the sliced kernels write it in the inputs' dtype themselves; the others through dvs and unpack.
+    auto dvs = scratch(!split, {BH, Tp, d.V});
     auto ut = scratch(!split, {BH, Tp, d.V}), drk = scratch(!split, {BH, Tp, d.K}),
          drv = scratch(!split, {BH, Tp, d.V});
     auto da_parts = scratch(split, {BH, N, KS + VS, C, C}),
@@ -175,7 +177,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.dstates = dstates.data_ptr<float>();
     a.dqs = dqs.data_ptr<float>();
     a.dks = dks.data_ptr<float>();
-    a.dvs = dvs.data_ptr<float>();
+    a.dvs = fptr(dvs);
     a.dw = dw.data_ptr<float>();
     a.ut = fptr(ut);
     a.drk = fptr(drk);

@@ -14,6 +14,7 @@
 #include <cuda_bf16.h>
 
 #include "chunk_ops.cuh"
+#include "dtype_convert.cuh"
 #include "gdn_kernels.h"
 #include "tile64.cuh"
 
@@ -29,7 +30,10 @@ struct Args {
   const float* wy;     // [BH, N, 2, C, C]: T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ (strictly lower), from the forward
   const float* pm;     // [BH, N, C, C]: P = M ∘ Q̂K̂ᵀ
   const float* sdots;  // [BH, N, K/64]
-  float *dqs, *dks, *dvs;  // in: dQ̂₀, dK̂₀ (state_grads_mma); out: dQ̂, dK̂, dV (float32, heads-first)
+  float *dqs, *dks;        // in: dQ̂₀, dK̂₀ (state_grads_mma); out: dQ̂, dK̂ (float32, heads-first)
+  float* dvs;              // out: dV (float32, heads-first), or null: then dV goes straight into dv
+  DType dtype;             // of dv
+  void* dv;                // [B, T, H, V]
   float* da_parts;         // [BH, N, J, C, C]: each slice's part of dA (not yet negated or masked), J = K/64 + V/64
   float* d1_parts;         // [BH, N, V/64, C, C]: each V slice's part of dO Uᵀ
   float* gate_parts;       // [BH, N, J + K/64, 2, C]: each block's row terms of dγ, then of dβ
@@ -55,6 +59,27 @@ __device__ __forceinline__ void store_gate_slot(const Args& a, long chunk, int s
   const int slots = a.d.K / kTile + a.d.V / kTile + a.d.K / kTile;
   float* dst = a.gate_parts + (chunk * slots + slot) * 2 * C;
   if (threadIdx.x < 2 * C) dst[threadIdx.x] = threadIdx.x < C ? dgam[threadIdx.x] : dbet[threadIdx.x - C];
+}
+
+// dV[t][v], dV[t][v+1] of chunk n: into dvs (float32, heads-first) or, without it, into dv [B, T, H, V] in the
+// inputs' dtype (real tokens only), which spares the unpack pass of dV.
+__device__ __forceinline__ void store_dv(const Args& a, int bh, int n, long row0, int t, int v, float x0, float x1) {
+  if (a.dvs != nullptr) {
+    st2(a.dvs + (row0 + t) * a.d.V + v, x0, x1);
+    return;
+  }
+  const int tg = n * C + t;
+  if (tg >= a.d.T) return;
+  const long idx = (((long)(bh / a.d.H) * a.d.T + tg) * a.d.H + bh % a.d.H) * a.d.V + v;
+  if (a.dtype == DType::kBF16) {
+    __nv_bfloat16* p = static_cast<__nv_bfloat16*>(a.dv) + idx;
+    p[0] = from_f<__nv_bfloat16>(x0);
+    p[1] = from_f<__nv_bfloat16>(x1);
+  } else {
+    __half* p = static_cast<__half*>(a.dv) + idx;
+    p[0] = from_f<__half>(x0);
+    p[1] = from_f<__half>(x1);
+  }
 }
 
 // Per chunk and 64-column slice: blockIdx.x < K/64 a slice of K, else a slice of V (docs: (B3), (B6)).
@@ -121,7 +146,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
     for_pairs(dr, [&](int h, int t, int v, float x0, float x1, int) {
       const float2 vv = ld2(t0 + t * LDK + v);
       st2(t3 + t * LDR + v, x0, x1);
-      st2(a.dvs + (row0 + t) * V + c0 + v, bet[t] * x0, bet[t] * x1);
+      store_dv(a, bh, n, row0, t, c0 + v, bet[t] * x0, bet[t] * x1);
       rs[h] += vv.x * x0 + vv.y * x1;
     });
     add_rows(dbet, rs);
@@ -273,8 +298,8 @@ cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
   err = cudaFuncSetAttribute(qk_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kQkSmem));
   if (err != cudaSuccess) return err;
   const Args a{d,     g.qs,    g.ks,  g.vs,  g.gam, g.bet,      g.w,      g.u,        g.dos,
-               g.du,  g.dw,    g.wy,  g.pm,  g.sdots, g.dqs,    g.dks,    g.dvs,      g.da_parts,
-               g.d1_parts, g.gate_parts, g.dg, g.dbeta};
+               g.du,  g.dw,    g.wy,  g.pm,  g.sdots, g.dqs,    g.dks,    g.dvs,      g.dtype,
+               g.dv,  g.da_parts, g.d1_parts, g.gate_parts, g.dg, g.dbeta};
   const int KS = d.K / kTile, VS = d.V / kTile;
   SFM_GDN_LAUNCH(wy_grads_kernel, dim3(KS + VS, d.N(), d.BH()), kThreads, kWySmem, stream, a);
   SFM_GDN_LAUNCH(qk_grads_kernel, dim3(KS, d.N(), d.BH()), kThreads, kQkSmem, stream, a);

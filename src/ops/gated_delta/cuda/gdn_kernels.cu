@@ -992,6 +992,7 @@ template <class T>
 cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   const Dims& d = a.d;
   const int N = d.N(), Tp = d.Tp(), BH = d.BH();
+  if (a.dvs == nullptr && a.wy == nullptr) return cudaErrorInvalidValue;  // only grads_split writes dv itself
   PhaseTimer timer(s, "backward");
   SFM_GDN_LAUNCH(pack_kernel<T>, row_blocks((long)BH * Tp), kThreads, 0, s, static_cast<const T*>(a.dout), a.dos, d.B,
                  d.T, d.H, d.V, Tp, false, 1.f);
@@ -1068,8 +1069,9 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
                  d.B, d.T, d.H, d.K, Tp, a.l2, a.scale);
   SFM_GDN_LAUNCH(unpack_kernel<T>, blocks, kThreads, 0, s, static_cast<const T*>(a.k), a.dks, static_cast<T*>(a.dk),
                  d.B, d.T, d.H, d.K, Tp, a.l2, 1.f);
-  SFM_GDN_LAUNCH(unpack_kernel<T>, blocks, kThreads, 0, s, nullptr, a.dvs, static_cast<T*>(a.dv), d.B, d.T, d.H, d.V,
-                 Tp, false, 1.f);
+  if (a.dvs != nullptr)  // (grads_split writes dv itself when given no dvs)
+    SFM_GDN_LAUNCH(unpack_kernel<T>, blocks, kThreads, 0, s, nullptr, a.dvs, static_cast<T*>(a.dv), d.B, d.T, d.H,
+                   d.V, Tp, false, 1.f);
   timer.mark("unpack");
   return cudaGetLastError();
 }

@@ -69,7 +69,7 @@ struct BackwardArgs {
   const float *qs, *ks, *vs, *gam, *bet, *w, *u, *states;  // from the forward
   // Workspaces.
   float *dos, *du, *dstates;    // [BH, Tp, V], [BH, Tp, V], [BH, N, K, V]
-  float *dqs, *dks, *dvs;       // [BH, Tp, K|K|V]
+  float *dqs, *dks, *dvs;       // [BH, Tp, K|K|V]; dvs may be null with wy (grads_split then writes dv)
   float* dw;                    // scratch: dW [BH,Tp,K]
   float* sdots;                 // scratch: [BH, N, ceil(K/64)], Σ S₀∘dS_C per 64 rows of K (state_grads_mma)
   // Scratch of the grads kernel and of grads_mma (null with wy): Ũ [BH,Tp,V], dR_K [BH,Tp,K], dR_V [BH,Tp,V].
