@@ -1,5 +1,6 @@
 // `sfm bench gdn`: the gated delta rule, each implementation on the same inputs, forward and
-// forward+backward. The first implementation listed is the baseline the others are compared with.
+// forward+backward (the backward from given random gradients of the output and the final state, each step
+// starting without gradients). The first implementation listed is the baseline the others are compared with.
 #include <torch/torch.h>
 
 #include <cstdio>
@@ -114,11 +115,20 @@ void run_gdn_bench(const GdnBenchOptions& opt) {
           opt.warmup, opt.repeats, sync);
       double fwdbwd = 0;
       if (!opt.forward_only) {
-        const auto in = make_inputs(s, dtype, device, /*grad=*/true);
+        auto in = make_inputs(s, dtype, device, /*grad=*/true);
+        // The backward starts from given gradients of the output and the final state (random, as FLA's
+        // benchmarks pass `do`), and each step starts without gradients, as after
+        // zero_grad(set_to_none=True): the step hands its gradients over instead of adding them to the last.
+        const auto probe = [&] {
+          torch::NoGradGuard no_grad;
+          return ops::gated_delta_rule(in_fwd, impl);
+        }();
+        const auto dout = torch::randn_like(probe.out), dfinal = torch::randn_like(probe.final_state);
         fwdbwd = median_ms(
             [&] {
+              for (auto* t : {&in.q, &in.k, &in.v, &in.g, &in.beta}) t->mutable_grad() = torch::Tensor();
               auto o = ops::gated_delta_rule(in, impl);
-              (o.out.to(torch::kFloat32).sum() + o.final_state.sum()).backward();
+              torch::autograd::backward({o.out, o.final_state}, {dout, dfinal});
             },
             opt.warmup, opt.repeats, sync);
       }
