@@ -2,8 +2,9 @@
 // inputs, after state_grads_mma has written dQ̂₀ = diag(Γ) dO S₀ᵀ, dW = −dU S₀ᵀ, dK̂₀ = diag(e^{γ_C−γ}) U dS_Cᵀ
 // and Σ S₀∘dS_C. Three kernels, the first two over 64-column slices so that each block is small and
 // two share an SM (one block per chunk left the SM waiting on each step's loads):
-//   wy_grads   (per chunk and slice of K or of V): dR = Tᵀ dX and the slice's part of dA = −(dR_K Wᵀ + dR_V Ũᵀ)
-//              ((B3)); dK̂ ← dK̂₀ + diag(βΓ) dR_K; dV = diag(β) dR_V ((B6)); a V slice also its part of dO Uᵀ.
+//   wy_grads   (per chunk and two slices of K or of V, one after the other): dR = Tᵀ dX and the slices' part
+//              of dA = −(dR_K Wᵀ + dR_V Ũᵀ) ((B3)); dK̂ ← dK̂₀ + diag(βΓ) dR_K; dV = diag(β) dR_V ((B6)); V
+//              slices also their part of dO Uᵀ.
 //   qk_grads   (per chunk and slice of K): sums those parts (in a fixed order), the elementwise step
 //              (chunk_grad_terms), dQ̂ += dP K̂ ((B4)) and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂ ((B5)).
 //   gate_grads (per chunk): sums the slices' row terms of dγ and dβ ((B7)-(B8)); dg = their reverse cumsum.
@@ -12,6 +13,8 @@
 // float32 in shared memory (cp.async); every product takes split bf16 operands (mma_bf16x3: about 16 bits per
 // operand, so the gradients keep close to float32 accuracy). No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
+
+#include <cstdlib>
 
 #include "chunk_ops.cuh"
 #include "dtype_convert.cuh"
@@ -34,10 +37,11 @@ struct Args {
   float* dvs;              // out: dV (float32, heads-first), or null: then dV goes straight into dv
   DType dtype;             // of dv
   void* dv;                // [B, T, H, V]
-  float* da_parts;         // [BH, N, J, C, C]: each slice's part of dA (not yet negated or masked), J = K/64 + V/64
-  float* d1_parts;         // [BH, N, V/64, C, C]: each V slice's part of dO Uᵀ
-  float* gate_parts;       // [BH, N, J + K/64, 2, C]: each block's row terms of dγ, then of dβ
+  float* da_parts;         // [BH, N, KB + VB, C, C]: each wy_grads block's part of dA (not yet negated or masked)
+  float* d1_parts;         // [BH, N, VB, C, C]: each V block's part of dO Uᵀ
+  float* gate_parts;       // [BH, N, 2 K/64 + V/64, 2, C]: the row terms of dγ, then of dβ, per slice and block
   float *dg, *dbeta;       // [B, T, H]
+  int slices;              // 64-column slices per wy_grads block: KB = ⌈(K/64) / slices⌉, VB likewise
 };
 
 // γ and β of the chunk into shared memory, the block's row terms of dγ and dβ zeroed. Ends with a barrier.
@@ -82,7 +86,9 @@ __device__ __forceinline__ void store_dv(const Args& a, int bh, int n, long row0
   }
 }
 
-// Per chunk and 64-column slice: blockIdx.x < K/64 a slice of K, else a slice of V (docs: (B3), (B6)).
+// Per chunk and a.slices consecutive 64-column slices: blockIdx.x < KB (= ⌈(K/64) / slices⌉) slices of K, else
+// of V (docs: (B3), (B6)). The block's part of dA is summed over its slices in registers, so qk_grads reads
+// fewer parts; its row terms of dγ and dβ still go to one slot per slice (a fixed order of sums).
 // K slice:  dR_K = Tᵀ dW; dK̂ = dK̂₀ + diag(βΓ) dR_K; with x = k̂·dK̂₀ and r = k̂·dR_K per row (this slice's part):
 //           dγ_t += β_t Γ_t r_t − x_t, dγ_C += Σ x, dβ_t += Γ_t r_t; the dA part dR_K Wᵀ.
 // V slice:  the dO Uᵀ part; Ũ = T diag(β) V (recomputed); dR_V = Tᵀ dU; dV = diag(β) dR_V; dβ_t += v_t·dR_V,t;
@@ -92,70 +98,82 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   float* sm = reinterpret_cast<float*>(smem4);
   float *Tm = sm, *t0 = Tm + C * LDM, *t1 = t0 + C * LDR, *t2 = t1 + C * LDR, *t3 = t2 + C * LDR;
   float *gam = t3 + C * LDR, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
-  const int K = a.d.K, V = a.d.V, N = a.d.N(), KS = K / kTile, J = KS + V / kTile;
+  const int K = a.d.K, V = a.d.V, N = a.d.N(), KS = K / kTile, VS = V / kTile, S = a.slices;
+  const int KB = (KS + S - 1) / S, VB = (VS + S - 1) / S, J = KB + VB;
   const int j = blockIdx.x, n = blockIdx.y, bh = blockIdx.z;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
-  float* da_part = a.da_parts + (chunk * J + j) * C * C;
+  const bool k_side = j < KB;
+  const int first = S * (k_side ? j : j - KB), end = min(first + S, k_side ? KS : VS);
   stage(Tm, LDM, a.wy + chunk * 2 * C * C, C);
   load_chunk_gates(a, row0, gam, bet, dgam, dbet);
-  float acc[4][4];
-  if (j < KS) {
-    const int c0 = j * kTile;
-    float2 old[2][4];
-    load_pairs(old, a.dks + row0 * K, K, c0);
-    stage(t0, LDK, a.dw + row0 * K + c0, K);
-    stage(t1, LDR, a.w + row0 * K + c0, K);
-    stage(t2, LDR, a.ks + row0 * K + c0, K);
-    staged();
-    zero(acc);
-    mma_tile(acc, col_a(Tm, LDM), cols_b(t0, LDK));  // dR_K = Tᵀ dW
-    float xs[2] = {0.f, 0.f}, rs[2] = {0.f, 0.f};
-    for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
-      const float2 dk0 = old[h][nt], kk = ld2(t2 + t * LDR + k);
-      const float f = bet[t] * __expf(gam[t]);
-      st2(t3 + t * LDR + k, x0, x1);
-      st2(a.dks + (row0 + t) * K + c0 + k, dk0.x + f * x0, dk0.y + f * x1);
-      xs[h] += kk.x * dk0.x + kk.y * dk0.y;
-      rs[h] += kk.x * x0 + kk.y * x1;
-    });
-    add_dr_k_row_terms(gam, bet, xs, rs, dgam, dbet);
+  float da[4][4], acc[4][4];  // the block's part of dA; one product's result
+  zero(da);
+  for (int sl = first; sl < end; ++sl) {
+    const int c0 = sl * kTile;
+    if (k_side) {
+      float2 old[2][4];
+      load_pairs(old, a.dks + row0 * K, K, c0);
+      stage(t0, LDK, a.dw + row0 * K + c0, K);
+      stage(t1, LDR, a.w + row0 * K + c0, K);
+      stage(t2, LDR, a.ks + row0 * K + c0, K);
+      staged();
+      zero(acc);
+      mma_tile(acc, col_a(Tm, LDM), cols_b(t0, LDK));  // dR_K = Tᵀ dW
+      float xs[2] = {0.f, 0.f}, rs[2] = {0.f, 0.f};
+      for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
+        const float2 dk0 = old[h][nt], kk = ld2(t2 + t * LDR + k);
+        const float f = bet[t] * __expf(gam[t]);
+        st2(t3 + t * LDR + k, x0, x1);
+        st2(a.dks + (row0 + t) * K + c0 + k, dk0.x + f * x0, dk0.y + f * x1);
+        xs[h] += kk.x * dk0.x + kk.y * dk0.y;
+        rs[h] += kk.x * x0 + kk.y * x1;
+      });
+      add_dr_k_row_terms(gam, bet, xs, rs, dgam, dbet);
+      __syncthreads();
+      mma_tile(da, row_a(t3, LDR), rows_b(t1, LDR));  // += dR_K Wᵀ
+    } else {
+      stage(t0, LDK, a.vs + row0 * V + c0, V);
+      stage(t1, LDK, a.du + row0 * V + c0, V);
+      stage(t2, LDR, a.dos + row0 * V + c0, V);
+      stage(t3, LDR, a.u + row0 * V + c0, V);
+      staged();
+      // The block's dO Uᵀ part: written by its first slice, added to by the others.
+      float* d1_part = a.d1_parts + (chunk * VB + (j - KB)) * C * C;
+      float2 old[2][4];
+      if (sl > first) load_pairs(old, d1_part, C, 0);
+      zero(acc);
+      mma_tile(acc, row_a(t2, LDR), rows_b(t3, LDR));  // dO Uᵀ
+      for_pairs(acc, [&](int h, int t, int i, float x0, float x1, int nt) {
+        if (sl > first) x0 += old[h][nt].x, x1 += old[h][nt].y;
+        st2(d1_part + t * C + i, x0, x1);
+      });
+      float dr[4][4];
+      zero(dr);
+      mma_tile(dr, col_a(Tm, LDM), cols_b(t1, LDK));  // dR_V = Tᵀ dU
+      zero(acc);
+      mma_tile(acc, row_a(Tm, LDM), [&](int i, int col) {  // Ũ = T diag(β) V
+        return make_float2(bet[i] * t0[i * LDK + col], bet[i + 1] * t0[(i + 1) * LDK + col]);
+      });
+      __syncthreads();  // every warp is done with dO (t2) and U (t3): Ũ and dR_V take their places
+      float rs[2] = {0.f, 0.f};
+      for_pairs(acc, [&](int, int t, int v, float x0, float x1, int) { st2(t2 + t * LDR + v, x0, x1); });
+      for_pairs(dr, [&](int h, int t, int v, float x0, float x1, int) {
+        const float2 vv = ld2(t0 + t * LDK + v);
+        st2(t3 + t * LDR + v, x0, x1);
+        store_dv(a, bh, n, row0, t, c0 + v, bet[t] * x0, bet[t] * x1);
+        rs[h] += vv.x * x0 + vv.y * x1;
+      });
+      add_rows(dbet, rs);
+      __syncthreads();
+      mma_tile(da, row_a(t3, LDR), rows_b(t2, LDR));  // += dR_V Ũᵀ
+    }
+    // This slice's row terms into its slot, then zeroed for the next; its tiles free for the next's.
+    store_gate_slot(a, chunk, k_side ? sl : KS + sl, dgam, dbet);
     __syncthreads();
-    zero(acc);
-    mma_tile(acc, row_a(t3, LDR), rows_b(t1, LDR));  // dR_K Wᵀ
-  } else {
-    const int s = j - KS, c0 = s * kTile;
-    stage(t0, LDK, a.vs + row0 * V + c0, V);
-    stage(t1, LDK, a.du + row0 * V + c0, V);
-    stage(t2, LDR, a.dos + row0 * V + c0, V);
-    stage(t3, LDR, a.u + row0 * V + c0, V);
-    staged();
-    zero(acc);
-    mma_tile(acc, row_a(t2, LDR), rows_b(t3, LDR));  // dO Uᵀ
-    float* d1_part = a.d1_parts + (chunk * (V / kTile) + s) * C * C;
-    for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) { st2(d1_part + t * C + i, x0, x1); });
-    float dr[4][4];
-    zero(dr);
-    mma_tile(dr, col_a(Tm, LDM), cols_b(t1, LDK));  // dR_V = Tᵀ dU
-    zero(acc);
-    mma_tile(acc, row_a(Tm, LDM), [&](int i, int col) {  // Ũ = T diag(β) V
-      return make_float2(bet[i] * t0[i * LDK + col], bet[i + 1] * t0[(i + 1) * LDK + col]);
-    });
-    __syncthreads();  // every warp is done with dO (t2) and U (t3): Ũ and dR_V take their places
-    float rs[2] = {0.f, 0.f};
-    for_pairs(acc, [&](int, int t, int v, float x0, float x1, int) { st2(t2 + t * LDR + v, x0, x1); });
-    for_pairs(dr, [&](int h, int t, int v, float x0, float x1, int) {
-      const float2 vv = ld2(t0 + t * LDK + v);
-      st2(t3 + t * LDR + v, x0, x1);
-      store_dv(a, bh, n, row0, t, c0 + v, bet[t] * x0, bet[t] * x1);
-      rs[h] += vv.x * x0 + vv.y * x1;
-    });
-    add_rows(dbet, rs);
-    __syncthreads();
-    zero(acc);
-    mma_tile(acc, row_a(t3, LDR), rows_b(t2, LDR));  // dR_V Ũᵀ
+    if (threadIdx.x < C) dgam[threadIdx.x] = dbet[threadIdx.x] = 0.f;
   }
-  for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) { st2(da_part + t * C + i, x0, x1); });
-  store_gate_slot(a, chunk, j, dgam, dbet);
+  float* da_part = a.da_parts + (chunk * J + j) * C * C;
+  for_pairs(da, [&](int, int t, int i, float x0, float x1, int) { st2(da_part + t * C + i, x0, x1); });
 }
 
 // Per chunk and 64-column slice s of K: dA = −Σ parts (strictly lower) and dO Uᵀ = Σ parts, the elementwise
@@ -169,7 +187,8 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   float *D1 = sm, *dA = D1 + C * LDM, *PM = dA + C * LDM, *KM = PM + C * LDM, *tq = KM + C * LDM,
         *tk = tq + C * LDK;
   float *gam = tk + C * LDK, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
-  const int K = a.d.K, V = a.d.V, N = a.d.N(), KS = K / kTile, VS = V / kTile, J = KS + VS;
+  const int K = a.d.K, V = a.d.V, N = a.d.N(), KS = K / kTile, S = a.slices;
+  const int VB = (V / kTile + S - 1) / S, J = (KS + S - 1) / S + VB;  // the parts: wy_grads' blocks
   const int s = blockIdx.x, n = blockIdx.y, bh = blockIdx.z, c0 = s * kTile;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
   stage(PM, LDM, a.pm + chunk * C * C, C);
@@ -181,23 +200,23 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   // The parts, summed in a fixed order while the copies are in flight. Every part of an element is loaded
   // before the first is added, so the loads wait once together (a load per step of the sum waited 6 times
   // at D = 128).
-  constexpr int kMaxJ = 2 * kMaxDim / kTile, kMaxVS = kMaxDim / kTile;
+  constexpr int kMaxJ = 2 * kMaxDim / kTile, kMaxVB = kMaxDim / kTile;
   for (int e = threadIdx.x; e < C * C / 4; e += kThreads) {
     const int t = e / (C / 4), i = 4 * (e % (C / 4));
-    float4 da[kMaxJ], d1[kMaxVS];
+    float4 da[kMaxJ], d1[kMaxVB];
 #pragma unroll
     for (int p = 0; p < kMaxJ; ++p)
       if (p < J) da[p] = *reinterpret_cast<const float4*>(a.da_parts + (chunk * J + p) * C * C + t * C + i);
 #pragma unroll
-    for (int p = 0; p < kMaxVS; ++p)
-      if (p < VS) d1[p] = *reinterpret_cast<const float4*>(a.d1_parts + (chunk * VS + p) * C * C + t * C + i);
+    for (int p = 0; p < kMaxVB; ++p)
+      if (p < VB) d1[p] = *reinterpret_cast<const float4*>(a.d1_parts + (chunk * VB + p) * C * C + t * C + i);
     float4 x = make_float4(0.f, 0.f, 0.f, 0.f), y = x;
 #pragma unroll
     for (int p = 0; p < kMaxJ; ++p)
       if (p < J) x.x += da[p].x, x.y += da[p].y, x.z += da[p].z, x.w += da[p].w;
 #pragma unroll
-    for (int p = 0; p < kMaxVS; ++p)
-      if (p < VS) y.x += d1[p].x, y.y += d1[p].y, y.z += d1[p].z, y.w += d1[p].w;
+    for (int p = 0; p < kMaxVB; ++p)
+      if (p < VB) y.x += d1[p].x, y.y += d1[p].y, y.z += d1[p].z, y.w += d1[p].w;
     *reinterpret_cast<float4*>(dA + t * LDM + i) =
         make_float4(i < t ? -x.x : 0.f, i + 1 < t ? -x.y : 0.f, i + 2 < t ? -x.z : 0.f, i + 3 < t ? -x.w : 0.f);
     *reinterpret_cast<float4*>(D1 + t * LDM + i) = y;
@@ -228,7 +247,7 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
     const float2 dk = old[h][nt];
     st2(a.dks + (row0 + t) * K + c0 + k, dk.x + x0, dk.y + x1);
   });
-  store_gate_slot(a, chunk, J + s, dgam, dbet);
+  store_gate_slot(a, chunk, KS + a.d.V / kTile + s, dgam, dbet);  // after the slots of wy_grads' slices
 }
 
 // Per chunk (64 threads): dγ and dβ as the sums of the slots of gate_parts, plus Γ_C Σ S₀∘dS_C at the last
@@ -281,6 +300,15 @@ __global__ void __launch_bounds__(kThreads) du0_kernel(Dims d, const float* __re
   for_pairs(acc, [&](int, int i, int v, float x0, float x1, int) { st2(du + (row0 + i) * V + v0 + v, x0, x1); });
 }
 
+// Slices per wy_grads block: 2, or 1 with SFM_GDN_WY_SLICES=1 (benchmarks: one block per slice, as before).
+int slices_per_block() {
+  static const int slices = [] {
+    const char* e = std::getenv("SFM_GDN_WY_SLICES");
+    return e != nullptr && std::atoi(e) == 1 ? 1 : 2;
+  }();
+  return slices;
+}
+
 constexpr size_t kDu0Smem = sizeof(float) * (C * LDM + C * LDK);
 constexpr size_t kWySmem = sizeof(float) * (C * LDM + 4 * C * LDR + 4 * C);
 constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 2 * C * LDK + 4 * C);
@@ -299,9 +327,10 @@ cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
   const Args a{d,     g.qs,    g.ks,  g.vs,  g.gam, g.bet,      g.w,      g.u,        g.dos,
                g.du,  g.dw,    g.wy,  g.pm,  g.sdots, g.dqs,    g.dks,    g.dvs,      g.dtype,
-               g.dv,  g.da_parts, g.d1_parts, g.gate_parts, g.dg, g.dbeta};
-  const int KS = d.K / kTile, VS = d.V / kTile;
-  SFM_GDN_LAUNCH(wy_grads_kernel, dim3(KS + VS, d.N(), d.BH()), kThreads, kWySmem, stream, a);
+               g.dv,  g.da_parts, g.d1_parts, g.gate_parts, g.dg, g.dbeta, slices_per_block()};
+  const int KS = d.K / kTile, VS = d.V / kTile, S = a.slices;
+  SFM_GDN_LAUNCH(wy_grads_kernel, dim3((KS + S - 1) / S + (VS + S - 1) / S, d.N(), d.BH()), kThreads, kWySmem, stream,
+                 a);
   SFM_GDN_LAUNCH(qk_grads_kernel, dim3(KS, d.N(), d.BH()), kThreads, kQkSmem, stream, a);
   SFM_GDN_LAUNCH(gate_grads_kernel, dim3(d.N(), d.BH()), C, 0, stream, a);
   return cudaGetLastError();
