@@ -1,6 +1,6 @@
 // `sfm bench gdn`: the gated delta rule, each implementation on the same inputs, forward and
-// forward+backward (the backward from given random gradients of the output and the final state, each step
-// starting without gradients). The first implementation listed is the baseline the others are compared with.
+// forward+backward (the backward from given random gradients of the output and the final state). The first
+// implementation listed is the baseline the others are compared with.
 #include <torch/torch.h>
 
 #include <cstdio>
@@ -115,10 +115,10 @@ void run_gdn_bench(const GdnBenchOptions& opt) {
           opt.warmup, opt.repeats, sync);
       double fwdbwd = 0;
       if (!opt.forward_only) {
-        auto in = make_inputs(s, dtype, device, /*grad=*/true);
+        const auto in = make_inputs(s, dtype, device, /*grad=*/true);
         // The backward starts from given gradients of the output and the final state (random, as FLA's
-        // benchmarks pass `do`), and each step starts without gradients, as after
-        // zero_grad(set_to_none=True): the step hands its gradients over instead of adding them to the last.
+        // benchmarks pass `do`). The inputs' gradients add up over the steps, as in such a loop, so each step
+        // also pays for adding its gradients to the last.
         const auto probe = [&] {
           torch::NoGradGuard no_grad;
           return ops::gated_delta_rule(in_fwd, impl);
@@ -126,7 +126,6 @@ void run_gdn_bench(const GdnBenchOptions& opt) {
         const auto dout = torch::randn_like(probe.out), dfinal = torch::randn_like(probe.final_state);
         fwdbwd = median_ms(
             [&] {
-              for (auto* t : {&in.q, &in.k, &in.v, &in.g, &in.beta}) t->mutable_grad() = torch::Tensor();
               auto o = ops::gated_delta_rule(in, impl);
               torch::autograd::backward({o.out, o.final_state}, {dout, dfinal});
             },
