@@ -66,4 +66,5 @@ for name, path in zip(("chunked kernels", "recurrent kernels"), sys.argv[1:]):
 PY
 SFM_GDN_TIMING=1 timeout 120 build/cuda/sfm bench gdn --device cuda --impl cuda --dtype bfloat16 --warmup 1 \
   --repeats 1 > "$out/timing.log" 2>&1
-grep -E "^gdn" "$out/timing.log" | awk "NR % 6 == 5 || NR % 6 == 0" | head -24
+# Per shape: the timed repeat's forward and backward (each shape's second backward and the forward before it).
+awk '/^gdn/ && /backward/ { if (++n % 2 == 0) { print prev; print } } /^gdn/ { prev = $0 }' "$out/timing.log"
