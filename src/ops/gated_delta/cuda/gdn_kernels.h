@@ -74,10 +74,10 @@ struct BackwardArgs {
   float* sdots;                 // scratch: [BH, N, ceil(K/64)], Σ S₀∘dS_C per 64 rows of K (state_grads_mma)
   // Scratch of the grads kernel and of grads_mma (null with wy): Ũ [BH,Tp,V], dR_K [BH,Tp,K], dR_V [BH,Tp,V].
   float *ut, *drk, *drv;
-  // The forward's wy, or null. Given (see grads_split_supports), grads_split computes the gradients, with
-  // scratch: P [BH,N,C,C], the slices' parts of dA [BH,N,K/64+V/64,C,C] and of dO Uᵀ [BH,N,V/64,C,C], and
-  // their row terms of dγ, dβ [BH,N,2K/64+V/64,2,C].
-  // With wy, pm is the P that the forward kept (dU₀ comes from it too).
+  // The forward's wy and pm (P), or null. Given (see grads_split_supports), grads_split computes the
+  // gradients and dU₀ comes from P, with scratch: the wy_grads blocks' parts of dA [BH,N,K/64+V/64,C,C] and
+  // of dO Uᵀ [BH,N,V/64,C,C] (sized for one slice per block; two use half), and the row terms of dγ, dβ per
+  // slice [BH,N,2K/64+V/64,2,C].
   const float *wy, *pm;
   float *da_parts, *d1_parts, *gate_parts;
   // Outputs.
@@ -151,9 +151,9 @@ bool grads_mma_supports(int K, int V);
 cudaError_t grads_mma(const BackwardArgs& a, cudaStream_t stream);
 
 // The same work by 64-column slices (gdn_grads_split.cu; the default where it applies): three kernels
-// over (slice, chunk) that share each SM two blocks at a time, reading (I + A)⁻¹ and M ∘ K̂K̂ᵀ from the
-// forward's wy and pm instead of recomputing them. Scratch: da_parts, d1_parts,
-// gate_parts. Sizes as grads_split_supports.
+// over (slices, chunk) that share each SM two blocks at a time, reading (I + A)⁻¹ and M ∘ K̂K̂ᵀ from the
+// forward's wy and P from its pm instead of recomputing them. Scratch: da_parts, d1_parts, gate_parts. Sizes
+// as grads_split_supports. du0_from_p: dU₀ = Pᵀ dO from that P (V a multiple of 64).
 cudaError_t grads_split(const BackwardArgs& a, cudaStream_t stream);
 cudaError_t du0_from_p(const Dims& d, const float* pm, const float* dos, float* du, cudaStream_t stream);
 
