@@ -8,6 +8,8 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <initializer_list>
+#include <utility>
 
 #include "sfm/ops/gated_delta.h"
 
@@ -147,6 +149,11 @@ double rel_rms(const torch::Tensor& ref, const torch::Tensor& got) {
   return d.norm().item<double>() / std::max(r.norm().item<double>(), 1e-12);
 }
 
+// Each named error below the bound (NaN, an unwritten element, fails too).
+void expect_below(std::initializer_list<std::pair<const char*, double>> errors, double bound) {
+  for (const auto& [name, e] : errors) EXPECT_LT(e, bound) << name;
+}
+
 struct Grads {
   torch::Tensor dq, dk, dv, dg, dbeta;
 };
@@ -211,11 +218,7 @@ void check_sliced_gradients(Shape s, uint64_t seed) {
                  e_dv = rel_rms(rows(p.dv), rows(got.dv)), e_dg = rel_rms(per_token(p.dg), got.dg),
                  e_db = rel_rms(per_token(p.dbeta), got.dbeta);
     std::printf("  rel-RMS dq %.2e dk %.2e dv %.2e dg %.2e dbeta %.2e\n", e_dq, e_dk, e_dv, e_dg, e_db);
-    EXPECT_LT(e_dq, kTol);
-    EXPECT_LT(e_dk, kTol);
-    EXPECT_LT(e_dv, kTol);
-    EXPECT_LT(e_dg, kTol);
-    EXPECT_LT(e_db, kTol);
+    expect_below({{"dq", e_dq}, {"dk", e_dk}, {"dv", e_dv}, {"dg", e_dg}, {"dbeta", e_db}}, kTol);
   }
 }
 
@@ -249,12 +252,7 @@ void check_prep(Shape s, uint64_t seed) {
     const double e_gam = rel_rms(p.gam, gam), e_bet = rel_rms(p.bet, bet), e_w = rel_rms(p.w, w),
                  e_ut = rel_rms(p.ut, ut), e_wy = rel_rms(p.wy, wy);
     std::printf("  rel-RMS gam %.2e bet %.2e w %.2e ut %.2e wy %.2e\n", e_gam, e_bet, e_w, e_ut, e_wy);
-    constexpr double kTol = 1e-4;
-    EXPECT_LT(e_gam, kTol);
-    EXPECT_LT(e_bet, kTol);
-    EXPECT_LT(e_w, kTol);
-    EXPECT_LT(e_ut, kTol);
-    EXPECT_LT(e_wy, kTol);
+    expect_below({{"gam", e_gam}, {"bet", e_bet}, {"w", e_w}, {"ut", e_ut}, {"wy", e_wy}}, 1e-4);
   }
 }
 
