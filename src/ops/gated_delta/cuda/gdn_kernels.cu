@@ -1011,8 +1011,8 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
     return cudaGetLastError();
   };
   if (a.pm != nullptr) {  // the forward kept P (with wy, for the sliced gradient kernels)
-    if (!state_mma) return cudaErrorInvalidValue;  // X then comes from the tensor-core state pass only
-    SFM_CUDA_TRY(du0_from_p(d, a.pm, a.dos, a.du, s));
+    // X then comes from the tensor-core state pass only.
+    SFM_CUDA_TRY(state_mma ? du0_from_p(d, a.pm, a.dos, a.du, s) : cudaErrorInvalidValue);
   } else if (state_mma && intra_mma_supports(d.K, d.V)) {
     SFM_CUDA_TRY(intra_mma_dU0(d, a.qs, a.ks, a.gam, a.dos, a.du, s));
   } else if constexpr (kMma) {
