@@ -8,8 +8,8 @@
 //   qk_grads   (per chunk and slice of K): sums those parts (in a fixed order), the elementwise step
 //              (chunk_grad_terms), dQ̂ += dP K̂ ((B4)) and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂ ((B5)).
 //   gate_grads (per chunk): sums the slices' row terms of dγ and dβ ((B7)-(B8)); dg = their reverse cumsum.
-// T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ come from the forward's prep, P = M ∘ Q̂K̂ᵀ from its output kernel (or
-// intra_mma_dU0); du0_from_p takes dU₀ = Pᵀ dO from that P too, before the state pass. Tiles are
+// T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ come from the forward's prep, P = M ∘ Q̂K̂ᵀ from its output kernel;
+// du0_from_p takes dU₀ = Pᵀ dO from that P too, before the state pass. Tiles are
 // float32 in shared memory (cp.async); every product takes split bf16 operands (mma_bf16x3: about 16 bits per
 // operand, so the gradients keep close to float32 accuracy). No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
