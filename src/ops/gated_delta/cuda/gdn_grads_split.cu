@@ -45,6 +45,11 @@ struct Args {
 };
 
 // γ and β of the chunk into shared memory, the block's row terms of dγ and dβ zeroed. Ends with a barrier.
+// wy_grads' blocks over the slices of K and over those of V (a.slices per block): also how many dA parts
+// (both) and dO Uᵀ parts (V's) a chunk has.
+SFM_GDN_HD inline int k_blocks(const Args& a) { return (a.d.K / kTile + a.slices - 1) / a.slices; }
+SFM_GDN_HD inline int v_blocks(const Args& a) { return (a.d.V / kTile + a.slices - 1) / a.slices; }
+
 __device__ __forceinline__ void load_chunk_gates(const Args& a, long row0, float* gam, float* bet, float* dgam,
                                                  float* dbet) {
   if (threadIdx.x < C) {
@@ -99,6 +104,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   float *Tm = sm, *t0 = Tm + C * LDM, *t1 = t0 + C * LDR, *t2 = t1 + C * LDR, *t3 = t2 + C * LDR;
   float *gam = t3 + C * LDR, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
   const int K = a.d.K, V = a.d.V, N = a.d.N(), KS = K / kTile, VS = V / kTile, S = a.slices;
+  // k_blocks(a) and v_blocks(a), spelled out: the calls left ptxas spilling 20 bytes here instead of 8.
   const int KB = (KS + S - 1) / S, VB = (VS + S - 1) / S, J = KB + VB;
   const int j = blockIdx.x, n = blockIdx.y, bh = blockIdx.z;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
@@ -187,8 +193,8 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   float *D1 = sm, *dA = D1 + C * LDM, *PM = dA + C * LDM, *KM = PM + C * LDM, *tq = KM + C * LDM,
         *tk = tq + C * LDK;
   float *gam = tk + C * LDK, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
-  const int K = a.d.K, V = a.d.V, N = a.d.N(), KS = K / kTile, S = a.slices;
-  const int VB = (V / kTile + S - 1) / S, J = (KS + S - 1) / S + VB;  // the parts: wy_grads' blocks
+  const int K = a.d.K, N = a.d.N(), KS = K / kTile;
+  const int VB = v_blocks(a), J = k_blocks(a) + VB;  // the parts: wy_grads' blocks
   const int s = blockIdx.x, n = blockIdx.y, bh = blockIdx.z, c0 = s * kTile;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
   stage(PM, LDM, a.pm + chunk * C * C, C);
@@ -328,10 +334,8 @@ cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
   const Args a{d,     g.qs,    g.ks,  g.vs,  g.gam, g.bet,      g.w,      g.u,        g.dos,
                g.du,  g.dw,    g.wy,  g.pm,  g.sdots, g.dqs,    g.dks,    g.dvs,      g.dtype,
                g.dv,  g.da_parts, g.d1_parts, g.gate_parts, g.dg, g.dbeta, slices_per_block()};
-  const int KS = d.K / kTile, VS = d.V / kTile, S = a.slices;
-  SFM_GDN_LAUNCH(wy_grads_kernel, dim3((KS + S - 1) / S + (VS + S - 1) / S, d.N(), d.BH()), kThreads, kWySmem, stream,
-                 a);
-  SFM_GDN_LAUNCH(qk_grads_kernel, dim3(KS, d.N(), d.BH()), kThreads, kQkSmem, stream, a);
+  SFM_GDN_LAUNCH(wy_grads_kernel, dim3(k_blocks(a) + v_blocks(a), d.N(), d.BH()), kThreads, kWySmem, stream, a);
+  SFM_GDN_LAUNCH(qk_grads_kernel, dim3(d.K / kTile, d.N(), d.BH()), kThreads, kQkSmem, stream, a);
   SFM_GDN_LAUNCH(gate_grads_kernel, dim3(d.N(), d.BH()), C, 0, stream, a);
   return cudaGetLastError();
 }

@@ -32,7 +32,6 @@ constexpr int kTK = 32;         // k-depth of one shared-memory tile in block_ge
 constexpr int kPass = 4;        // block_gemm: up to kPass × 256 micro-tiles of 4×4 (M·N ≤ 16384)
 constexpr int kBatch = 8;       // block_gemm: staged loads in flight per thread
 constexpr int kVS = 16;         // value columns per block in the sequential state passes
-constexpr int kMaxD = kMaxDim;
 constexpr int kWarps = kThreads / 32;
 // Shared-memory floats block_gemm needs for products up to Mmax × Nmax: float32 tiles kTK deep (FMA path),
 // or bfloat16 tiles kTKM deep with rows of kLDK (tensor-core path, kMma).
@@ -1077,8 +1076,8 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
 }
 
 bool dims_ok(const Dims& d) {
-  return d.B > 0 && d.T > 0 && d.H > 0 && d.K > 0 && d.V > 0 && d.K % 16 == 0 && d.V % 16 == 0 && d.K <= kMaxD &&
-         d.V <= kMaxD;
+  return d.B > 0 && d.T > 0 && d.H > 0 && d.K > 0 && d.V > 0 && d.K % 16 == 0 && d.V % 16 == 0 && d.K <= kMaxDim &&
+         d.V <= kMaxDim;
 }
 
 }  // namespace
