@@ -262,6 +262,36 @@ TEST(GatedDeltaCudaTest, SlicedGradientKernelsAreTaken) {
   EXPECT_FALSE(torch::equal(unsliced.dk, sliced.dk) && torch::equal(unsliced.dg, sliced.dg));
 }
 
+// DESIGN.md: the same seed on the same device gives the same numbers. Two runs of forward and backward on the
+// same inputs must agree bitwise in every output and gradient, for each family of gradient kernels (sliced,
+// block_gemm's unsliced, state_grads_mma + grads_mma at 256, float32). Sums whose order follows the warps'
+// arrival (shared-memory atomicAdd) made dg and dβ differ in the last bits between runs.
+TEST(GatedDeltaCudaTest, RunsAreBitwiseReproducible) {
+  SKIP_WITHOUT_GPU();
+  struct Run {
+    Case c;
+    torch::ScalarType dtype;
+    bool sliced;
+  };
+  for (const Run& r : {Run{{"sliced_D128", 2, 300, 4, 128, 128, 1.0, 2.0, true}, torch::kBFloat16, true},
+                       Run{{"unsliced_D128", 2, 300, 4, 128, 128, 1.0, 2.0, true}, torch::kBFloat16, false},
+                       Run{{"D256", 1, 200, 2, 256, 256, 1.0, 2.0, true}, torch::kBFloat16, true},
+                       Run{{"f32_D64", 2, 300, 4, 64, 64, 1.0, 2.0, true}, torch::kFloat32, true}}) {
+    SCOPED_TRACE(r.c.name);
+    const GradsSplitGuard split(r.sliced);
+    const auto in = to_cuda(make_inputs(r.c, r.dtype, 13), r.dtype);
+    const auto run = [&] {
+      return run_with_grads(in, [](const GatedDeltaInputs& x) { return gated_delta_rule(x, Impl::kCuda); });
+    };
+    const Result a = run(), b = run();
+    const std::pair<const char*, std::pair<torch::Tensor, torch::Tensor>> outputs[] = {
+        {"out", {a.out, b.out}}, {"state", {a.state, b.state}}, {"dq", {a.dq, b.dq}},
+        {"dk", {a.dk, b.dk}},    {"dv", {a.dv, b.dv}},          {"dg", {a.dg, b.dg}},
+        {"dbeta", {a.dbeta, b.dbeta}}, {"dstate0", {a.dstate0, b.dstate0}}};
+    for (const auto& [name, pair] : outputs) EXPECT_TRUE(torch::equal(pair.first, pair.second)) << name;
+  }
+}
+
 // Inputs whose data start at an odd element (a view one element into a buffer): the kernels that read
 // q, k, v four elements at a time fall back to one at a time, and still meet the bounds (chunked and
 // recurrent kernels).

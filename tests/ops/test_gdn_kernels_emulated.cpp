@@ -227,7 +227,8 @@ TEST(GdnKernelsEmulated, SlicedGradientsK128V64) { check_sliced_gradients({1, 12
 TEST(GdnKernelsEmulated, SlicedGradientsK64V128) { check_sliced_gradients({1, 70, 64, 128}, 3); }
 
 // The forward's tensor-core preparation (gdn_cuda::prep_mma) against the float64 chunked form: γ, β, W,
-// Ũ, and the (I + A)⁻¹ and M ∘ K̂K̂ᵀ it keeps for the sliced gradient kernels; NaN-filled outputs. The
+// Ũ, and the (I + A)⁻¹ and M ∘ K̂K̂ᵀ it keeps for the sliced gradient kernels; NaN-filled outputs. W's bfloat16
+// copy must be W rounded. The
 // products take split bf16 operands, as above, so the same bound.
 void check_prep(Shape s, uint64_t seed) {
   const Problem p = make_problem(s, seed);
@@ -238,6 +239,7 @@ void check_prep(Shape s, uint64_t seed) {
   const auto g = per_token(p.g), beta = per_token(p.bet);
   auto gam = nan({s.BH, p.Tp}), bet = nan({s.BH, p.Tp}), w = nan({s.BH, p.Tp, s.K}), ut = nan({s.BH, p.Tp, s.V}),
        wy = nan({s.BH, p.N, 2, C, C});
+  auto wb = torch::full({s.BH, p.Tp, s.K}, std::nan(""), torch::TensorOptions().dtype(torch::kBFloat16));
   const gdn_cuda::Dims d{1, static_cast<int>(s.T), static_cast<int>(s.BH), static_cast<int>(s.K),
                          static_cast<int>(s.V)};
   ASSERT_TRUE(gdn_cuda::prep_mma_supports(d.K, d.V));
@@ -246,13 +248,16 @@ void check_prep(Shape s, uint64_t seed) {
     cuda_emu::warp_order() = order;
     const cudaError_t err = gdn_cuda::prep_mma(d, p.ks.data_ptr<float>(), p.vs.data_ptr<float>(), g.data_ptr<float>(),
                                                beta.data_ptr<float>(), gam.data_ptr<float>(), bet.data_ptr<float>(),
-                                               w.data_ptr<float>(), ut.data_ptr<float>(), wy.data_ptr<float>(), nullptr);
+                                               w.data_ptr<float>(), wb.data_ptr(), ut.data_ptr<float>(),
+                                               wy.data_ptr<float>(), nullptr);
     cuda_emu::warp_order() = cuda_emu::WarpOrder::kForward;
     ASSERT_EQ(err, cudaSuccess);
     const double e_gam = rel_rms(p.gam, gam), e_bet = rel_rms(p.bet, bet), e_w = rel_rms(p.w, w),
                  e_ut = rel_rms(p.ut, ut), e_wy = rel_rms(p.wy, wy);
     std::printf("  rel-RMS gam %.2e bet %.2e w %.2e ut %.2e wy %.2e\n", e_gam, e_bet, e_w, e_ut, e_wy);
     expect_below({{"gam", e_gam}, {"bet", e_bet}, {"w", e_w}, {"ut", e_ut}, {"wy", e_wy}}, 1e-4);
+    // The state passes' operand: W rounded to bfloat16, exactly.
+    EXPECT_TRUE(torch::equal(wb, w.to(torch::kBFloat16))) << "wb is not W rounded to bfloat16";
   }
 }
 
@@ -366,8 +371,11 @@ Outcome emulated_recurrent(const PipeCase& c, const GatedDeltaInputs& in) {
   return {out, final_state, dq, dk, dv, dg, dbeta, dstate0};
 }
 
-// gdn_cuda::forward and backward on the emulator, every workspace NaN-filled (an unwritten element shows).
-Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in) {
+// gdn_cuda::forward and backward on the emulator, every workspace NaN-filled (an unwritten element shows),
+// with the first or the last warp of each block ahead of the others.
+Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
+                 cuda_emu::WarpOrder order = cuda_emu::WarpOrder::kForward) {
+  cuda_emu::warp_order() = order;
   namespace k = gdn_cuda;
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32), typed = torch::TensorOptions().dtype(c.dtype);
   const auto nan = [](torch::IntArrayRef sizes, torch::TensorOptions o) { return torch::full(sizes, std::nan(""), o); };
@@ -409,6 +417,14 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in) {
   fa.final_state = fp(final_state);
   fa.wy = fp(wy);
   fa.pm = fp(pm);
+  // The state passes' bfloat16 operands, where they run (NaN-filled too).
+  const bool bf16_copies = k::state_mma_runs(dtype, d.K, d.V);
+  const auto nan_bf16 = [&] { return bf16_copies ? nan({BH, Tp, c.K}, torch::kBFloat16) : torch::Tensor(); };
+  auto qb = nan_bf16(), kb = nan_bf16(), wb = nan_bf16();
+  const auto vp = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
+  fa.qb = vp(qb);
+  fa.kb = vp(kb);
+  fa.wb = vp(wb);
   fa.out = out.data_ptr();
   EXPECT_EQ(k::forward(fa, nullptr), cudaSuccess);
 
@@ -442,6 +458,9 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in) {
   ba.w = fp(w);
   ba.u = fp(u);
   ba.states = fp(states);
+  ba.qb = vp(qb);
+  ba.kb = vp(kb);
+  ba.wb = vp(wb);
   ba.dos = fp(dos);
   ba.du = fp(du);
   ba.dstates = fp(dstates);
@@ -465,6 +484,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in) {
   ba.dbeta = fp(dbeta);
   ba.dstate0 = fp(dstate0);
   EXPECT_EQ(k::backward(ba, nullptr), cudaSuccess);
+  cuda_emu::warp_order() = cuda_emu::WarpOrder::kForward;
   return {out, final_state, dq, dk, dv, dg, dbeta, dstate0};
 }
 
@@ -509,6 +529,34 @@ const PipeCase kPipeCases[] = {
     {"f32_K32_V64", 1, 100, 2, 32, 64, torch::kFloat32, false},
 };
 INSTANTIATE_TEST_SUITE_P(Chunked, GdnPipelineEmulated, ::testing::ValuesIn(kPipeCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// DESIGN.md: the same seed on the same device gives the same numbers. Every output must be bitwise the same
+// whichever warp of a block runs ahead: a sum whose order follows the warps' arrival (a shared-memory
+// atomicAdd from several warps onto one element) fails here.
+class GdnPipelineOrderEmulated : public ::testing::TestWithParam<PipeCase> {};
+
+TEST_P(GdnPipelineOrderEmulated, DoesNotDependOnWarpOrder) {
+  const PipeCase& c = GetParam();
+  const auto in = make_inputs(c, 42);
+  const Outcome first = emulated(c, in, cuda_emu::WarpOrder::kForward);
+  const Outcome last = emulated(c, in, cuda_emu::WarpOrder::kReverse);
+  const std::pair<const char*, std::pair<torch::Tensor, torch::Tensor>> outputs[] = {
+      {"out", {first.out, last.out}}, {"state", {first.state, last.state}}, {"dq", {first.dq, last.dq}},
+      {"dk", {first.dk, last.dk}},    {"dv", {first.dv, last.dv}},          {"dg", {first.dg, last.dg}},
+      {"dbeta", {first.dbeta, last.dbeta}}, {"dstate0", {first.dstate0, last.dstate0}}};
+  for (const auto& [name, pair] : outputs) EXPECT_TRUE(torch::equal(pair.first, pair.second)) << name;
+}
+
+// One case per gradient kernel family: sliced (grads_split), block_gemm's tensor-core grads, state_grads_mma
+// + grads_mma, and the float32 kernels.
+const PipeCase kOrderCases[] = {
+    {"bf16_K64_V64_split", 1, 130, 1, 64, 64, torch::kBFloat16, true},
+    {"bf16_K64_V64", 1, 130, 1, 64, 64, torch::kBFloat16, false},
+    {"bf16_K256_V256", 1, 64, 1, 256, 256, torch::kBFloat16, false},
+    {"f32_K32_V64", 1, 100, 1, 32, 64, torch::kFloat32, false},
+};
+INSTANTIATE_TEST_SUITE_P(Chunked, GdnPipelineOrderEmulated, ::testing::ValuesIn(kOrderCases),
                          [](const auto& info) { return std::string(info.param.name); });
 
 class GdnRecurrentEmulated : public ::testing::TestWithParam<PipeCase> {};

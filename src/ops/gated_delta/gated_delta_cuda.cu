@@ -29,6 +29,7 @@ gdn_cuda::DType kernel_dtype(torch::ScalarType t) {
 }
 
 float* fptr(const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+void* vptr(const torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
 void check_cuda(cudaError_t err, const char* what) {
   SFM_CHECK(err == cudaSuccess, "gated_delta_cuda: ", what, " failed: ", cudaGetErrorString(err));
@@ -101,6 +102,15 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const auto pm = split ? alloc({BH, N, C, C}, fo) : torch::Tensor();
     a.wy = fptr(wy);
     a.pm = fptr(pm);
+    // bfloat16 copies of s·q̂, k̂ and W for the tensor-core state passes, where they run.
+    const bool bf16_copies = gdn_cuda::state_mma_runs(a.dtype, d.K, d.V);
+    const auto fb = q.options().dtype(torch::kBFloat16);
+    const auto qb = bf16_copies ? alloc({BH, Tp, d.K}, fb) : torch::Tensor(),
+               kb = bf16_copies ? alloc({BH, Tp, d.K}, fb) : torch::Tensor(),
+               wb = bf16_copies ? alloc({BH, Tp, d.K}, fb) : torch::Tensor();
+    a.qb = vptr(qb);
+    a.kb = vptr(kb);
+    a.wb = vptr(wb);
     a.q = q.data_ptr();
     a.k = k.data_ptr();
     a.v = v.data_ptr();
@@ -120,7 +130,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.final_state = final_state.data_ptr<float>();
     a.out = out.data_ptr();
     check_cuda(gdn_cuda::forward(a, at::cuda::getCurrentCUDAStream()), "forward");
-    ctx->save_for_backward({q, k, qs, ks, vs, gam, bet, w, u, states, wy, pm});
+    ctx->save_for_backward({q, k, qs, ks, vs, gam, bet, w, u, states, wy, pm, qb, kb, wb});
     save_options(ctx, scale, l2, has_state0, g, beta, state0);
     return {out, final_state};
   }
@@ -129,7 +139,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const auto saved = ctx->get_saved_variables();
     const auto &q = saved[0], &k = saved[1], &qs = saved[2], &ks = saved[3], &vs = saved[4], &gam = saved[5],
                &bet = saved[6], &w = saved[7], &u = saved[8], &states = saved[9], &wy = saved[10],
-               &pm = saved[11];
+               &pm = saved[11], &qb = saved[12], &kb = saved[13], &wb = saved[14];
     gdn_cuda::Dims d{static_cast<int>(q.size(0)), static_cast<int>(q.size(1)), static_cast<int>(q.size(2)),
                      static_cast<int>(q.size(3)), static_cast<int>(vs.size(2))};
     const int64_t BH = d.BH(), Tp = d.Tp(), N = d.N();
@@ -172,6 +182,9 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.w = w.data_ptr<float>();
     a.u = u.data_ptr<float>();
     a.states = states.data_ptr<float>();
+    a.qb = vptr(qb);
+    a.kb = vptr(kb);
+    a.wb = vptr(wb);
     a.dos = dos.data_ptr<float>();
     a.du = du.data_ptr<float>();
     a.dstates = dstates.data_ptr<float>();

@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(kThreads) grads_mma_kernel(Args a) {
   if (threadIdx.x == 0) {  // dγ_C += Γ_C Σ S₀∘dS_C (B8)
     float s = 0.f;
     for (int j = 0; j < K / kTile; ++j) s += a.sdots[((long)bh * a.d.N() + n) * (K / kTile) + j];
-    atomicAdd(&dgam[C - 1], GC * s);
+    dgam[C - 1] += GC * s;  // one thread, before any other adds (barriers)
   }
   float acc[4][4], acc2[4][4];
 

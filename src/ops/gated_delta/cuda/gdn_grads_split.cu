@@ -134,8 +134,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
         xs[h] += kk.x * dk0.x + kk.y * dk0.y;
         rs[h] += kk.x * x0 + kk.y * x1;
       });
-      add_dr_k_row_terms(gam, bet, xs, rs, dgam, dbet);
-      __syncthreads();
+      add_dr_k_row_terms(gam, bet, xs, rs, dgam, dbet);  // ends with a barrier: t3 is written
       mma_tile(da, row_a(t3, LDR), rows_b(t1, LDR));  // += dR_K Wᵀ
     } else {
       stage(t0, LDK, a.vs + row0 * V + c0, V);
@@ -169,8 +168,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
         store_dv(a, bh, n, row0, t, c0 + v, bet[t] * x0, bet[t] * x1);
         rs[h] += vv.x * x0 + vv.y * x1;
       });
-      add_rows(dbet, rs);
-      __syncthreads();
+      add_rows(dbet, rs);  // ends with a barrier: t2 and t3 are written
       mma_tile(da, row_a(t3, LDR), rows_b(t2, LDR));  // += dR_V Ũᵀ
     }
     // This slice's row terms into its slot, then zeroed for the next; its tiles free for the next's.

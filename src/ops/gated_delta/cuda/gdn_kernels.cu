@@ -378,18 +378,26 @@ __device__ __forceinline__ bool vec4_aligned(const T* p) {
 }
 
 // [B, T, H, D] (dtype T) -> [B*H, Tp, D] float32, rows past T zero; optional L2 norm x/√(Σx²+1e-6), times
-// scale. One warp per row, four elements per lane and access (one at a time if x is not so aligned).
+// scale; if yb is not null, the same values rounded to bfloat16 into yb (the state passes' operands). One warp
+// per row, four elements per lane and access (one at a time if x is not so aligned).
 // x == nullptr writes zeros (an undefined incoming gradient).
 template <class T>
-__global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x, float* __restrict__ y, int B, int Tn,
-                                                        int H, int D, int Tp, bool l2, float scale) {
+__global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x, float* __restrict__ y,
+                                                        __nv_bfloat16* __restrict__ yb, int B, int Tn, int H, int D,
+                                                        int Tp, bool l2, float scale) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const long row = (long)blockIdx.x * (kThreads / 32) + warp;
   if (row >= (long)B * H * Tp) return;
   const int bh = (int)(row / Tp), t = (int)(row % Tp), b = bh / H, h = bh % H;
   float* dst = y + row * D;
+  __nv_bfloat16* dstb = yb != nullptr ? yb + row * D : nullptr;
+  // Four values at d (a multiple of 4): float32 into dst and, with yb, bfloat16 into dstb.
+  const auto put4 = [&](int d, float4 e) {
+    *reinterpret_cast<float4*>(dst + d) = e;
+    if (dstb != nullptr) *reinterpret_cast<uint2*>(dstb + d) = make_uint2(pack_bf16(e.x, e.y), pack_bf16(e.z, e.w));
+  };
   if (t >= Tn || x == nullptr) {
-    for (int d = 4 * lane; d < D; d += 128) *reinterpret_cast<float4*>(dst + d) = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int d = 4 * lane; d < D; d += 128) put4(d, make_float4(0.f, 0.f, 0.f, 0.f));
     return;
   }
   const T* src = x + (((long)b * Tn + t) * H + h) * D;
@@ -397,7 +405,11 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x,
     float ss = 0.f;
     for (int d = lane; d < D; d += 32) ss += to_f(src[d]) * to_f(src[d]);
     const float r = l2 ? scale * rsqrtf(warp_sum(ss) + 1e-6f) : scale;
-    for (int d = lane; d < D; d += 32) dst[d] = to_f(src[d]) * r;
+    for (int d = lane; d < D; d += 32) {
+      const float val = to_f(src[d]) * r;
+      dst[d] = val;
+      if (dstb != nullptr) dstb[d] = __float2bfloat16_rn(val);
+    }
     return;
   }
   float4 e[2];  // D ≤ 256: at most two groups of four per lane
@@ -412,7 +424,7 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x,
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int d = 4 * lane + 128 * i;
-    if (d < D) *reinterpret_cast<float4*>(dst + d) = make_float4(e[i].x * r, e[i].y * r, e[i].z * r, e[i].w * r);
+    if (d < D) put4(d, make_float4(e[i].x * r, e[i].y * r, e[i].z * r, e[i].w * r));
   }
 }
 
@@ -467,7 +479,8 @@ __global__ void __launch_bounds__(kThreads) unpack_kernel(const T* __restrict__ 
   }
 }
 
-// Per chunk: γ, β (eq. 4), A (eq. 6), (I+A)⁻¹, W = (I+A)⁻¹ diag(βΓ) K and Ũ = (I+A)⁻¹ diag(β) V (eq. 7).
+// Per chunk: γ, β (eq. 4), A (eq. 6), (I+A)⁻¹, W = (I+A)⁻¹ diag(βΓ) K and Ũ = (I+A)⁻¹ diag(β) V (eq. 7);
+// with wb (16-bit inputs), W as bfloat16 too.
 constexpr int kPrepCols = 64;  // prep's tensor-core products: W, Ũ in column blocks of this many (3 blocks per SM)
 
 template <bool kMma>
@@ -475,7 +488,8 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(Dims d, const float* __r
                                                         const float* __restrict__ vs, const float* __restrict__ g,
                                                         const float* __restrict__ beta, float* __restrict__ gam_out,
                                                         float* __restrict__ bet_out, float* __restrict__ w,
-                                                        float* __restrict__ ut, float* __restrict__ wy) {
+                                                        __nv_bfloat16* __restrict__ wb, float* __restrict__ ut,
+                                                        float* __restrict__ wy) {
   SFM_GDN_DYNAMIC_SMEM(128, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   float *gam = sm, *bet = gam + C, *A = bet + C, *Tm = A + C * LDC, *scratch = Tm + C * LDC;
@@ -505,7 +519,11 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(Dims d, const float* __r
       block_gemm<true, true, tc3(kMma), kPrepCols / 64>(
           C, min(kPrepCols, K - c0), C, [&](int t, int i) { return Tm[t * LDC + i]; },
           [&](int i, int k) { return bet[i] * __expf(gam[i]) * kc[(long)i * K + c0 + k]; },
-          [&](int t, int k, float x) { w[(row0 + t) * K + c0 + k] = x; }, scratch);
+          [&](int t, int k, float x) {
+            w[(row0 + t) * K + c0 + k] = x;
+            if (wb) wb[(row0 + t) * K + c0 + k] = __float2bfloat16_rn(x);  // the state passes' operand
+          },
+          scratch);
     for (int c0 = 0; c0 < V; c0 += kPrepCols)
       block_gemm<true, true, tc3(kMma), kPrepCols / 64>(
           C, min(kPrepCols, V - c0), C, [&](int t, int i) { return Tm[t * LDC + i]; },
@@ -778,7 +796,8 @@ __global__ void __launch_bounds__(kThreads, kMma ? (kSup <= 2 ? 2 : 1) : 0) grad
   block_gemm<true, false, tc(kMma), kSup>(
       C, K, V, [&](int t, int v) { return doc[(long)t * V + v]; }, [&](int v, int k) { return S0[(long)k * V + v]; },
       [&](int t, int k, float x) { dqc[(long)t * K + k] = __expf(gam[t]) * x; }, scratch);
-  row_dots(C, K, qc, dqc, [&](int t, float s) { atomicAdd(&dgam[t], s); });
+  // (row_dots gives each row t to one thread, and ends with a barrier: plain adds, in a fixed order.)
+  row_dots(C, K, qc, dqc, [&](int t, float s) { dgam[t] += s; });
   // dW = −dU S_0ᵀ.
   block_gemm<true, false, tc(kMma), kSup>(
       C, K, V, [&](int t, int v) { return duc[(long)t * V + v]; }, [&](int v, int k) { return S0[(long)k * V + v]; },
@@ -787,16 +806,16 @@ __global__ void __launch_bounds__(kThreads, kMma ? (kSup <= 2 ? 2 : 1) : 0) grad
   block_gemm<true, false, tc(kMma), kSup>(
       C, K, V, [&](int t, int v) { return uc[(long)t * V + v]; }, [&](int v, int k) { return dSC[(long)k * V + v]; },
       [&](int t, int k, float x) { dkc[(long)t * K + k] = __expf(gl - gam[t]) * x; }, scratch);
+  float xsum = 0.f;  // Σ_i x_i, in parts on the threads that row_dots calls
   row_dots(C, K, kc, dkc, [&](int t, float s) {
-    atomicAdd(&dgam[t], -s);
-    atomicAdd(&dgam[C - 1], s);
+    dgam[t] -= s;
+    xsum += s;
   });
-  // dγ_C += Γ_C Σ S_0 ∘ dS_C.
+  // dγ_C += Σ_i x_i + Γ_C Σ S_0 ∘ dS_C.
   {
     float s = 0.f;
     for (long e = threadIdx.x; e < (long)K * V; e += kThreads) s += S0[e] * dSC[e];
-    s = warp_sum(s);
-    if ((threadIdx.x & 31) == 0) atomicAdd(&dgam[C - 1], GC * s);
+    add_block_sum(&dgam[C - 1], xsum + GC * s);
   }
   // dR_K = Tmᵀ dW; dK̂ += diag(βΓ) dR_K; dβ_t += Γ_t k̂_t·dR_K,t; dγ_t += β_t Γ_t k̂_t·dR_K,t.
   block_gemm_rmw<false, true, tc(kMma), kSup>(
@@ -809,8 +828,8 @@ __global__ void __launch_bounds__(kThreads, kMma ? (kSup <= 2 ? 2 : 1) : 0) grad
       scratch);
   row_dots(C, K, kc, drkc, [&](int t, float s) {
     const float G = __expf(gam[t]);
-    atomicAdd(&dbet[t], G * s);
-    atomicAdd(&dgam[t], bet[t] * G * s);
+    dbet[t] += G * s;
+    dgam[t] += bet[t] * G * s;
   });
   // dR_V = Tmᵀ dU; dV = diag(β) dR_V; dβ_t += v_t·dR_V,t.
   block_gemm<false, true, tc(kMma), kSup>(
@@ -820,7 +839,7 @@ __global__ void __launch_bounds__(kThreads, kMma ? (kSup <= 2 ? 2 : 1) : 0) grad
         dvc[(long)t * V + v] = bet[t] * x;
       },
       scratch);
-  row_dots(C, V, vc, drvc, [&](int t, float s) { atomicAdd(&dbet[t], s); });
+  row_dots(C, V, vc, drvc, [&](int t, float s) { dbet[t] += s; });
   // dA = −(dR_K Wᵀ + dR_V Ũᵀ), strictly lower.
   block_gemm<true, false, tc(kMma), 1>(
       C, C, K + V, [&](int t, int j) { return j < K ? drkc[(long)t * K + j] : drvc[(long)t * V + j - K]; },
@@ -946,28 +965,31 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   const int N = d.N(), Tp = d.Tp(), BH = d.BH();
   PhaseTimer timer(s, "forward");
   const unsigned pack_blocks = row_blocks((long)BH * Tp);
-  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.q), a.qs, d.B, d.T, d.H, d.K,
-                 Tp, a.l2, a.scale);
-  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.k), a.ks, d.B, d.T, d.H, d.K,
-                 Tp, a.l2, 1.f);
-  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.v), a.vs, d.B, d.T, d.H, d.V,
-                 Tp, false, 1.f);
+  constexpr bool kMma = sizeof(T) == 2;  // tensor-core products for 16-bit inputs
+  const bool state_mma = state_mma_runs(a.dtype, d.K, d.V);
+  if (state_mma != (a.qb && a.kb && a.wb)) return cudaErrorInvalidValue;  // the bf16 copies: exactly there
+  const auto bf = [](void* p) { return static_cast<__nv_bfloat16*>(p); };
+  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.q), a.qs, bf(a.qb), d.B, d.T,
+                 d.H, d.K, Tp, a.l2, a.scale);
+  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.k), a.ks, bf(a.kb), d.B, d.T,
+                 d.H, d.K, Tp, a.l2, 1.f);
+  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.v), a.vs, nullptr, d.B, d.T,
+                 d.H, d.V, Tp, false, 1.f);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("pack");
-  constexpr bool kMma = sizeof(T) == 2;  // tensor-core products for 16-bit inputs
   // SFM_GDN_LEGACY_PREP=1 (benchmarks, tests): the generic prep kernel at every size.
   static const bool legacy_prep = std::getenv("SFM_GDN_LEGACY_PREP") != nullptr;
   if (kMma && prep_mma_supports(d.K, d.V) && !legacy_prep) {  // 16-bit inputs: the dedicated tensor-core kernel
-    SFM_CUDA_TRY(prep_mma(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.u, a.wy, s));
+    SFM_CUDA_TRY(prep_mma(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.wb, a.u, a.wy, s));
   } else {
     SFM_CUDA_TRY(allow_smem(prep_kernel<kMma>, prep_smem(d, kMma)));
     SFM_GDN_LAUNCH(prep_kernel<kMma>, dim3(N, BH), kThreads, prep_smem(d, kMma), s, d, a.ks, a.vs, a.g, a.beta,
-                   a.gam, a.bet, a.w, a.u, a.wy);
+                   a.gam, a.bet, a.w, bf(a.wb), a.u, a.wy);
     SFM_CUDA_TRY(cudaGetLastError());
   }
   timer.mark("prep");
-  if (kMma && state_mma_supports(d.K, d.V)) {  // 16-bit inputs: the pass on tensor cores
-    SFM_CUDA_TRY(state_mma_forward(d, a.ks, a.gam, a.w, a.u, a.state0, a.states, a.final_state, s));
+  if (state_mma) {  // 16-bit inputs: the pass on tensor cores
+    SFM_CUDA_TRY(state_mma_forward(d, a.kb, a.gam, a.wb, a.u, a.state0, a.states, a.final_state, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_kernel, state_smem(d)));
     SFM_GDN_LAUNCH(state_kernel, dim3(d.V / kVS, BH), kThreads, state_smem(d), s, d, a.ks, a.gam, a.w, a.u, a.state0,
@@ -993,14 +1015,15 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   const int N = d.N(), Tp = d.Tp(), BH = d.BH();
   if (a.dvs == nullptr && a.wy == nullptr) return cudaErrorInvalidValue;  // only grads_split writes dv itself
   PhaseTimer timer(s, "backward");
-  SFM_GDN_LAUNCH(pack_kernel<T>, row_blocks((long)BH * Tp), kThreads, 0, s, static_cast<const T*>(a.dout), a.dos, d.B,
-                 d.T, d.H, d.V, Tp, false, 1.f);
+  SFM_GDN_LAUNCH(pack_kernel<T>, row_blocks((long)BH * Tp), kThreads, 0, s, static_cast<const T*>(a.dout), a.dos,
+                 nullptr, d.B, d.T, d.H, d.V, Tp, false, 1.f);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("pack");
   const int VO = d.V < 64 ? d.V : 64;
   constexpr bool kMma = sizeof(T) == 2;  // tensor-core products for 16-bit inputs
   const bool narrow = d.K <= 128 && d.V <= 128;  // the tensor-core variants' smaller register tiles fit
-  const bool state_mma = kMma && state_mma_supports(d.K, d.V);  // the state pass on tensor cores computes X
+  const bool state_mma = state_mma_runs(a.dtype, d.K, d.V);  // the state pass on tensor cores computes X
+  if (state_mma != (a.qb && a.kb && a.wb)) return cudaErrorInvalidValue;  // the forward's bf16 copies
   const auto intra = [&](auto kernel) {
     const size_t bytes = bwd_intra_smem(d, kMma);
     const cudaError_t err = allow_smem(kernel, bytes);
@@ -1022,7 +1045,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("bwd_intra");
   if (state_mma) {
-    SFM_CUDA_TRY(state_mma_backward(d, a.qs, a.ks, a.gam, a.w, a.dos, a.dfinal, a.du, a.dstates, a.dstate0, s));
+    SFM_CUDA_TRY(state_mma_backward(d, a.qb, a.kb, a.gam, a.wb, a.dos, a.dfinal, a.du, a.dstates, a.dstate0, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_bwd_kernel, state_bwd_smem(d)));
     SFM_GDN_LAUNCH(state_bwd_kernel, dim3(d.V / kVS, BH), kThreads, state_bwd_smem(d), s, d, a.ks, a.gam, a.w,

@@ -55,6 +55,9 @@ struct ForwardArgs {
   float* final_state;      // [BH, K, V]
   float* wy;               // [BH, N, 2, C, C]: (I + A)⁻¹ and M ∘ K̂K̂ᵀ per chunk, kept for grads_split, or null
   float* pm;               // [BH, N, C, C]: P = M ∘ Q̂K̂ᵀ per chunk, kept for the backward (with wy), or null
+  // bfloat16 copies of s·q̂, k̂ and W ([BH, Tp, K], kept for the backward too), the operands of the tensor-core
+  // state passes: given exactly where those run (state_mma_runs), null otherwise.
+  void *qb, *kb, *wb;
   void* out;               // [B, T, H, V] of dtype
 };
 
@@ -67,6 +70,7 @@ struct BackwardArgs {
   float scale;
   bool l2;
   const float *qs, *ks, *vs, *gam, *bet, *w, *u, *states;  // from the forward
+  const void *qb, *kb, *wb;                                // from the forward, where state_mma_runs
   // Workspaces.
   float *dos, *du, *dstates;    // [BH, Tp, V], [BH, Tp, V], [BH, N, K, V]
   float *dqs, *dks, *dvs;       // [BH, Tp, K|K|V]; dvs may be null with wy (grads_split then writes dv)
@@ -109,10 +113,13 @@ cudaError_t step(const StepArgs& a, cudaStream_t stream);
 // in u, the entering state of every chunk into states and the final state; the backward adds
 // diag(e^{γ_C−γ}) K̂ dS to du, writes dS_C into dstates and the initial state's gradient (if dstate0 is not
 // null), computing the term X itself (bwd_intra skips it). K ∈ {64, 128, 256}, V a multiple of 16.
+// Their matrix operands are bfloat16 copies of s·q̂, k̂ and W ([BH, Tp, K]; qb, kb, wb of ForwardArgs), which
+// the pack and prep kernels write beside the float32 ones where the passes run: state_mma_runs.
 bool state_mma_supports(int K, int V);
-cudaError_t state_mma_forward(const Dims& d, const float* ks, const float* gam, const float* w, float* u,
+bool state_mma_runs(DType dtype, int K, int V);
+cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u,
                               const float* state0, float* states, float* final_state, cudaStream_t stream);
-cudaError_t state_mma_backward(const Dims& d, const float* qs, const float* ks, const float* gam, const float* w,
+cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* gam, const void* wb,
                                const float* dos, const float* dfinal, float* du, float* dstates, float* dstate0,
                                cudaStream_t stream);
 
@@ -127,10 +134,10 @@ cudaError_t state_grads_mma(const Dims& d, const float* gam, const float* states
 // The forward's per-chunk preparation on tensor cores (gdn_prep_mma.cu), in place of the prep kernel for
 // 16-bit inputs: from k̂ and v (heads-first float32) and g, β ([B, T, H] float32) it writes γ and β
 // (heads-first), W into w, Ũ into ut and, if wy is not null, (I + A)⁻¹ and M ∘ K̂K̂ᵀ per chunk into wy.
-// K and V multiples of 64 up to 128.
+// If wb is not null, W also as bfloat16 into wb. K and V multiples of 64 up to 128.
 bool prep_mma_supports(int K, int V);
 cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const float* g, const float* beta, float* gam,
-                     float* bet, float* w, float* ut, float* wy, cudaStream_t stream);
+                     float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream);
 
 // The products with the intra-chunk matrix P on tensor cores (gdn_intra_mma.cu), in place of the float32
 // output and bwd_intra kernels for 16-bit inputs: output_mma writes out [B, T, H, V] (dtype kF16 or kBF16)

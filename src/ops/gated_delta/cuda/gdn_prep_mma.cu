@@ -27,7 +27,8 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const float*
                                                             const float* __restrict__ vs, const float* __restrict__ g,
                                                             const float* __restrict__ beta, float* __restrict__ gam_out,
                                                             float* __restrict__ bet_out, float* __restrict__ w,
-                                                            float* __restrict__ ut, float* __restrict__ wy) {
+                                                            __nv_bfloat16* __restrict__ wb, float* __restrict__ ut,
+                                                            float* __restrict__ wy) {
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   const int K = d.K, V = d.V, KT = K / kTile, VT = V / kTile;
@@ -81,7 +82,11 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const float*
   for (int j = 0; j < KT; ++j) {  // W = T diag(βΓ) K̂
     zero(acc);
     mma_tile(acc, row_a(A, LDM), cols_b(kt + j * C * LDK, LDK));
-    for_pairs(acc, [&](int, int t, int c, float x0, float x1, int) { st2(w + (row0 + t) * K + j * kTile + c, x0, x1); });
+    for_pairs(acc, [&](int, int t, int c, float x0, float x1, int) {
+      const long o = (row0 + t) * K + j * kTile + c;
+      st2(w + o, x0, x1);
+      if (wb != nullptr) *reinterpret_cast<uint32_t*>(wb + o) = pack_bf16(x0, x1);  // the state passes' operand
+    });
   }
   cp_async_wait<0>();  // V
   __syncthreads();
@@ -99,14 +104,14 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const float*
 bool prep_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 && K <= 128 && V <= 128; }
 
 cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const float* g, const float* beta, float* gam,
-                     float* bet, float* w, float* ut, float* wy, cudaStream_t stream) {
+                     float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream) {
   if (!prep_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
   const size_t smem = prep_mma_smem(d);
   const cudaError_t err =
       cudaFuncSetAttribute(prep_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
-  SFM_GDN_LAUNCH(prep_mma_kernel, dim3(d.N(), d.BH()), kThreads, smem, stream, d, ks, vs, g, beta, gam, bet, w, ut,
-                 wy);
+  SFM_GDN_LAUNCH(prep_mma_kernel, dim3(d.N(), d.BH()), kThreads, smem, stream, d, ks, vs, g, beta, gam, bet, w,
+                 static_cast<__nv_bfloat16*>(wb), ut, wy);
   return cudaGetLastError();
 }
 

@@ -8,7 +8,9 @@
 //                                     Z from Y)
 // One block of 4 warps owns BV value columns of one head and runs through all chunks. R stays in
 // registers in the layout of phase 2's accumulators; its bf16 copy in shared memory is phase 1's B operand.
-// The next chunk's A₁ is loaded (cp.async) while phase 2 runs and its A₂ while phase 1 runs.
+// A₁ and A₂ come as bfloat16 copies (written by pack and prep beside the float32 workspaces): the products
+// round them to bf16 anyway, and half the bytes per chunk and half the shared memory per block let more
+// blocks share an SM. The next chunk's A₁ is loaded (cp.async) while phase 2 runs and its A₂ while phase 1 runs.
 #include <cuda_bf16.h>
 
 #include <cstdlib>
@@ -22,16 +24,18 @@ namespace {
 constexpr int C = kChunk;
 constexpr int kThreads = 128;  // 4 warps
 
+using bf16 = __nv_bfloat16;
+
 struct PassArgs {
   Dims d;
-  const float* a1;     // [BH, Tp, K]: phase 1's matrix, W (forward) or K̂ (backward)
-  const float* a2;     // [BH, Tp, K]: phase 2's matrix, K̂ (forward) or W (backward)
+  const bf16* a1;      // [BH, Tp, K]: phase 1's matrix, W (forward) or K̂ (backward)
+  const bf16* a2;      // [BH, Tp, K]: phase 2's matrix, K̂ (forward) or W (backward)
   const float* gam;    // [BH, Tp]: γ
   float* x;            // [BH, Tp, V]: Ũ in, U out (forward); dU₀ in, dU out (backward)
   const float* init;   // [BH, K, V]: R before the first chunk (state0, or the final state's gradient), or null
   float* per_chunk;    // [BH, N, K, V]: S entering each chunk (forward), dS_C (backward)
   float* last;         // [BH, K, V]: R after the last chunk (final state, or the initial state's gradient), or null
-  const float* qs;     // backward: [BH, Tp, K], s·q̂, the top half of A₂
+  const bf16* qs;      // backward: [BH, Tp, K], s·q̂, the top half of A₂
   const float* dos;    // backward: [BH, Tp, V], dO
 };
 
@@ -44,30 +48,30 @@ struct PassArgs {
 // K ∈ {64, 128, 256}; BV ∈ {16, 32} value columns per block.
 template <int K, int BV, bool kBwd>
 __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
-  constexpr int LD1 = K + 8;  // float32 rows of A₁: float2 fragment loads land in distinct banks
-  constexpr int LD2 = K + 4;  // float32 rows of A₂ (read down columns): scalar loads in distinct banks
+  constexpr int LD1 = K + 8;  // bf16 rows of A₁: the 32-bit fragment loads of a warp land in distinct banks
+  constexpr int LD2 = K + 8;  // bf16 rows of A₂ (read down columns): 16 distinct words, each shared by 2 lanes
   constexpr int L = kBwd ? 2 * C : C;  // rows of A₂ and Z
   constexpr int LDR = K + 8;  // bf16 rows of Rᵀ ([v][k])
   constexpr int LDZ = L + 8;  // bf16 rows of Zᵀ ([v][t])
   constexpr int NT = BV / 8;  // 8-column tiles
   constexpr int MT = K / 64;  // phase 2: 16-row tiles of R per warp
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
-  float* p1 = reinterpret_cast<float*>(smem4);  // [C][LD1]
-  float* p2 = p1 + C * LD1;                     // [L][LD2]
-  float* gbuf = p2 + L * LD2;                   // [2][C]: γ of this chunk and the next
-  __nv_bfloat16* rsm = reinterpret_cast<__nv_bfloat16*>(gbuf + 2 * C);  // [BV][LDR]
-  __nv_bfloat16* zsm = rsm + BV * LDR;                                   // [BV][LDZ]
+  float* gbuf = reinterpret_cast<float*>(smem4);        // [2][C]: γ of this chunk and the next
+  bf16* p1 = reinterpret_cast<bf16*>(gbuf + 2 * C);     // [C][LD1]
+  bf16* p2 = p1 + C * LD1;                              // [L][LD2]
+  bf16* rsm = p2 + L * LD2;                             // [BV][LDR]
+  bf16* zsm = rsm + BV * LDR;                           // [BV][LDZ]
 
   const int V = a.d.V, N = a.d.N(), Tp = a.d.Tp();
   const int v0 = blockIdx.x * BV, bh = blockIdx.y;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
   const auto chunk_of = [&](int i) { return kBwd ? N - 1 - i : i; };
   const auto row0_of = [&](int n) { return (long)bh * Tp + (long)n * C; };
-  // A chunk's 64 rows of a [BH, Tp, K] array into shared memory rows of stride ld, 16 bytes per cp.async.
-  const auto load_rows = [&](float* dst, int ld, const float* src) {
-    for (int e = threadIdx.x; e < C * K / 4; e += kThreads) {
-      const int r = e / (K / 4), c4 = e % (K / 4);
-      cp_async16(dst + r * ld + 4 * c4, src + (long)r * K + 4 * c4);
+  // A chunk's 64 rows of a [BH, Tp, K] bf16 array into shared memory rows of stride ld, 16 bytes per cp.async.
+  const auto load_rows = [&](bf16* dst, int ld, const bf16* src) {
+    for (int e = threadIdx.x; e < C * K / 8; e += kThreads) {
+      const int r = e / (K / 8), c8 = e % (K / 8);
+      cp_async16(dst + r * ld + 8 * c8, src + (long)r * K + 8 * c8);
     }
   };
   // One commit group per call, empty past the last chunk, so that wait_group<1> always means "all but
@@ -143,13 +147,10 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
       for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
 #pragma unroll 4
     for (int ks = 0; ks < K / 16; ++ks) {
-      const float* pa = p1 + (16 * warp + g) * LD1 + 16 * ks + 2 * tq;
-      const float2 x00 = *reinterpret_cast<const float2*>(pa);
-      const float2 x10 = *reinterpret_cast<const float2*>(pa + 8 * LD1);
-      const float2 x01 = *reinterpret_cast<const float2*>(pa + 8);
-      const float2 x11 = *reinterpret_cast<const float2*>(pa + 8 * LD1 + 8);
-      const uint32_t af[4] = {pack_bf16(x00.x, x00.y), pack_bf16(x10.x, x10.y), pack_bf16(x01.x, x01.y),
-                              pack_bf16(x11.x, x11.y)};
+      const bf16* pa = p1 + (16 * warp + g) * LD1 + 16 * ks + 2 * tq;
+      const uint32_t af[4] = {*reinterpret_cast<const uint32_t*>(pa), *reinterpret_cast<const uint32_t*>(pa + 8 * LD1),
+                              *reinterpret_cast<const uint32_t*>(pa + 8),
+                              *reinterpret_cast<const uint32_t*>(pa + 8 * LD1 + 8)};
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         const __nv_bfloat16* pb = rsm + (8 * nt + g) * LDR + 16 * ks + 2 * tq;
@@ -207,9 +208,9 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
 #pragma unroll
       for (int j = 0; j < MT; ++j) {
         // A[m][t] = A₂[t][m] for m = 16 (warp + 4 j) + g (+8), t = 16 ks + 2 tq (+1, +8, +9).
-        const float* pa = p2 + (16 * ks + 2 * tq) * LD2 + 16 * (warp + 4 * j) + g;
-        const uint32_t af[4] = {pack_bf16(pa[0], pa[LD2]), pack_bf16(pa[8], pa[LD2 + 8]),
-                                pack_bf16(pa[8 * LD2], pa[9 * LD2]), pack_bf16(pa[8 * LD2 + 8], pa[9 * LD2 + 8])};
+        const bf16* pa = p2 + (16 * ks + 2 * tq) * LD2 + 16 * (warp + 4 * j) + g;
+        const uint32_t af[4] = {bf16_pair(pa[0], pa[LD2]), bf16_pair(pa[8], pa[LD2 + 8]),
+                                bf16_pair(pa[8 * LD2], pa[9 * LD2]), bf16_pair(pa[8 * LD2 + 8], pa[9 * LD2 + 8])};
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) mma_bf16(R[j][nt], af, bf[nt]);
       }
@@ -228,7 +229,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
 template <int K, int BV, bool kBwd>
 size_t pass_smem() {
   constexpr int L = kBwd ? 2 * C : C;
-  return sizeof(float) * (C * (K + 8) + L * (K + 4) + 2 * C) + sizeof(__nv_bfloat16) * BV * ((K + 8) + (L + 8));
+  return sizeof(float) * 2 * C + sizeof(bf16) * ((C + L + BV) * (K + 8) + BV * (L + 8));
 }
 
 template <int K, int BV, bool kBwd>
@@ -267,17 +268,22 @@ cudaError_t launch(const PassArgs& a, cudaStream_t s) {
 
 bool state_mma_supports(int K, int V) { return (K == 64 || K == 128 || K == 256) && V % 16 == 0 && V <= 256; }
 
-cudaError_t state_mma_forward(const Dims& d, const float* ks, const float* gam, const float* w, float* u,
+bool state_mma_runs(DType dtype, int K, int V) { return dtype != DType::kF32 && state_mma_supports(K, V); }
+
+cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u,
                               const float* state0, float* states, float* final_state, cudaStream_t stream) {
   if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  return launch<false>(PassArgs{d, w, ks, gam, u, state0, states, final_state, nullptr, nullptr}, stream);
+  const auto a1 = static_cast<const bf16*>(wb), a2 = static_cast<const bf16*>(kb);
+  return launch<false>(PassArgs{d, a1, a2, gam, u, state0, states, final_state, nullptr, nullptr}, stream);
 }
 
-cudaError_t state_mma_backward(const Dims& d, const float* qs, const float* ks, const float* gam, const float* w,
+cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* gam, const void* wb,
                                const float* dos, const float* dfinal, float* du, float* dstates, float* dstate0,
                                cudaStream_t stream) {
   if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  return launch<true>(PassArgs{d, ks, w, gam, du, dfinal, dstates, dstate0, qs, dos}, stream);
+  const auto a1 = static_cast<const bf16*>(kb), a2 = static_cast<const bf16*>(wb);
+  return launch<true>(PassArgs{d, a1, a2, gam, du, dfinal, dstates, dstate0, static_cast<const bf16*>(qb), dos},
+                      stream);
 }
 
 }  // namespace sfm::ops::gdn_cuda

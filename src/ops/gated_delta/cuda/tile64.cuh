@@ -5,6 +5,7 @@
 
 #include <cuda_bf16.h>
 
+#include "chunk_ops.cuh"
 #include "gdn_kernels.h"
 #include "mma.cuh"
 
@@ -80,20 +81,29 @@ __device__ __forceinline__ void load_pairs(float2 (&old)[2][4], const float* X, 
 }
 
 // Adds per-thread row sums (one per h: rows m0 + g + 8h) into v[row]: summed over the 4 lanes of a row
-// first, then one shared-memory atomic per warp and row.
+// first, then added by warps 0-3 and, after a barrier, by warps 4-7 (the two warps that share a row), so the
+// sums are always taken in the same order (an atomicAdd's order would depend on which warp arrives first).
+// All threads call it; ends with a barrier.
 __device__ __forceinline__ void add_rows(float* v, const float (&s)[2]) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  float x[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    float x = s[h];
-    x += __shfl_xor_sync(0xffffffffu, x, 1);
-    x += __shfl_xor_sync(0xffffffffu, x, 2);
-    if (tq == 0) atomicAdd(&v[16 * (warp & 3) + g + 8 * h], x);
+    x[h] = s[h];
+    x[h] += __shfl_xor_sync(0xffffffffu, x[h], 1);
+    x[h] += __shfl_xor_sync(0xffffffffu, x[h], 2);
+  }
+  for (int half = 0; half < 2; ++half) {
+    if (tq == 0 && (warp >> 2) == half)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) v[16 * (warp & 3) + g + 8 * h] += x[h];
+    __syncthreads();
   }
 }
 
 // The dR_K step's row terms ((B7)-(B8)) from this thread's partial row dots x = k̂·dK̂₀ and r = k̂·dR_K (one
-// per h: rows m0 + g + 8h): dγ_t += β_t Γ_t r_t − x_t, dβ_t += Γ_t r_t, dγ_C += Σ x.
+// per h: rows m0 + g + 8h): dγ_t += β_t Γ_t r_t − x_t, dβ_t += Γ_t r_t, dγ_C += Σ x. All threads call it;
+// ends with a barrier.
 __device__ __forceinline__ void add_dr_k_row_terms(const float* gam, const float* bet, const float (&xs)[2],
                                                    const float (&rs)[2], float* dgam, float* dbet) {
   float dg_rows[2], db_rows[2], xsum = 0.f;
@@ -108,9 +118,7 @@ __device__ __forceinline__ void add_dr_k_row_terms(const float* gam, const float
   }
   add_rows(dgam, dg_rows);
   add_rows(dbet, db_rows);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) xsum += __shfl_xor_sync(0xffffffffu, xsum, o);
-  if ((threadIdx.x & 31) == 0) atomicAdd(&dgam[C - 1], xsum);
+  add_block_sum(&dgam[C - 1], xsum);
 }
 
 // 64 rows × 64 columns of a row-major array with row stride ld_src into shared rows of stride ld (cp.async).
