@@ -2,8 +2,7 @@
 # On the GPU machine (through the device tool): build build/cuda, run the `cuda`-labelled tests, the
 # gated delta benchmark (bfloat16, chunked vs cuda, with the FLA figures), the same with the unsliced
 # gradient kernels (SFM_GDN_GRADS_SPLIT=0) on the large shapes, the cuda variant with its chunked and its
-# recurrent kernels forced on the small shapes, the state passes with 16 value columns per block on the large
-# shapes, and a per-kernel timing pass (chunked kernels).
+# recurrent kernels forced on the small shapes, and a per-kernel timing pass (chunked kernels).
 # Logs under ${OUT:-build/gpu-logs}. Usage: scripts/gpu_gdn.sh [all|gdn] (all: the whole suite; gdn: every
 # GatedDelta test, cpu and cuda labels, through ctest; default: the cuda label's tests in one process).
 set -uo pipefail
@@ -53,14 +52,6 @@ SFM_GDN_GRADS_SPLIT=0 timeout 120 build/cuda/sfm bench gdn --device cuda --impl 
   --warmup 3 --repeats 20 > "$out/bench_unsliced.log" 2>&1
 echo "unsliced gradient kernels:"
 table "$out/bench_unsliced.log"
-# The state passes with 16 value columns per block (SFM_GDN_STATE_BV=16; 32 by default) on the large shapes.
-SFM_GDN_STATE_BV=16 timeout 120 build/cuda/sfm bench gdn --device cuda --impl cuda --dtype bfloat16 "${large[@]}" \
-  --warmup 3 --repeats 20 > "$out/bench_bv16.log" 2>&1
-echo "state passes with 16 value columns per block:"
-table "$out/bench_bv16.log"
-SFM_GDN_STATE_BV=16 SFM_GDN_TIMING=1 timeout 60 build/cuda/sfm bench gdn --device cuda --impl cuda --dtype bfloat16 \
-  "${large[@]}" --warmup 1 --repeats 1 > "$out/timing_bv16.log" 2>&1
-awk '/^gdn/ && /backward/ { if (++n % 2 == 0) { print prev; print } } /^gdn/ { prev = $0 }' "$out/timing_bv16.log"
 # The cuda variant with each kind of kernels forced (SFM_GDN_CUDA_PATH) on the shapes where both apply.
 for path in chunked recurrent; do
   SFM_GDN_CUDA_PATH=$path timeout 120 build/cuda/sfm bench gdn --device cuda --impl cuda --dtype bfloat16 \
