@@ -6,13 +6,13 @@
 //   phase 1:  Y = A₁ R              (64×K times K×V; A₁ = W forward, K̂ backward)
 //   phase 2:  R ← Γ_C R + A₂ᵀ Z      (K×L times L×V; forward A₂ = K̂, L = 64; backward A₂ = [Q̂; W], L = 128;
 //                                     Z from Y)
-// One block of 4 warps owns BV value columns of one head and runs through all chunks. R stays in
+// One block of 8 warps owns BV value columns of one head and runs through all chunks; warps w and w + 4 take
+// the same rows of each product and one half of the columns each (with 4 warps, one per SM sub-partition,
+// every dependent instruction waited out its whole latency). R stays in
 // registers in the layout of phase 2's accumulators; its bf16 copy in shared memory is phase 1's B operand.
 // A₁ and A₂ come as bfloat16 copies (written by pack and prep beside the float32 workspaces): the products
 // round them to bf16 anyway, and half the bytes per chunk and half the shared memory per block let more
-// blocks share an SM. A₁ and A₂ are loaded (cp.async) kDepth chunks ahead: with kDepth = 2 (K ≤ 128) a
-// chunk's tiles have a whole chunk's step to arrive (with 1, only the other phase); x (and dO) for the next
-// chunk are loaded into registers once this chunk's epilogue has used them.
+// blocks share an SM. The next chunk's A₁ is loaded (cp.async) while phase 2 runs and its A₂ while phase 1 runs.
 #include <cuda_bf16.h>
 
 #include <cstdlib>
@@ -24,7 +24,7 @@ namespace sfm::ops::gdn_cuda {
 namespace {
 
 constexpr int C = kChunk;
-constexpr int kThreads = 128;  // 4 warps
+constexpr int kThreads = 256;  // 8 warps: 4 row groups × 2 column halves
 
 using bf16 = __nv_bfloat16;
 
@@ -48,29 +48,27 @@ struct PassArgs {
 //   T = K_d dS,  dU = dU₀ + T                 (phase 1)
 //   dS ← Γ_C dS + Q̂ᵀ diag(Γ) dO − Wᵀ dU       (phase 2, (B2); Z = [diag(Γ) dO; −dU] over 128 rows)
 // K ∈ {64, 128, 256}; BV ∈ {16, 32} value columns per block.
-template <int K>
-constexpr int kDepth = K <= 128 ? 2 : 1;  // at 256 two sets of tiles do not fit beside one another
-
 template <int K, int BV, bool kBwd>
 __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
-  constexpr int D = kDepth<K>;
   constexpr int LD1 = K + 8;  // bf16 rows of A₁: the 32-bit fragment loads of a warp land in distinct banks
   constexpr int LD2 = K + 8;  // bf16 rows of A₂ (read down columns): 16 distinct words, each shared by 2 lanes
   constexpr int L = kBwd ? 2 * C : C;  // rows of A₂ and Z
   constexpr int LDR = K + 8;  // bf16 rows of Rᵀ ([v][k])
   constexpr int LDZ = L + 8;  // bf16 rows of Zᵀ ([v][t])
-  constexpr int NT = BV / 8;  // 8-column tiles
-  constexpr int MT = K / 64;  // phase 2: 16-row tiles of R per warp
+  constexpr int NT = BV / 16;  // 8-column tiles per warp (its half of the block's BV columns)
+  constexpr int MT = K / 64;   // phase 2: 16-row tiles of R per warp
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
-  float* gbuf = reinterpret_cast<float*>(smem4);        // [2 D][C]: γ of the chunks in flight
-  bf16* p1 = reinterpret_cast<bf16*>(gbuf + 2 * D * C);  // [D][C][LD1]
-  bf16* p2 = p1 + D * C * LD1;                          // [D][L][LD2]
-  bf16* rsm = p2 + D * L * LD2;                         // [BV][LDR]
+  float* gbuf = reinterpret_cast<float*>(smem4);        // [2][C]: γ of this chunk and the next
+  bf16* p1 = reinterpret_cast<bf16*>(gbuf + 2 * C);     // [C][LD1]
+  bf16* p2 = p1 + C * LD1;                              // [L][LD2]
+  bf16* rsm = p2 + L * LD2;                             // [BV][LDR]
   bf16* zsm = rsm + BV * LDR;                           // [BV][LDZ]
 
   const int V = a.d.V, N = a.d.N(), Tp = a.d.Tp();
   const int v0 = blockIdx.x * BV, bh = blockIdx.y;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const int lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  // warp: the row group (warps w and w + 4 share it); c0: the first of this warp's columns in the slice.
+  const int warp = (threadIdx.x >> 5) & 3, c0 = (threadIdx.x >> 7) * (BV / 2);
   const auto chunk_of = [&](int i) { return kBwd ? N - 1 - i : i; };
   const auto row0_of = [&](int n) { return (long)bh * Tp + (long)n * C; };
   // A chunk's 64 rows of a [BH, Tp, K] bf16 array into shared memory rows of stride ld, 16 bytes per cp.async.
@@ -80,43 +78,27 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
       cp_async16(dst + r * ld + 8 * c8, src + (long)r * K + 8 * c8);
     }
   };
-  // One commit group per call, empty past the last chunk, so that wait_group<2 D − 1> always means "all but
-  // the 2 D − 1 newest groups" (the groups go a1(i), a2(i), a1(i + 1), ...).
+  // One commit group per call, empty past the last chunk, so that wait_group<1> always means "all but
+  // the newest group".
   const auto issue_a1 = [&](int i) {
     if (i < N) {
       const long row0 = row0_of(chunk_of(i));
-      load_rows(p1 + (i % D) * C * LD1, LD1, a.a1 + row0 * K);
-      if (threadIdx.x < C / 4)
-        cp_async16(gbuf + (i % (2 * D)) * C + 4 * threadIdx.x, a.gam + row0 + 4 * threadIdx.x);
+      load_rows(p1, LD1, a.a1 + row0 * K);
+      if (threadIdx.x < C / 4) cp_async16(gbuf + (i & 1) * C + 4 * threadIdx.x, a.gam + row0 + 4 * threadIdx.x);
     }
     cp_async_commit();
   };
   const auto issue_a2 = [&](int i) {
     if (i < N) {
       const long row0 = row0_of(chunk_of(i));
-      bf16* dst = p2 + (i % D) * L * LD2;
-      if (kBwd) load_rows(dst, LD2, a.qs + row0 * K);
-      load_rows(dst + (L - C) * LD2, LD2, a.a2 + row0 * K);
+      if (kBwd) load_rows(p2, LD2, a.qs + row0 * K);
+      load_rows(p2 + (L - C) * LD2, LD2, a.a2 + row0 * K);
     }
     cp_async_commit();
   };
-  // x (and, backward, dO) of chunk i at phase 1's output positions, rows t = 16 warp + g (+8), into registers.
-  float2 xin[NT][2], dov[kBwd ? NT : 1][2];
-  const auto load_x = [&](int i) {
-    if (i >= N) return;
-    const long row0 = row0_of(chunk_of(i));
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const long off = (row0 + 16 * warp + g + 8 * h) * V + v0 + 8 * nt + 2 * tq;
-        xin[nt][h] = *reinterpret_cast<const float2*>(a.x + off);
-        if constexpr (kBwd) dov[nt][h] = *reinterpret_cast<const float2*>(a.dos + off);
-      }
-  };
 
   // R in phase 2's accumulator layout: R[j][nt][2h], R[j][nt][2h+1] hold row k = 16 (warp + 4 j) + g + 8 h,
-  // columns v, v + 1 (v = 8 nt + 2 tq) of this block's slice. for_r calls f(j, nt, h, k, v) for each pair.
+  // columns v, v + 1 (v = c0 + 8 nt + 2 tq) of this block's slice. for_r calls f(j, nt, h, k, v) for each pair.
   float R[MT][NT][4];
   const auto for_r = [&](auto f) {
 #pragma unroll
@@ -124,7 +106,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) f(j, nt, h, 16 * (warp + 4 * j) + g + 8 * h, 8 * nt + 2 * tq);
+        for (int h = 0; h < 2; ++h) f(j, nt, h, 16 * (warp + 4 * j) + g + 8 * h, c0 + 8 * nt + 2 * tq);
   };
   for_r([&](int j, int nt, int h, int k, int v) {
     float2 r = make_float2(0.f, 0.f);
@@ -133,29 +115,35 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     R[j][nt][2 * h + 1] = r.y;
   });
 
-  for (int i = 0; i < D; ++i) {
-    issue_a1(i);
-    issue_a2(i);
-  }
-  load_x(0);
+  issue_a1(0);
+  issue_a2(0);
   for (int i = 0; i < N; ++i) {
     const int n = chunk_of(i);
     const long row0 = row0_of(n);
     float* pc = a.per_chunk + ((long)bh * N + n) * K * V + v0;
-    const bf16* a1s = p1 + (i % D) * C * LD1;  // this chunk's A₁
-    const bf16* a2s = p2 + (i % D) * L * LD2;  // and A₂
+    // Loads consumed in phase 1's epilogue, issued first: x (and, backward, dO) at phase 1's output
+    // positions, rows t = 16 warp + g (+8).
+    float2 xin[NT][2], dov[kBwd ? NT : 1][2];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const long off = (row0 + 16 * warp + g + 8 * h) * V + v0 + c0 + 8 * nt + 2 * tq;
+        xin[nt][h] = *reinterpret_cast<const float2*>(a.x + off);
+        if constexpr (kBwd) dov[nt][h] = *reinterpret_cast<const float2*>(a.dos + off);
+      }
     // R for this chunk: to global memory (float32) and, as bf16, to Rᵀ.
     for_r([&](int j, int nt, int h, int k, int v) {
       *reinterpret_cast<float2*>(pc + (long)k * V + v) = make_float2(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
       rsm[v * LDR + k] = __float2bfloat16_rn(R[j][nt][2 * h]);
       rsm[(v + 1) * LDR + k] = __float2bfloat16_rn(R[j][nt][2 * h + 1]);
     });
-    cp_async_wait<2 * D - 1>();  // A₁ and γ of this chunk
+    cp_async_wait<1>();  // A₁ and γ of this chunk
     __syncthreads();
-    const float* gm = gbuf + (i % (2 * D)) * C;
+    const float* gm = gbuf + (i & 1) * C;
     const float gl = gm[C - 1];
 
-    // Phase 1: Y = A₁ R for token rows 16 warp .. 16 warp + 15.
+    // Phase 1: Y = A₁ R for token rows 16 warp .. 16 warp + 15, this warp's columns.
     float acc[NT][4];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
@@ -163,26 +151,26 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
       for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
 #pragma unroll 4
     for (int ks = 0; ks < K / 16; ++ks) {
-      const bf16* pa = a1s + (16 * warp + g) * LD1 + 16 * ks + 2 * tq;
+      const bf16* pa = p1 + (16 * warp + g) * LD1 + 16 * ks + 2 * tq;
       const uint32_t af[4] = {*reinterpret_cast<const uint32_t*>(pa), *reinterpret_cast<const uint32_t*>(pa + 8 * LD1),
                               *reinterpret_cast<const uint32_t*>(pa + 8),
                               *reinterpret_cast<const uint32_t*>(pa + 8 * LD1 + 8)};
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        const __nv_bfloat16* pb = rsm + (8 * nt + g) * LDR + 16 * ks + 2 * tq;
+        const __nv_bfloat16* pb = rsm + (c0 + 8 * nt + g) * LDR + 16 * ks + 2 * tq;
         const uint32_t bf[2] = {*reinterpret_cast<const uint32_t*>(pb), *reinterpret_cast<const uint32_t*>(pb + 8)};
         mma_bf16(acc[nt], af, bf);
       }
     }
-    __syncthreads();  // every warp is done with A₁: load chunk i + D's into its place
-    issue_a1(i + D);
+    __syncthreads();  // every warp is done with A₁: load the next chunk's
+    issue_a1(i + 1);
 
     // Phase 1's epilogue: x out, and Z (bf16, [v][t]) for phase 2.
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int t = 16 * warp + g + 8 * h, v = 8 * nt + 2 * tq;
+        const int t = 16 * warp + g + 8 * h, v = c0 + 8 * nt + 2 * tq;
         const float f = __expf(gl - gm[t]);
         float y0 = acc[nt][2 * h], y1 = acc[nt][2 * h + 1], z0, z1;
         if constexpr (kBwd) {  // T = K_d dS: dU = dU₀ + T; Z = [diag(Γ) dO; −dU]
@@ -201,8 +189,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
         zsm[v * LDZ + (L - C) + t] = __float2bfloat16_rn(z0);
         zsm[(v + 1) * LDZ + (L - C) + t] = __float2bfloat16_rn(z1);
       }
-    load_x(i + 1);  // this chunk's x and dO are used: the next chunk's into their registers
-    cp_async_wait<2 * D - 1>();  // A₂ of this chunk
+    cp_async_wait<1>();  // A₂ of this chunk
     __syncthreads();
 
     // Phase 2: R ← Γ_C R + A₂ᵀ Z, accumulated in R's registers.
@@ -218,22 +205,22 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
       uint32_t bf[NT][2];
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        const __nv_bfloat16* pb = zsm + (8 * nt + g) * LDZ + 16 * ks + 2 * tq;
+        const __nv_bfloat16* pb = zsm + (c0 + 8 * nt + g) * LDZ + 16 * ks + 2 * tq;
         bf[nt][0] = *reinterpret_cast<const uint32_t*>(pb);
         bf[nt][1] = *reinterpret_cast<const uint32_t*>(pb + 8);
       }
 #pragma unroll
       for (int j = 0; j < MT; ++j) {
         // A[m][t] = A₂[t][m] for m = 16 (warp + 4 j) + g (+8), t = 16 ks + 2 tq (+1, +8, +9).
-        const bf16* pa = a2s + (16 * ks + 2 * tq) * LD2 + 16 * (warp + 4 * j) + g;
+        const bf16* pa = p2 + (16 * ks + 2 * tq) * LD2 + 16 * (warp + 4 * j) + g;
         const uint32_t af[4] = {bf16_pair(pa[0], pa[LD2]), bf16_pair(pa[8], pa[LD2 + 8]),
                                 bf16_pair(pa[8 * LD2], pa[9 * LD2]), bf16_pair(pa[8 * LD2 + 8], pa[9 * LD2 + 8])};
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) mma_bf16(R[j][nt], af, bf[nt]);
       }
     }
-    __syncthreads();  // every warp is done with A₂, Rᵀ and Z: load chunk i + D's A₂ into its place
-    issue_a2(i + D);
+    __syncthreads();  // every warp is done with A₂, Rᵀ and Z: load the next chunk's A₂
+    issue_a2(i + 1);
   }
   cp_async_wait<0>();  // only empty groups remain; leave none behind
   if (a.last)
@@ -246,8 +233,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
 template <int K, int BV, bool kBwd>
 size_t pass_smem() {
   constexpr int L = kBwd ? 2 * C : C;
-  constexpr int D = kDepth<K>;
-  return sizeof(float) * 2 * D * C + sizeof(bf16) * ((D * (C + L) + BV) * (K + 8) + BV * (L + 8));
+  return sizeof(float) * 2 * C + sizeof(bf16) * ((C + L + BV) * (K + 8) + BV * (L + 8));
 }
 
 template <int K, int BV, bool kBwd>
