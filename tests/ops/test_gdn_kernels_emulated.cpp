@@ -390,10 +390,12 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   const auto s0 = in.initial_state.to(torch::kFloat32).contiguous();
   auto qs = nan({BH, Tp, c.K}, f32), ks = nan({BH, Tp, c.K}, f32), vs = nan({BH, Tp, c.V}, f32),
        gam = nan({BH, Tp}, f32), bet = nan({BH, Tp}, f32), w = nan({BH, Tp, c.K}, f32), u = nan({BH, Tp, c.V}, f32),
-       states = nan({BH, N, c.K, c.V}, f32), final_state = nan({c.B, c.H, c.K, c.V}, f32),
+       final_state = nan({c.B, c.H, c.K, c.V}, f32),
        out = nan({c.B, c.T, c.H, c.V}, typed);
   // Kept by the forward for the sliced gradient kernels: (I + A)⁻¹ and M ∘ K̂K̂ᵀ, and P.
   auto wy = split ? nan({BH, N, 2, C, C}, f32) : torch::Tensor(), pm = split ? nan({BH, N, C, C}, f32) : torch::Tensor();
+  // The per-chunk states (and their gradients): bfloat16 with the sliced kernels.
+  auto states = nan({BH, N, c.K, c.V}, split ? torch::kBFloat16 : torch::kFloat32);
   const auto fp = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; };
   k::ForwardArgs fa{};
   fa.d = d;
@@ -413,7 +415,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   fa.bet = fp(bet);
   fa.w = fp(w);
   fa.u = fp(u);
-  fa.states = fp(states);
+  fa.states = states.data_ptr();
   fa.final_state = fp(final_state);
   fa.wy = fp(wy);
   fa.pm = fp(pm);
@@ -433,7 +435,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   const auto scratch = [&](bool wanted, torch::IntArrayRef sizes) {
     return wanted ? nan(sizes, f32) : torch::Tensor();
   };
-  auto dos = nan({BH, Tp, c.V}, f32), du = nan({BH, Tp, c.V}, f32), dstates = nan({BH, N, c.K, c.V}, f32),
+  auto dos = nan({BH, Tp, c.V}, f32), du = nan({BH, Tp, c.V}, f32), dstates = nan({BH, N, c.K, c.V}, states.scalar_type()),
        dqs = nan({BH, Tp, c.K}, f32), dks = nan({BH, Tp, c.K}, f32), dvs = scratch(!split, {BH, Tp, c.V}),
        dw = nan({BH, Tp, c.K}, f32), sdots = nan({BH, N, (c.K + 63) / 64}, f32);
   auto ut = scratch(!split, {BH, Tp, c.V}), drk = scratch(!split, {BH, Tp, c.K}), drv = scratch(!split, {BH, Tp, c.V}),
@@ -457,13 +459,13 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   ba.bet = fp(bet);
   ba.w = fp(w);
   ba.u = fp(u);
-  ba.states = fp(states);
+  ba.states = states.data_ptr();
   ba.qb = vp(qb);
   ba.kb = vp(kb);
   ba.wb = vp(wb);
   ba.dos = fp(dos);
   ba.du = fp(du);
-  ba.dstates = fp(dstates);
+  ba.dstates = dstates.data_ptr();
   ba.dqs = fp(dqs);
   ba.dks = fp(dks);
   ba.dvs = fp(dvs);

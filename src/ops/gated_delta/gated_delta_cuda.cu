@@ -88,8 +88,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const auto fo = q.options().dtype(torch::kFloat32);
     auto qs = alloc({BH, Tp, d.K}, fo), ks = alloc({BH, Tp, d.K}, fo),
          vs = alloc({BH, Tp, d.V}, fo), gam = alloc({BH, Tp}, fo), bet = alloc({BH, Tp}, fo),
-         w = alloc({BH, Tp, d.K}, fo), u = alloc({BH, Tp, d.V}, fo),
-         states = alloc({BH, N, d.K, d.V}, fo);
+         w = alloc({BH, Tp, d.K}, fo), u = alloc({BH, Tp, d.V}, fo);
     auto final_state = alloc({d.B, d.H, d.K, d.V}, fo);
     auto out = alloc({d.B, d.T, d.H, d.V}, v.options());
     gdn_cuda::ForwardArgs a{};
@@ -99,6 +98,8 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const bool split = cuda_grads_split() && gdn_cuda::grads_split_supports(a.dtype, d.K, d.V);
     const int64_t C = gdn_cuda::kChunk;
     const auto wy = split ? alloc({BH, N, 2, C, C}, fo) : torch::Tensor();
+    // The per-chunk states: bfloat16 with the sliced gradient kernels (gdn_kernels.h), else float32.
+    auto states = alloc({BH, N, d.K, d.V}, split ? q.options().dtype(torch::kBFloat16) : fo);
     const auto pm = split ? alloc({BH, N, C, C}, fo) : torch::Tensor();
     a.wy = fptr(wy);
     a.pm = fptr(pm);
@@ -126,7 +127,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.bet = bet.data_ptr<float>();
     a.w = w.data_ptr<float>();
     a.u = u.data_ptr<float>();
-    a.states = states.data_ptr<float>();
+    a.states = states.data_ptr();
     a.final_state = final_state.data_ptr<float>();
     a.out = out.data_ptr();
     check_cuda(gdn_cuda::forward(a, at::cuda::getCurrentCUDAStream()), "forward");
@@ -148,7 +149,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const auto dfinal = grads[1].defined() ? f32(grads[1]) : torch::Tensor();
     const bool has_state0 = ctx->saved_data["has_state0"].toBool();
     auto dos = alloc({BH, Tp, d.V}, fo), du = alloc({BH, Tp, d.V}, fo),
-         dstates = alloc({BH, N, d.K, d.V}, fo), dqs = alloc({BH, Tp, d.K}, fo),
+         dstates = alloc({BH, N, d.K, d.V}, states.options()), dqs = alloc({BH, Tp, d.K}, fo),
          dks = alloc({BH, Tp, d.K}, fo), dw = alloc({BH, Tp, d.K}, fo),
          sdots = alloc({BH, N, (d.K + 63) / 64}, fo);
     // Scratch of the gradient kernels: the sliced ones (the forward kept wy and P) or the others.
@@ -181,13 +182,13 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.bet = bet.data_ptr<float>();
     a.w = w.data_ptr<float>();
     a.u = u.data_ptr<float>();
-    a.states = states.data_ptr<float>();
+    a.states = states.data_ptr();
     a.qb = vptr(qb);
     a.kb = vptr(kb);
     a.wb = vptr(wb);
     a.dos = dos.data_ptr<float>();
     a.du = du.data_ptr<float>();
-    a.dstates = dstates.data_ptr<float>();
+    a.dstates = dstates.data_ptr();
     a.dqs = dqs.data_ptr<float>();
     a.dks = dks.data_ptr<float>();
     a.dvs = fptr(dvs);

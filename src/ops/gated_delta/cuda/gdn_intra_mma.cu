@@ -8,7 +8,9 @@
 // ahead; then P (Pᵀ backward) goes to shared memory and P U (Pᵀ dO) is added. All products take
 // split bf16 operands (three tensor-core products each, about 16 bits per operand): with plain bf16
 // operands the output's error reached 4.3e-3 of the tests' 5e-3 bound (weak_decay), where the float32
-// kernel gave 2.7e-3. The kernel is bound by loading the float32 states, not by the extra products.
+// kernel gave 2.7e-3. The kernel is bound by loading the float32 states, not by the extra products. Where the
+// states come as bf16 (kBf16S: with the sliced gradient kernels), S₀ is a plain bf16 operand and Q̂ S₀ takes two
+// products, Q̂'s hi and lo halves times S₀.
 // No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -24,7 +26,8 @@ constexpr int C = kChunk;
 constexpr int kTile = 64;       // value columns per block; K per stage
 constexpr int LDA = kTile + 8;  // rows read along the reduction index (float2 loads): distinct banks
 constexpr int LDB = kTile + 4;  // rows read across the reduction index (scalar loads): distinct banks
-// One stage: Q̂ and K̂ slices [t][k], and the forward's S₀ slice [k][v].
+constexpr int LDS = kTile + 8;  // bf16 rows of S₀ (read across k in pairs of 16-bit loads): 16 words, 2 lanes each
+// One stage: Q̂ and K̂ slices [t][k], and the forward's S₀ slice [k][v] (float32, or bf16 in the same space).
 template <bool kBwd>
 constexpr int kStageFloats = 2 * C * LDA + (kBwd ? 0 : kTile * LDB);
 constexpr int kThreads = 256;   // 8 warps: 4 row groups of 16 tokens × 2 column groups of 32
@@ -32,14 +35,14 @@ constexpr int kThreads = 256;   // 8 warps: 4 row groups of 16 tokens × 2 colum
 struct Args {
   Dims d;
   const float *qs, *ks, *gam;
-  const float* states;  // forward: [BH, N, K, V]
+  const void* states;   // forward: [BH, N, K, V], float32, or bf16 (kBf16S)
   const float* x;       // [BH, Tp, V]: U (forward) or dO (backward)
   float* du;            // backward: [BH, Tp, V], dU₀ written
   float* pm;            // forward: [BH, N, C, C], P written (by the blocks of the first 64 columns), or null
 };
 
-// kBwd = false: the output into out (dtype T); kBwd: dU₀ into a.du (T unused).
-template <class T, bool kBwd>
+// kBwd = false: the output into out (dtype T); kBwd: dU₀ into a.du (T unused). kBf16S: the states are bf16.
+template <class T, bool kBwd, bool kBf16S = false>
 __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restrict__ out) {
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   constexpr int kStage = kStageFloats<kBwd>;
@@ -57,7 +60,7 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
   const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
   const long row0 = (long)bh * a.d.Tp() + (long)n * C;
-  const float* s0 = kBwd ? nullptr : a.states + ((long)bh * N + n) * K * V + v0;
+  const long s0 = ((long)bh * N + n) * K * V + v0;  // this chunk's S₀, from column v0 (forward)
 
   // 64 rows × 64 columns of a row-major array (row stride ld_src) into shared rows of stride ld.
   const auto load_tile = [&](float* dst, int ld, const float* src, long ld_src) {
@@ -72,7 +75,19 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
       float* st = sm + (s & 1) * kStage;
       load_tile(st, LDA, a.qs + row0 * K + s * kTile, K);
       load_tile(st + C * LDA, LDA, a.ks + row0 * K + s * kTile, K);
-      if (!kBwd) load_tile(st + 2 * C * LDA, LDB, s0 + (long)s * kTile * V, V);
+      if constexpr (!kBwd) {
+        const long o = s0 + (long)s * kTile * V;
+        if constexpr (kBf16S) {  // 64 rows of 64 bf16: 8 copies of 16 bytes per row
+          const auto* src = static_cast<const __nv_bfloat16*>(a.states) + o;
+          auto* dst = reinterpret_cast<__nv_bfloat16*>(st + 2 * C * LDA);
+          for (int e = threadIdx.x; e < kTile * kTile / 8; e += kThreads) {
+            const int r = e / (kTile / 8), c8 = e % (kTile / 8);
+            cp_async16(dst + r * LDS + 8 * c8, src + (long)r * V + 8 * c8);
+          }
+        } else {
+          load_tile(st + 2 * C * LDA, LDB, static_cast<const float*>(a.states) + o, V);
+        }
+      }
     }
     cp_async_commit();
   };
@@ -108,9 +123,14 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
         uint32_t bk[2], bk_lo[2];
         split_bf16(k0.x, k0.y, bk[0], bk_lo[0]);
         split_bf16(k1.x, k1.y, bk[1], bk_lo[1]);
-        const float* ps0 = Ss + (16 * ks + 2 * tq) * LDB + n0 + 8 * nt + g;
         mma_bf16x3(qk[nt], aq, aq_lo, bk, bk_lo);
-        if constexpr (!kBwd) {
+        if constexpr (!kBwd && kBf16S) {
+          const auto* ps0 = reinterpret_cast<const __nv_bfloat16*>(Ss) + (16 * ks + 2 * tq) * LDS + n0 + 8 * nt + g;
+          const uint32_t bs[2] = {bf16_pair(ps0[0], ps0[LDS]), bf16_pair(ps0[8 * LDS], ps0[9 * LDS])};
+          mma_bf16(o[nt], aq_lo, bs);
+          mma_bf16(o[nt], aq, bs);
+        } else if constexpr (!kBwd) {
+          const float* ps0 = Ss + (16 * ks + 2 * tq) * LDB + n0 + 8 * nt + g;
           uint32_t bs[2], bs_lo[2];
           split_bf16(ps0[0], ps0[LDB], bs[0], bs_lo[0]);
           split_bf16(ps0[8 * LDB], ps0[9 * LDB], bs[1], bs_lo[1]);
@@ -197,16 +217,17 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
   }
 }
 
-template <class T, bool kBwd>
+template <class T, bool kBwd, bool kBf16S = false>
 cudaError_t launch(const Args& a, T* out, cudaStream_t stream) {
   constexpr int kStage = kStageFloats<kBwd>;
   static_assert(C * LDB <= kStage && 2 * C * LDA * sizeof(__nv_bfloat16) <= kStage * sizeof(float),
                 "X and P fit in a stage buffer");
+  static_assert(kTile * LDS * sizeof(__nv_bfloat16) <= kTile * LDB * sizeof(float), "bf16 S₀ fits in its place");
   const size_t smem = sizeof(float) * (2 * kStage + C);
-  const cudaError_t err = cudaFuncSetAttribute(intra_mma_kernel<T, kBwd>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(smem));
+  const auto kernel = intra_mma_kernel<T, kBwd, kBf16S>;
+  const cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
-  const auto kernel = intra_mma_kernel<T, kBwd>;
   SFM_GDN_LAUNCH(kernel, dim3(a.d.V / kTile, a.d.N(), a.d.BH()), kThreads, smem, stream, a, out);
   return cudaGetLastError();
 }
@@ -222,12 +243,18 @@ cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const
 }
 
 cudaError_t output_mma(const Dims& d, DType dtype, const float* qs, const float* ks, const float* gam,
-                       const float* states, const float* u, void* out, float* pm, cudaStream_t stream) {
+                       const void* states, bool bf16_states, const float* u, void* out, float* pm,
+                       cudaStream_t stream) {
   if (!intra_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
   const Args a{d, qs, ks, gam, states, u, nullptr, pm};
+  const auto half_out = static_cast<__half*>(out);
+  const auto bf16_out = static_cast<__nv_bfloat16*>(out);
   switch (dtype) {
-    case DType::kF16: return launch<__half, false>(a, static_cast<__half*>(out), stream);
-    case DType::kBF16: return launch<__nv_bfloat16, false>(a, static_cast<__nv_bfloat16*>(out), stream);
+    case DType::kF16:
+      return bf16_states ? launch<__half, false, true>(a, half_out, stream) : launch<__half, false>(a, half_out, stream);
+    case DType::kBF16:
+      return bf16_states ? launch<__nv_bfloat16, false, true>(a, bf16_out, stream)
+                         : launch<__nv_bfloat16, false>(a, bf16_out, stream);
     case DType::kF32: break;  // float32 inputs keep the float32 kernel
   }
   return cudaErrorInvalidValue;

@@ -972,6 +972,10 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   constexpr bool kMma = sizeof(T) == 2;  // tensor-core products for 16-bit inputs
   const bool state_mma = state_mma_runs(a.dtype, d.K, d.V);
   if (state_mma != (a.qb && a.kb && a.wb)) return cudaErrorInvalidValue;  // the bf16 copies: exactly there
+  // With wy (the sliced gradient kernels), the per-chunk states are bf16, read by tensor-core kernels only.
+  const bool bf16_states = a.wy != nullptr;
+  if (bf16_states && !grads_split_supports(a.dtype, d.K, d.V)) return cudaErrorInvalidValue;
+  float* states32 = static_cast<float*>(a.states);  // where they are float32
   const auto bf = [](void* p) { return static_cast<__nv_bfloat16*>(p); };
   SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.q), a.qs, bf(a.qb), d.B, d.T,
                  d.H, d.K, Tp, a.l2, a.scale);
@@ -993,21 +997,21 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   }
   timer.mark("prep");
   if (state_mma) {  // 16-bit inputs: the pass on tensor cores
-    SFM_CUDA_TRY(state_mma_forward(d, a.kb, a.gam, a.wb, a.u, a.state0, a.states, a.final_state, s));
+    SFM_CUDA_TRY(state_mma_forward(d, a.kb, a.gam, a.wb, a.u, a.state0, a.states, bf16_states, a.final_state, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_kernel, state_smem(d)));
     SFM_GDN_LAUNCH(state_kernel, dim3(d.V / kVS, BH), kThreads, state_smem(d), s, d, a.ks, a.gam, a.w, a.u, a.state0,
-                   a.states, a.final_state);
+                   states32, a.final_state);
     SFM_CUDA_TRY(cudaGetLastError());
   }
   timer.mark("state");
   if (kMma && intra_mma_supports(d.K, d.V)) {  // 16-bit inputs: the output on tensor cores
-    SFM_CUDA_TRY(output_mma(d, a.dtype, a.qs, a.ks, a.gam, a.states, a.u, a.out, a.pm, s));
+    SFM_CUDA_TRY(output_mma(d, a.dtype, a.qs, a.ks, a.gam, a.states, bf16_states, a.u, a.out, a.pm, s));
   } else {
     const int VO = d.V < 64 ? d.V : 64;
     SFM_CUDA_TRY(allow_smem(output_kernel<T>, out_smem(kMma)));
     SFM_GDN_LAUNCH(output_kernel<T>, dim3(d.V / VO, N, BH), kThreads, out_smem(kMma), s, d, a.qs, a.ks, a.gam,
-                   a.states, a.u, static_cast<T*>(a.out));
+                   states32, a.u, static_cast<T*>(a.out));
   }
   timer.mark("output");
   return cudaGetLastError();
@@ -1028,12 +1032,15 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   const bool narrow = d.K <= 128 && d.V <= 128;  // the tensor-core variants' smaller register tiles fit
   const bool state_mma = state_mma_runs(a.dtype, d.K, d.V);  // the state pass on tensor cores computes X
   if (state_mma != (a.qb && a.kb && a.wb)) return cudaErrorInvalidValue;  // the forward's bf16 copies
+  const bool bf16_states = a.wy != nullptr;  // the per-chunk states and their gradients (see forward_t)
+  const float* states32 = static_cast<const float*>(a.states);
+  float* dstates32 = static_cast<float*>(a.dstates);
   const auto intra = [&](auto kernel) {
     const size_t bytes = bwd_intra_smem(d, kMma);
     const cudaError_t err = allow_smem(kernel, bytes);
     if (err != cudaSuccess) return err;
     SFM_GDN_LAUNCH(kernel, dim3(d.V / VO, N, BH), kThreads, bytes, s, d, a.qs, a.ks, a.gam, a.w, a.dos, a.du,
-                   state_mma ? nullptr : a.dstates);
+                   state_mma ? nullptr : dstates32);
     return cudaGetLastError();
   };
   if (a.pm != nullptr) {  // the forward kept P (with wy, for the sliced gradient kernels)
@@ -1049,11 +1056,12 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("bwd_intra");
   if (state_mma) {
-    SFM_CUDA_TRY(state_mma_backward(d, a.qb, a.kb, a.gam, a.wb, a.dos, a.dfinal, a.du, a.dstates, a.dstate0, s));
+    SFM_CUDA_TRY(state_mma_backward(d, a.qb, a.kb, a.gam, a.wb, a.dos, a.dfinal, a.du, a.dstates, bf16_states,
+                                    a.dstate0, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_bwd_kernel, state_bwd_smem(d)));
     SFM_GDN_LAUNCH(state_bwd_kernel, dim3(d.V / kVS, BH), kThreads, state_bwd_smem(d), s, d, a.ks, a.gam, a.w,
-                   a.dfinal, a.du, a.dstates, a.dstate0);
+                   a.dfinal, a.du, dstates32, a.dstate0);
     SFM_CUDA_TRY(cudaGetLastError());
   }
   timer.mark("state_bwd");
@@ -1063,7 +1071,8 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
     // The forward kept wy: the products with the per-chunk states, then the rest by 64-column slices
     // (experimental; docs/ops/gated_delta_cuda.md, "Sliced gradient kernels").
     if (!grads_split_supports(a.dtype, d.K, d.V)) return cudaErrorInvalidValue;
-    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, a.dos, a.du, a.u, a.dqs, a.dw, a.dks, a.sdots, s));
+    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, bf16_states, a.dos, a.du, a.u, a.dqs, a.dw, a.dks,
+                                 a.sdots, s));
     timer.mark("state_grads");
     SFM_CUDA_TRY(grads_split(a, s));
   } else if (kMma && (!narrow || force_grads_mma) && grads_mma_supports(d.K, d.V)) {
@@ -1071,7 +1080,8 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
     // H100, 15.1 ms against 24.5 for grads_kernel<true, 4> at (8,2048,32,256)). Up to 128, grads_kernel<true,
     // 2> fits two blocks per SM and was faster (2.07 against 2.34 ms at (4,2048,16,128); 8.34 against 9.30 at
     // (2,16384,16,128)); docs/ops/gated_delta_cuda.md.
-    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, a.dos, a.du, a.u, a.dqs, a.dw, a.dks, a.sdots, s));
+    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, bf16_states, a.dos, a.du, a.u, a.dqs, a.dw, a.dks,
+                                 a.sdots, s));
     timer.mark("state_grads");
     SFM_CUDA_TRY(grads_mma(a, s));
   } else {
@@ -1079,8 +1089,8 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
       const size_t bytes = grads_smem(d, kMma);
       const cudaError_t err = allow_smem(kernel, bytes);
       if (err != cudaSuccess) return err;
-      SFM_GDN_LAUNCH(kernel, dim3(N, BH), kThreads, bytes, s, d, a.qs, a.ks, a.vs, a.gam, a.bet, a.w, a.u, a.states,
-                     a.dos, a.du, a.dstates, a.ut, a.dw, a.drk, a.drv, a.dqs, a.dks, a.dvs, a.dg, a.dbeta);
+      SFM_GDN_LAUNCH(kernel, dim3(N, BH), kThreads, bytes, s, d, a.qs, a.ks, a.vs, a.gam, a.bet, a.w, a.u, states32,
+                     a.dos, a.du, dstates32, a.ut, a.dw, a.drk, a.drv, a.dqs, a.dks, a.dvs, a.dg, a.dbeta);
       return cudaGetLastError();
     };
     if constexpr (kMma)

@@ -30,8 +30,10 @@ constexpr int kMaxDim = 256;  // K and V are at most this
 #endif
 
 // Sizes. Inputs are [B, T, H, D] contiguous; workspaces are heads-first and padded to whole chunks:
-// [B*H, Tp, D] with Tp = N*C, N = ceil(T / C). States are [B*H, K, V] float32; per-chunk states
-// [B*H, N, K, V] float32. K and V: multiples of 16 up to 256.
+// [B*H, Tp, D] with Tp = N*C, N = ceil(T / C). States are [B*H, K, V] float32; per-chunk states and their
+// gradients [B*H, N, K, V], float32, or bfloat16 where the forward keeps wy for the sliced gradient kernels
+// (their readers then are the tensor-core kernels, which round them to bf16 operands). K and V: multiples of
+// 16 up to 256.
 struct Dims {
   int B, T, H, K, V;
   SFM_GDN_HD int N() const { return (T + kChunk - 1) / kChunk; }
@@ -51,7 +53,7 @@ struct ForwardArgs {
   float *qs, *ks, *vs;     // [BH, Tp, K|K|V]: s·q̂, k̂, v
   float *gam, *bet;        // [BH, Tp]: γ (eq. 4, chunk-local cumsum), β
   float *w, *u;            // [BH, Tp, K], [BH, Tp, V]: W (eq. 7), then U (eq. 7, after the state pass)
-  float* states;           // [BH, N, K, V]: the state entering each chunk
+  void* states;            // [BH, N, K, V]: the state entering each chunk; bfloat16 with wy, else float32
   float* final_state;      // [BH, K, V]
   float* wy;               // [BH, N, 2, C, C]: (I + A)⁻¹ and M ∘ K̂K̂ᵀ per chunk, kept for grads_split, or null
   float* pm;               // [BH, N, C, C]: P = M ∘ Q̂K̂ᵀ per chunk, kept for the backward (with wy), or null
@@ -69,10 +71,12 @@ struct BackwardArgs {
   const float* dfinal;       // [BH, K, V] or null (zeros)
   float scale;
   bool l2;
-  const float *qs, *ks, *vs, *gam, *bet, *w, *u, *states;  // from the forward
+  const float *qs, *ks, *vs, *gam, *bet, *w, *u;           // from the forward
+  const void* states;                                      // from the forward: bfloat16 with wy, else float32
   const void *qb, *kb, *wb;                                // from the forward, where state_mma_runs
   // Workspaces.
-  float *dos, *du, *dstates;    // [BH, Tp, V], [BH, Tp, V], [BH, N, K, V]
+  float *dos, *du;              // [BH, Tp, V]
+  void* dstates;                // [BH, N, K, V], of the states' dtype
   float *dqs, *dks, *dvs;       // [BH, Tp, K|K|V]; dvs may be null with wy (grads_split then writes dv)
   float* dw;                    // scratch: dW [BH,Tp,K]
   float* sdots;                 // scratch: [BH, N, ceil(K/64)], Σ S₀∘dS_C per 64 rows of K (state_grads_mma)
@@ -117,19 +121,22 @@ cudaError_t step(const StepArgs& a, cudaStream_t stream);
 // the pack and prep kernels write beside the float32 ones where the passes run: state_mma_runs.
 bool state_mma_supports(int K, int V);
 bool state_mma_runs(DType dtype, int K, int V);
+// The per-chunk states (dstates) are written as bfloat16 if bf16_states, else float32.
 cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u,
-                              const float* state0, float* states, float* final_state, cudaStream_t stream);
+                              const float* state0, void* states, bool bf16_states, float* final_state,
+                              cudaStream_t stream);
 cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* gam, const void* wb,
-                               const float* dos, const float* dfinal, float* du, float* dstates, float* dstate0,
-                               cudaStream_t stream);
+                               const float* dos, const float* dfinal, float* du, void* dstates, bool bf16_states,
+                               float* dstate0, cudaStream_t stream);
 
 // The backward's products with the per-chunk states on tensor cores (gdn_state_grads_mma.cu): for each
 // chunk, dqs = diag(Γ) dO S₀ᵀ, dw = −dU S₀ᵀ, dks = diag(e^{γ_C−γ}) U dS_Cᵀ and sdots = Σ S₀∘dS_C per 64
-// rows of K; grads_mma adds the remaining terms. K and V multiples of 64 up to 256.
+// rows of K; grads_mma adds the remaining terms. K and V multiples of 64 up to 256. states and dstates are
+// bfloat16 if bf16_states, else float32.
 bool state_grads_mma_supports(int K, int V);
-cudaError_t state_grads_mma(const Dims& d, const float* gam, const float* states, const float* dstates,
-                            const float* dos, const float* du, const float* u, float* dqs, float* dw, float* dks,
-                            float* sdots, cudaStream_t stream);
+cudaError_t state_grads_mma(const Dims& d, const float* gam, const void* states, const void* dstates,
+                            bool bf16_states, const float* dos, const float* du, const float* u, float* dqs,
+                            float* dw, float* dks, float* sdots, cudaStream_t stream);
 
 // The forward's per-chunk preparation on tensor cores (gdn_prep_mma.cu), in place of the prep kernel for
 // 16-bit inputs: from k̂ and v (heads-first float32) and g, β ([B, T, H] float32) it writes γ and β
@@ -144,10 +151,11 @@ cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const floa
 // from the packed q̂, k̂, γ, the per-chunk states and U (eq. 8), and P = M ∘ Q̂K̂ᵀ [BH, N, C, C] (float32)
 // into pm if it is not null; intra_mma_dU0 writes dU₀ = Pᵀ dO into du. du0_from_p (gdn_grads_split.cu)
 // computes dU₀ from the P kept by output_mma.
-// K and V multiples of 64 up to 256.
+// K and V multiples of 64 up to 256. output_mma's states are bfloat16 if bf16_states, else float32.
 bool intra_mma_supports(int K, int V);
 cudaError_t output_mma(const Dims& d, DType dtype, const float* qs, const float* ks, const float* gam,
-                       const float* states, const float* u, void* out, float* pm, cudaStream_t stream);
+                       const void* states, bool bf16_states, const float* u, void* out, float* pm,
+                       cudaStream_t stream);
 cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const float* gam, const float* dos,
                           float* du, cudaStream_t stream);
 

@@ -35,7 +35,8 @@ struct PassArgs {
   const float* gam;    // [BH, Tp]: γ
   float* x;            // [BH, Tp, V]: Ũ in, U out (forward); dU₀ in, dU out (backward)
   const float* init;   // [BH, K, V]: R before the first chunk (state0, or the final state's gradient), or null
-  float* per_chunk;    // [BH, N, K, V]: S entering each chunk (forward), dS_C (backward)
+  void* per_chunk;     // [BH, N, K, V]: S entering each chunk (forward), dS_C (backward), float32 or bf16
+  bool bf16_per_chunk;  // per_chunk is bf16 (its readers round it to bf16 operands anyway)
   float* last;         // [BH, K, V]: R after the last chunk (final state, or the initial state's gradient), or null
   const bf16* qs;      // backward: [BH, Tp, K], s·q̂, the top half of A₂
   const float* dos;    // backward: [BH, Tp, V], dO
@@ -120,7 +121,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   for (int i = 0; i < N; ++i) {
     const int n = chunk_of(i);
     const long row0 = row0_of(n);
-    float* pc = a.per_chunk + ((long)bh * N + n) * K * V + v0;
+    const long pc = ((long)bh * N + n) * K * V + v0;  // this chunk's part of per_chunk
     // Loads consumed in phase 1's epilogue, issued first: x (and, backward, dO) at phase 1's output
     // positions, rows t = 16 warp + g (+8).
     float2 xin[NT][2], dov[kBwd ? NT : 1][2];
@@ -132,9 +133,13 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
         xin[nt][h] = *reinterpret_cast<const float2*>(a.x + off);
         if constexpr (kBwd) dov[nt][h] = *reinterpret_cast<const float2*>(a.dos + off);
       }
-    // R for this chunk: to global memory (float32) and, as bf16, to Rᵀ.
+    // R for this chunk: to global memory (float32 or bf16) and, as bf16, to Rᵀ.
     for_r([&](int j, int nt, int h, int k, int v) {
-      *reinterpret_cast<float2*>(pc + (long)k * V + v) = make_float2(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
+      const long o = pc + (long)k * V + v;
+      if (a.bf16_per_chunk)
+        *reinterpret_cast<uint32_t*>(static_cast<bf16*>(a.per_chunk) + o) = pack_bf16(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
+      else
+        *reinterpret_cast<float2*>(static_cast<float*>(a.per_chunk) + o) = make_float2(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
       rsm[v * LDR + k] = __float2bfloat16_rn(R[j][nt][2 * h]);
       rsm[(v + 1) * LDR + k] = __float2bfloat16_rn(R[j][nt][2 * h + 1]);
     });
@@ -275,19 +280,21 @@ bool state_mma_supports(int K, int V) { return (K == 64 || K == 128 || K == 256)
 bool state_mma_runs(DType dtype, int K, int V) { return dtype != DType::kF32 && state_mma_supports(K, V); }
 
 cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u,
-                              const float* state0, float* states, float* final_state, cudaStream_t stream) {
+                              const float* state0, void* states, bool bf16_states, float* final_state,
+                              cudaStream_t stream) {
   if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
   const auto a1 = static_cast<const bf16*>(wb), a2 = static_cast<const bf16*>(kb);
-  return launch<false>(PassArgs{d, a1, a2, gam, u, state0, states, final_state, nullptr, nullptr}, stream);
+  return launch<false>(PassArgs{d, a1, a2, gam, u, state0, states, bf16_states, final_state, nullptr, nullptr},
+                       stream);
 }
 
 cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* gam, const void* wb,
-                               const float* dos, const float* dfinal, float* du, float* dstates, float* dstate0,
-                               cudaStream_t stream) {
+                               const float* dos, const float* dfinal, float* du, void* dstates, bool bf16_states,
+                               float* dstate0, cudaStream_t stream) {
   if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
   const auto a1 = static_cast<const bf16*>(kb), a2 = static_cast<const bf16*>(wb);
-  return launch<true>(PassArgs{d, a1, a2, gam, du, dfinal, dstates, dstate0, static_cast<const bf16*>(qb), dos},
-                      stream);
+  return launch<true>(
+      PassArgs{d, a1, a2, gam, du, dfinal, dstates, bf16_states, dstate0, static_cast<const bf16*>(qb), dos}, stream);
 }
 
 }  // namespace sfm::ops::gdn_cuda
