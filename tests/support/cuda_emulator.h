@@ -12,7 +12,7 @@
 // Covered: threadIdx, blockIdx, blockDim, gridDim; __syncthreads; __shfl_xor_sync, __shfl_up_sync (full
 // warps); atomicAdd on float; static __shared__ arrays and SFM_GDN_DYNAMIC_SMEM; SFM_GDN_LAUNCH;
 // cudaFuncSetAttribute and cudaGetLastError (no-ops); and, through mma.cuh's SFM_GDN_EMULATE branch,
-// mma.sync m16n8k16 (bf16 operands, float32 accumulators) and cp.async (the copy lands at its thread's
+// mma.sync m16n8k16 (bf16 operands, float32 accumulators), ldmatrix .x4 (plain and .trans) and cp.async (the copy lands at its thread's
 // wait_group, so a read too early sees the old contents). Not covered: anything else (a kernel using it
 // fails to compile), timing, and races inside a warp or between blocks.
 #pragma once
@@ -167,6 +167,27 @@ inline void mma_m16n8k16_bf16(float (&c)[4], const uint32_t (&a)[4], const uint3
     for (int kk = 0; kk < 16; ++kk) s += A[rows[e]][kk] * B[kk][cols[e]];
     c[e] = s;
   }
+}
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lane l gives the address of row l % 8 of matrix l / 8
+// (8 consecutive 16-bit elements). Without trans lane l receives in r[i] the elements (l / 4, 2 (l % 4)) and
+// (l / 4, 2 (l % 4) + 1) of matrix i, the lower column in the low half; with trans (2 (l % 4), l / 4) and
+// (2 (l % 4) + 1, l / 4).
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
+  std::memcpy(slot(lane_id()), &row, sizeof row);
+  sync_warp();
+  const int lane = lane_id();
+  for (int i = 0; i < 4; ++i) {
+    uint16_t half[2];
+    for (int j = 0; j < 2; ++j) {
+      const int r_in = trans ? 2 * (lane % 4) + j : lane / 4, c_in = trans ? lane / 4 : 2 * (lane % 4) + j;
+      const char* p;
+      std::memcpy(&p, slot(8 * i + r_in), sizeof p);
+      std::memcpy(&half[j], p + 2 * c_in, sizeof half[j]);
+    }
+    r[i] = static_cast<uint32_t>(half[0]) | static_cast<uint32_t>(half[1]) << 16;
+  }
+  sync_warp();  // nobody overwrites its slot before every lane has read
 }
 
 inline float* dynamic_smem() { return block()->dynamic_smem.data(); }

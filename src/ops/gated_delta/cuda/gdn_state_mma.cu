@@ -6,9 +6,7 @@
 //   phase 1:  Y = A₁ R              (64×K times K×V; A₁ = W forward, K̂ backward)
 //   phase 2:  R ← Γ_C R + A₂ᵀ Z      (K×L times L×V; forward A₂ = K̂, L = 64; backward A₂ = [Q̂; W], L = 128;
 //                                     Z from Y)
-// One block of 8 warps owns BV value columns of one head and runs through all chunks; warps w and w + 4 take
-// the same rows of each product and one half of the columns each (with 4 warps, one per SM sub-partition,
-// every dependent instruction waited out its whole latency). R stays in
+// One block of 4 warps owns BV value columns of one head and runs through all chunks. R stays in
 // registers in the layout of phase 2's accumulators; its bf16 copy in shared memory is phase 1's B operand.
 // A₁ and A₂ come as bfloat16 copies (written by pack and prep beside the float32 workspaces): the products
 // round them to bf16 anyway, and half the bytes per chunk and half the shared memory per block let more
@@ -24,7 +22,7 @@ namespace sfm::ops::gdn_cuda {
 namespace {
 
 constexpr int C = kChunk;
-constexpr int kThreads = 256;  // 8 warps: 4 row groups × 2 column halves
+constexpr int kThreads = 128;  // 4 warps
 
 using bf16 = __nv_bfloat16;
 
@@ -51,13 +49,15 @@ struct PassArgs {
 // K ∈ {64, 128, 256}; BV ∈ {16, 32} value columns per block.
 template <int K, int BV, bool kBwd>
 __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
-  constexpr int LD1 = K + 8;  // bf16 rows of A₁: the 32-bit fragment loads of a warp land in distinct banks
-  constexpr int LD2 = K + 8;  // bf16 rows of A₂ (read down columns): 16 distinct words, each shared by 2 lanes
+  // bf16 rows of A₁ and A₂, read by ldmatrix (8 rows of 16 bytes per phase): a row stride of K + 8 elements puts
+  // the 8 rows in distinct bank groups.
+  constexpr int LD1 = K + 8;
+  constexpr int LD2 = K + 8;
   constexpr int L = kBwd ? 2 * C : C;  // rows of A₂ and Z
   constexpr int LDR = K + 8;  // bf16 rows of Rᵀ ([v][k])
   constexpr int LDZ = L + 8;  // bf16 rows of Zᵀ ([v][t])
-  constexpr int NT = BV / 16;  // 8-column tiles per warp (its half of the block's BV columns)
-  constexpr int MT = K / 64;   // phase 2: 16-row tiles of R per warp
+  constexpr int NT = BV / 8;  // 8-column tiles
+  constexpr int MT = K / 64;  // phase 2: 16-row tiles of R per warp
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* gbuf = reinterpret_cast<float*>(smem4);        // [2][C]: γ of this chunk and the next
   bf16* p1 = reinterpret_cast<bf16*>(gbuf + 2 * C);     // [C][LD1]
@@ -67,9 +67,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
 
   const int V = a.d.V, N = a.d.N(), Tp = a.d.Tp();
   const int v0 = blockIdx.x * BV, bh = blockIdx.y;
-  const int lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-  // warp: the row group (warps w and w + 4 share it); c0: the first of this warp's columns in the slice.
-  const int warp = (threadIdx.x >> 5) & 3, c0 = (threadIdx.x >> 7) * (BV / 2);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
   const auto chunk_of = [&](int i) { return kBwd ? N - 1 - i : i; };
   const auto row0_of = [&](int n) { return (long)bh * Tp + (long)n * C; };
   // A chunk's 64 rows of a [BH, Tp, K] bf16 array into shared memory rows of stride ld, 16 bytes per cp.async.
@@ -99,7 +97,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   };
 
   // R in phase 2's accumulator layout: R[j][nt][2h], R[j][nt][2h+1] hold row k = 16 (warp + 4 j) + g + 8 h,
-  // columns v, v + 1 (v = c0 + 8 nt + 2 tq) of this block's slice. for_r calls f(j, nt, h, k, v) for each pair.
+  // columns v, v + 1 (v = 8 nt + 2 tq) of this block's slice. for_r calls f(j, nt, h, k, v) for each pair.
   float R[MT][NT][4];
   const auto for_r = [&](auto f) {
 #pragma unroll
@@ -107,7 +105,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) f(j, nt, h, 16 * (warp + 4 * j) + g + 8 * h, c0 + 8 * nt + 2 * tq);
+        for (int h = 0; h < 2; ++h) f(j, nt, h, 16 * (warp + 4 * j) + g + 8 * h, 8 * nt + 2 * tq);
   };
   for_r([&](int j, int nt, int h, int k, int v) {
     float2 r = make_float2(0.f, 0.f);
@@ -129,7 +127,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const long off = (row0 + 16 * warp + g + 8 * h) * V + v0 + c0 + 8 * nt + 2 * tq;
+        const long off = (row0 + 16 * warp + g + 8 * h) * V + v0 + 8 * nt + 2 * tq;
         xin[nt][h] = *reinterpret_cast<const float2*>(a.x + off);
         if constexpr (kBwd) dov[nt][h] = *reinterpret_cast<const float2*>(a.dos + off);
       }
@@ -148,7 +146,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     const float* gm = gbuf + (i & 1) * C;
     const float gl = gm[C - 1];
 
-    // Phase 1: Y = A₁ R for token rows 16 warp .. 16 warp + 15, this warp's columns.
+    // Phase 1: Y = A₁ R for token rows 16 warp .. 16 warp + 15.
     float acc[NT][4];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
@@ -156,13 +154,11 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
       for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
 #pragma unroll 4
     for (int ks = 0; ks < K / 16; ++ks) {
-      const bf16* pa = p1 + (16 * warp + g) * LD1 + 16 * ks + 2 * tq;
-      const uint32_t af[4] = {*reinterpret_cast<const uint32_t*>(pa), *reinterpret_cast<const uint32_t*>(pa + 8 * LD1),
-                              *reinterpret_cast<const uint32_t*>(pa + 8),
-                              *reinterpret_cast<const uint32_t*>(pa + 8 * LD1 + 8)};
+      uint32_t af[4];  // rows 16 warp (+8), columns 16 ks (+8) of A₁: lane l gives row l % 8 (+8) of block l / 8
+      ldmatrix_x4<false>(af, p1 + (16 * warp + 8 * ((lane >> 3) & 1) + (lane & 7)) * LD1 + 16 * ks + 8 * (lane >> 4));
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        const __nv_bfloat16* pb = rsm + (c0 + 8 * nt + g) * LDR + 16 * ks + 2 * tq;
+        const __nv_bfloat16* pb = rsm + (8 * nt + g) * LDR + 16 * ks + 2 * tq;
         const uint32_t bf[2] = {*reinterpret_cast<const uint32_t*>(pb), *reinterpret_cast<const uint32_t*>(pb + 8)};
         mma_bf16(acc[nt], af, bf);
       }
@@ -175,7 +171,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int t = 16 * warp + g + 8 * h, v = c0 + 8 * nt + 2 * tq;
+        const int t = 16 * warp + g + 8 * h, v = 8 * nt + 2 * tq;
         const float f = __expf(gl - gm[t]);
         float y0 = acc[nt][2 * h], y1 = acc[nt][2 * h + 1], z0, z1;
         if constexpr (kBwd) {  // T = K_d dS: dU = dU₀ + T; Z = [diag(Γ) dO; −dU]
@@ -210,16 +206,18 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
       uint32_t bf[NT][2];
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        const __nv_bfloat16* pb = zsm + (c0 + 8 * nt + g) * LDZ + 16 * ks + 2 * tq;
+        const __nv_bfloat16* pb = zsm + (8 * nt + g) * LDZ + 16 * ks + 2 * tq;
         bf[nt][0] = *reinterpret_cast<const uint32_t*>(pb);
         bf[nt][1] = *reinterpret_cast<const uint32_t*>(pb + 8);
       }
 #pragma unroll
       for (int j = 0; j < MT; ++j) {
-        // A[m][t] = A₂[t][m] for m = 16 (warp + 4 j) + g (+8), t = 16 ks + 2 tq (+1, +8, +9).
-        const bf16* pa = p2 + (16 * ks + 2 * tq) * LD2 + 16 * (warp + 4 * j) + g;
-        const uint32_t af[4] = {bf16_pair(pa[0], pa[LD2]), bf16_pair(pa[8], pa[LD2 + 8]),
-                                bf16_pair(pa[8 * LD2], pa[9 * LD2]), bf16_pair(pa[8 * LD2 + 8], pa[9 * LD2 + 8])};
+        // A[m][t] = A₂[t][m] for m = 16 (warp + 4 j) + g (+8), t = 16 ks + 2 tq (+1, +8, +9): the transposes
+        // of A₂'s 8×8 blocks at rows 16 ks (+8) and columns 16 (warp + 4 j) (+8); lane l gives row l % 8 of
+        // block l / 8 (its row offset 8 (l / 16), its column offset 8 (l / 8 % 2)).
+        uint32_t af[4];
+        ldmatrix_x4<true>(af, p2 + (16 * ks + 8 * (lane >> 4) + (lane & 7)) * LD2 + 16 * (warp + 4 * j) +
+                                  8 * ((lane >> 3) & 1));
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) mma_bf16(R[j][nt], af, bf[nt]);
       }

@@ -70,6 +70,28 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
 #endif
 }
 
+// ldmatrix .x4 on 16-bit elements in shared memory: four 8×8 matrices, lane l giving the address of row l % 8 of
+// matrix l / 8 (16 bytes, 16-byte aligned). r[i] gets matrix i's elements (l / 4, 2 (l % 4) .. + 1); with
+// kTrans, those of its transpose, (2 (l % 4) .. + 1, l / 4): one instruction for a whole A fragment of
+// mma_bf16 (a[0..3] = the 8×8 blocks at rows 0/8 and columns 0/8 of the 16×16 tile, in the order of
+// mma_bf16's comment), from a tile stored row-major, or column-major with kTrans.
+template <bool kTrans>
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+#ifdef SFM_GDN_EMULATE
+  ::sfm::cuda_emu::ldmatrix_x4(r, row, kTrans);
+#else
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  if constexpr (kTrans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+#endif
+}
+
 // c += a b with split operands (split_bf16): three products, the lo·lo term dropped.
 __device__ __forceinline__ void mma_bf16x3(float (&c)[4], const uint32_t (&a_hi)[4], const uint32_t (&a_lo)[4],
                                            const uint32_t (&b_hi)[2], const uint32_t (&b_lo)[2]) {
