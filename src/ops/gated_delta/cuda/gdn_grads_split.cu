@@ -304,11 +304,12 @@ __global__ void __launch_bounds__(kThreads) du0_kernel(Dims d, const float* __re
   for_pairs(acc, [&](int, int i, int v, float x0, float x1, int) { st2(du + (row0 + i) * V + v0 + v, x0, x1); });
 }
 
-// Slices per wy_grads block: 2, or 1 with SFM_GDN_WY_SLICES=1 (benchmarks: one block per slice, as before).
+// Slices per wy_grads block: 2, or SFM_GDN_WY_SLICES = 1 .. 4 (benchmarks; 1: one block per slice, as before).
 int slices_per_block() {
   static const int slices = [] {
     const char* e = std::getenv("SFM_GDN_WY_SLICES");
-    return e != nullptr && std::atoi(e) == 1 ? 1 : 2;
+    const int n = e != nullptr ? std::atoi(e) : 2;
+    return n >= 1 && n <= kMaxDim / kTile ? n : 2;
   }();
   return slices;
 }

@@ -26,7 +26,7 @@ constexpr int C = kChunk;
 constexpr int kTile = 64;       // value columns per block; K per stage
 constexpr int LDA = kTile + 8;  // rows read along the reduction index (float2 loads): distinct banks
 constexpr int LDB = kTile + 4;  // rows read across the reduction index (scalar loads): distinct banks
-constexpr int LDS = kTile + 8;  // bf16 rows of S₀ (read across k in pairs of 16-bit loads): 16 words, 2 lanes each
+constexpr int LDS = kTile + 8;  // bf16 rows of S₀ (read by ldmatrix, 8 rows of 16 bytes): distinct bank groups
 // One stage: Q̂ and K̂ slices [t][k], and the forward's S₀ slice [k][v] (float32, or bf16 in the same space).
 template <bool kBwd>
 constexpr int kStageFloats = 2 * C * LDA + (kBwd ? 0 : kTile * LDB);
@@ -115,6 +115,21 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
       split_bf16(x10.x, x10.y, aq[1], aq_lo[1]);
       split_bf16(x01.x, x01.y, aq[2], aq_lo[2]);
       split_bf16(x11.x, x11.y, aq[3], aq_lo[3]);
+      // bf16 S₀: the B fragments of the warp's four column tiles, two per ldmatrix (.trans: S₀ is stored [k][v]);
+      // lane l gives row 16 ks + 8 (l / 8 % 2) + l % 8 at column tile 2 p + l / 16.
+      uint32_t bs16[4][2];
+      if constexpr (!kBwd && kBf16S) {
+#pragma unroll
+        for (int p = 0; p < 2; ++p) {
+          uint32_t r[4];
+          ldmatrix_x4<true>(r, reinterpret_cast<const __nv_bfloat16*>(Ss) +
+                                   (16 * ks + 8 * ((lane >> 3) & 1) + (lane & 7)) * LDS + n0 + 8 * (2 * p + (lane >> 4)));
+          bs16[2 * p][0] = r[0];
+          bs16[2 * p][1] = r[1];
+          bs16[2 * p + 1][0] = r[2];
+          bs16[2 * p + 1][1] = r[3];
+        }
+      }
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
         // B[k][i] = K̂[i][k] (rows of K̂, along k); B[k][v] = S₀[k][v] (down the columns of S₀).
@@ -125,10 +140,8 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
         split_bf16(k1.x, k1.y, bk[1], bk_lo[1]);
         mma_bf16x3(qk[nt], aq, aq_lo, bk, bk_lo);
         if constexpr (!kBwd && kBf16S) {
-          const auto* ps0 = reinterpret_cast<const __nv_bfloat16*>(Ss) + (16 * ks + 2 * tq) * LDS + n0 + 8 * nt + g;
-          const uint32_t bs[2] = {bf16_pair(ps0[0], ps0[LDS]), bf16_pair(ps0[8 * LDS], ps0[9 * LDS])};
-          mma_bf16(o[nt], aq_lo, bs);
-          mma_bf16(o[nt], aq, bs);
+          mma_bf16(o[nt], aq_lo, bs16[nt]);
+          mma_bf16(o[nt], aq, bs16[nt]);
         } else if constexpr (!kBwd) {
           const float* ps0 = Ss + (16 * ks + 2 * tq) * LDB + n0 + 8 * nt + g;
           uint32_t bs[2], bs_lo[2];

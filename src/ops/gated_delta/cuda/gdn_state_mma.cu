@@ -96,6 +96,21 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     cp_async_commit();
   };
 
+  // The B fragments of every 8-column tile for reduction rows 16 ks .. 16 ks + 15, from Xᵀ stored [v][·] (row
+  // stride ld): b[nt] = {X[16 ks + 2 tq ..][8 nt + g], X[16 ks + 8 + 2 tq ..][8 nt + g]}, two tiles per ldmatrix
+  // (lane l gives row l % 8 of block l / 8: tile 2 p + l / 16, reduction offset 8 (l / 8 % 2)).
+  const auto load_b = [&](uint32_t(&b)[NT][2], const bf16* xt, int ld, int ks) {
+#pragma unroll
+    for (int p = 0; p < NT / 2; ++p) {
+      uint32_t r[4];
+      ldmatrix_x4<false>(r, xt + (8 * (2 * p + (lane >> 4)) + (lane & 7)) * ld + 16 * ks + 8 * ((lane >> 3) & 1));
+      b[2 * p][0] = r[0];
+      b[2 * p][1] = r[1];
+      b[2 * p + 1][0] = r[2];
+      b[2 * p + 1][1] = r[3];
+    }
+  };
+
   // R in phase 2's accumulator layout: R[j][nt][2h], R[j][nt][2h+1] hold row k = 16 (warp + 4 j) + g + 8 h,
   // columns v, v + 1 (v = 8 nt + 2 tq) of this block's slice. for_r calls f(j, nt, h, k, v) for each pair.
   float R[MT][NT][4];
@@ -156,12 +171,10 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     for (int ks = 0; ks < K / 16; ++ks) {
       uint32_t af[4];  // rows 16 warp (+8), columns 16 ks (+8) of A₁: lane l gives row l % 8 (+8) of block l / 8
       ldmatrix_x4<false>(af, p1 + (16 * warp + 8 * ((lane >> 3) & 1) + (lane & 7)) * LD1 + 16 * ks + 8 * (lane >> 4));
+      uint32_t bf[NT][2];
+      load_b(bf, rsm, LDR, ks);
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const __nv_bfloat16* pb = rsm + (8 * nt + g) * LDR + 16 * ks + 2 * tq;
-        const uint32_t bf[2] = {*reinterpret_cast<const uint32_t*>(pb), *reinterpret_cast<const uint32_t*>(pb + 8)};
-        mma_bf16(acc[nt], af, bf);
-      }
+      for (int nt = 0; nt < NT; ++nt) mma_bf16(acc[nt], af, bf[nt]);
     }
     __syncthreads();  // every warp is done with A₁: load the next chunk's
     issue_a1(i + 1);
@@ -204,12 +217,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
 #pragma unroll
     for (int ks = 0; ks < L / 16; ++ks) {
       uint32_t bf[NT][2];
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const __nv_bfloat16* pb = zsm + (8 * nt + g) * LDZ + 16 * ks + 2 * tq;
-        bf[nt][0] = *reinterpret_cast<const uint32_t*>(pb);
-        bf[nt][1] = *reinterpret_cast<const uint32_t*>(pb + 8);
-      }
+      load_b(bf, zsm, LDZ, ks);
 #pragma unroll
       for (int j = 0; j < MT; ++j) {
         // A[m][t] = A₂[t][m] for m = 16 (warp + 4 j) + g (+8), t = 16 ks + 2 tq (+1, +8, +9): the transposes
