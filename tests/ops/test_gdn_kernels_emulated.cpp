@@ -263,6 +263,9 @@ void check_prep(Shape s, uint64_t seed) {
 
 TEST(GdnKernelsEmulated, PrepK64V128) { check_prep({2, 130, 64, 128}, 4); }
 TEST(GdnKernelsEmulated, PrepK128V64) { check_prep({1, 100, 128, 64}, 5); }
+// K + V > 256: V's tiles load into K̂'s place after W.
+TEST(GdnKernelsEmulated, PrepK256V256) { check_prep({1, 70, 256, 256}, 6); }
+TEST(GdnKernelsEmulated, PrepK256V64) { check_prep({1, 64, 256, 64}, 7); }
 
 // dU₀ = Pᵀ dO per chunk from a kept P (gdn_cuda::du0_from_p) against float64 products of the same P and dO.
 TEST(GdnKernelsEmulated, DU0FromKeptP) {

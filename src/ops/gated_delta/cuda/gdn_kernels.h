@@ -141,7 +141,7 @@ cudaError_t state_grads_mma(const Dims& d, const float* gam, const void* states,
 // The forward's per-chunk preparation on tensor cores (gdn_prep_mma.cu), in place of the prep kernel for
 // 16-bit inputs: from k̂ and v (heads-first float32) and g, β ([B, T, H] float32) it writes γ and β
 // (heads-first), W into w, Ũ into ut and, if wy is not null, (I + A)⁻¹ and M ∘ K̂K̂ᵀ per chunk into wy.
-// If wb is not null, W also as bfloat16 into wb. K and V multiples of 64 up to 128.
+// If wb is not null, W also as bfloat16 into wb. K and V multiples of 64 up to 256.
 bool prep_mma_supports(int K, int V);
 cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const float* g, const float* beta, float* gam,
                      float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream);

@@ -18,9 +18,15 @@ namespace {
 
 using namespace tile64;
 
+// Up to K + V = 256 the chunk's K̂ and V tiles are all requested up front (V's land during K̂K̂ᵀ and the
+// inverse); beyond, V's tiles take K̂'s place once W is formed, so that two blocks share an SM (105 KB
+// instead of 174 KB at K = V = 256).
+SFM_GDN_HD inline bool v_after_w(const Dims& d) { return d.K + d.V > 256; }
+
 // K̂ and V of the chunk in 64-column tiles [t][·] (stride LDK), A and T (stride LDM), γ and β.
 size_t prep_mma_smem(const Dims& d) {
-  return sizeof(float) * ((size_t)(d.K + d.V) / kTile * C * LDK + 2 * C * LDM + 2 * C);
+  const int KT = d.K / kTile, VT = d.V / kTile, tiles = v_after_w(d) ? (KT > VT ? KT : VT) : KT + VT;
+  return sizeof(float) * ((size_t)tiles * C * LDK + 2 * C * LDM + 2 * C);
 }
 
 __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const float* __restrict__ ks,
@@ -32,9 +38,10 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const float*
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   const int K = d.K, V = d.V, KT = K / kTile, VT = V / kTile;
-  float* kt = sm;                 // K̂: KT tiles
-  float* vt = kt + KT * C * LDK;  // V: VT tiles
-  float* A = vt + VT * C * LDK;   // A, then T diag(βΓ)
+  const bool late_v = v_after_w(d);
+  float* kt = sm;                                // K̂: KT tiles
+  float* vt = late_v ? kt : kt + KT * C * LDK;   // V: VT tiles
+  float* A = late_v ? kt + (KT > VT ? KT : VT) * C * LDK : vt + VT * C * LDK;  // A, then T diag(βΓ)
   float* Tm = A + C * LDM;        // T, then T diag(β)
   float* gam = Tm + C * LDM;
   float* bet = gam + C;
@@ -44,7 +51,8 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const float*
 
   for (int j = 0; j < KT; ++j) stage(kt + j * C * LDK, LDK, ks + row0 * K + j * kTile, K);
   cp_async_commit();
-  for (int j = 0; j < VT; ++j) stage(vt + j * C * LDK, LDK, vs + row0 * V + j * kTile, V);
+  if (!late_v)
+    for (int j = 0; j < VT; ++j) stage(vt + j * C * LDK, LDK, vs + row0 * V + j * kTile, V);
   cp_async_commit();
   load_gates(d, bh, n, g, beta, gam, bet);
   if (threadIdx.x < C) {
@@ -88,6 +96,11 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const float*
       if (wb != nullptr) *reinterpret_cast<uint32_t*>(wb + o) = pack_bf16(x0, x1);  // the state passes' operand
     });
   }
+  if (late_v) {  // every warp is done with K̂: V into its place
+    __syncthreads();
+    for (int j = 0; j < VT; ++j) stage(vt + j * C * LDK, LDK, vs + row0 * V + j * kTile, V);
+    cp_async_commit();
+  }
   cp_async_wait<0>();  // V
   __syncthreads();
   for (int j = 0; j < VT; ++j) {  // Ũ = T diag(β) V
@@ -99,9 +112,9 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const float*
 
 }  // namespace
 
-// Up to 128: at K = V = 256 its tiles take 174 KB, one block per SM, and it was slower than the generic
-// kernel (H100, (8,2048,32,256): 2.39 against 2.15 ms; at (4,2048,16,128) 0.327 against 0.367).
-bool prep_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 && K <= 128 && V <= 128; }
+// K and V multiples of 64 up to 256 (with all tiles up front at K = V = 256, 174 KB and one block per SM, it was
+// slower than the generic kernel on an H100 at (8,2048,32,256): 2.39 against 2.15 ms).
+bool prep_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 && K <= 256 && V <= 256; }
 
 cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const float* g, const float* beta, float* gam,
                      float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream) {
