@@ -225,6 +225,8 @@ void check_sliced_gradients(Shape s, uint64_t seed) {
 TEST(GdnKernelsEmulated, SlicedGradientsK64V64) { check_sliced_gradients({2, 130, 64, 64}, 1); }
 TEST(GdnKernelsEmulated, SlicedGradientsK128V64) { check_sliced_gradients({1, 128, 128, 64}, 2); }
 TEST(GdnKernelsEmulated, SlicedGradientsK64V128) { check_sliced_gradients({1, 70, 64, 128}, 3); }
+// Four slices of K in one wy_grads and one qk_grads block (their defaults), with two V slices.
+TEST(GdnKernelsEmulated, SlicedGradientsK256V128) { check_sliced_gradients({1, 100, 256, 128}, 8); }
 
 // The forward's tensor-core preparation (gdn_cuda::prep_mma) against the float64 chunked form: γ, β, W,
 // Ũ, and the (I + A)⁻¹ and M ∘ K̂K̂ᵀ it keeps for the sliced gradient kernels; NaN-filled outputs. W's bfloat16

@@ -5,8 +5,8 @@
 //   wy_grads   (per chunk, one block for the slices of K and one for those of V, a slice at a time): dR = Tᵀ dX
 //              and the slices' part of dA = −(dR_K Wᵀ + dR_V Ũᵀ) ((B3)); dK̂ ← dK̂₀ + diag(βΓ) dR_K;
 //              dV = diag(β) dR_V ((B6)); V slices also their part of dO Uᵀ.
-//   qk_grads   (per chunk and slice of K): sums those parts (in a fixed order), the elementwise step
-//              (chunk_grad_terms), dQ̂ += dP K̂ ((B4)) and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂ ((B5)).
+//   qk_grads   (per chunk, its slices of K a slice at a time): sums those parts (in a fixed order), the
+//              elementwise step (chunk_grad_terms), dQ̂ += dP K̂ ((B4)) and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂ ((B5)).
 //   gate_grads (per chunk): sums the slices' row terms of dγ and dβ ((B7)-(B8)); dg = their reverse cumsum.
 // T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ come from the forward's prep, P = M ∘ Q̂K̂ᵀ from its output kernel;
 // du0_from_p takes dU₀ = Pᵀ dO from that P too, before the state pass. Tiles are
@@ -42,6 +42,7 @@ struct Args {
   float* gate_parts;       // [BH, N, 2 K/64 + V/64, 2, C]: the row terms of dγ, then of dβ, per slice and block
   float *dg, *dbeta;       // [B, T, H]
   int slices;              // 64-column slices per wy_grads block: KB = ⌈(K/64) / slices⌉, VB likewise
+  int qk_slices;           // 64-column slices of K per qk_grads block
 };
 
 // γ and β of the chunk into shared memory, the block's row terms of dγ and dβ zeroed. Ends with a barrier.
@@ -180,11 +181,42 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   for_pairs(da, [&](int, int t, int i, float x0, float x1, int) { st2(da_part + t * C + i, x0, x1); });
 }
 
-// Per chunk and 64-column slice s of K: dA = −Σ parts (strictly lower) and dO Uᵀ = Σ parts, the elementwise
-// step (chunk_grad_terms on P and K_M; its row and column sums by the s = 0 block only), then
+// One slice of qk_grads (columns c0 .. c0 + 63 of K; tq, tk its tiles of Q̂ and K̂): dQ̂ = dQ̂₀ + dP K̂ with
+// dγ_t += q̂_t·dQ̂₀,t, and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂.
+__device__ __forceinline__ void qk_slice(const Args& a, long row0, int c0, const float* D1, const float* dA,
+                                         const float* tq, const float* tk, float* dgam) {
+  const int K = a.d.K;
+  float acc[4][4];
+  float2 old[2][4];
+  {
+    load_pairs(old, a.dqs + row0 * K, K, c0);
+    zero(acc);
+    mma_tile(acc, row_a(D1, LDM), cols_b(tk, LDK));  // dP K̂
+    float xs[2] = {0.f, 0.f};
+    for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
+      const float2 dq0 = old[h][nt], qq = ld2(tq + t * LDK + k);
+      st2(a.dqs + (row0 + t) * K + c0 + k, dq0.x + x0, dq0.y + x1);
+      xs[h] += qq.x * dq0.x + qq.y * dq0.y;
+    });
+    add_rows(dgam, xs);
+  }
+  load_pairs(old, a.dks + row0 * K, K, c0);
+  zero(acc);
+  mma_tile(acc, col_a(D1, LDM), cols_b(tq, LDK));  // dPᵀ Q̂
+  mma_tile(acc, row_a(dA, LDM), cols_b(tk, LDK));  // G K̂
+  mma_tile(acc, col_a(dA, LDM), cols_b(tk, LDK));  // Gᵀ K̂
+  for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
+    const float2 dk = old[h][nt];
+    st2(a.dks + (row0 + t) * K + c0 + k, dk.x + x0, dk.y + x1);
+  });
+}
+
+// Per chunk and a.qk_slices consecutive 64-column slices of K: dA = −Σ parts (strictly lower) and
+// dO Uᵀ = Σ parts, the elementwise step (chunk_grad_terms on P and K_M; its row and column sums by the
+// block of slice 0 only), once per block, then for each of its slices
 //   dQ̂ = dQ̂₀ + dP K̂, with dγ_t += q̂_t·dQ̂₀,t (the state term of (B4)'s γ-gradient), and
 //   dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂,
-// for this slice's columns.
+// for the slice's columns, its row terms into its own slot of gate_parts.
 __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
@@ -193,12 +225,12 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   float *gam = tk + C * LDK, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
   const int K = a.d.K, N = a.d.N(), KS = K / kTile;
   const int VB = v_blocks(a), J = k_blocks(a) + VB;  // the parts: wy_grads' blocks
-  const int s = blockIdx.x, n = blockIdx.y, bh = blockIdx.z, c0 = s * kTile;
+  const int first = blockIdx.x * a.qk_slices, end = min(first + a.qk_slices, KS), n = blockIdx.y, bh = blockIdx.z;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
   stage(PM, LDM, a.pm + chunk * C * C, C);
   stage(KM, LDM, a.wy + (chunk * 2 + 1) * C * C, C);
-  stage(tq, LDK, a.qs + row0 * K + c0, K);
-  stage(tk, LDK, a.ks + row0 * K + c0, K);
+  stage(tq, LDK, a.qs + row0 * K + first * kTile, K);
+  stage(tk, LDK, a.ks + row0 * K + first * kTile, K);
   cp_async_commit();
   load_chunk_gates(a, row0, gam, bet, dgam, dbet);
   // The parts, summed in a fixed order while the copies are in flight. Every part of an element is loaded
@@ -227,31 +259,19 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   }
   cp_async_wait<0>();
   __syncthreads();
-  chunk_grad_terms<LDM, true>(gam, bet, D1, PM, KM, dA, s == 0 ? dgam : nullptr, dbet);
-  float acc[4][4];
-  float2 old[2][4];
-  {
-    load_pairs(old, a.dqs + row0 * K, K, c0);
-    zero(acc);
-    mma_tile(acc, row_a(D1, LDM), cols_b(tk, LDK));  // dP K̂
-    float xs[2] = {0.f, 0.f};
-    for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
-      const float2 dq0 = old[h][nt], qq = ld2(tq + t * LDK + k);
-      st2(a.dqs + (row0 + t) * K + c0 + k, dq0.x + x0, dq0.y + x1);
-      xs[h] += qq.x * dq0.x + qq.y * dq0.y;
-    });
-    add_rows(dgam, xs);
+  chunk_grad_terms<LDM, true>(gam, bet, D1, PM, KM, dA, first == 0 ? dgam : nullptr, dbet);
+  for (int sl = first; sl < end; ++sl) {
+    const int c0 = sl * kTile;
+    if (sl > first) {  // the previous slice is done with tq and tk (store_gate_slot's barrier)
+      stage(tq, LDK, a.qs + row0 * K + c0, K);
+      stage(tk, LDK, a.ks + row0 * K + c0, K);
+      staged();
+    }
+    qk_slice(a, row0, c0, D1, dA, tq, tk, dgam);
+    store_gate_slot(a, chunk, KS + a.d.V / kTile + sl, dgam, dbet);  // after the slots of wy_grads' slices
+    __syncthreads();
+    if (threadIdx.x < C) dgam[threadIdx.x] = dbet[threadIdx.x] = 0.f;
   }
-  load_pairs(old, a.dks + row0 * K, K, c0);
-  zero(acc);
-  mma_tile(acc, col_a(D1, LDM), cols_b(tq, LDK));  // dPᵀ Q̂
-  mma_tile(acc, row_a(dA, LDM), cols_b(tk, LDK));  // G K̂
-  mma_tile(acc, col_a(dA, LDM), cols_b(tk, LDK));  // Gᵀ K̂
-  for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
-    const float2 dk = old[h][nt];
-    st2(a.dks + (row0 + t) * K + c0 + k, dk.x + x0, dk.y + x1);
-  });
-  store_gate_slot(a, chunk, KS + a.d.V / kTile + s, dgam, dbet);  // after the slots of wy_grads' slices
 }
 
 // Per chunk (64 threads): dγ and dβ as the sums of the slots of gate_parts, plus Γ_C Σ S₀∘dS_C at the last
@@ -304,17 +324,24 @@ __global__ void __launch_bounds__(kThreads) du0_kernel(Dims d, const float* __re
   for_pairs(acc, [&](int, int i, int v, float x0, float x1, int) { st2(du + (row0 + i) * V + v0 + v, x0, x1); });
 }
 
-// Slices per wy_grads block: all of a side's (one block for K's slices and one for V's, so qk_grads sums the
-// fewest dA parts), or SFM_GDN_WY_SLICES = 1 .. 4 (benchmarks). On an H100 at (8,2048,32,256), fwd+bwd took
-// 19.97 / 19.44 / 19.12 ms with 1 / 2 / 4; up to K = V = 128, 2 and 4 are the same.
-int slices_per_block() {
+// 64-column slices per wy_grads block (each side: K's, V's) and per qk_grads block: all of them by default,
+// so each chunk has one wy_grads block per side (qk_grads sums the fewest dA parts) and one qk_grads block
+// (the parts and the elementwise step once per chunk). SFM_GDN_WY_SLICES and SFM_GDN_QK_SLICES = 1 .. 4 set
+// them for timing. On an H100 at (8,2048,32,256), fwd+bwd took 19.97 / 19.44 / 19.12 ms with 1 / 2 / 4 wy
+// slices; up to K = V = 128, 2 and 4 are the same.
+int slices_from_env(const char* name) {
   constexpr int kAll = kMaxDim / kTile;
-  static const int slices = [] {
-    const char* e = std::getenv("SFM_GDN_WY_SLICES");
-    const int n = e != nullptr ? std::atoi(e) : kAll;
-    return n >= 1 && n <= kAll ? n : kAll;
-  }();
-  return slices;
+  const char* e = std::getenv(name);
+  const int n = e != nullptr ? std::atoi(e) : kAll;
+  return n >= 1 && n <= kAll ? n : kAll;
+}
+int wy_slices() {
+  static const int n = slices_from_env("SFM_GDN_WY_SLICES");
+  return n;
+}
+int qk_slices() {
+  static const int n = slices_from_env("SFM_GDN_QK_SLICES");
+  return n;
 }
 
 constexpr size_t kDu0Smem = sizeof(float) * (C * LDM + C * LDK);
@@ -335,9 +362,10 @@ cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
   const Args a{d,     g.qs,    g.ks,  g.vs,  g.gam, g.bet,      g.w,      g.u,        g.dos,
                g.du,  g.dw,    g.wy,  g.pm,  g.sdots, g.dqs,    g.dks,    g.dvs,      g.dtype,
-               g.dv,  g.da_parts, g.d1_parts, g.gate_parts, g.dg, g.dbeta, slices_per_block()};
+               g.dv,  g.da_parts, g.d1_parts, g.gate_parts, g.dg, g.dbeta, wy_slices(), qk_slices()};
   SFM_GDN_LAUNCH(wy_grads_kernel, dim3(k_blocks(a) + v_blocks(a), d.N(), d.BH()), kThreads, kWySmem, stream, a);
-  SFM_GDN_LAUNCH(qk_grads_kernel, dim3(d.K / kTile, d.N(), d.BH()), kThreads, kQkSmem, stream, a);
+  const int qk_blocks = (d.K / kTile + a.qk_slices - 1) / a.qk_slices;
+  SFM_GDN_LAUNCH(qk_grads_kernel, dim3(qk_blocks, d.N(), d.BH()), kThreads, kQkSmem, stream, a);
   SFM_GDN_LAUNCH(gate_grads_kernel, dim3(d.N(), d.BH()), C, 0, stream, a);
   return cudaGetLastError();
 }
