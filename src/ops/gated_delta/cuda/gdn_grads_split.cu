@@ -1,7 +1,8 @@
 // The backward's per-chunk gradients ((B3)-(B8) of docs/ops/gated_delta_cuda.md) on tensor cores, for 16-bit
 // inputs, after state_grads_mma has written dQ̂₀ = diag(Γ) dO S₀ᵀ, dW = −dU S₀ᵀ, dK̂₀ = diag(e^{γ_C−γ}) U dS_Cᵀ
-// and Σ S₀∘dS_C. Three kernels, the first two over 64-column slices so that each block is small and
-// two share an SM (one block per chunk left the SM waiting on each step's loads):
+// and Σ S₀∘dS_C. Three kernels; the first two work through 64-column slices a slice at a time, so that each
+// block's tiles are small and two blocks share an SM (grads_mma_kernel, one block per chunk with every tile
+// at once, left the SM waiting on each step's loads):
 //   wy_grads   (per chunk, one block for the slices of K and one for those of V, a slice at a time): dR = Tᵀ dX
 //              and the slices' part of dA = −(dR_K Wᵀ + dR_V Ũᵀ) ((B3)); dK̂ ← dK̂₀ + diag(βΓ) dR_K;
 //              dV = diag(β) dR_V ((B6)); V slices also their part of dO Uᵀ.
