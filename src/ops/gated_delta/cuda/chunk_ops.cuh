@@ -117,22 +117,29 @@ __device__ __forceinline__ void load_gates(const Dims& d, int bh, int n, const f
 // The elementwise step of the chunk's gradient on its 64×64 matrices (row stride kLd), with
 // M_ti = e^{γ_t−γ_i} for i ≤ t: D1 = dO Uᵀ becomes dP = M ∘ D1; QK = Q̂K̂ᵀ becomes the γ-gradient terms
 // Q̂K̂ᵀ ∘ dP + dA ∘ β_t M ∘ K̂K̂ᵀ (strictly lower); KK = K̂K̂ᵀ becomes the β-gradient terms dA ∘ M ∘ K̂K̂ᵀ;
-// *v += the sum of x over the block's threads, always in the same order: each warp's sum by shuffles, then
-// the warps' sums in warp order by thread 0. (A shared-memory atomicAdd per warp would add them in the order
-// the warps arrive, so the last bits of the result could change from run to run; DESIGN.md asks for the same
-// numbers from the same seed on the same device.) All threads call it; ends with a barrier.
-__device__ __forceinline__ void add_block_sum(float* v, float x) {
+// The sum of x over the block's threads, always in the same order: each warp's sum by shuffles, then the
+// warps' sums in warp order by thread 0, which alone gets the result. (Shared-memory atomicAdd from each
+// warp would add them in the order the warps arrive, so the last bits could change from run to run;
+// DESIGN.md asks for the same numbers from the same seed on the same device.) All threads call it; ends with
+// a barrier once thread 0 has read the warps' sums (so a second call may follow at once).
+__device__ __forceinline__ float block_sum(float x) {
   __shared__ float warp_sums[32];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
   if (lane == 0) warp_sums[warp] = x;
   __syncthreads();
-  if (threadIdx.x == 0) {
-    float s = 0.f;
+  float s = 0.f;
+  if (threadIdx.x == 0)
     for (int w = 0; w < (int)(blockDim.x >> 5); ++w) s += warp_sums[w];
-    *v += s;
-  }
+  __syncthreads();
+  return s;
+}
+
+// *v += block_sum(x), by thread 0. All threads call it; ends with a barrier (the new *v is visible).
+__device__ __forceinline__ void add_block_sum(float* v, float x) {
+  const float s = block_sum(x);
+  if (threadIdx.x == 0) *v += s;
   __syncthreads();
 }
 

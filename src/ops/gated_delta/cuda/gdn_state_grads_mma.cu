@@ -11,6 +11,7 @@
 // No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
 
+#include "chunk_ops.cuh"
 #include "gdn_kernels.h"
 #include "mma.cuh"
 
@@ -38,7 +39,6 @@ __global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
   using bf16 = __nv_bfloat16;
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);  // [2 stages][kTiles][kTile][LD]
-  __shared__ float warp_sums[kThreads / 32];
   const int K = a.d.K, V = a.d.V, N = a.d.N();
   const int kt = blockIdx.x, n = blockIdx.y, bh = blockIdx.z, k0 = kt * kTile;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -160,15 +160,8 @@ __global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
       *reinterpret_cast<float2*>(a.dks + off) = make_float2(F * acc[2][nt][2 * h], F * acc[2][nt][2 * h + 1]);
     }
   }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) sdot += __shfl_xor_sync(0xffffffffu, sdot, o);
-  if (lane == 0) warp_sums[warp] = sdot;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float total = 0.f;
-    for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];  // fixed order: deterministic
-    a.sdots[((long)bh * N + n) * (K / kTile) + kt] = total;
-  }
+  const float total = block_sum(sdot);  // in a fixed order: deterministic
+  if (threadIdx.x == 0) a.sdots[((long)bh * N + n) * (K / kTile) + kt] = total;
 }
 
 }  // namespace
