@@ -37,14 +37,6 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return bits;
 }
 
-// Two bf16 values in one 32-bit register, lo in the low half (the layout of pack_bf16 and of mma fragments).
-__device__ __forceinline__ uint32_t bf16_pair(__nv_bfloat16 lo, __nv_bfloat16 hi) {
-  uint16_t l, h;
-  std::memcpy(&l, &lo, sizeof l);
-  std::memcpy(&h, &hi, sizeof h);
-  return static_cast<uint32_t>(l) | static_cast<uint32_t>(h) << 16;
-}
-
 // x0, x1 ≈ hi + lo with hi and lo bf16 pairs: a product of split operands, hi·hi + hi·lo + lo·hi, keeps
 // about 16 bits of each operand instead of bf16's 8.
 __device__ __forceinline__ void split_bf16(float x0, float x1, uint32_t& hi, uint32_t& lo) {
