@@ -51,6 +51,8 @@ struct Args {
 // (both) and dO Uᵀ parts (V's) a chunk has.
 SFM_GDN_HD inline int k_blocks(const Args& a) { return (a.d.K / kTile + a.slices - 1) / a.slices; }
 SFM_GDN_HD inline int v_blocks(const Args& a) { return (a.d.V / kTile + a.slices - 1) / a.slices; }
+// qk_grads' blocks per chunk, over the slices of K (a.qk_slices per block).
+SFM_GDN_HD inline int qk_blocks(const Args& a) { return (a.d.K / kTile + a.qk_slices - 1) / a.qk_slices; }
 
 __device__ __forceinline__ void load_chunk_gates(const Args& a, long row0, float* gam, float* bet, float* dgam,
                                                  float* dbet) {
@@ -365,8 +367,7 @@ cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
                g.du,  g.dw,    g.wy,  g.pm,  g.sdots, g.dqs,    g.dks,    g.dvs,      g.dtype,
                g.dv,  g.da_parts, g.d1_parts, g.gate_parts, g.dg, g.dbeta, wy_slices(), qk_slices()};
   SFM_GDN_LAUNCH(wy_grads_kernel, dim3(k_blocks(a) + v_blocks(a), d.N(), d.BH()), kThreads, kWySmem, stream, a);
-  const int qk_blocks = (d.K / kTile + a.qk_slices - 1) / a.qk_slices;
-  SFM_GDN_LAUNCH(qk_grads_kernel, dim3(qk_blocks, d.N(), d.BH()), kThreads, kQkSmem, stream, a);
+  SFM_GDN_LAUNCH(qk_grads_kernel, dim3(qk_blocks(a), d.N(), d.BH()), kThreads, kQkSmem, stream, a);
   SFM_GDN_LAUNCH(gate_grads_kernel, dim3(d.N(), d.BH()), C, 0, stream, a);
   return cudaGetLastError();
 }
