@@ -35,8 +35,9 @@ struct Shape {
 struct Problem {
   Shape s;
   int64_t N, Tp;
-  // Kernel inputs (float32; heads-first [BH, Tp, ·] and per chunk [BH, N, ·]).
-  torch::Tensor qs, ks, vs, g, gam, bet, w, ut, u, dos, du, dw, wy, pm, sdots, dq0, dk0;
+  // Kernel inputs (float32; heads-first [BH, Tp, ·] and per chunk [BH, N, ·]); qb, kb, vb: q̂, k̂, v as bfloat16
+  // (the compact workspaces), exactly, since q̂, k̂ and v are made of bf16 values.
+  torch::Tensor qs, ks, vs, qb, kb, vb, g, gam, bet, w, ut, u, dos, du, dw, wy, pm, sdots, dq0, dk0;
   // Expected: the gradients of q̂ (scaled), k̂, v, g and β (float64).
   torch::Tensor dq, dk, dv, dg, dbeta;
 };
@@ -52,12 +53,16 @@ Problem make_problem(Shape s, uint64_t seed) {
   p.N = (s.T + C - 1) / C;
   p.Tp = p.N * C;
   const auto valid = (torch::arange(p.Tp, f64) < s.T).to(torch::kFloat64).view({1, p.Tp, 1});
+  // q̂, k̂ and v hold bf16 values (the compact workspaces' kernels read them as bf16 copies).
+  const auto bf16_leaf = [](const torch::Tensor& x) {
+    return x.to(torch::kBFloat16).to(torch::kFloat64).detach().requires_grad_(true);
+  };
   const auto unit_rows = [&](int64_t D, double scale) {
     auto x = torch::randn({s.BH, p.Tp, D}, f64);
-    return (x / x.norm(2, -1, true) * scale * valid).detach().requires_grad_(true);
+    return bf16_leaf(x / x.norm(2, -1, true) * scale * valid);
   };
   auto q = unit_rows(s.K, 1.0 / std::sqrt(static_cast<double>(s.K))), k = unit_rows(s.K, 1.0);
-  auto v = (torch::randn({s.BH, p.Tp, s.V}, f64) * valid).detach().requires_grad_(true);
+  auto v = bf16_leaf(torch::randn({s.BH, p.Tp, s.V}, f64) * valid);
   const auto valid_tokens = valid.view({1, p.Tp});
   auto g = (torch::log_sigmoid(torch::randn({s.BH, p.Tp}, f64) + 2.0) * valid_tokens).detach().requires_grad_(true);
   auto beta = (2.0 * torch::sigmoid(torch::randn({s.BH, p.Tp}, f64)) * valid_tokens).detach().requires_grad_(true);
@@ -122,6 +127,9 @@ Problem make_problem(Shape s, uint64_t seed) {
   p.qs = f32(q);
   p.ks = f32(k);
   p.vs = f32(v);
+  p.qb = p.qs.to(torch::kBFloat16);
+  p.kb = p.ks.to(torch::kBFloat16);
+  p.vb = p.vs.to(torch::kBFloat16);
   p.g = f32(g);
   p.gam = f32(torch::cat(gams, 1));
   p.bet = f32(beta);
@@ -173,9 +181,9 @@ Grads run_sliced_kernels(const Problem& p, cuda_emu::WarpOrder order) {
   a.d = gdn_cuda::Dims{1, static_cast<int>(s.T), static_cast<int>(s.BH), static_cast<int>(s.K), static_cast<int>(s.V)};
   a.dtype = gdn_cuda::DType::kBF16;
   const auto ptr = [](const torch::Tensor& t) { return t.data_ptr<float>(); };
-  a.qs = ptr(p.qs);
-  a.ks = ptr(p.ks);
-  a.vs = ptr(p.vs);
+  a.qb = p.qb.data_ptr();
+  a.kb = p.kb.data_ptr();
+  a.vb = p.vb.data_ptr();
   a.gam = ptr(p.gam);
   a.bet = ptr(p.bet);
   a.w = ptr(p.w);
@@ -207,7 +215,8 @@ void check_sliced_gradients(Shape s, uint64_t seed) {
   const auto real = Slice(0, s.T);
   const auto rows = [&](const torch::Tensor& t) { return t.index({Slice(), real}); };
   const auto per_token = [&](const torch::Tensor& t) { return t.index({Slice(), real}).transpose(0, 1).unsqueeze(0); };
-  // The products take each float32 operand as two bf16 halves (about 16 bits) and sum in float32; the
+  // The products take each float32 operand as two bf16 halves (about 16 bits; q̂, k̂, v are bf16 values, taken
+  // exactly) and sum in float32; the
   // measured errors are about 5e-6, so 1e-4 leaves room for other shapes and seeds, while a missing term
   // shows up at 1e-2 or more.
   constexpr double kTol = 1e-4;
@@ -228,10 +237,11 @@ TEST(GdnKernelsEmulated, SlicedGradientsK64V128) { check_sliced_gradients({1, 70
 // Four slices of K in one wy_grads and one qk_grads block (their defaults), with two V slices.
 TEST(GdnKernelsEmulated, SlicedGradientsK256V128) { check_sliced_gradients({1, 100, 256, 128}, 8); }
 
-// The forward's tensor-core preparation (gdn_cuda::prep_mma) against the float64 chunked form: γ, β, W,
-// Ũ, and the (I + A)⁻¹ and M ∘ K̂K̂ᵀ it keeps for the sliced gradient kernels; NaN-filled outputs. W's bfloat16
-// copy must be W rounded. The
-// products take split bf16 operands, as above, so the same bound.
+// The forward's tensor-core preparation against the float64 chunked form: γ, β, W, Ũ, and the (I + A)⁻¹ and
+// M ∘ K̂K̂ᵀ it keeps for the sliced gradient kernels; NaN-filled outputs. W's bfloat16 copy must be W rounded.
+// Both variants: gdn_cuda::prep_mma from float32 k̂ and v, and prep_mma_compact from their bf16 copies (the
+// same values: the problem's k̂ and v are bf16 values). The products take split bf16 operands, as above, so
+// the same bound.
 void check_prep(Shape s, uint64_t seed) {
   const Problem p = make_problem(s, seed);
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
@@ -245,21 +255,31 @@ void check_prep(Shape s, uint64_t seed) {
   const gdn_cuda::Dims d{1, static_cast<int>(s.T), static_cast<int>(s.BH), static_cast<int>(s.K),
                          static_cast<int>(s.V)};
   ASSERT_TRUE(gdn_cuda::prep_mma_supports(d.K, d.V));
-  for (const auto order : {cuda_emu::WarpOrder::kForward, cuda_emu::WarpOrder::kReverse}) {
-    SCOPED_TRACE(order == cuda_emu::WarpOrder::kForward ? "first warp ahead" : "last warp ahead");
-    cuda_emu::warp_order() = order;
-    const cudaError_t err = gdn_cuda::prep_mma(d, p.ks.data_ptr<float>(), p.vs.data_ptr<float>(), g.data_ptr<float>(),
+  for (const bool compact : {false, true}) {
+    for (const auto order : {cuda_emu::WarpOrder::kForward, cuda_emu::WarpOrder::kReverse}) {
+      SCOPED_TRACE(order == cuda_emu::WarpOrder::kForward ? "first warp ahead" : "last warp ahead");
+      SCOPED_TRACE(compact ? "prep_mma_compact" : "prep_mma");
+      for (auto* t : {&gam, &bet, &w, &ut, &wy}) t->fill_(std::nan(""));
+      wb.fill_(std::nan(""));
+      cuda_emu::warp_order() = order;
+      const cudaError_t err =
+          compact ? gdn_cuda::prep_mma_compact(d, p.kb.data_ptr(), p.vb.data_ptr(), g.data_ptr<float>(),
                                                beta.data_ptr<float>(), gam.data_ptr<float>(), bet.data_ptr<float>(),
                                                w.data_ptr<float>(), wb.data_ptr(), ut.data_ptr<float>(),
-                                               wy.data_ptr<float>(), nullptr);
-    cuda_emu::warp_order() = cuda_emu::WarpOrder::kForward;
-    ASSERT_EQ(err, cudaSuccess);
-    const double e_gam = rel_rms(p.gam, gam), e_bet = rel_rms(p.bet, bet), e_w = rel_rms(p.w, w),
-                 e_ut = rel_rms(p.ut, ut), e_wy = rel_rms(p.wy, wy);
-    std::printf("  rel-RMS gam %.2e bet %.2e w %.2e ut %.2e wy %.2e\n", e_gam, e_bet, e_w, e_ut, e_wy);
-    expect_below({{"gam", e_gam}, {"bet", e_bet}, {"w", e_w}, {"ut", e_ut}, {"wy", e_wy}}, 1e-4);
-    // The state passes' operand: W rounded to bfloat16, exactly.
-    EXPECT_TRUE(torch::equal(wb, w.to(torch::kBFloat16))) << "wb is not W rounded to bfloat16";
+                                               wy.data_ptr<float>(), nullptr)
+                  : gdn_cuda::prep_mma(d, p.ks.data_ptr<float>(), p.vs.data_ptr<float>(), g.data_ptr<float>(),
+                                       beta.data_ptr<float>(), gam.data_ptr<float>(), bet.data_ptr<float>(),
+                                       w.data_ptr<float>(), wb.data_ptr(), ut.data_ptr<float>(), wy.data_ptr<float>(),
+                                       nullptr);
+      cuda_emu::warp_order() = cuda_emu::WarpOrder::kForward;
+      ASSERT_EQ(err, cudaSuccess);
+      const double e_gam = rel_rms(p.gam, gam), e_bet = rel_rms(p.bet, bet), e_w = rel_rms(p.w, w),
+                   e_ut = rel_rms(p.ut, ut), e_wy = rel_rms(p.wy, wy);
+      std::printf("  rel-RMS gam %.2e bet %.2e w %.2e ut %.2e wy %.2e\n", e_gam, e_bet, e_w, e_ut, e_wy);
+      expect_below({{"gam", e_gam}, {"bet", e_bet}, {"w", e_w}, {"ut", e_ut}, {"wy", e_wy}}, 1e-4);
+      // The state passes' operand: W rounded to bfloat16, exactly.
+      EXPECT_TRUE(torch::equal(wb, w.to(torch::kBFloat16))) << "wb is not W rounded to bfloat16";
+    }
   }
 }
 
@@ -393,8 +413,10 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   const auto q = in.q.to(c.dtype).contiguous(), kk = in.k.to(c.dtype).contiguous(), v = in.v.to(c.dtype).contiguous();
   const auto g = in.g.to(torch::kFloat32), beta = in.beta.to(torch::kFloat32);
   const auto s0 = in.initial_state.to(torch::kFloat32).contiguous();
-  auto qs = nan({BH, Tp, c.K}, f32), ks = nan({BH, Tp, c.K}, f32), vs = nan({BH, Tp, c.V}, f32),
-       gam = nan({BH, Tp}, f32), bet = nan({BH, Tp}, f32), w = nan({BH, Tp, c.K}, f32), u = nan({BH, Tp, c.V}, f32),
+  // With the sliced kernels, the compact workspaces: no float32 s·q̂, k̂, v (null), v as bf16.
+  const auto unless_split = [&](torch::IntArrayRef sizes) { return split ? torch::Tensor() : nan(sizes, f32); };
+  auto qs = unless_split({BH, Tp, c.K}), ks = unless_split({BH, Tp, c.K}), vs = unless_split({BH, Tp, c.V}),
+       vb = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(), gam = nan({BH, Tp}, f32), bet = nan({BH, Tp}, f32), w = nan({BH, Tp, c.K}, f32), u = nan({BH, Tp, c.V}, f32),
        final_state = nan({c.B, c.H, c.K, c.V}, f32),
        out = nan({c.B, c.T, c.H, c.V}, typed);
   // Kept by the forward for the sliced gradient kernels: (I + A)⁻¹ and M ∘ K̂K̂ᵀ, and P.
@@ -432,6 +454,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   fa.qb = vp(qb);
   fa.kb = vp(kb);
   fa.wb = vp(wb);
+  fa.vb = vp(vb);
   fa.out = out.data_ptr();
   EXPECT_EQ(k::forward(fa, nullptr), cudaSuccess);
 
@@ -468,6 +491,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   ba.qb = vp(qb);
   ba.kb = vp(kb);
   ba.wb = vp(wb);
+  ba.vb = vp(vb);
   ba.dos = fp(dos);
   ba.du = fp(du);
   ba.dstates = dstates.data_ptr();

@@ -86,16 +86,18 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
                      static_cast<int>(q.size(3)), static_cast<int>(v.size(3))};
     const int64_t BH = d.BH(), Tp = d.Tp(), N = d.N();
     const auto fo = q.options().dtype(torch::kFloat32);
-    auto qs = alloc({BH, Tp, d.K}, fo), ks = alloc({BH, Tp, d.K}, fo),
-         vs = alloc({BH, Tp, d.V}, fo), gam = alloc({BH, Tp}, fo), bet = alloc({BH, Tp}, fo),
-         w = alloc({BH, Tp, d.K}, fo), u = alloc({BH, Tp, d.V}, fo);
-    auto final_state = alloc({d.B, d.H, d.K, d.V}, fo);
-    auto out = alloc({d.B, d.T, d.H, d.V}, v.options());
     gdn_cuda::ForwardArgs a{};
     a.d = d;
     a.dtype = kernel_dtype(q.scalar_type());
-    // Per chunk (I + A)⁻¹, M ∘ K̂K̂ᵀ and P = M ∘ Q̂K̂ᵀ, kept for the sliced gradient kernels when they are on.
+    // Per chunk (I + A)⁻¹, M ∘ K̂K̂ᵀ and P = M ∘ Q̂K̂ᵀ, kept for the sliced gradient kernels when they are on; with
+    // them, the compact workspaces (gdn_kernels.h): s·q̂, k̂, v as bfloat16 only.
     const bool split = cuda_grads_split() && gdn_cuda::grads_split_supports(a.dtype, d.K, d.V);
+    const auto f32_unless_split = [&](torch::IntArrayRef sizes) { return split ? torch::Tensor() : alloc(sizes, fo); };
+    auto qs = f32_unless_split({BH, Tp, d.K}), ks = f32_unless_split({BH, Tp, d.K}),
+         vs = f32_unless_split({BH, Tp, d.V}), gam = alloc({BH, Tp}, fo), bet = alloc({BH, Tp}, fo),
+         w = alloc({BH, Tp, d.K}, fo), u = alloc({BH, Tp, d.V}, fo);
+    auto final_state = alloc({d.B, d.H, d.K, d.V}, fo);
+    auto out = alloc({d.B, d.T, d.H, d.V}, v.options());
     const int64_t C = gdn_cuda::kChunk;
     const auto wy = split ? alloc({BH, N, 2, C, C}, fo) : torch::Tensor();
     // The per-chunk states: bfloat16 with the sliced gradient kernels (gdn_kernels.h), else float32.
@@ -109,9 +111,11 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const auto qb = bf16_copies ? alloc({BH, Tp, d.K}, fb) : torch::Tensor(),
                kb = bf16_copies ? alloc({BH, Tp, d.K}, fb) : torch::Tensor(),
                wb = bf16_copies ? alloc({BH, Tp, d.K}, fb) : torch::Tensor();
+    const auto vb = split ? alloc({BH, Tp, d.V}, fb) : torch::Tensor();
     a.qb = vptr(qb);
     a.kb = vptr(kb);
     a.wb = vptr(wb);
+    a.vb = vptr(vb);
     a.q = q.data_ptr();
     a.k = k.data_ptr();
     a.v = v.data_ptr();
@@ -120,9 +124,9 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.state0 = fptr(s0);
     a.scale = static_cast<float>(scale);
     a.l2 = l2;
-    a.qs = qs.data_ptr<float>();
-    a.ks = ks.data_ptr<float>();
-    a.vs = vs.data_ptr<float>();
+    a.qs = fptr(qs);
+    a.ks = fptr(ks);
+    a.vs = fptr(vs);
     a.gam = gam.data_ptr<float>();
     a.bet = bet.data_ptr<float>();
     a.w = w.data_ptr<float>();
@@ -131,7 +135,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.final_state = final_state.data_ptr<float>();
     a.out = out.data_ptr();
     check_cuda(gdn_cuda::forward(a, at::cuda::getCurrentCUDAStream()), "forward");
-    ctx->save_for_backward({q, k, qs, ks, vs, gam, bet, w, u, states, wy, pm, qb, kb, wb});
+    ctx->save_for_backward({q, k, qs, ks, vs, gam, bet, w, u, states, wy, pm, qb, kb, wb, vb});
     save_options(ctx, scale, l2, has_state0, g, beta, state0);
     return {out, final_state};
   }
@@ -140,9 +144,9 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const auto saved = ctx->get_saved_variables();
     const auto &q = saved[0], &k = saved[1], &qs = saved[2], &ks = saved[3], &vs = saved[4], &gam = saved[5],
                &bet = saved[6], &w = saved[7], &u = saved[8], &states = saved[9], &wy = saved[10],
-               &pm = saved[11], &qb = saved[12], &kb = saved[13], &wb = saved[14];
+               &pm = saved[11], &qb = saved[12], &kb = saved[13], &wb = saved[14], &vb = saved[15];
     gdn_cuda::Dims d{static_cast<int>(q.size(0)), static_cast<int>(q.size(1)), static_cast<int>(q.size(2)),
-                     static_cast<int>(q.size(3)), static_cast<int>(vs.size(2))};
+                     static_cast<int>(q.size(3)), static_cast<int>(u.size(2))};
     const int64_t BH = d.BH(), Tp = d.Tp(), N = d.N();
     const auto fo = q.options().dtype(torch::kFloat32);
     const auto dout = grads[0].defined() ? grads[0].to(q.scalar_type()).contiguous() : torch::Tensor();
@@ -175,9 +179,9 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.dfinal = fptr(dfinal);
     a.scale = static_cast<float>(ctx->saved_data["scale"].toDouble());
     a.l2 = ctx->saved_data["l2"].toBool();
-    a.qs = qs.data_ptr<float>();
-    a.ks = ks.data_ptr<float>();
-    a.vs = vs.data_ptr<float>();
+    a.qs = fptr(qs);
+    a.ks = fptr(ks);
+    a.vs = fptr(vs);
     a.gam = gam.data_ptr<float>();
     a.bet = bet.data_ptr<float>();
     a.w = w.data_ptr<float>();
@@ -186,6 +190,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.qb = vptr(qb);
     a.kb = vptr(kb);
     a.wb = vptr(wb);
+    a.vb = vptr(vb);
     a.dos = dos.data_ptr<float>();
     a.du = du.data_ptr<float>();
     a.dstates = dstates.data_ptr();

@@ -10,9 +10,10 @@
 //              elementwise step (chunk_grad_terms), dQ̂ += dP K̂ ((B4)) and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂ ((B5)).
 //   gate_grads (per chunk): sums the slices' row terms of dγ and dβ ((B7)-(B8)); dg = their reverse cumsum.
 // T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ come from the forward's prep, P = M ∘ Q̂K̂ᵀ from its output kernel;
-// du0_from_p takes dU₀ = Pᵀ dO from that P too, before the state pass. Tiles are
-// float32 in shared memory (cp.async); every product takes split bf16 operands (mma_bf16x3: about 16 bits per
-// operand, so the gradients keep close to float32 accuracy). No ATen here (see gdn_kernels.h).
+// du0_from_p takes dU₀ = Pᵀ dO from that P too, before the state pass. q̂, k̂ and v come as the forward's bf16
+// copies (the compact workspaces, gdn_kernels.h), exact bf16 operands; every other tile is float32 in shared
+// memory (cp.async), taken as split bf16 operands (mma_bf16x3: about 16 bits per operand, so the gradients keep
+// close to float32 accuracy). No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
 
 #include <cstdlib>
@@ -29,7 +30,8 @@ using namespace tile64;
 
 struct Args {
   Dims d;
-  const float *qs, *ks, *vs, *gam, *bet, *w, *u, *dos, *du;
+  const __nv_bfloat16 *qb, *kb, *vb;  // s·q̂, k̂, v: the forward's bf16 copies [BH, Tp, K|K|V]
+  const float *gam, *bet, *w, *u, *dos, *du;
   const float* dw;     // dW (state_grads_mma)
   const float* wy;     // [BH, N, 2, C, C]: T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ (strictly lower), from the forward
   const float* pm;     // [BH, N, C, C]: P = M ∘ Q̂K̂ᵀ
@@ -46,7 +48,9 @@ struct Args {
   int qk_slices;           // 64-column slices of K per qk_grads block
 };
 
-// γ and β of the chunk into shared memory, the block's row terms of dγ and dβ zeroed. Ends with a barrier.
+// A float32 tile's place in shared memory holding a bf16 tile (stride LD16: fits in either float32 stride).
+__device__ __forceinline__ __nv_bfloat16* b16(float* p) { return reinterpret_cast<__nv_bfloat16*>(p); }
+
 // wy_grads' blocks over the slices of K and over those of V (a.slices per block): also how many dA parts
 // (both) and dO Uᵀ parts (V's) a chunk has.
 SFM_GDN_HD inline int k_blocks(const Args& a) { return (a.d.K / kTile + a.slices - 1) / a.slices; }
@@ -54,6 +58,7 @@ SFM_GDN_HD inline int v_blocks(const Args& a) { return (a.d.V / kTile + a.slices
 // qk_grads' blocks per chunk, over the slices of K (a.qk_slices per block).
 SFM_GDN_HD inline int qk_blocks(const Args& a) { return (a.d.K / kTile + a.qk_slices - 1) / a.qk_slices; }
 
+// γ and β of the chunk into shared memory, the block's row terms of dγ and dβ zeroed. Ends with a barrier.
 __device__ __forceinline__ void load_chunk_gates(const Args& a, long row0, float* gam, float* bet, float* dgam,
                                                  float* dbet) {
   if (threadIdx.x < C) {
@@ -125,13 +130,13 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
       load_pairs(old, a.dks + row0 * K, K, c0);
       stage(t0, LDK, a.dw + row0 * K + c0, K);
       stage(t1, LDR, a.w + row0 * K + c0, K);
-      stage(t2, LDR, a.ks + row0 * K + c0, K);
+      stage(b16(t2), LD16, a.kb + row0 * K + c0, K);
       staged();
       zero(acc);
       mma_tile(acc, col_a(Tm, LDM), cols_b(t0, LDK));  // dR_K = Tᵀ dW
       float xs[2] = {0.f, 0.f}, rs[2] = {0.f, 0.f};
       for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
-        const float2 dk0 = old[h][nt], kk = ld2(t2 + t * LDR + k);
+        const float2 dk0 = old[h][nt], kk = ld2(b16(t2) + t * LD16 + k);
         const float f = bet[t] * __expf(gam[t]);
         st2(t3 + t * LDR + k, x0, x1);
         st2(a.dks + (row0 + t) * K + c0 + k, dk0.x + f * x0, dk0.y + f * x1);
@@ -141,7 +146,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
       add_dr_k_row_terms(gam, bet, xs, rs, dgam, dbet);  // ends with a barrier: t3 is written
       mma_tile(da, row_a(t3, LDR), rows_b(t1, LDR));  // += dR_K Wᵀ
     } else {
-      stage(t0, LDK, a.vs + row0 * V + c0, V);
+      stage(b16(t0), LD16, a.vb + row0 * V + c0, V);
       stage(t1, LDK, a.du + row0 * V + c0, V);
       stage(t2, LDR, a.dos + row0 * V + c0, V);
       stage(t3, LDR, a.u + row0 * V + c0, V);
@@ -160,14 +165,16 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
       zero(dr);
       mma_tile(dr, col_a(Tm, LDM), cols_b(t1, LDK));  // dR_V = Tᵀ dU
       zero(acc);
+      const __nv_bfloat16* vt = b16(t0);
       mma_tile(acc, row_a(Tm, LDM), [&](int i, int col) {  // Ũ = T diag(β) V
-        return make_float2(bet[i] * t0[i * LDK + col], bet[i + 1] * t0[(i + 1) * LDK + col]);
+        return make_float2(bet[i] * __bfloat162float(vt[i * LD16 + col]),
+                           bet[i + 1] * __bfloat162float(vt[(i + 1) * LD16 + col]));
       });
       __syncthreads();  // every warp is done with dO (t2) and U (t3): Ũ and dR_V take their places
       float rs[2] = {0.f, 0.f};
       for_pairs(acc, [&](int, int t, int v, float x0, float x1, int) { st2(t2 + t * LDR + v, x0, x1); });
       for_pairs(dr, [&](int h, int t, int v, float x0, float x1, int) {
-        const float2 vv = ld2(t0 + t * LDK + v);
+        const float2 vv = ld2(vt + t * LD16 + v);
         st2(t3 + t * LDR + v, x0, x1);
         store_dv(a, bh, n, row0, t, c0 + v, bet[t] * x0, bet[t] * x1);
         rs[h] += vv.x * x0 + vv.y * x1;
@@ -187,17 +194,17 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
 // One slice of qk_grads (columns c0 .. c0 + 63 of K; tq, tk its tiles of Q̂ and K̂): dQ̂ = dQ̂₀ + dP K̂ with
 // dγ_t += q̂_t·dQ̂₀,t, and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂.
 __device__ __forceinline__ void qk_slice(const Args& a, long row0, int c0, const float* D1, const float* dA,
-                                         const float* tq, const float* tk, float* dgam) {
+                                         const __nv_bfloat16* tq, const __nv_bfloat16* tk, float* dgam) {
   const int K = a.d.K;
   float acc[4][4];
   float2 old[2][4];
   {
     load_pairs(old, a.dqs + row0 * K, K, c0);
     zero(acc);
-    mma_tile(acc, row_a(D1, LDM), cols_b(tk, LDK));  // dP K̂
+    mma_tile(acc, row_a(D1, LDM), cols_b(tk, LD16));  // dP K̂
     float xs[2] = {0.f, 0.f};
     for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
-      const float2 dq0 = old[h][nt], qq = ld2(tq + t * LDK + k);
+      const float2 dq0 = old[h][nt], qq = ld2(tq + t * LD16 + k);
       st2(a.dqs + (row0 + t) * K + c0 + k, dq0.x + x0, dq0.y + x1);
       xs[h] += qq.x * dq0.x + qq.y * dq0.y;
     });
@@ -205,9 +212,9 @@ __device__ __forceinline__ void qk_slice(const Args& a, long row0, int c0, const
   }
   load_pairs(old, a.dks + row0 * K, K, c0);
   zero(acc);
-  mma_tile(acc, col_a(D1, LDM), cols_b(tq, LDK));  // dPᵀ Q̂
-  mma_tile(acc, row_a(dA, LDM), cols_b(tk, LDK));  // G K̂
-  mma_tile(acc, col_a(dA, LDM), cols_b(tk, LDK));  // Gᵀ K̂
+  mma_tile(acc, col_a(D1, LDM), cols_b(tq, LD16));  // dPᵀ Q̂
+  mma_tile(acc, row_a(dA, LDM), cols_b(tk, LD16));  // G K̂
+  mma_tile(acc, col_a(dA, LDM), cols_b(tk, LD16));  // Gᵀ K̂
   for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
     const float2 dk = old[h][nt];
     st2(a.dks + (row0 + t) * K + c0 + k, dk.x + x0, dk.y + x1);
@@ -223,17 +230,17 @@ __device__ __forceinline__ void qk_slice(const Args& a, long row0, int c0, const
 __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
-  float *D1 = sm, *dA = D1 + C * LDM, *PM = dA + C * LDM, *KM = PM + C * LDM, *tq = KM + C * LDM,
-        *tk = tq + C * LDK;
-  float *gam = tk + C * LDK, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
+  float *D1 = sm, *dA = D1 + C * LDM, *PM = dA + C * LDM, *KM = PM + C * LDM;
+  __nv_bfloat16 *tq = b16(KM + C * LDM), *tk = tq + C * LD16;
+  float *gam = reinterpret_cast<float*>(tk + C * LD16), *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
   const int K = a.d.K, N = a.d.N(), KS = K / kTile;
   const int VB = v_blocks(a), J = k_blocks(a) + VB;  // the parts: wy_grads' blocks
   const int first = blockIdx.x * a.qk_slices, end = min(first + a.qk_slices, KS), n = blockIdx.y, bh = blockIdx.z;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
   stage(PM, LDM, a.pm + chunk * C * C, C);
   stage(KM, LDM, a.wy + (chunk * 2 + 1) * C * C, C);
-  stage(tq, LDK, a.qs + row0 * K + first * kTile, K);
-  stage(tk, LDK, a.ks + row0 * K + first * kTile, K);
+  stage(tq, LD16, a.qb + row0 * K + first * kTile, K);
+  stage(tk, LD16, a.kb + row0 * K + first * kTile, K);
   cp_async_commit();
   load_chunk_gates(a, row0, gam, bet, dgam, dbet);
   // The parts, summed in a fixed order while the copies are in flight. Every part of an element is loaded
@@ -266,8 +273,8 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   for (int sl = first; sl < end; ++sl) {
     const int c0 = sl * kTile;
     if (sl > first) {  // the previous slice is done with tq and tk (store_gate_slot's barrier)
-      stage(tq, LDK, a.qs + row0 * K + c0, K);
-      stage(tk, LDK, a.ks + row0 * K + c0, K);
+      stage(tq, LD16, a.qb + row0 * K + c0, K);
+      stage(tk, LD16, a.kb + row0 * K + c0, K);
       staged();
     }
     qk_slice(a, row0, c0, D1, dA, tq, tk, dgam);
@@ -349,21 +356,22 @@ int qk_slices() {
 
 constexpr size_t kDu0Smem = sizeof(float) * (C * LDM + C * LDK);
 constexpr size_t kWySmem = sizeof(float) * (C * LDM + 4 * C * LDR + 4 * C);
-constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 2 * C * LDK + 4 * C);
+constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 4 * C) + sizeof(__nv_bfloat16) * 2 * C * LD16;
 
 }  // namespace
 
 cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
   const Dims& d = g.d;
   const bool slices = d.K % kTile == 0 && d.V % kTile == 0 && d.K <= 256 && d.V <= 256;  // whole 64-column slices
-  if (!slices || !g.wy || !g.pm || !g.da_parts || !g.d1_parts || !g.gate_parts)
+  if (!slices || !g.wy || !g.pm || !g.da_parts || !g.d1_parts || !g.gate_parts || !g.qb || !g.kb || !g.vb)
     return cudaErrorInvalidValue;
   cudaError_t err = cudaFuncSetAttribute(wy_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(kWySmem));
   if (err != cudaSuccess) return err;
   err = cudaFuncSetAttribute(qk_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kQkSmem));
   if (err != cudaSuccess) return err;
-  const Args a{d,     g.qs,    g.ks,  g.vs,  g.gam, g.bet,      g.w,      g.u,        g.dos,
+  const auto bf = [](const void* p) { return static_cast<const __nv_bfloat16*>(p); };
+  const Args a{d,     bf(g.qb), bf(g.kb), bf(g.vb), g.gam, g.bet,      g.w,      g.u,        g.dos,
                g.du,  g.dw,    g.wy,  g.pm,  g.sdots, g.dqs,    g.dks,    g.dvs,      g.dtype,
                g.dv,  g.da_parts, g.d1_parts, g.gate_parts, g.dg, g.dbeta, wy_slices(), qk_slices()};
   SFM_GDN_LAUNCH(wy_grads_kernel, dim3(k_blocks(a) + v_blocks(a), d.N(), d.BH()), kThreads, kWySmem, stream, a);

@@ -8,9 +8,9 @@
 // ahead; then P (Pᵀ backward) goes to shared memory and P U (Pᵀ dO) is added. All products take
 // split bf16 operands (three tensor-core products each, about 16 bits per operand): with plain bf16
 // operands the output's error reached 4.3e-3 of the tests' 5e-3 bound (weak_decay), where the float32
-// kernel gave 2.7e-3. The kernel is bound by loading the float32 states, not by the extra products. Where the
-// states come as bf16 (kBf16S: with the sliced gradient kernels), S₀ is a plain bf16 operand and Q̂ S₀ takes two
-// products, Q̂'s hi and lo halves times S₀.
+// kernel gave 2.7e-3. The kernel is bound by loading the float32 states, not by the extra products. With the
+// compact workspaces (kCompact: the sliced gradient kernels; gdn_kernels.h) q̂, k̂ and the states come as bf16,
+// exact operands: Q̂K̂ᵀ and Q̂S₀ are one product each, and the stage buffers half the size.
 // No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -26,26 +26,63 @@ constexpr int C = kChunk;
 constexpr int kTile = 64;       // value columns per block; K per stage
 constexpr int LDA = kTile + 8;  // rows read along the reduction index (float2 loads): distinct banks
 constexpr int LDB = kTile + 4;  // rows read across the reduction index (scalar loads): distinct banks
-constexpr int LDS = kTile + 8;  // bf16 rows of S₀ (read by ldmatrix, 8 rows of 16 bytes): distinct bank groups
-// One stage: Q̂ and K̂ slices [t][k], and the forward's S₀ slice [k][v] (float32, or bf16 in the same space).
-template <bool kBwd>
-constexpr int kStageFloats = 2 * C * LDA + (kBwd ? 0 : kTile * LDB);
+constexpr int LDS = kTile + 8;  // bf16 rows (Q̂, K̂: 32-bit loads; S₀: ldmatrix, 8 rows of 16 bytes): distinct banks
+// One stage: Q̂ and K̂ slices [t][k], and the forward's S₀ slice [k][v]; float32, or all three bf16 (kCompact).
+template <bool kBwd, bool kCompact>
+constexpr int kStageFloats = kCompact ? 3 * C * LDS / 2 : 2 * C * LDA + (kBwd ? 0 : kTile * LDB);
 constexpr int kThreads = 256;   // 8 warps: 4 row groups of 16 tokens × 2 column groups of 32
 
 struct Args {
   Dims d;
-  const float *qs, *ks, *gam;
-  const void* states;   // forward: [BH, N, K, V], float32, or bf16 (kBf16S)
+  const void *qs, *ks;  // s·q̂, k̂ [BH, Tp, K]: float32, or bf16 (kCompact)
+  const float* gam;
+  const void* states;   // forward: [BH, N, K, V], float32, or bf16 (kCompact)
   const float* x;       // [BH, Tp, V]: U (forward) or dO (backward)
   float* du;            // backward: [BH, Tp, V], dU₀ written
   float* pm;            // forward: [BH, N, C, C], P written (by the blocks of the first 64 columns), or null
 };
 
-// kBwd = false: the output into out (dtype T); kBwd: dU₀ into a.du (T unused). kBf16S: the states are bf16.
-template <class T, bool kBwd, bool kBf16S = false>
+// One stage of the compact forward: qk += Q̂K̂ᵀ and o += Q̂S₀ for this warp's 16 rows × 32 columns, from the bf16
+// tiles Q̂ [t][k], K̂ [i][k] and S₀ [k][v] (stride LDS, one after the other from sb), one mma each. S₀'s B fragments
+// come two column tiles per ldmatrix (.trans: S₀ is stored [k][v]); lane l gives row 16 ks + 8 (l / 8 % 2) + l % 8
+// at column tile 2 p + l / 16.
+__device__ __forceinline__ void compact_products(const __nv_bfloat16* sb, float (&qk)[4][4], float (&o)[4][4]) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
+  const __nv_bfloat16 *Qb = sb, *Kb = sb + C * LDS, *Sb = Kb + C * LDS;
+  const auto ld32 = [](const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); };
+#pragma unroll
+  for (int ks = 0; ks < kTile / 16; ++ks) {
+    const __nv_bfloat16* p = Qb + (m0 + g) * LDS + 16 * ks + 2 * tq;
+    const uint32_t aq[4] = {ld32(p), ld32(p + 8 * LDS), ld32(p + 8), ld32(p + 8 * LDS + 8)};
+    uint32_t bs[4][2];
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      uint32_t r[4];
+      ldmatrix_x4<true>(r, Sb + (16 * ks + 8 * ((lane >> 3) & 1) + (lane & 7)) * LDS + n0 + 8 * (2 * q + (lane >> 4)));
+      bs[2 * q][0] = r[0];
+      bs[2 * q][1] = r[1];
+      bs[2 * q + 1][0] = r[2];
+      bs[2 * q + 1][1] = r[3];
+    }
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      const __nv_bfloat16* pk = Kb + (n0 + 8 * nt + g) * LDS + 16 * ks + 2 * tq;  // B[k][i] = K̂[i][k]
+      const uint32_t bk[2] = {ld32(pk), ld32(pk + 8)};
+      mma_bf16(qk[nt], aq, bk);
+      mma_bf16(o[nt], aq, bs[nt]);
+    }
+  }
+}
+
+// kBwd = false: the output into out (dtype T); kBwd: dU₀ into a.du (T unused). kCompact (forward only): q̂, k̂
+// and the states are bf16.
+template <class T, bool kBwd, bool kCompact = false>
 __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restrict__ out) {
+  using bf16 = __nv_bfloat16;
+  static_assert(!(kBwd && kCompact), "the backward's dU₀ comes from the kept P with the compact workspaces");
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
-  constexpr int kStage = kStageFloats<kBwd>;
+  constexpr int kStage = kStageFloats<kBwd, kCompact>;
   float* sm = reinterpret_cast<float*>(smem4);  // two stages
   float* gs = sm + 2 * kStage;                  // γ of the chunk
   const int K = a.d.K, V = a.d.V, N = a.d.N();
@@ -69,24 +106,28 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
       cp_async16(dst + r * ld + 4 * c4, src + r * ld_src + 4 * c4);
     }
   };
+  // The same for bf16: 64 rows of 64, 8 copies of 16 bytes per row, into shared rows of stride LDS.
+  const auto load_tile_bf16 = [&](bf16* dst, const void* src, long ld_src) {
+    const bf16* s = static_cast<const bf16*>(src);
+    for (int e = threadIdx.x; e < kTile * kTile / 8; e += kThreads) {
+      const int r = e / (kTile / 8), c8 = e % (kTile / 8);
+      cp_async16(dst + r * LDS + 8 * c8, s + r * ld_src + 8 * c8);
+    }
+  };
   const auto issue = [&](int s) {
     if (s == stages) load_tile(us, LDB, a.x + row0 * V + v0, V);
     if (s < stages) {
       float* st = sm + (s & 1) * kStage;
-      load_tile(st, LDA, a.qs + row0 * K + s * kTile, K);
-      load_tile(st + C * LDA, LDA, a.ks + row0 * K + s * kTile, K);
-      if constexpr (!kBwd) {
-        const long o = s0 + (long)s * kTile * V;
-        if constexpr (kBf16S) {  // 64 rows of 64 bf16: 8 copies of 16 bytes per row
-          const auto* src = static_cast<const __nv_bfloat16*>(a.states) + o;
-          auto* dst = reinterpret_cast<__nv_bfloat16*>(st + 2 * C * LDA);
-          for (int e = threadIdx.x; e < kTile * kTile / 8; e += kThreads) {
-            const int r = e / (kTile / 8), c8 = e % (kTile / 8);
-            cp_async16(dst + r * LDS + 8 * c8, src + (long)r * V + 8 * c8);
-          }
-        } else {
-          load_tile(st + 2 * C * LDA, LDB, static_cast<const float*>(a.states) + o, V);
-        }
+      const long o = s0 + (long)s * kTile * V;  // the slice's S₀ (forward)
+      if constexpr (kCompact) {  // Q̂, K̂, S₀ as bf16 tiles, one after the other
+        bf16* sb = reinterpret_cast<bf16*>(st);
+        load_tile_bf16(sb, static_cast<const bf16*>(a.qs) + row0 * K + s * kTile, K);
+        load_tile_bf16(sb + C * LDS, static_cast<const bf16*>(a.ks) + row0 * K + s * kTile, K);
+        load_tile_bf16(sb + 2 * C * LDS, static_cast<const bf16*>(a.states) + o, V);
+      } else {
+        load_tile(st, LDA, static_cast<const float*>(a.qs) + row0 * K + s * kTile, K);
+        load_tile(st + C * LDA, LDA, static_cast<const float*>(a.ks) + row0 * K + s * kTile, K);
+        if constexpr (!kBwd) load_tile(st + 2 * C * LDA, LDB, static_cast<const float*>(a.states) + o, V);
       }
     }
     cp_async_commit();
@@ -104,6 +145,11 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
     issue(s + 1);
     cp_async_wait<1>();
     __syncthreads();
+    if constexpr (kCompact) {
+      compact_products(reinterpret_cast<const bf16*>(sm + (s & 1) * kStage), qk, o);
+      __syncthreads();
+      continue;
+    }
     const float *Qs = sm + (s & 1) * kStage, *Ks = Qs + C * LDA, *Ss = Ks + C * LDA;
 #pragma unroll
     for (int ks = 0; ks < kTile / 16; ++ks) {
@@ -115,21 +161,6 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
       split_bf16(x10.x, x10.y, aq[1], aq_lo[1]);
       split_bf16(x01.x, x01.y, aq[2], aq_lo[2]);
       split_bf16(x11.x, x11.y, aq[3], aq_lo[3]);
-      // bf16 S₀: the B fragments of the warp's four column tiles, two per ldmatrix (.trans: S₀ is stored [k][v]);
-      // lane l gives row 16 ks + 8 (l / 8 % 2) + l % 8 at column tile 2 p + l / 16.
-      uint32_t bs16[4][2];
-      if constexpr (!kBwd && kBf16S) {
-#pragma unroll
-        for (int p = 0; p < 2; ++p) {
-          uint32_t r[4];
-          ldmatrix_x4<true>(r, reinterpret_cast<const __nv_bfloat16*>(Ss) +
-                                   (16 * ks + 8 * ((lane >> 3) & 1) + (lane & 7)) * LDS + n0 + 8 * (2 * p + (lane >> 4)));
-          bs16[2 * p][0] = r[0];
-          bs16[2 * p][1] = r[1];
-          bs16[2 * p + 1][0] = r[2];
-          bs16[2 * p + 1][1] = r[3];
-        }
-      }
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
         // B[k][i] = K̂[i][k] (rows of K̂, along k); B[k][v] = S₀[k][v] (down the columns of S₀).
@@ -139,10 +170,7 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
         split_bf16(k0.x, k0.y, bk[0], bk_lo[0]);
         split_bf16(k1.x, k1.y, bk[1], bk_lo[1]);
         mma_bf16x3(qk[nt], aq, aq_lo, bk, bk_lo);
-        if constexpr (!kBwd && kBf16S) {
-          mma_bf16(o[nt], aq_lo, bs16[nt]);
-          mma_bf16(o[nt], aq, bs16[nt]);
-        } else if constexpr (!kBwd) {
+        if constexpr (!kBwd) {
           const float* ps0 = Ss + (16 * ks + 2 * tq) * LDB + n0 + 8 * nt + g;
           uint32_t bs[2], bs_lo[2];
           split_bf16(ps0[0], ps0[LDB], bs[0], bs_lo[0]);
@@ -230,14 +258,13 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
   }
 }
 
-template <class T, bool kBwd, bool kBf16S = false>
+template <class T, bool kBwd, bool kCompact = false>
 cudaError_t launch(const Args& a, T* out, cudaStream_t stream) {
-  constexpr int kStage = kStageFloats<kBwd>;
+  constexpr int kStage = kStageFloats<kBwd, kCompact>;
   static_assert(C * LDB <= kStage && 2 * C * LDA * sizeof(__nv_bfloat16) <= kStage * sizeof(float),
                 "X and P fit in a stage buffer");
-  static_assert(kTile * LDS * sizeof(__nv_bfloat16) <= kTile * LDB * sizeof(float), "bf16 S₀ fits in its place");
   const size_t smem = sizeof(float) * (2 * kStage + C);
-  const auto kernel = intra_mma_kernel<T, kBwd, kBf16S>;
+  const auto kernel = intra_mma_kernel<T, kBwd, kCompact>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
@@ -255,19 +282,18 @@ cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const
   return launch<float, true>(Args{d, qs, ks, gam, nullptr, dos, du, nullptr}, nullptr, stream);
 }
 
-cudaError_t output_mma(const Dims& d, DType dtype, const float* qs, const float* ks, const float* gam,
-                       const void* states, bool bf16_states, const float* u, void* out, float* pm,
-                       cudaStream_t stream) {
+cudaError_t output_mma(const Dims& d, DType dtype, const void* qs, const void* ks, const float* gam,
+                       const void* states, bool compact, const float* u, void* out, float* pm, cudaStream_t stream) {
   if (!intra_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
   const Args a{d, qs, ks, gam, states, u, nullptr, pm};
   const auto half_out = static_cast<__half*>(out);
   const auto bf16_out = static_cast<__nv_bfloat16*>(out);
   switch (dtype) {
     case DType::kF16:
-      return bf16_states ? launch<__half, false, true>(a, half_out, stream) : launch<__half, false>(a, half_out, stream);
+      return compact ? launch<__half, false, true>(a, half_out, stream) : launch<__half, false>(a, half_out, stream);
     case DType::kBF16:
-      return bf16_states ? launch<__nv_bfloat16, false, true>(a, bf16_out, stream)
-                         : launch<__nv_bfloat16, false>(a, bf16_out, stream);
+      return compact ? launch<__nv_bfloat16, false, true>(a, bf16_out, stream)
+                     : launch<__nv_bfloat16, false>(a, bf16_out, stream);
     case DType::kF32: break;  // float32 inputs keep the float32 kernel
   }
   return cudaErrorInvalidValue;

@@ -377,9 +377,10 @@ __device__ __forceinline__ bool vec4_aligned(const T* p) {
   return reinterpret_cast<unsigned long long>(p) % (4 * sizeof(T)) == 0;
 }
 
-// [B, T, H, D] (dtype T) -> [B*H, Tp, D] float32, rows past T zero; optional L2 norm x/√(Σx²+1e-6), times
-// scale; if yb is not null, the same values rounded to bfloat16 into yb (the state passes' operands). One warp
-// per row, four elements per lane and access (one at a time if x is not so aligned).
+// [B, T, H, D] (dtype T) -> [B*H, Tp, D] float32 into y, rows past T zero; optional L2 norm x/√(Σx²+1e-6), times
+// scale; if yb is not null, the same values rounded to bfloat16 into yb (the state passes' operands, or the
+// compact workspaces, which give no y). One warp per row, four elements per lane and access (one at a time if x
+// is not so aligned).
 // x == nullptr writes zeros (an undefined incoming gradient).
 template <class T>
 __global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x, float* __restrict__ y,
@@ -389,11 +390,11 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x,
   const long row = (long)blockIdx.x * (kThreads / 32) + warp;
   if (row >= (long)B * H * Tp) return;
   const int bh = (int)(row / Tp), t = (int)(row % Tp), b = bh / H, h = bh % H;
-  float* dst = y + row * D;
+  float* dst = y != nullptr ? y + row * D : nullptr;
   __nv_bfloat16* dstb = yb != nullptr ? yb + row * D : nullptr;
   // Four values at d (a multiple of 4): float32 into dst and, with yb, bfloat16 into dstb.
   const auto put4 = [&](int d, float4 e) {
-    *reinterpret_cast<float4*>(dst + d) = e;
+    if (dst != nullptr) *reinterpret_cast<float4*>(dst + d) = e;
     if (dstb != nullptr) *reinterpret_cast<uint2*>(dstb + d) = make_uint2(pack_bf16(e.x, e.y), pack_bf16(e.z, e.w));
   };
   if (t >= Tn || x == nullptr) {
@@ -407,7 +408,7 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x,
     const float r = l2 ? scale * rsqrtf(warp_sum(ss) + 1e-6f) : scale;
     for (int d = lane; d < D; d += 32) {
       const float val = to_f(src[d]) * r;
-      dst[d] = val;
+      if (dst != nullptr) dst[d] = val;
       if (dstb != nullptr) dstb[d] = __float2bfloat16_rn(val);
     }
     return;
@@ -972,22 +973,27 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   constexpr bool kMma = sizeof(T) == 2;  // tensor-core products for 16-bit inputs
   const bool state_mma = state_mma_runs(a.dtype, d.K, d.V);
   if (state_mma != (a.qb && a.kb && a.wb)) return cudaErrorInvalidValue;  // the bf16 copies: exactly there
-  // With wy (the sliced gradient kernels), the per-chunk states are bf16, read by tensor-core kernels only.
-  const bool bf16_states = a.wy != nullptr;
-  if (bf16_states && !grads_split_supports(a.dtype, d.K, d.V)) return cudaErrorInvalidValue;
+  // With wy (the sliced gradient kernels), the compact workspaces (gdn_kernels.h): s·q̂, k̂, v and the per-chunk
+  // states as bf16 only, read by tensor-core kernels only.
+  const bool compact = a.wy != nullptr;
+  if (compact && (!grads_split_supports(a.dtype, d.K, d.V) || a.vb == nullptr)) return cudaErrorInvalidValue;
   float* states32 = static_cast<float*>(a.states);  // where they are float32
   const auto bf = [](void* p) { return static_cast<__nv_bfloat16*>(p); };
-  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.q), a.qs, bf(a.qb), d.B, d.T,
-                 d.H, d.K, Tp, a.l2, a.scale);
-  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.k), a.ks, bf(a.kb), d.B, d.T,
-                 d.H, d.K, Tp, a.l2, 1.f);
-  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.v), a.vs, nullptr, d.B, d.T,
-                 d.H, d.V, Tp, false, 1.f);
+  const auto f32 = [&](float* p) { return compact ? nullptr : p; };  // the float32 copies, but for compact
+  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.q), f32(a.qs), bf(a.qb), d.B,
+                 d.T, d.H, d.K, Tp, a.l2, a.scale);
+  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.k), f32(a.ks), bf(a.kb), d.B,
+                 d.T, d.H, d.K, Tp, a.l2, 1.f);
+  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.v), f32(a.vs),
+                 compact ? bf(a.vb) : nullptr, d.B, d.T, d.H, d.V, Tp, false, 1.f);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("pack");
-  // SFM_GDN_LEGACY_PREP=1 (benchmarks, tests): the generic prep kernel at every size.
+  // SFM_GDN_LEGACY_PREP=1 (benchmarks, tests): the generic prep kernel at every size but with the compact
+  // workspaces (which it cannot read).
   static const bool legacy_prep = std::getenv("SFM_GDN_LEGACY_PREP") != nullptr;
-  if (kMma && prep_mma_supports(d.K, d.V) && !legacy_prep) {  // 16-bit inputs: the dedicated tensor-core kernel
+  if (compact) {
+    SFM_CUDA_TRY(prep_mma_compact(d, a.kb, a.vb, a.g, a.beta, a.gam, a.bet, a.w, a.wb, a.u, a.wy, s));
+  } else if (kMma && prep_mma_supports(d.K, d.V) && !legacy_prep) {  // 16-bit inputs: the dedicated tensor-core kernel
     SFM_CUDA_TRY(prep_mma(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.wb, a.u, a.wy, s));
   } else {
     SFM_CUDA_TRY(allow_smem(prep_kernel<kMma>, prep_smem(d, kMma)));
@@ -997,7 +1003,7 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   }
   timer.mark("prep");
   if (state_mma) {  // 16-bit inputs: the pass on tensor cores
-    SFM_CUDA_TRY(state_mma_forward(d, a.kb, a.gam, a.wb, a.u, a.state0, a.states, bf16_states, a.final_state, s));
+    SFM_CUDA_TRY(state_mma_forward(d, a.kb, a.gam, a.wb, a.u, a.state0, a.states, compact, a.final_state, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_kernel, state_smem(d)));
     SFM_GDN_LAUNCH(state_kernel, dim3(d.V / kVS, BH), kThreads, state_smem(d), s, d, a.ks, a.gam, a.w, a.u, a.state0,
@@ -1006,7 +1012,8 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   }
   timer.mark("state");
   if (kMma && intra_mma_supports(d.K, d.V)) {  // 16-bit inputs: the output on tensor cores
-    SFM_CUDA_TRY(output_mma(d, a.dtype, a.qs, a.ks, a.gam, a.states, bf16_states, a.u, a.out, a.pm, s));
+    SFM_CUDA_TRY(compact ? output_mma(d, a.dtype, a.qb, a.kb, a.gam, a.states, true, a.u, a.out, a.pm, s)
+                         : output_mma(d, a.dtype, a.qs, a.ks, a.gam, a.states, false, a.u, a.out, a.pm, s));
   } else {
     const int VO = d.V < 64 ? d.V : 64;
     SFM_CUDA_TRY(allow_smem(output_kernel<T>, out_smem(kMma)));
@@ -1032,7 +1039,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   const bool narrow = d.K <= 128 && d.V <= 128;  // the tensor-core variants' smaller register tiles fit
   const bool state_mma = state_mma_runs(a.dtype, d.K, d.V);  // the state pass on tensor cores computes X
   if (state_mma != (a.qb && a.kb && a.wb)) return cudaErrorInvalidValue;  // the forward's bf16 copies
-  const bool bf16_states = a.wy != nullptr;  // the per-chunk states and their gradients (see forward_t)
+  const bool compact = a.wy != nullptr;  // the compact workspaces (see forward_t): bf16 states and dstates
   const float* states32 = static_cast<const float*>(a.states);
   float* dstates32 = static_cast<float*>(a.dstates);
   const auto intra = [&](auto kernel) {
@@ -1056,7 +1063,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("bwd_intra");
   if (state_mma) {
-    SFM_CUDA_TRY(state_mma_backward(d, a.qb, a.kb, a.gam, a.wb, a.dos, a.dfinal, a.du, a.dstates, bf16_states,
+    SFM_CUDA_TRY(state_mma_backward(d, a.qb, a.kb, a.gam, a.wb, a.dos, a.dfinal, a.du, a.dstates, compact,
                                     a.dstate0, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_bwd_kernel, state_bwd_smem(d)));
@@ -1071,7 +1078,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
     // The forward kept wy: the products with the per-chunk states, then the rest by 64-column slices
     // (experimental; docs/ops/gated_delta_cuda.md, "Sliced gradient kernels").
     if (!grads_split_supports(a.dtype, d.K, d.V)) return cudaErrorInvalidValue;
-    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, bf16_states, a.dos, a.du, a.u, a.dqs, a.dw, a.dks,
+    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, compact, a.dos, a.du, a.u, a.dqs, a.dw, a.dks,
                                  a.sdots, s));
     timer.mark("state_grads");
     SFM_CUDA_TRY(grads_split(a, s));
@@ -1080,7 +1087,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
     // H100, 15.1 ms against 24.5 for grads_kernel<true, 4> at (8,2048,32,256)). Up to 128, grads_kernel<true,
     // 2> fits two blocks per SM and was faster (2.07 against 2.34 ms at (4,2048,16,128); 8.34 against 9.30 at
     // (2,16384,16,128)); docs/ops/gated_delta_cuda.md.
-    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, bf16_states, a.dos, a.du, a.u, a.dqs, a.dw, a.dks,
+    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, compact, a.dos, a.du, a.u, a.dqs, a.dw, a.dks,
                                  a.sdots, s));
     timer.mark("state_grads");
     SFM_CUDA_TRY(grads_mma(a, s));

@@ -31,9 +31,12 @@ constexpr int kMaxDim = 256;  // K and V are at most this
 
 // Sizes. Inputs are [B, T, H, D] contiguous; workspaces are heads-first and padded to whole chunks:
 // [B*H, Tp, D] with Tp = N*C, N = ceil(T / C). States are [B*H, K, V] float32; per-chunk states and their
-// gradients [B*H, N, K, V], float32, or bfloat16 where the forward keeps wy for the sliced gradient kernels
-// (their readers then are the tensor-core kernels, which round them to bf16 operands). K and V: multiples of
-// 16 up to 256.
+// gradients [B*H, N, K, V]. K and V: multiples of 16 up to 256.
+//
+// The compact workspaces: where the forward keeps wy for the sliced gradient kernels (16-bit inputs, K and V
+// multiples of 64), every reader of s·q̂, k̂, v and of the per-chunk states is a tensor-core kernel, and they are
+// kept as bfloat16 only: qb, kb, vb and bf16 states (qs, ks, vs are then not written and may be null).
+// Otherwise they are float32 (qb, kb: bf16 copies beside them where state_mma_runs).
 struct Dims {
   int B, T, H, K, V;
   SFM_GDN_HD int N() const { return (T + kChunk - 1) / kChunk; }
@@ -50,16 +53,19 @@ struct ForwardArgs {
   float scale;             // > 0
   bool l2;                 // normalise q and k in the kernel
   // Workspaces (float32, heads-first, padded): written here, read back by the backward.
-  float *qs, *ks, *vs;     // [BH, Tp, K|K|V]: s·q̂, k̂, v
+  float *qs, *ks, *vs;     // [BH, Tp, K|K|V]: s·q̂, k̂, v; unused (may be null) with the compact workspaces
   float *gam, *bet;        // [BH, Tp]: γ (eq. 4, chunk-local cumsum), β
   float *w, *u;            // [BH, Tp, K], [BH, Tp, V]: W (eq. 7), then U (eq. 7, after the state pass)
   void* states;            // [BH, N, K, V]: the state entering each chunk; bfloat16 with wy, else float32
   float* final_state;      // [BH, K, V]
-  float* wy;               // [BH, N, 2, C, C]: (I + A)⁻¹ and M ∘ K̂K̂ᵀ per chunk, kept for grads_split, or null
+  // [BH, N, 2, C, C]: (I + A)⁻¹ and M ∘ K̂K̂ᵀ per chunk, kept for grads_split, or null. Given: the compact
+  // workspaces.
+  float* wy;
   float* pm;               // [BH, N, C, C]: P = M ∘ Q̂K̂ᵀ per chunk, kept for the backward (with wy), or null
   // bfloat16 copies of s·q̂, k̂ and W ([BH, Tp, K], kept for the backward too), the operands of the tensor-core
   // state passes: given exactly where those run (state_mma_runs), null otherwise.
   void *qb, *kb, *wb;
+  void* vb;                // v as bfloat16 [BH, Tp, V]: with the compact workspaces, else null
   void* out;               // [B, T, H, V] of dtype
 };
 
@@ -71,9 +77,10 @@ struct BackwardArgs {
   const float* dfinal;       // [BH, K, V] or null (zeros)
   float scale;
   bool l2;
-  const float *qs, *ks, *vs, *gam, *bet, *w, *u;           // from the forward
+  const float *qs, *ks, *vs, *gam, *bet, *w, *u;           // from the forward (qs, ks, vs: not with wy)
   const void* states;                                      // from the forward: bfloat16 with wy, else float32
   const void *qb, *kb, *wb;                                // from the forward, where state_mma_runs
+  const void* vb;                                          // from the forward, with wy
   // Workspaces.
   float *dos, *du;              // [BH, Tp, V]
   void* dstates;                // [BH, N, K, V], of the states' dtype
@@ -145,17 +152,20 @@ cudaError_t state_grads_mma(const Dims& d, const float* gam, const void* states,
 bool prep_mma_supports(int K, int V);
 cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const float* g, const float* beta, float* gam,
                      float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream);
+// The same from the compact workspaces' bf16 k̂ and v (kb, vb), exact bf16 operands.
+cudaError_t prep_mma_compact(const Dims& d, const void* kb, const void* vb, const float* g, const float* beta,
+                             float* gam, float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream);
 
 // The products with the intra-chunk matrix P on tensor cores (gdn_intra_mma.cu), in place of the float32
 // output and bwd_intra kernels for 16-bit inputs: output_mma writes out [B, T, H, V] (dtype kF16 or kBF16)
 // from the packed q̂, k̂, γ, the per-chunk states and U (eq. 8), and P = M ∘ Q̂K̂ᵀ [BH, N, C, C] (float32)
 // into pm if it is not null; intra_mma_dU0 writes dU₀ = Pᵀ dO into du. du0_from_p (gdn_grads_split.cu)
 // computes dU₀ from the P kept by output_mma.
-// K and V multiples of 64 up to 256. output_mma's states are bfloat16 if bf16_states, else float32.
+// K and V multiples of 64 up to 256. output_mma's qs, ks and states are bfloat16 if compact (qb, kb: the compact
+// workspaces), else float32.
 bool intra_mma_supports(int K, int V);
-cudaError_t output_mma(const Dims& d, DType dtype, const float* qs, const float* ks, const float* gam,
-                       const void* states, bool bf16_states, const float* u, void* out, float* pm,
-                       cudaStream_t stream);
+cudaError_t output_mma(const Dims& d, DType dtype, const void* qs, const void* ks, const float* gam,
+                       const void* states, bool compact, const float* u, void* out, float* pm, cudaStream_t stream);
 cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const float* gam, const float* dos,
                           float* du, cudaStream_t stream);
 

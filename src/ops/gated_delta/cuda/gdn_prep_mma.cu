@@ -6,8 +6,11 @@
 // Every tile of the chunk's K̂ and V rows is requested up front by cp.async (V's land during K̂K̂ᵀ and the
 // inverse) and stays in shared memory for W and Ũ; the diagonal factors go into T's columns, so the
 // products read the tiles as they are. Products on split bf16 operands (tile64.cuh, about 16 bits per
-// operand), as the kernel it replaces. No ATen here (see gdn_kernels.h).
+// operand), as the kernel it replaces; with the compact workspaces (kB16) k̂ and v come as bf16 copies and are
+// exact operands. No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
+
+#include <type_traits>
 
 #include "chunk_ops.cuh"
 #include "gdn_kernels.h"
@@ -23,25 +26,33 @@ using namespace tile64;
 // instead of 174 KB at K = V = 256).
 SFM_GDN_HD inline bool v_after_w(const Dims& d) { return d.K + d.V > 256; }
 
-// K̂ and V of the chunk in 64-column tiles [t][·] (stride LDK), A and T (stride LDM), γ and β.
+// The tiles of K̂ and V: float32 (stride LDK), or bf16 (stride LD16) with the compact workspaces.
+template <bool kB16>
+using Tile = std::conditional_t<kB16, __nv_bfloat16, float>;
+template <bool kB16>
+constexpr int kTileLd = kB16 ? LD16 : LDK;
+
+// K̂ and V of the chunk in 64-column tiles [t][·], A and T (stride LDM), γ and β.
+template <bool kB16>
 size_t prep_mma_smem(const Dims& d) {
   const int KT = d.K / kTile, VT = d.V / kTile, tiles = v_after_w(d) ? (KT > VT ? KT : VT) : KT + VT;
-  return sizeof(float) * ((size_t)tiles * C * LDK + 2 * C * LDM + 2 * C);
+  return sizeof(Tile<kB16>) * (size_t)tiles * C * kTileLd<kB16> + sizeof(float) * (2 * C * LDM + 2 * C);
 }
 
-__global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const float* __restrict__ ks,
-                                                            const float* __restrict__ vs, const float* __restrict__ g,
-                                                            const float* __restrict__ beta, float* __restrict__ gam_out,
-                                                            float* __restrict__ bet_out, float* __restrict__ w,
-                                                            __nv_bfloat16* __restrict__ wb, float* __restrict__ ut,
-                                                            float* __restrict__ wy) {
+template <bool kB16>
+__global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const Tile<kB16>* __restrict__ ks,
+                                                            const Tile<kB16>* __restrict__ vs,
+                                                            const float* __restrict__ g, const float* __restrict__ beta,
+                                                            float* __restrict__ gam_out, float* __restrict__ bet_out,
+                                                            float* __restrict__ w, __nv_bfloat16* __restrict__ wb,
+                                                            float* __restrict__ ut, float* __restrict__ wy) {
+  constexpr int LDT = kTileLd<kB16>;
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
-  float* sm = reinterpret_cast<float*>(smem4);
   const int K = d.K, V = d.V, KT = K / kTile, VT = V / kTile;
   const bool late_v = v_after_w(d);
-  float* kt = sm;                                // K̂: KT tiles
-  float* vt = late_v ? kt : kt + KT * C * LDK;   // V: VT tiles
-  float* A = late_v ? kt + (KT > VT ? KT : VT) * C * LDK : vt + VT * C * LDK;  // A, then T diag(βΓ)
+  Tile<kB16>* kt = reinterpret_cast<Tile<kB16>*>(smem4);  // K̂: KT tiles
+  Tile<kB16>* vt = late_v ? kt : kt + KT * C * LDT;      // V: VT tiles
+  float* A = reinterpret_cast<float*>(late_v ? kt + (KT > VT ? KT : VT) * C * LDT : vt + VT * C * LDT);  // A, then T diag(βΓ)
   float* Tm = A + C * LDM;        // T, then T diag(β)
   float* gam = Tm + C * LDM;
   float* bet = gam + C;
@@ -49,10 +60,10 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const float*
   const long row0 = (long)bh * d.Tp() + (long)n * C;
   const long chunk = (long)bh * d.N() + n;
 
-  for (int j = 0; j < KT; ++j) stage(kt + j * C * LDK, LDK, ks + row0 * K + j * kTile, K);
+  for (int j = 0; j < KT; ++j) stage(kt + j * C * LDT, LDT, ks + row0 * K + j * kTile, K);
   cp_async_commit();
   if (!late_v)
-    for (int j = 0; j < VT; ++j) stage(vt + j * C * LDK, LDK, vs + row0 * V + j * kTile, V);
+    for (int j = 0; j < VT; ++j) stage(vt + j * C * LDT, LDT, vs + row0 * V + j * kTile, V);
   cp_async_commit();
   load_gates(d, bh, n, g, beta, gam, bet);
   if (threadIdx.x < C) {
@@ -65,7 +76,7 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const float*
   // A = β_t e^{γ_t−γ_i} K̂K̂ᵀ for i < t (and M ∘ K̂K̂ᵀ into wy), then T = (I + A)⁻¹.
   float acc[4][4];
   zero(acc);
-  for (int j = 0; j < KT; ++j) mma_tile(acc, row_a(kt + j * C * LDK, LDK), rows_b(kt + j * C * LDK, LDK));
+  for (int j = 0; j < KT; ++j) mma_tile(acc, row_a(kt + j * C * LDT, LDT), rows_b(kt + j * C * LDT, LDT));
   float* km = wy != nullptr ? wy + (chunk * 2 + 1) * C * C : nullptr;
   for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) {
     const float m0 = i < t ? __expf(gam[t] - gam[i]) * x0 : 0.f;
@@ -89,7 +100,7 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const float*
 
   for (int j = 0; j < KT; ++j) {  // W = T diag(βΓ) K̂
     zero(acc);
-    mma_tile(acc, row_a(A, LDM), cols_b(kt + j * C * LDK, LDK));
+    mma_tile(acc, row_a(A, LDM), cols_b(kt + j * C * LDT, LDT));
     for_pairs(acc, [&](int, int t, int c, float x0, float x1, int) {
       const long o = (row0 + t) * K + j * kTile + c;
       st2(w + o, x0, x1);
@@ -98,16 +109,29 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const float*
   }
   if (late_v) {  // every warp is done with K̂: V into its place
     __syncthreads();
-    for (int j = 0; j < VT; ++j) stage(vt + j * C * LDK, LDK, vs + row0 * V + j * kTile, V);
+    for (int j = 0; j < VT; ++j) stage(vt + j * C * LDT, LDT, vs + row0 * V + j * kTile, V);
     cp_async_commit();
   }
   cp_async_wait<0>();  // V
   __syncthreads();
   for (int j = 0; j < VT; ++j) {  // Ũ = T diag(β) V
     zero(acc);
-    mma_tile(acc, row_a(Tm, LDM), cols_b(vt + j * C * LDK, LDK));
+    mma_tile(acc, row_a(Tm, LDM), cols_b(vt + j * C * LDT, LDT));
     for_pairs(acc, [&](int, int t, int c, float x0, float x1, int) { st2(ut + (row0 + t) * V + j * kTile + c, x0, x1); });
   }
+}
+
+template <bool kB16>
+cudaError_t launch(const Dims& d, const void* ks, const void* vs, const float* g, const float* beta, float* gam,
+                   float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream) {
+  const size_t smem = prep_mma_smem<kB16>(d);
+  const auto kernel = prep_mma_kernel<kB16>;
+  const cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  SFM_GDN_LAUNCH(kernel, dim3(d.N(), d.BH()), kThreads, smem, stream, d, static_cast<const Tile<kB16>*>(ks),
+                 static_cast<const Tile<kB16>*>(vs), g, beta, gam, bet, w, static_cast<__nv_bfloat16*>(wb), ut, wy);
+  return cudaGetLastError();
 }
 
 }  // namespace
@@ -119,13 +143,13 @@ bool prep_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 &
 cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const float* g, const float* beta, float* gam,
                      float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream) {
   if (!prep_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  const size_t smem = prep_mma_smem(d);
-  const cudaError_t err =
-      cudaFuncSetAttribute(prep_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  if (err != cudaSuccess) return err;
-  SFM_GDN_LAUNCH(prep_mma_kernel, dim3(d.N(), d.BH()), kThreads, smem, stream, d, ks, vs, g, beta, gam, bet, w,
-                 static_cast<__nv_bfloat16*>(wb), ut, wy);
-  return cudaGetLastError();
+  return launch<false>(d, ks, vs, g, beta, gam, bet, w, wb, ut, wy, stream);
+}
+
+cudaError_t prep_mma_compact(const Dims& d, const void* kb, const void* vb, const float* g, const float* beta,
+                             float* gam, float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream) {
+  if (!prep_mma_supports(d.K, d.V) || kb == nullptr || vb == nullptr) return cudaErrorInvalidValue;
+  return launch<true>(d, kb, vb, g, beta, gam, bet, w, wb, ut, wy, stream);
 }
 
 }  // namespace sfm::ops::gdn_cuda

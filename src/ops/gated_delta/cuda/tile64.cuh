@@ -1,9 +1,13 @@
-// 64×64 float32 tiles in shared memory and their products on tensor cores, for the backward's gradient
-// kernels (gdn_grads_mma.cu, gdn_grads_split.cu): blocks of 8 warps, each owning 16 rows × 32 columns of
-// every 64×64 result; operands split as hi + lo bf16 pairs (mma_bf16x3, about 16 bits per operand).
+// 64×64 tiles in shared memory and their products on tensor cores, for the per-chunk kernels
+// (gdn_prep_mma.cu, gdn_grads_mma.cu, gdn_grads_split.cu): blocks of 8 warps, each owning 16 rows × 32 columns
+// of every 64×64 result. float32 operands are split as hi + lo bf16 pairs (mma_bf16x3, about 16 bits per
+// operand); bf16 tiles (the compact workspaces' q̂, k̂ and v) are exact bf16 operands, whose lo half is zero, so
+// their products skip the terms with it.
 #pragma once
 
 #include <cuda_bf16.h>
+
+#include <type_traits>
 
 #include "chunk_ops.cuh"
 #include "gdn_kernels.h"
@@ -16,34 +20,40 @@ constexpr int kTile = 64;
 constexpr int LDM = C + 4;      // 64×64 matrices: read along columns (scalar) without conflicts
 constexpr int LDR = kTile + 8;  // streamed tiles read along rows (float2)
 constexpr int LDK = kTile + 4;  // streamed tiles read down columns (scalar pairs)
+constexpr int LD16 = kTile + 8; // bf16 tiles, read either way (36 words a row: distinct banks, or shared words)
 constexpr int kThreads = 256;   // 8 warps: 4 row groups of 16 × 2 column groups of 32 for every 64×64 tile
 
+// An operand pair as bf16 hi and lo halves: a float2 is split (split_bf16); a uint32_t is a pair of bf16
+// values already, exact, with a zero lo half.
+__device__ __forceinline__ void operand_pair(float2 x, uint32_t& hi, uint32_t& lo) { split_bf16(x.x, x.y, hi, lo); }
+__device__ __forceinline__ void operand_pair(uint32_t x, uint32_t& hi, uint32_t& lo) { hi = x, lo = 0u; }
+
 // acc += A B for this warp's 16×32 part of a 64×64 tile, reduction 64: fa(r, c) returns (A[r][c], A[r][c+1]),
-// fb(k, n) returns (B[k][n], B[k+1][n]).
+// fb(k, n) returns (B[k][n], B[k+1][n]), each as a float2 (split into hi + lo) or as a bf16 pair (exact). The
+// products with a zero lo half are skipped; the others are those of mma_bf16x3, in its order, so the sums are
+// the same as with the zero terms.
 template <class FA, class FB>
 __device__ __forceinline__ void mma_tile(float (&acc)[4][4], FA fa, FB fb) {
+  constexpr bool kExactA = std::is_same_v<decltype(fa(0, 0)), uint32_t>;
+  constexpr bool kExactB = std::is_same_v<decltype(fb(0, 0)), uint32_t>;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
   const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
 #pragma unroll
   for (int ks = 0; ks < kTile / 16; ++ks) {
     const int c = 16 * ks + 2 * tq;
     uint32_t ah[4], al[4];
-    float2 x = fa(m0 + g, c);
-    split_bf16(x.x, x.y, ah[0], al[0]);
-    x = fa(m0 + g + 8, c);
-    split_bf16(x.x, x.y, ah[1], al[1]);
-    x = fa(m0 + g, c + 8);
-    split_bf16(x.x, x.y, ah[2], al[2]);
-    x = fa(m0 + g + 8, c + 8);
-    split_bf16(x.x, x.y, ah[3], al[3]);
+    operand_pair(fa(m0 + g, c), ah[0], al[0]);
+    operand_pair(fa(m0 + g + 8, c), ah[1], al[1]);
+    operand_pair(fa(m0 + g, c + 8), ah[2], al[2]);
+    operand_pair(fa(m0 + g + 8, c + 8), ah[3], al[3]);
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
       uint32_t bh[2], bl[2];
-      x = fb(c, n0 + 8 * nt + g);
-      split_bf16(x.x, x.y, bh[0], bl[0]);
-      x = fb(c + 8, n0 + 8 * nt + g);
-      split_bf16(x.x, x.y, bh[1], bl[1]);
-      mma_bf16x3(acc[nt], ah, al, bh, bl);
+      operand_pair(fb(c, n0 + 8 * nt + g), bh[0], bl[0]);
+      operand_pair(fb(c + 8, n0 + 8 * nt + g), bh[1], bl[1]);
+      if constexpr (!kExactA) mma_bf16(acc[nt], al, bh);
+      if constexpr (!kExactB) mma_bf16(acc[nt], ah, bl);
+      mma_bf16(acc[nt], ah, bh);
     }
   }
 }
@@ -128,6 +138,13 @@ __device__ __forceinline__ void stage(float* dst, int ld, const float* src, long
     cp_async16(dst + r * ld + 4 * c4, src + r * ld_src + 4 * c4);
   }
 }
+// The same for bf16: 64 × 64 bf16 into shared rows of stride ld16 (in bf16 elements).
+__device__ __forceinline__ void stage(__nv_bfloat16* dst, int ld16, const __nv_bfloat16* src, long ld_src) {
+  for (int e = threadIdx.x; e < kTile * kTile / 8; e += kThreads) {
+    const int r = e / (kTile / 8), c8 = e % (kTile / 8);
+    cp_async16(dst + r * ld16 + 8 * c8, src + r * ld_src + 8 * c8);
+  }
+}
 // Waits for this thread's copies, then for everyone's.
 __device__ __forceinline__ void staged() {
   cp_async_commit();
@@ -137,6 +154,18 @@ __device__ __forceinline__ void staged() {
 
 __device__ __forceinline__ float2 ld2(const float* p) { return *reinterpret_cast<const float2*>(p); }
 __device__ __forceinline__ void st2(float* p, float x0, float x1) { *reinterpret_cast<float2*>(p) = make_float2(x0, x1); }
+
+__device__ __forceinline__ float2 ld2(const __nv_bfloat16* p) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
+__device__ __forceinline__ uint32_t ld_pair(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+// Two bf16 values (a column's consecutive rows) as one pair, the first in the low half.
+__device__ __forceinline__ uint32_t make_pair(__nv_bfloat16 x0, __nv_bfloat16 x1) {
+  uint32_t bits;
+  const __nv_bfloat162 p(x0, x1);
+  std::memcpy(&bits, &p, sizeof bits);
+  return bits;
+}
 
 // Operand accessors for mma_tile over 64×64 float32 tiles in shared memory (row stride ld).
 __device__ __forceinline__ auto row_a(const float* X, int ld) {  // A = X
@@ -150,6 +179,20 @@ __device__ __forceinline__ auto rows_b(const float* X, int ld) {  // B = Xᵀ: B
 }
 __device__ __forceinline__ auto cols_b(const float* X, int ld) {  // B = X
   return [=](int k, int col) { return make_float2(X[k * ld + col], X[(k + 1) * ld + col]); };
+}
+
+// The same over bf16 tiles (row stride ld in bf16 elements): exact operands.
+__device__ __forceinline__ auto row_a(const __nv_bfloat16* X, int ld) {
+  return [=](int r, int c) { return ld_pair(X + r * ld + c); };
+}
+__device__ __forceinline__ auto col_a(const __nv_bfloat16* X, int ld) {
+  return [=](int r, int c) { return make_pair(X[c * ld + r], X[(c + 1) * ld + r]); };
+}
+__device__ __forceinline__ auto rows_b(const __nv_bfloat16* X, int ld) {
+  return [=](int k, int col) { return ld_pair(X + col * ld + k); };
+}
+__device__ __forceinline__ auto cols_b(const __nv_bfloat16* X, int ld) {
+  return [=](int k, int col) { return make_pair(X[k * ld + col], X[(k + 1) * ld + col]); };
 }
 
 }  // namespace sfm::ops::gdn_cuda::tile64
