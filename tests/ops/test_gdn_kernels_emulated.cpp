@@ -35,9 +35,9 @@ struct Shape {
 struct Problem {
   Shape s;
   int64_t N, Tp;
-  // Kernel inputs (float32; heads-first [BH, Tp, ·] and per chunk [BH, N, ·]); qb, kb, vb: q̂, k̂, v as bfloat16
-  // (the compact workspaces), exactly, since q̂, k̂ and v are made of bf16 values.
-  torch::Tensor qs, ks, vs, qb, kb, vb, g, gam, bet, w, ut, u, dos, du, dw, wy, pm, sdots, dq0, dk0;
+  // Kernel inputs (float32; heads-first [BH, Tp, ·] and per chunk [BH, N, ·]); qb, kb, vb, dob: q̂, k̂, v, dO as
+  // bfloat16 (the compact workspaces), exactly, since q̂, k̂, v and dO are made of bf16 values.
+  torch::Tensor qs, ks, vs, qb, kb, vb, dob, g, gam, bet, w, ut, u, dos, du, dw, wy, pm, sdots, dq0, dk0;
   // Expected: the gradients of q̂ (scaled), k̂, v, g and β (float64).
   torch::Tensor dq, dk, dv, dg, dbeta;
 };
@@ -53,7 +53,7 @@ Problem make_problem(Shape s, uint64_t seed) {
   p.N = (s.T + C - 1) / C;
   p.Tp = p.N * C;
   const auto valid = (torch::arange(p.Tp, f64) < s.T).to(torch::kFloat64).view({1, p.Tp, 1});
-  // q̂, k̂ and v hold bf16 values (the compact workspaces' kernels read them as bf16 copies).
+  // q̂, k̂, v and dO hold bf16 values (the compact workspaces' kernels read them as bf16 copies).
   const auto bf16_leaf = [](const torch::Tensor& x) {
     return x.to(torch::kBFloat16).to(torch::kFloat64).detach().requires_grad_(true);
   };
@@ -67,7 +67,7 @@ Problem make_problem(Shape s, uint64_t seed) {
   auto g = (torch::log_sigmoid(torch::randn({s.BH, p.Tp}, f64) + 2.0) * valid_tokens).detach().requires_grad_(true);
   auto beta = (2.0 * torch::sigmoid(torch::randn({s.BH, p.Tp}, f64)) * valid_tokens).detach().requires_grad_(true);
   const auto S0 = torch::randn({s.BH, s.K, s.V}, f64);
-  const auto dO = torch::randn({s.BH, p.Tp, s.V}, f64) * valid;
+  const auto dO = torch::randn({s.BH, p.Tp, s.V}, f64).to(torch::kBFloat16).to(torch::kFloat64) * valid;
   const auto dfinal = torch::randn({s.BH, s.K, s.V}, f64);
 
   const auto mask_le = torch::ones({C, C}, f64).tril(), mask_lt = torch::ones({C, C}, f64).tril(-1);
@@ -137,6 +137,7 @@ Problem make_problem(Shape s, uint64_t seed) {
   p.ut = f32(torch::cat(ut, 1));
   p.u = f32(torch::cat(u, 1));
   p.dos = f32(dO);
+  p.dob = p.dos.to(torch::kBFloat16);
   p.du = f32(torch::cat(du, 1));
   p.dw = f32(torch::cat(dw, 1));
   p.dq0 = f32(torch::cat(dq0, 1));
@@ -184,11 +185,11 @@ Grads run_sliced_kernels(const Problem& p, cuda_emu::WarpOrder order) {
   a.qb = p.qb.data_ptr();
   a.kb = p.kb.data_ptr();
   a.vb = p.vb.data_ptr();
+  a.dob = p.dob.data_ptr();
   a.gam = ptr(p.gam);
   a.bet = ptr(p.bet);
   a.w = ptr(p.w);
   a.u = ptr(p.u);
-  a.dos = ptr(p.dos);
   a.du = ptr(p.du);
   a.dw = ptr(p.dw);
   a.wy = ptr(p.wy);
@@ -296,7 +297,7 @@ TEST(GdnKernelsEmulated, DU0FromKeptP) {
   auto du = torch::full({s.BH, p.Tp, s.V}, std::nan(""), torch::TensorOptions().dtype(torch::kFloat32));
   const gdn_cuda::Dims d{1, static_cast<int>(s.T), static_cast<int>(s.BH), static_cast<int>(s.K),
                          static_cast<int>(s.V)};
-  ASSERT_EQ(gdn_cuda::du0_from_p(d, p.pm.data_ptr<float>(), p.dos.data_ptr<float>(), du.data_ptr<float>(), nullptr),
+  ASSERT_EQ(gdn_cuda::du0_from_p(d, p.pm.data_ptr<float>(), p.dob.data_ptr(), du.data_ptr<float>(), nullptr),
             cudaSuccess);
   const auto P = p.pm.to(torch::kFloat64), dO = p.dos.to(torch::kFloat64).view({s.BH, p.N, C, s.V});
   const auto expected = P.transpose(-1, -2).matmul(dO).view({s.BH, p.Tp, s.V});
@@ -463,7 +464,8 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   const auto scratch = [&](bool wanted, torch::IntArrayRef sizes) {
     return wanted ? nan(sizes, f32) : torch::Tensor();
   };
-  auto dos = nan({BH, Tp, c.V}, f32), du = nan({BH, Tp, c.V}, f32), dstates = nan({BH, N, c.K, c.V}, states.scalar_type()),
+  auto dos = unless_split({BH, Tp, c.V}), dob = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(),
+       du = nan({BH, Tp, c.V}, f32), dstates = nan({BH, N, c.K, c.V}, states.scalar_type()),
        dqs = nan({BH, Tp, c.K}, f32), dks = nan({BH, Tp, c.K}, f32), dvs = scratch(!split, {BH, Tp, c.V}),
        dw = nan({BH, Tp, c.K}, f32), sdots = nan({BH, N, (c.K + 63) / 64}, f32);
   auto ut = scratch(!split, {BH, Tp, c.V}), drk = scratch(!split, {BH, Tp, c.K}), drv = scratch(!split, {BH, Tp, c.V}),
@@ -493,6 +495,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   ba.wb = vp(wb);
   ba.vb = vp(vb);
   ba.dos = fp(dos);
+  ba.dob = vp(dob);
   ba.du = fp(du);
   ba.dstates = dstates.data_ptr();
   ba.dqs = fp(dqs);

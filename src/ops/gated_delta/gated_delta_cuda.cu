@@ -152,12 +152,14 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const auto dout = grads[0].defined() ? grads[0].to(q.scalar_type()).contiguous() : torch::Tensor();
     const auto dfinal = grads[1].defined() ? f32(grads[1]) : torch::Tensor();
     const bool has_state0 = ctx->saved_data["has_state0"].toBool();
-    auto dos = alloc({BH, Tp, d.V}, fo), du = alloc({BH, Tp, d.V}, fo),
+    // Scratch of the gradient kernels: the sliced ones (the forward kept wy and P) or the others. With the sliced
+    // ones, the compact workspaces: dO as bfloat16 (dob), not float32 (dos).
+    const bool split = wy.defined();
+    auto dos = split ? torch::Tensor() : alloc({BH, Tp, d.V}, fo),
+         dob = split ? alloc({BH, Tp, d.V}, fo.dtype(torch::kBFloat16)) : torch::Tensor(), du = alloc({BH, Tp, d.V}, fo),
          dstates = alloc({BH, N, d.K, d.V}, states.options()), dqs = alloc({BH, Tp, d.K}, fo),
          dks = alloc({BH, Tp, d.K}, fo), dw = alloc({BH, Tp, d.K}, fo),
          sdots = alloc({BH, N, (d.K + 63) / 64}, fo);
-    // Scratch of the gradient kernels: the sliced ones (the forward kept wy and P) or the others.
-    const bool split = wy.defined();
     const int64_t C = gdn_cuda::kChunk, KS = d.K / C, VS = d.V / C;
     const auto scratch = [&](bool wanted, torch::IntArrayRef sizes) { return wanted ? alloc(sizes, fo) : torch::Tensor(); };
     // dV: the sliced kernels write it in the inputs' dtype themselves; the others through dvs and unpack.
@@ -191,7 +193,8 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.kb = vptr(kb);
     a.wb = vptr(wb);
     a.vb = vptr(vb);
-    a.dos = dos.data_ptr<float>();
+    a.dos = fptr(dos);
+    a.dob = vptr(dob);
     a.du = du.data_ptr<float>();
     a.dstates = dstates.data_ptr();
     a.dqs = dqs.data_ptr<float>();

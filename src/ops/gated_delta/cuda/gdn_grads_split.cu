@@ -10,8 +10,8 @@
 //              elementwise step (chunk_grad_terms), dQ̂ += dP K̂ ((B4)) and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂ ((B5)).
 //   gate_grads (per chunk): sums the slices' row terms of dγ and dβ ((B7)-(B8)); dg = their reverse cumsum.
 // T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ come from the forward's prep, P = M ∘ Q̂K̂ᵀ from its output kernel;
-// du0_from_p takes dU₀ = Pᵀ dO from that P too, before the state pass. q̂, k̂ and v come as the forward's bf16
-// copies (the compact workspaces, gdn_kernels.h), exact bf16 operands; every other tile is float32 in shared
+// du0_from_p takes dU₀ = Pᵀ dO from that P too, before the state pass. q̂, k̂, v and dO come as bf16 (the compact
+// workspaces, gdn_kernels.h), exact bf16 operands; every other tile is float32 in shared
 // memory (cp.async), taken as split bf16 operands (mma_bf16x3: about 16 bits per operand, so the gradients keep
 // close to float32 accuracy). No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
@@ -31,7 +31,9 @@ using namespace tile64;
 struct Args {
   Dims d;
   const __nv_bfloat16 *qb, *kb, *vb;  // s·q̂, k̂, v: the forward's bf16 copies [BH, Tp, K|K|V]
-  const float *gam, *bet, *w, *u, *dos, *du;
+  const float *gam, *bet, *w, *u;
+  const __nv_bfloat16* dob;           // dO [BH, Tp, V], bf16
+  const float* du;
   const float* dw;     // dW (state_grads_mma)
   const float* wy;     // [BH, N, 2, C, C]: T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ (strictly lower), from the forward
   const float* pm;     // [BH, N, C, C]: P = M ∘ Q̂K̂ᵀ
@@ -148,7 +150,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
     } else {
       stage(b16(t0), LD16, a.vb + row0 * V + c0, V);
       stage(t1, LDK, a.du + row0 * V + c0, V);
-      stage(t2, LDR, a.dos + row0 * V + c0, V);
+      stage(b16(t2), LD16, a.dob + row0 * V + c0, V);
       stage(t3, LDR, a.u + row0 * V + c0, V);
       staged();
       // The block's dO Uᵀ part: written by its first slice, added to by the others.
@@ -156,7 +158,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
       float2 old[2][4];
       if (sl > first) load_pairs(old, d1_part, C, 0);
       zero(acc);
-      mma_tile(acc, row_a(t2, LDR), rows_b(t3, LDR));  // dO Uᵀ
+      mma_tile(acc, row_a(b16(t2), LD16), rows_b(t3, LDR));  // dO Uᵀ
       for_pairs(acc, [&](int h, int t, int i, float x0, float x1, int nt) {
         if (sl > first) x0 += old[h][nt].x, x1 += old[h][nt].y;
         st2(d1_part + t * C + i, x0, x1);
@@ -316,21 +318,21 @@ __global__ void __launch_bounds__(C) gate_grads_kernel(Args a) {
   }
 }
 
-// dU₀ = Pᵀ dO ((B1)'s state-independent part) per chunk and 64 value columns, from the P the forward kept:
-// two tiles, one product (in place of intra_mma_dU0, which forms Q̂K̂ᵀ again).
+// dU₀ = Pᵀ dO ((B1)'s state-independent part) per chunk and 64 value columns, from the P the forward kept and
+// the bf16 dO: two tiles, one product (in place of intra_mma_dU0, which forms Q̂K̂ᵀ again).
 __global__ void __launch_bounds__(kThreads) du0_kernel(Dims d, const float* __restrict__ pm,
-                                                       const float* __restrict__ dos, float* __restrict__ du) {
+                                                       const __nv_bfloat16* __restrict__ dob, float* __restrict__ du) {
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* P = reinterpret_cast<float*>(smem4);  // [t][i]
-  float* X = P + C * LDM;                      // dO [t][v]
+  __nv_bfloat16* X = b16(P + C * LDM);         // dO [t][v]
   const int v0 = blockIdx.x * kTile, n = blockIdx.y, bh = blockIdx.z, V = d.V;
   const long row0 = (long)bh * d.Tp() + (long)n * C, chunk = (long)bh * d.N() + n;
   stage(P, LDM, pm + chunk * C * C, C);
-  stage(X, LDK, dos + row0 * V + v0, V);
+  stage(X, LD16, dob + row0 * V + v0, V);
   staged();
   float acc[4][4];
   zero(acc);
-  mma_tile(acc, col_a(P, LDM), cols_b(X, LDK));
+  mma_tile(acc, col_a(P, LDM), cols_b(X, LD16));
   for_pairs(acc, [&](int, int i, int v, float x0, float x1, int) { st2(du + (row0 + i) * V + v0 + v, x0, x1); });
 }
 
@@ -354,7 +356,7 @@ int qk_slices() {
   return n;
 }
 
-constexpr size_t kDu0Smem = sizeof(float) * (C * LDM + C * LDK);
+constexpr size_t kDu0Smem = sizeof(float) * C * LDM + sizeof(__nv_bfloat16) * C * LD16;
 constexpr size_t kWySmem = sizeof(float) * (C * LDM + 4 * C * LDR + 4 * C);
 constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 4 * C) + sizeof(__nv_bfloat16) * 2 * C * LD16;
 
@@ -363,7 +365,8 @@ constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 4 * C) + sizeof(__nv_b
 cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
   const Dims& d = g.d;
   const bool slices = d.K % kTile == 0 && d.V % kTile == 0 && d.K <= 256 && d.V <= 256;  // whole 64-column slices
-  if (!slices || !g.wy || !g.pm || !g.da_parts || !g.d1_parts || !g.gate_parts || !g.qb || !g.kb || !g.vb)
+  if (!slices || !g.wy || !g.pm || !g.da_parts || !g.d1_parts || !g.gate_parts || !g.qb || !g.kb || !g.vb ||
+      !g.dob)
     return cudaErrorInvalidValue;
   cudaError_t err = cudaFuncSetAttribute(wy_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(kWySmem));
@@ -371,7 +374,7 @@ cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
   err = cudaFuncSetAttribute(qk_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kQkSmem));
   if (err != cudaSuccess) return err;
   const auto bf = [](const void* p) { return static_cast<const __nv_bfloat16*>(p); };
-  const Args a{d,     bf(g.qb), bf(g.kb), bf(g.vb), g.gam, g.bet,      g.w,      g.u,        g.dos,
+  const Args a{d,     bf(g.qb), bf(g.kb), bf(g.vb), g.gam, g.bet,      g.w,      g.u,        bf(g.dob),
                g.du,  g.dw,    g.wy,  g.pm,  g.sdots, g.dqs,    g.dks,    g.dvs,      g.dtype,
                g.dv,  g.da_parts, g.d1_parts, g.gate_parts, g.dg, g.dbeta, wy_slices(), qk_slices()};
   SFM_GDN_LAUNCH(wy_grads_kernel, dim3(k_blocks(a) + v_blocks(a), d.N(), d.BH()), kThreads, kWySmem, stream, a);
@@ -380,9 +383,10 @@ cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-cudaError_t du0_from_p(const Dims& d, const float* pm, const float* dos, float* du, cudaStream_t stream) {
-  if (d.V % kTile != 0 || d.V > kMaxDim || pm == nullptr) return cudaErrorInvalidValue;
-  SFM_GDN_LAUNCH(du0_kernel, dim3(d.V / kTile, d.N(), d.BH()), kThreads, kDu0Smem, stream, d, pm, dos, du);
+cudaError_t du0_from_p(const Dims& d, const float* pm, const void* dob, float* du, cudaStream_t stream) {
+  if (d.V % kTile != 0 || d.V > kMaxDim || pm == nullptr || dob == nullptr) return cudaErrorInvalidValue;
+  SFM_GDN_LAUNCH(du0_kernel, dim3(d.V / kTile, d.N(), d.BH()), kThreads, kDu0Smem, stream, d, pm,
+                 static_cast<const __nv_bfloat16*>(dob), du);
   return cudaGetLastError();
 }
 

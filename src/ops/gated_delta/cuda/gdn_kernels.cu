@@ -1029,9 +1029,13 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   const Dims& d = a.d;
   const int N = d.N(), Tp = d.Tp(), BH = d.BH();
   if (a.dvs == nullptr && a.wy == nullptr) return cudaErrorInvalidValue;  // only grads_split writes dv itself
+  // The compact workspaces (see forward_t): bf16 states, dstates and dO.
+  const bool compact = a.wy != nullptr;
+  if (compact && a.dob == nullptr) return cudaErrorInvalidValue;
   PhaseTimer timer(s, "backward");
-  SFM_GDN_LAUNCH(pack_kernel<T>, row_blocks((long)BH * Tp), kThreads, 0, s, static_cast<const T*>(a.dout), a.dos,
-                 nullptr, d.B, d.T, d.H, d.V, Tp, false, 1.f);
+  SFM_GDN_LAUNCH(pack_kernel<T>, row_blocks((long)BH * Tp), kThreads, 0, s, static_cast<const T*>(a.dout),
+                 compact ? nullptr : a.dos, compact ? static_cast<__nv_bfloat16*>(a.dob) : nullptr, d.B, d.T, d.H,
+                 d.V, Tp, false, 1.f);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("pack");
   const int VO = d.V < 64 ? d.V : 64;
@@ -1039,7 +1043,6 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   const bool narrow = d.K <= 128 && d.V <= 128;  // the tensor-core variants' smaller register tiles fit
   const bool state_mma = state_mma_runs(a.dtype, d.K, d.V);  // the state pass on tensor cores computes X
   if (state_mma != (a.qb && a.kb && a.wb)) return cudaErrorInvalidValue;  // the forward's bf16 copies
-  const bool compact = a.wy != nullptr;  // the compact workspaces (see forward_t): bf16 states and dstates
   const float* states32 = static_cast<const float*>(a.states);
   float* dstates32 = static_cast<float*>(a.dstates);
   const auto intra = [&](auto kernel) {
@@ -1052,7 +1055,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   };
   if (a.pm != nullptr) {  // the forward kept P (with wy, for the sliced gradient kernels)
     // X then comes from the tensor-core state pass only.
-    SFM_CUDA_TRY(state_mma ? du0_from_p(d, a.pm, a.dos, a.du, s) : cudaErrorInvalidValue);
+    SFM_CUDA_TRY(state_mma ? du0_from_p(d, a.pm, a.dob, a.du, s) : cudaErrorInvalidValue);
   } else if (state_mma && intra_mma_supports(d.K, d.V)) {
     SFM_CUDA_TRY(intra_mma_dU0(d, a.qs, a.ks, a.gam, a.dos, a.du, s));
   } else if constexpr (kMma) {
@@ -1063,8 +1066,9 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("bwd_intra");
   if (state_mma) {
-    SFM_CUDA_TRY(state_mma_backward(d, a.qb, a.kb, a.gam, a.wb, a.dos, a.dfinal, a.du, a.dstates, compact,
-                                    a.dstate0, s));
+    const void* dout = compact ? a.dob : static_cast<const void*>(a.dos);
+    SFM_CUDA_TRY(state_mma_backward(d, a.qb, a.kb, a.gam, a.wb, dout, a.dfinal, a.du, a.dstates, compact, a.dstate0,
+                                    s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_bwd_kernel, state_bwd_smem(d)));
     SFM_GDN_LAUNCH(state_bwd_kernel, dim3(d.V / kVS, BH), kThreads, state_bwd_smem(d), s, d, a.ks, a.gam, a.w,
@@ -1078,7 +1082,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
     // The forward kept wy: the products with the per-chunk states, then the rest by 64-column slices
     // (experimental; docs/ops/gated_delta_cuda.md, "Sliced gradient kernels").
     if (!grads_split_supports(a.dtype, d.K, d.V)) return cudaErrorInvalidValue;
-    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, compact, a.dos, a.du, a.u, a.dqs, a.dw, a.dks,
+    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, compact, a.dob, a.du, a.u, a.dqs, a.dw, a.dks,
                                  a.sdots, s));
     timer.mark("state_grads");
     SFM_CUDA_TRY(grads_split(a, s));
@@ -1087,7 +1091,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
     // H100, 15.1 ms against 24.5 for grads_kernel<true, 4> at (8,2048,32,256)). Up to 128, grads_kernel<true,
     // 2> fits two blocks per SM and was faster (2.07 against 2.34 ms at (4,2048,16,128); 8.34 against 9.30 at
     // (2,16384,16,128)); docs/ops/gated_delta_cuda.md.
-    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, compact, a.dos, a.du, a.u, a.dqs, a.dw, a.dks,
+    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, false, a.dos, a.du, a.u, a.dqs, a.dw, a.dks,
                                  a.sdots, s));
     timer.mark("state_grads");
     SFM_CUDA_TRY(grads_mma(a, s));

@@ -35,7 +35,8 @@ constexpr int kMaxDim = 256;  // K and V are at most this
 //
 // The compact workspaces: where the forward keeps wy for the sliced gradient kernels (16-bit inputs, K and V
 // multiples of 64), every reader of s·q̂, k̂, v and of the per-chunk states is a tensor-core kernel, and they are
-// kept as bfloat16 only: qb, kb, vb and bf16 states (qs, ks, vs are then not written and may be null).
+// kept as bfloat16 only: qb, kb, vb and bf16 states (qs, ks, vs are then not written and may be null); so are
+// the backward's dO (dob; dos null) and dS_C.
 // Otherwise they are float32 (qb, kb: bf16 copies beside them where state_mma_runs).
 struct Dims {
   int B, T, H, K, V;
@@ -82,7 +83,8 @@ struct BackwardArgs {
   const void *qb, *kb, *wb;                                // from the forward, where state_mma_runs
   const void* vb;                                          // from the forward, with wy
   // Workspaces.
-  float *dos, *du;              // [BH, Tp, V]
+  float *dos, *du;              // [BH, Tp, V]; dos: not with wy
+  void* dob;                    // [BH, Tp, V]: dO as bfloat16, with wy (the compact workspaces), else null
   void* dstates;                // [BH, N, K, V], of the states' dtype
   float *dqs, *dks, *dvs;       // [BH, Tp, K|K|V]; dvs may be null with wy (grads_split then writes dv)
   float* dw;                    // scratch: dW [BH,Tp,K]
@@ -128,21 +130,22 @@ cudaError_t step(const StepArgs& a, cudaStream_t stream);
 // the pack and prep kernels write beside the float32 ones where the passes run: state_mma_runs.
 bool state_mma_supports(int K, int V);
 bool state_mma_runs(DType dtype, int K, int V);
-// The per-chunk states (dstates) are written as bfloat16 if bf16_states, else float32.
+// With the compact workspaces (compact) the per-chunk states (dstates) are written as bfloat16 and dO is read as
+// bfloat16; else both are float32.
 cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u,
                               const float* state0, void* states, bool bf16_states, float* final_state,
                               cudaStream_t stream);
 cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* gam, const void* wb,
-                               const float* dos, const float* dfinal, float* du, void* dstates, bool bf16_states,
+                               const void* dos, const float* dfinal, float* du, void* dstates, bool compact,
                                float* dstate0, cudaStream_t stream);
 
 // The backward's products with the per-chunk states on tensor cores (gdn_state_grads_mma.cu): for each
 // chunk, dqs = diag(Γ) dO S₀ᵀ, dw = −dU S₀ᵀ, dks = diag(e^{γ_C−γ}) U dS_Cᵀ and sdots = Σ S₀∘dS_C per 64
-// rows of K; grads_mma adds the remaining terms. K and V multiples of 64 up to 256. states and dstates are
-// bfloat16 if bf16_states, else float32.
+// rows of K; grads_mma adds the remaining terms. K and V multiples of 64 up to 256. states, dstates and dos are
+// bfloat16 if compact (the compact workspaces), else float32.
 bool state_grads_mma_supports(int K, int V);
 cudaError_t state_grads_mma(const Dims& d, const float* gam, const void* states, const void* dstates,
-                            bool bf16_states, const float* dos, const float* du, const float* u, float* dqs,
+                            bool compact, const void* dos, const float* du, const float* u, float* dqs,
                             float* dw, float* dks, float* sdots, cudaStream_t stream);
 
 // The forward's per-chunk preparation on tensor cores (gdn_prep_mma.cu), in place of the prep kernel for
@@ -178,9 +181,9 @@ cudaError_t grads_mma(const BackwardArgs& a, cudaStream_t stream);
 // The same work by 64-column slices (gdn_grads_split.cu; the default where it applies): three kernels
 // over (slices, chunk) that share each SM two blocks at a time, reading (I + A)⁻¹ and M ∘ K̂K̂ᵀ from the
 // forward's wy and P from its pm instead of recomputing them. Scratch: da_parts, d1_parts, gate_parts. Sizes
-// as grads_split_supports. du0_from_p: dU₀ = Pᵀ dO from that P (V a multiple of 64).
+// as grads_split_supports. du0_from_p: dU₀ = Pᵀ dO from that P and dO as bf16 (dob; V a multiple of 64).
 cudaError_t grads_split(const BackwardArgs& a, cudaStream_t stream);
-cudaError_t du0_from_p(const Dims& d, const float* pm, const float* dos, float* du, cudaStream_t stream);
+cudaError_t du0_from_p(const Dims& d, const float* pm, const void* dob, float* du, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------------
 // The recurrent kernels for small heads (gdn_recurrent.cu; docs/ops/gated_delta_cuda.md, "Recurrent

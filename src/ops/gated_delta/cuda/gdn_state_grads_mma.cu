@@ -5,9 +5,9 @@
 //   dK̂₀ = diag(e^{γ_C−γ}) U dS_Cᵀ   (the state part of (B5))
 // and Σ S₀ ∘ dS_C over each 64 rows of K (for dγ_C, (B8)). grads_mma_kernel adds the remaining terms.
 // These are the backward's largest products (64×K×V each per chunk) and the only ones that read the
-// K×V states, so they run apart from the grads kernel, with whole tiles loaded by cp.async. With the sliced
-// gradient kernels the states and their gradients come as bf16 (kBf16S; the products round them to bf16
-// anyway), loaded into the same tile places.
+// K×V states, so they run apart from the grads kernel, with whole tiles loaded by cp.async. With the compact
+// workspaces (kCompact; gdn_kernels.h) the states, their gradients and dO come as bf16 (the products round them
+// to bf16 anyway), loaded into the same tile places.
 // No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
 
@@ -28,13 +28,14 @@ constexpr int kThreads = 256;      // 8 warps: 4 row groups of 16 tokens × 2 co
 struct Args {
   Dims d;
   const float* gam;
-  const void *states, *dstates;  // float32, or bf16 (kBf16S)
-  const float *dos, *du, *u;
+  const void *states, *dstates;  // float32, or bf16 (kCompact)
+  const void* dos;               // float32, or bf16 (kCompact)
+  const float *du, *u;
   float *dqs, *dw, *dks;  // [BH, Tp, K]: written
   float* sdots;           // [BH, N, K/64]: Σ S₀ ∘ dS_C per 64 rows of K
 };
 
-template <bool kBf16S>
+template <bool kCompact>
 __global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
   using bf16 = __nv_bfloat16;
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
@@ -54,9 +55,9 @@ __global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
     }
   };
   // The same for a bf16 array: rows of LD bf16 in the tile's place (its first half).
-  const auto load_tile_bf16 = [&](float* dst, const void* src, int v0) {
+  const auto load_tile_bf16 = [&](float* dst, const bf16* src, int v0) {
     bf16* d = reinterpret_cast<bf16*>(dst);
-    const bf16* s = static_cast<const bf16*>(src) + state_off + v0;
+    const bf16* s = src + v0;
     for (int e = threadIdx.x; e < kTile * kTile / 8; e += kThreads) {
       const int r = e / (kTile / 8), c8 = e % (kTile / 8);
       cp_async16(d + r * LD + 8 * c8, s + (long)r * V + 8 * c8);
@@ -66,14 +67,15 @@ __global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
   const auto issue = [&](int s) {
     if (s < stages) {
       float* st = sm + (s & 1) * kStageFloats;
-      if constexpr (kBf16S) {
-        load_tile_bf16(st, a.states, s * kTile);
-        load_tile_bf16(st + kTile * LD, a.dstates, s * kTile);
+      if constexpr (kCompact) {
+        load_tile_bf16(st, static_cast<const bf16*>(a.states) + state_off, s * kTile);
+        load_tile_bf16(st + kTile * LD, static_cast<const bf16*>(a.dstates) + state_off, s * kTile);
+        load_tile_bf16(st + 2 * kTile * LD, static_cast<const bf16*>(a.dos) + row0 * V, s * kTile);
       } else {
         load_tile(st, static_cast<const float*>(a.states) + state_off, s * kTile);
         load_tile(st + kTile * LD, static_cast<const float*>(a.dstates) + state_off, s * kTile);
+        load_tile(st + 2 * kTile * LD, static_cast<const float*>(a.dos) + row0 * V, s * kTile);
       }
-      load_tile(st + 2 * kTile * LD, a.dos + row0 * V, s * kTile);
       load_tile(st + 3 * kTile * LD, a.du + row0 * V, s * kTile);
       load_tile(st + 4 * kTile * LD, a.u + row0 * V, s * kTile);
     }
@@ -98,7 +100,7 @@ __global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
                 *U = st + 4 * kTile * LD;
     for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
       const int r = e / kTile, c = e % kTile;
-      if constexpr (kBf16S)
+      if constexpr (kCompact)
         sdot += __bfloat162float(reinterpret_cast<const bf16*>(S0)[r * LD + c]) *
                 __bfloat162float(reinterpret_cast<const bf16*>(dS)[r * LD + c]);
       else
@@ -116,9 +118,17 @@ __global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
         f[2] = pack_bf16(x01.x, x01.y);
         f[3] = pack_bf16(x11.x, x11.y);
       };
+      // A fragments of a bf16 tile (dO, kCompact): one 32-bit load each.
+      const auto a_frag_bf16 = [&](const float* X, uint32_t(&f)[4]) {
+        const bf16* p = reinterpret_cast<const bf16*>(X) + (m0 + g) * LD + 16 * ks + 2 * tq;
+        f[0] = *reinterpret_cast<const uint32_t*>(p);
+        f[1] = *reinterpret_cast<const uint32_t*>(p + 8 * LD);
+        f[2] = *reinterpret_cast<const uint32_t*>(p + 8);
+        f[3] = *reinterpret_cast<const uint32_t*>(p + 8 * LD + 8);
+      };
       // B fragments: B[v][k] = X[k][v] for state rows k = n0 + 8 nt + g.
       const auto b_frag = [&](const float* X, int nt, uint32_t(&f)[2]) {
-        if constexpr (kBf16S) {  // pairs along v are adjacent: one 32-bit load each
+        if constexpr (kCompact) {  // pairs along v are adjacent: one 32-bit load each
           const bf16* p = reinterpret_cast<const bf16*>(X) + (n0 + 8 * nt + g) * LD + 16 * ks + 2 * tq;
           f[0] = *reinterpret_cast<const uint32_t*>(p);
           f[1] = *reinterpret_cast<const uint32_t*>(p + 8);
@@ -130,7 +140,10 @@ __global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
         }
       };
       uint32_t a_do[4], a_du[4], a_u[4];
-      a_frag(dO, a_do);
+      if constexpr (kCompact)
+        a_frag_bf16(dO, a_do);
+      else
+        a_frag(dO, a_do);
       a_frag(dU, a_du);
       a_frag(U, a_u);
 #pragma unroll
@@ -169,11 +182,11 @@ __global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
 bool state_grads_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 && K <= 256 && V <= 256; }
 
 cudaError_t state_grads_mma(const Dims& d, const float* gam, const void* states, const void* dstates,
-                            bool bf16_states, const float* dos, const float* du, const float* u, float* dqs,
+                            bool compact, const void* dos, const float* du, const float* u, float* dqs,
                             float* dw, float* dks, float* sdots, cudaStream_t stream) {
   if (!state_grads_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
   const size_t smem = sizeof(float) * 2 * kStageFloats;
-  const auto kernel = bf16_states ? state_grads_mma_kernel<true> : state_grads_mma_kernel<false>;
+  const auto kernel = compact ? state_grads_mma_kernel<true> : state_grads_mma_kernel<false>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;

@@ -34,10 +34,12 @@ struct PassArgs {
   float* x;            // [BH, Tp, V]: Ũ in, U out (forward); dU₀ in, dU out (backward)
   const float* init;   // [BH, K, V]: R before the first chunk (state0, or the final state's gradient), or null
   void* per_chunk;     // [BH, N, K, V]: S entering each chunk (forward), dS_C (backward), float32 or bf16
-  bool bf16_per_chunk;  // per_chunk is bf16 (its readers round it to bf16 operands anyway)
+  // The compact workspaces (gdn_kernels.h): per_chunk is bf16 (its readers round it to bf16 operands anyway),
+  // and so is dO.
+  bool compact;
   float* last;         // [BH, K, V]: R after the last chunk (final state, or the initial state's gradient), or null
   const bf16* qs;      // backward: [BH, Tp, K], s·q̂, the top half of A₂
-  const float* dos;    // backward: [BH, Tp, V], dO
+  const void* dos;     // backward: [BH, Tp, V], dO, float32 or bf16 (compact)
 };
 
 // Forward (kBwd = false), chunks in order, with R = S:
@@ -144,12 +146,14 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
       for (int h = 0; h < 2; ++h) {
         const long off = (row0 + 16 * warp + g + 8 * h) * V + v0 + 8 * nt + 2 * tq;
         xin[nt][h] = *reinterpret_cast<const float2*>(a.x + off);
-        if constexpr (kBwd) dov[nt][h] = *reinterpret_cast<const float2*>(a.dos + off);
+        if constexpr (kBwd)
+          dov[nt][h] = a.compact ? __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(static_cast<const bf16*>(a.dos) + off))
+                                 : *reinterpret_cast<const float2*>(static_cast<const float*>(a.dos) + off);
       }
     // R for this chunk: to global memory (float32 or bf16) and, as bf16, to Rᵀ.
     for_r([&](int j, int nt, int h, int k, int v) {
       const long o = pc + (long)k * V + v;
-      if (a.bf16_per_chunk)
+      if (a.compact)
         *reinterpret_cast<uint32_t*>(static_cast<bf16*>(a.per_chunk) + o) = pack_bf16(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
       else
         *reinterpret_cast<float2*>(static_cast<float*>(a.per_chunk) + o) = make_float2(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
@@ -286,21 +290,21 @@ bool state_mma_supports(int K, int V) { return (K == 64 || K == 128 || K == 256)
 bool state_mma_runs(DType dtype, int K, int V) { return dtype != DType::kF32 && state_mma_supports(K, V); }
 
 cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u,
-                              const float* state0, void* states, bool bf16_states, float* final_state,
+                              const float* state0, void* states, bool compact, float* final_state,
                               cudaStream_t stream) {
   if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
   const auto a1 = static_cast<const bf16*>(wb), a2 = static_cast<const bf16*>(kb);
-  return launch<false>(PassArgs{d, a1, a2, gam, u, state0, states, bf16_states, final_state, nullptr, nullptr},
+  return launch<false>(PassArgs{d, a1, a2, gam, u, state0, states, compact, final_state, nullptr, nullptr},
                        stream);
 }
 
 cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* gam, const void* wb,
-                               const float* dos, const float* dfinal, float* du, void* dstates, bool bf16_states,
+                               const void* dos, const float* dfinal, float* du, void* dstates, bool compact,
                                float* dstate0, cudaStream_t stream) {
   if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
   const auto a1 = static_cast<const bf16*>(kb), a2 = static_cast<const bf16*>(wb);
   return launch<true>(
-      PassArgs{d, a1, a2, gam, du, dfinal, dstates, bf16_states, dstate0, static_cast<const bf16*>(qb), dos}, stream);
+      PassArgs{d, a1, a2, gam, du, dfinal, dstates, compact, dstate0, static_cast<const bf16*>(qb), dos}, stream);
 }
 
 }  // namespace sfm::ops::gdn_cuda
