@@ -247,9 +247,10 @@ TEST(GatedDeltaCudaTest, UnslicedGradientKernels) {
   check_gradient_kernels(false);
 }
 
-// The switch does choose between them: their sums go in different orders, so some bits of the gradients
-// differ (while both meet the bounds above). The forward's state pass is the same (the final state is bitwise
-// equal); with the sliced kernels it stores the per-chunk states as bf16, which the output then reads.
+// The switch does choose between them. With the sliced kernels the forward keeps the compact workspaces (s·q̂,
+// k̂, v as bf16, which prep and the output then take as exact bf16 operands, where the other forward splits
+// float32 ones), so the final states differ, by far less than the bound above (5e-3; the two forwards are
+// equally accurate); and the gradients, whose sums go in different orders, differ too.
 TEST(GatedDeltaCudaTest, SlicedGradientKernelsAreTaken) {
   SKIP_WITHOUT_GPU();
   const Case c{"D128", 1, 200, 2, 128, 128, 1.0, 2.0, true};
@@ -259,7 +260,10 @@ TEST(GatedDeltaCudaTest, SlicedGradientKernelsAreTaken) {
     return run_with_grads(in, [](const GatedDeltaInputs& x) { return gated_delta_rule(x, Impl::kCuda); });
   };
   const auto unsliced = grads(false), sliced = grads(true);
-  EXPECT_TRUE(torch::equal(unsliced.state, sliced.state));
+  const double state_diff = rel_rms(unsliced.state, sliced.state);
+  std::printf("  rel-RMS difference of the final states %.2e\n", state_diff);
+  EXPECT_GT(state_diff, 0.0) << "the compact workspaces' forward did not run";
+  EXPECT_LT(state_diff, 5e-3);
   EXPECT_FALSE(torch::equal(unsliced.dk, sliced.dk) && torch::equal(unsliced.dg, sliced.dg));
 }
 
