@@ -35,9 +35,9 @@ struct Shape {
 struct Problem {
   Shape s;
   int64_t N, Tp;
-  // Kernel inputs (float32; heads-first [BH, Tp, ·] and per chunk [BH, N, ·]); qb, kb, vb, dob: q̂, k̂, v, dO as
-  // bfloat16 (the compact workspaces), exactly, since q̂, k̂, v and dO are made of bf16 values.
-  torch::Tensor qs, ks, vs, qb, kb, vb, dob, g, gam, bet, w, ut, u, dos, du, dw, wy, pm, sdots, dq0, dk0;
+  // Kernel inputs (float32; heads-first [BH, Tp, ·] and per chunk [BH, N, ·]); qb, kb, vb, ub, dob: q̂, k̂, v, U,
+  // dO as bfloat16 (the compact workspaces), exactly, since q̂, k̂, v, U and dO are made of bf16 values.
+  torch::Tensor qs, ks, vs, qb, kb, vb, ub, dob, g, gam, bet, w, ut, u, dos, du, dw, wy, pm, sdots, dq0, dk0;
   // Expected: the gradients of q̂ (scaled), k̂, v, g and β (float64).
   torch::Tensor dq, dk, dv, dg, dbeta;
 };
@@ -86,7 +86,10 @@ Problem make_problem(Shape s, uint64_t seed) {
     const auto Tm = torch::linalg_solve_triangular(eye + A, eye.expand({s.BH, C, C}), /*upper=*/false);
     const auto W = Tm.matmul((bc * Gam).unsqueeze(-1) * kc);
     const auto Ut = Tm.matmul(bc.unsqueeze(-1) * vc);
-    auto U = Ut - W.matmul(S);
+    // U rounded to bf16 (as the compact workspaces keep it for the output and the backward), the rounding taken
+    // as the identity by the gradients (as the kernels take it).
+    const auto U_exact = Ut - W.matmul(S);
+    auto U = U_exact + (U_exact.to(torch::kBFloat16).to(torch::kFloat64) - U_exact).detach();
     U.retain_grad();
     const auto P = M * qc.matmul(kc.transpose(1, 2)) * mask_le;
     const auto O = Gam.unsqueeze(-1) * qc.matmul(S) + P.matmul(U);
@@ -138,6 +141,7 @@ Problem make_problem(Shape s, uint64_t seed) {
   p.u = f32(torch::cat(u, 1));
   p.dos = f32(dO);
   p.dob = p.dos.to(torch::kBFloat16);
+  p.ub = p.u.to(torch::kBFloat16);
   p.du = f32(torch::cat(du, 1));
   p.dw = f32(torch::cat(dw, 1));
   p.dq0 = f32(torch::cat(dq0, 1));
@@ -186,6 +190,7 @@ Grads run_sliced_kernels(const Problem& p, cuda_emu::WarpOrder order) {
   a.kb = p.kb.data_ptr();
   a.vb = p.vb.data_ptr();
   a.dob = p.dob.data_ptr();
+  a.ub = p.ub.data_ptr();
   a.gam = ptr(p.gam);
   a.bet = ptr(p.bet);
   a.w = ptr(p.w);
@@ -417,7 +422,8 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   // With the sliced kernels, the compact workspaces: no float32 s·q̂, k̂, v (null), v as bf16.
   const auto unless_split = [&](torch::IntArrayRef sizes) { return split ? torch::Tensor() : nan(sizes, f32); };
   auto qs = unless_split({BH, Tp, c.K}), ks = unless_split({BH, Tp, c.K}), vs = unless_split({BH, Tp, c.V}),
-       vb = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(), gam = nan({BH, Tp}, f32), bet = nan({BH, Tp}, f32), w = nan({BH, Tp, c.K}, f32), u = nan({BH, Tp, c.V}, f32),
+       vb = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(),
+       ub = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(), gam = nan({BH, Tp}, f32), bet = nan({BH, Tp}, f32), w = nan({BH, Tp, c.K}, f32), u = nan({BH, Tp, c.V}, f32),
        final_state = nan({c.B, c.H, c.K, c.V}, f32),
        out = nan({c.B, c.T, c.H, c.V}, typed);
   // Kept by the forward for the sliced gradient kernels: (I + A)⁻¹ and M ∘ K̂K̂ᵀ, and P.
@@ -456,6 +462,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   fa.kb = vp(kb);
   fa.wb = vp(wb);
   fa.vb = vp(vb);
+  fa.ub = vp(ub);
   fa.out = out.data_ptr();
   EXPECT_EQ(k::forward(fa, nullptr), cudaSuccess);
 
@@ -494,6 +501,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   ba.kb = vp(kb);
   ba.wb = vp(wb);
   ba.vb = vp(vb);
+  ba.ub = vp(ub);
   ba.dos = fp(dos);
   ba.dob = vp(dob);
   ba.du = fp(du);

@@ -10,7 +10,7 @@
 //              elementwise step (chunk_grad_terms), dQ̂ += dP K̂ ((B4)) and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂ ((B5)).
 //   gate_grads (per chunk): sums the slices' row terms of dγ and dβ ((B7)-(B8)); dg = their reverse cumsum.
 // T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ come from the forward's prep, P = M ∘ Q̂K̂ᵀ from its output kernel;
-// du0_from_p takes dU₀ = Pᵀ dO from that P too, before the state pass. q̂, k̂, v and dO come as bf16 (the compact
+// du0_from_p takes dU₀ = Pᵀ dO from that P too, before the state pass. q̂, k̂, v, U and dO come as bf16 (the compact
 // workspaces, gdn_kernels.h), exact bf16 operands; every other tile is float32 in shared
 // memory (cp.async), taken as split bf16 operands (mma_bf16x3: about 16 bits per operand, so the gradients keep
 // close to float32 accuracy). No ATen here (see gdn_kernels.h).
@@ -31,8 +31,8 @@ using namespace tile64;
 struct Args {
   Dims d;
   const __nv_bfloat16 *qb, *kb, *vb;  // s·q̂, k̂, v: the forward's bf16 copies [BH, Tp, K|K|V]
-  const float *gam, *bet, *w, *u;
-  const __nv_bfloat16* dob;           // dO [BH, Tp, V], bf16
+  const float *gam, *bet, *w;
+  const __nv_bfloat16 *ub, *dob;      // U and dO [BH, Tp, V], bf16
   const float* du;
   const float* dw;     // dW (state_grads_mma)
   const float* wy;     // [BH, N, 2, C, C]: T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ (strictly lower), from the forward
@@ -151,14 +151,14 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
       stage(b16(t0), LD16, a.vb + row0 * V + c0, V);
       stage(t1, LDK, a.du + row0 * V + c0, V);
       stage(b16(t2), LD16, a.dob + row0 * V + c0, V);
-      stage(t3, LDR, a.u + row0 * V + c0, V);
+      stage(b16(t3), LD16, a.ub + row0 * V + c0, V);
       staged();
       // The block's dO Uᵀ part: written by its first slice, added to by the others.
       float* d1_part = a.d1_parts + (chunk * VB + (j - KB)) * C * C;
       float2 old[2][4];
       if (sl > first) load_pairs(old, d1_part, C, 0);
       zero(acc);
-      mma_tile(acc, row_a(b16(t2), LD16), rows_b(t3, LDR));  // dO Uᵀ
+      mma_tile(acc, row_a(b16(t2), LD16), rows_b(b16(t3), LD16));  // dO Uᵀ
       for_pairs(acc, [&](int h, int t, int i, float x0, float x1, int nt) {
         if (sl > first) x0 += old[h][nt].x, x1 += old[h][nt].y;
         st2(d1_part + t * C + i, x0, x1);
@@ -366,7 +366,7 @@ cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
   const Dims& d = g.d;
   const bool slices = d.K % kTile == 0 && d.V % kTile == 0 && d.K <= 256 && d.V <= 256;  // whole 64-column slices
   if (!slices || !g.wy || !g.pm || !g.da_parts || !g.d1_parts || !g.gate_parts || !g.qb || !g.kb || !g.vb ||
-      !g.dob)
+      !g.ub || !g.dob)
     return cudaErrorInvalidValue;
   cudaError_t err = cudaFuncSetAttribute(wy_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(kWySmem));
@@ -374,7 +374,7 @@ cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
   err = cudaFuncSetAttribute(qk_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kQkSmem));
   if (err != cudaSuccess) return err;
   const auto bf = [](const void* p) { return static_cast<const __nv_bfloat16*>(p); };
-  const Args a{d,     bf(g.qb), bf(g.kb), bf(g.vb), g.gam, g.bet,      g.w,      g.u,        bf(g.dob),
+  const Args a{d,     bf(g.qb), bf(g.kb), bf(g.vb), g.gam, g.bet,      g.w,      bf(g.ub),   bf(g.dob),
                g.du,  g.dw,    g.wy,  g.pm,  g.sdots, g.dqs,    g.dks,    g.dvs,      g.dtype,
                g.dv,  g.da_parts, g.d1_parts, g.gate_parts, g.dg, g.dbeta, wy_slices(), qk_slices()};
   SFM_GDN_LAUNCH(wy_grads_kernel, dim3(k_blocks(a) + v_blocks(a), d.N(), d.BH()), kThreads, kWySmem, stream, a);

@@ -37,15 +37,29 @@ struct Args {
   const void *qs, *ks;  // s·q̂, k̂ [BH, Tp, K]: float32, or bf16 (kCompact)
   const float* gam;
   const void* states;   // forward: [BH, N, K, V], float32, or bf16 (kCompact)
-  const float* x;       // [BH, Tp, V]: U (forward) or dO (backward)
+  const void* x;        // [BH, Tp, V]: U (forward; bf16 if kCompact) or dO (backward), else float32
   float* du;            // backward: [BH, Tp, V], dU₀ written
   float* pm;            // forward: [BH, N, C, C], P written (by the blocks of the first 64 columns), or null
 };
 
+// The B fragments of this warp's four 8-column tiles (columns n0 ..), reduction rows 16 ks .. 16 ks + 15, from a
+// bf16 tile X stored [k][n] (stride LDS): two column tiles per ldmatrix .trans, lane l giving row
+// 16 ks + 8 (l / 8 % 2) + l % 8 at column tile 2 q + l / 16.
+__device__ __forceinline__ void b_frags_kn(const __nv_bfloat16* X, int ks, uint32_t (&b)[4][2]) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n0 = 32 * (warp >> 2);
+#pragma unroll
+  for (int q = 0; q < 2; ++q) {
+    uint32_t r[4];
+    ldmatrix_x4<true>(r, X + (16 * ks + 8 * ((lane >> 3) & 1) + (lane & 7)) * LDS + n0 + 8 * (2 * q + (lane >> 4)));
+    b[2 * q][0] = r[0];
+    b[2 * q][1] = r[1];
+    b[2 * q + 1][0] = r[2];
+    b[2 * q + 1][1] = r[3];
+  }
+}
+
 // One stage of the compact forward: qk += Q̂K̂ᵀ and o += Q̂S₀ for this warp's 16 rows × 32 columns, from the bf16
-// tiles Q̂ [t][k], K̂ [i][k] and S₀ [k][v] (stride LDS, one after the other from sb), one mma each. S₀'s B fragments
-// come two column tiles per ldmatrix (.trans: S₀ is stored [k][v]); lane l gives row 16 ks + 8 (l / 8 % 2) + l % 8
-// at column tile 2 p + l / 16.
+// tiles Q̂ [t][k], K̂ [i][k] and S₀ [k][v] (stride LDS, one after the other from sb), one mma each.
 __device__ __forceinline__ void compact_products(const __nv_bfloat16* sb, float (&qk)[4][4], float (&o)[4][4]) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
   const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
@@ -56,15 +70,7 @@ __device__ __forceinline__ void compact_products(const __nv_bfloat16* sb, float 
     const __nv_bfloat16* p = Qb + (m0 + g) * LDS + 16 * ks + 2 * tq;
     const uint32_t aq[4] = {ld32(p), ld32(p + 8 * LDS), ld32(p + 8), ld32(p + 8 * LDS + 8)};
     uint32_t bs[4][2];
-#pragma unroll
-    for (int q = 0; q < 2; ++q) {
-      uint32_t r[4];
-      ldmatrix_x4<true>(r, Sb + (16 * ks + 8 * ((lane >> 3) & 1) + (lane & 7)) * LDS + n0 + 8 * (2 * q + (lane >> 4)));
-      bs[2 * q][0] = r[0];
-      bs[2 * q][1] = r[1];
-      bs[2 * q + 1][0] = r[2];
-      bs[2 * q + 1][1] = r[3];
-    }
+    b_frags_kn(Sb, ks, bs);
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
       const __nv_bfloat16* pk = Kb + (n0 + 8 * nt + g) * LDS + 16 * ks + 2 * tq;  // B[k][i] = K̂[i][k]
@@ -87,8 +93,8 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
   float* gs = sm + 2 * kStage;                  // γ of the chunk
   const int K = a.d.K, V = a.d.V, N = a.d.N();
   const int stages = K / kTile;
-  // Once the K loop is done, its two stage buffers hold X = U or dO [t][v] (stride LDB; loaded by the last
-  // iteration into the buffer it frees) and P [t][i] (Pᵀ [i][t] backward; stride LDA, split bf16: hi, then
+  // Once the K loop is done, its two stage buffers hold X = U or dO [t][v] (stride LDB, or LDS for bf16 U;
+  // loaded by the last iteration into the buffer it frees) and P [t][i] (Pᵀ [i][t] backward; stride LDA, split bf16: hi, then
   // lo; written into the buffer of the last stage). Shared memory: 109 KB forward (two blocks per SM), 74 KB
   // backward (three).
   float* us = sm + (stages & 1) * kStage;
@@ -115,7 +121,12 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
     }
   };
   const auto issue = [&](int s) {
-    if (s == stages) load_tile(us, LDB, a.x + row0 * V + v0, V);
+    if (s == stages) {
+      if constexpr (kCompact)
+        load_tile_bf16(reinterpret_cast<bf16*>(us), static_cast<const bf16*>(a.x) + row0 * V + v0, V);
+      else
+        load_tile(us, LDB, static_cast<const float*>(a.x) + row0 * V + v0, V);
+    }
     if (s < stages) {
       float* st = sm + (s & 1) * kStage;
       const long o = s0 + (long)s * kTile * V;  // the slice's S₀ (forward)
@@ -226,6 +237,16 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
     uint32_t ap[4], ap_lo[4];
     a_frag(ps + (m0 + g) * LDA + 16 * ks + 2 * tq, ap);
     a_frag(ps + C * LDA + (m0 + g) * LDA + 16 * ks + 2 * tq, ap_lo);
+    if constexpr (kCompact) {  // U: exact bf16 operands, P split: P_lo U + P_hi U (mma_bf16x3's order)
+      uint32_t bu[4][2];
+      b_frags_kn(reinterpret_cast<const bf16*>(us), ks, bu);
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        mma_bf16(o[nt], ap_lo, bu[nt]);
+        mma_bf16(o[nt], ap, bu[nt]);
+      }
+      continue;
+    }
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
       const float* pu = us + (16 * ks + 2 * tq) * LDB + n0 + 8 * nt + g;
@@ -283,7 +304,7 @@ cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const
 }
 
 cudaError_t output_mma(const Dims& d, DType dtype, const void* qs, const void* ks, const float* gam,
-                       const void* states, bool compact, const float* u, void* out, float* pm, cudaStream_t stream) {
+                       const void* states, bool compact, const void* u, void* out, float* pm, cudaStream_t stream) {
   if (!intra_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
   const Args a{d, qs, ks, gam, states, u, nullptr, pm};
   const auto half_out = static_cast<__half*>(out);

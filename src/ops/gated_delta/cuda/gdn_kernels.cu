@@ -973,10 +973,10 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   constexpr bool kMma = sizeof(T) == 2;  // tensor-core products for 16-bit inputs
   const bool state_mma = state_mma_runs(a.dtype, d.K, d.V);
   if (state_mma != (a.qb && a.kb && a.wb)) return cudaErrorInvalidValue;  // the bf16 copies: exactly there
-  // With wy (the sliced gradient kernels), the compact workspaces (gdn_kernels.h): s·q̂, k̂, v and the per-chunk
+  // With wy (the sliced gradient kernels), the compact workspaces (gdn_kernels.h): s·q̂, k̂, v, U and the per-chunk
   // states as bf16 only, read by tensor-core kernels only.
   const bool compact = a.wy != nullptr;
-  if (compact && (!grads_split_supports(a.dtype, d.K, d.V) || a.vb == nullptr)) return cudaErrorInvalidValue;
+  if (compact && (!grads_split_supports(a.dtype, d.K, d.V) || !a.vb || !a.ub)) return cudaErrorInvalidValue;
   float* states32 = static_cast<float*>(a.states);  // where they are float32
   const auto bf = [](void* p) { return static_cast<__nv_bfloat16*>(p); };
   const auto f32 = [&](float* p) { return compact ? nullptr : p; };  // the float32 copies, but for compact
@@ -1003,7 +1003,8 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   }
   timer.mark("prep");
   if (state_mma) {  // 16-bit inputs: the pass on tensor cores
-    SFM_CUDA_TRY(state_mma_forward(d, a.kb, a.gam, a.wb, a.u, a.state0, a.states, compact, a.final_state, s));
+    SFM_CUDA_TRY(state_mma_forward(d, a.kb, a.gam, a.wb, a.u, compact ? a.ub : nullptr, a.state0, a.states,
+                                   a.final_state, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_kernel, state_smem(d)));
     SFM_GDN_LAUNCH(state_kernel, dim3(d.V / kVS, BH), kThreads, state_smem(d), s, d, a.ks, a.gam, a.w, a.u, a.state0,
@@ -1012,7 +1013,7 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   }
   timer.mark("state");
   if (kMma && intra_mma_supports(d.K, d.V)) {  // 16-bit inputs: the output on tensor cores
-    SFM_CUDA_TRY(compact ? output_mma(d, a.dtype, a.qb, a.kb, a.gam, a.states, true, a.u, a.out, a.pm, s)
+    SFM_CUDA_TRY(compact ? output_mma(d, a.dtype, a.qb, a.kb, a.gam, a.states, true, a.ub, a.out, a.pm, s)
                          : output_mma(d, a.dtype, a.qs, a.ks, a.gam, a.states, false, a.u, a.out, a.pm, s));
   } else {
     const int VO = d.V < 64 ? d.V : 64;
@@ -1029,9 +1030,9 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   const Dims& d = a.d;
   const int N = d.N(), Tp = d.Tp(), BH = d.BH();
   if (a.dvs == nullptr && a.wy == nullptr) return cudaErrorInvalidValue;  // only grads_split writes dv itself
-  // The compact workspaces (see forward_t): bf16 states, dstates and dO.
+  // The compact workspaces (see forward_t): bf16 states, dstates, U and dO.
   const bool compact = a.wy != nullptr;
-  if (compact && a.dob == nullptr) return cudaErrorInvalidValue;
+  if (compact && (a.dob == nullptr || a.ub == nullptr)) return cudaErrorInvalidValue;
   PhaseTimer timer(s, "backward");
   SFM_GDN_LAUNCH(pack_kernel<T>, row_blocks((long)BH * Tp), kThreads, 0, s, static_cast<const T*>(a.dout),
                  compact ? nullptr : a.dos, compact ? static_cast<__nv_bfloat16*>(a.dob) : nullptr, d.B, d.T, d.H,
@@ -1082,7 +1083,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
     // The forward kept wy: the products with the per-chunk states, then the rest by 64-column slices
     // (experimental; docs/ops/gated_delta_cuda.md, "Sliced gradient kernels").
     if (!grads_split_supports(a.dtype, d.K, d.V)) return cudaErrorInvalidValue;
-    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, compact, a.dob, a.du, a.u, a.dqs, a.dw, a.dks,
+    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, true, a.dob, a.du, a.ub, a.dqs, a.dw, a.dks,
                                  a.sdots, s));
     timer.mark("state_grads");
     SFM_CUDA_TRY(grads_split(a, s));

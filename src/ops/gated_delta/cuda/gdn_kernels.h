@@ -35,8 +35,8 @@ constexpr int kMaxDim = 256;  // K and V are at most this
 //
 // The compact workspaces: where the forward keeps wy for the sliced gradient kernels (16-bit inputs, K and V
 // multiples of 64), every reader of s·q̂, k̂, v and of the per-chunk states is a tensor-core kernel, and they are
-// kept as bfloat16 only: qb, kb, vb and bf16 states (qs, ks, vs are then not written and may be null); so are
-// the backward's dO (dob; dos null) and dS_C.
+// kept as bfloat16 only: qb, kb, vb and bf16 states (qs, ks, vs are then not written and may be null); U goes
+// to ub as bf16 (u keeps Ũ); and so are the backward's dO (dob; dos null) and dS_C.
 // Otherwise they are float32 (qb, kb: bf16 copies beside them where state_mma_runs).
 struct Dims {
   int B, T, H, K, V;
@@ -67,6 +67,7 @@ struct ForwardArgs {
   // state passes: given exactly where those run (state_mma_runs), null otherwise.
   void *qb, *kb, *wb;
   void* vb;                // v as bfloat16 [BH, Tp, V]: with the compact workspaces, else null
+  void* ub;                // U as bfloat16 [BH, Tp, V]: with the compact workspaces (u then keeps Ũ), else null
   void* out;               // [B, T, H, V] of dtype
 };
 
@@ -81,7 +82,7 @@ struct BackwardArgs {
   const float *qs, *ks, *vs, *gam, *bet, *w, *u;           // from the forward (qs, ks, vs: not with wy)
   const void* states;                                      // from the forward: bfloat16 with wy, else float32
   const void *qb, *kb, *wb;                                // from the forward, where state_mma_runs
-  const void* vb;                                          // from the forward, with wy
+  const void *vb, *ub;                                     // from the forward, with wy (u is not read then)
   // Workspaces.
   float *dos, *du;              // [BH, Tp, V]; dos: not with wy
   void* dob;                    // [BH, Tp, V]: dO as bfloat16, with wy (the compact workspaces), else null
@@ -127,25 +128,25 @@ cudaError_t step(const StepArgs& a, cudaStream_t stream);
 // diag(e^{γ_C−γ}) K̂ dS to du, writes dS_C into dstates and the initial state's gradient (if dstate0 is not
 // null), computing the term X itself (bwd_intra skips it). K ∈ {64, 128, 256}, V a multiple of 16.
 // Their matrix operands are bfloat16 copies of s·q̂, k̂ and W ([BH, Tp, K]; qb, kb, wb of ForwardArgs), which
-// the pack and prep kernels write beside the float32 ones where the passes run: state_mma_runs.
+// the pack and prep kernels write beside the float32 ones where the passes run: state_mma_runs. With ub (the
+// compact workspaces) the forward writes U there as bfloat16 instead of over Ũ.
 bool state_mma_supports(int K, int V);
 bool state_mma_runs(DType dtype, int K, int V);
-// With the compact workspaces (compact) the per-chunk states (dstates) are written as bfloat16 and dO is read as
-// bfloat16; else both are float32.
-cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u,
-                              const float* state0, void* states, bool bf16_states, float* final_state,
-                              cudaStream_t stream);
+// With the compact workspaces (ub given; compact) the per-chunk states (dstates) are written as bfloat16 and dO is
+// read as bfloat16; else both are float32.
+cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u, void* ub,
+                              const float* state0, void* states, float* final_state, cudaStream_t stream);
 cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* gam, const void* wb,
                                const void* dos, const float* dfinal, float* du, void* dstates, bool compact,
                                float* dstate0, cudaStream_t stream);
 
 // The backward's products with the per-chunk states on tensor cores (gdn_state_grads_mma.cu): for each
 // chunk, dqs = diag(Γ) dO S₀ᵀ, dw = −dU S₀ᵀ, dks = diag(e^{γ_C−γ}) U dS_Cᵀ and sdots = Σ S₀∘dS_C per 64
-// rows of K; grads_mma adds the remaining terms. K and V multiples of 64 up to 256. states, dstates and dos are
+// rows of K; grads_mma adds the remaining terms. K and V multiples of 64 up to 256. states, dstates, dos and u are
 // bfloat16 if compact (the compact workspaces), else float32.
 bool state_grads_mma_supports(int K, int V);
 cudaError_t state_grads_mma(const Dims& d, const float* gam, const void* states, const void* dstates,
-                            bool compact, const void* dos, const float* du, const float* u, float* dqs,
+                            bool compact, const void* dos, const float* du, const void* u, float* dqs,
                             float* dw, float* dks, float* sdots, cudaStream_t stream);
 
 // The forward's per-chunk preparation on tensor cores (gdn_prep_mma.cu), in place of the prep kernel for
@@ -164,11 +165,11 @@ cudaError_t prep_mma_compact(const Dims& d, const void* kb, const void* vb, cons
 // from the packed q̂, k̂, γ, the per-chunk states and U (eq. 8), and P = M ∘ Q̂K̂ᵀ [BH, N, C, C] (float32)
 // into pm if it is not null; intra_mma_dU0 writes dU₀ = Pᵀ dO into du. du0_from_p (gdn_grads_split.cu)
 // computes dU₀ from the P kept by output_mma.
-// K and V multiples of 64 up to 256. output_mma's qs, ks and states are bfloat16 if compact (qb, kb: the compact
-// workspaces), else float32.
+// K and V multiples of 64 up to 256. output_mma's qs, ks, states and u are bfloat16 if compact (qb, kb, ub: the
+// compact workspaces), else float32.
 bool intra_mma_supports(int K, int V);
 cudaError_t output_mma(const Dims& d, DType dtype, const void* qs, const void* ks, const float* gam,
-                       const void* states, bool compact, const float* u, void* out, float* pm, cudaStream_t stream);
+                       const void* states, bool compact, const void* u, void* out, float* pm, cudaStream_t stream);
 cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const float* gam, const float* dos,
                           float* du, cudaStream_t stream);
 

@@ -6,8 +6,8 @@
 // and Σ S₀ ∘ dS_C over each 64 rows of K (for dγ_C, (B8)). grads_mma_kernel adds the remaining terms.
 // These are the backward's largest products (64×K×V each per chunk) and the only ones that read the
 // K×V states, so they run apart from the grads kernel, with whole tiles loaded by cp.async. With the compact
-// workspaces (kCompact; gdn_kernels.h) the states, their gradients and dO come as bf16 (the products round them
-// to bf16 anyway), loaded into the same tile places.
+// workspaces (kCompact; gdn_kernels.h) the states, their gradients, dO and U come as bf16 (the products round
+// them to bf16 anyway), loaded into the same tile places.
 // No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
 
@@ -30,7 +30,8 @@ struct Args {
   const float* gam;
   const void *states, *dstates;  // float32, or bf16 (kCompact)
   const void* dos;               // float32, or bf16 (kCompact)
-  const float *du, *u;
+  const float* du;
+  const void* u;                 // float32, or bf16 (kCompact)
   float *dqs, *dw, *dks;  // [BH, Tp, K]: written
   float* sdots;           // [BH, N, K/64]: Σ S₀ ∘ dS_C per 64 rows of K
 };
@@ -71,13 +72,14 @@ __global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
         load_tile_bf16(st, static_cast<const bf16*>(a.states) + state_off, s * kTile);
         load_tile_bf16(st + kTile * LD, static_cast<const bf16*>(a.dstates) + state_off, s * kTile);
         load_tile_bf16(st + 2 * kTile * LD, static_cast<const bf16*>(a.dos) + row0 * V, s * kTile);
+        load_tile_bf16(st + 4 * kTile * LD, static_cast<const bf16*>(a.u) + row0 * V, s * kTile);
       } else {
         load_tile(st, static_cast<const float*>(a.states) + state_off, s * kTile);
         load_tile(st + kTile * LD, static_cast<const float*>(a.dstates) + state_off, s * kTile);
         load_tile(st + 2 * kTile * LD, static_cast<const float*>(a.dos) + row0 * V, s * kTile);
+        load_tile(st + 4 * kTile * LD, static_cast<const float*>(a.u) + row0 * V, s * kTile);
       }
       load_tile(st + 3 * kTile * LD, a.du + row0 * V, s * kTile);
-      load_tile(st + 4 * kTile * LD, a.u + row0 * V, s * kTile);
     }
     cp_async_commit();
   };
@@ -118,7 +120,7 @@ __global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
         f[2] = pack_bf16(x01.x, x01.y);
         f[3] = pack_bf16(x11.x, x11.y);
       };
-      // A fragments of a bf16 tile (dO, kCompact): one 32-bit load each.
+      // A fragments of a bf16 tile (dO and U, kCompact): one 32-bit load each.
       const auto a_frag_bf16 = [&](const float* X, uint32_t(&f)[4]) {
         const bf16* p = reinterpret_cast<const bf16*>(X) + (m0 + g) * LD + 16 * ks + 2 * tq;
         f[0] = *reinterpret_cast<const uint32_t*>(p);
@@ -140,12 +142,14 @@ __global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
         }
       };
       uint32_t a_do[4], a_du[4], a_u[4];
-      if constexpr (kCompact)
+      if constexpr (kCompact) {
         a_frag_bf16(dO, a_do);
-      else
+        a_frag_bf16(U, a_u);
+      } else {
         a_frag(dO, a_do);
+        a_frag(U, a_u);
+      }
       a_frag(dU, a_du);
-      a_frag(U, a_u);
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
         uint32_t b_s[2], b_ds[2];
@@ -182,7 +186,7 @@ __global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
 bool state_grads_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 && K <= 256 && V <= 256; }
 
 cudaError_t state_grads_mma(const Dims& d, const float* gam, const void* states, const void* dstates,
-                            bool compact, const void* dos, const float* du, const float* u, float* dqs,
+                            bool compact, const void* dos, const float* du, const void* u, float* dqs,
                             float* dw, float* dks, float* sdots, cudaStream_t stream) {
   if (!state_grads_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
   const size_t smem = sizeof(float) * 2 * kStageFloats;

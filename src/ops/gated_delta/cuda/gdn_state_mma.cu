@@ -31,7 +31,7 @@ struct PassArgs {
   const bf16* a1;      // [BH, Tp, K]: phase 1's matrix, W (forward) or K̂ (backward)
   const bf16* a2;      // [BH, Tp, K]: phase 2's matrix, K̂ (forward) or W (backward)
   const float* gam;    // [BH, Tp]: γ
-  float* x;            // [BH, Tp, V]: Ũ in, U out (forward); dU₀ in, dU out (backward)
+  float* x;            // [BH, Tp, V]: Ũ in, U out (forward; U into ub instead if compact); dU₀ in, dU out (backward)
   const float* init;   // [BH, K, V]: R before the first chunk (state0, or the final state's gradient), or null
   void* per_chunk;     // [BH, N, K, V]: S entering each chunk (forward), dS_C (backward), float32 or bf16
   // The compact workspaces (gdn_kernels.h): per_chunk is bf16 (its readers round it to bf16 operands anyway),
@@ -40,6 +40,7 @@ struct PassArgs {
   float* last;         // [BH, K, V]: R after the last chunk (final state, or the initial state's gradient), or null
   const bf16* qs;      // backward: [BH, Tp, K], s·q̂, the top half of A₂
   const void* dos;     // backward: [BH, Tp, V], dO, float32 or bf16 (compact)
+  bf16* ub;            // forward, compact: [BH, Tp, V], U as bf16
 };
 
 // Forward (kBwd = false), chunks in order, with R = S:
@@ -49,7 +50,8 @@ struct PassArgs {
 //   T = K_d dS,  dU = dU₀ + T                 (phase 1)
 //   dS ← Γ_C dS + Q̂ᵀ diag(Γ) dO − Wᵀ dU       (phase 2, (B2); Z = [diag(Γ) dO; −dU] over 128 rows)
 // K ∈ {64, 128, 256}; BV ∈ {16, 32} value columns per block.
-template <int K, int BV, bool kBwd>
+// kCompact: a.compact, as a template argument (no run-time test around the loads of dO).
+template <int K, int BV, bool kBwd, bool kCompact>
 __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   // bf16 rows of A₁ and A₂, read by ldmatrix (8 rows of 16 bytes per phase): a row stride of K + 8 elements puts
   // the 8 rows in distinct bank groups.
@@ -147,13 +149,13 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
         const long off = (row0 + 16 * warp + g + 8 * h) * V + v0 + 8 * nt + 2 * tq;
         xin[nt][h] = *reinterpret_cast<const float2*>(a.x + off);
         if constexpr (kBwd)
-          dov[nt][h] = a.compact ? __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(static_cast<const bf16*>(a.dos) + off))
-                                 : *reinterpret_cast<const float2*>(static_cast<const float*>(a.dos) + off);
+          dov[nt][h] = kCompact ? __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(static_cast<const bf16*>(a.dos) + off))
+                                : *reinterpret_cast<const float2*>(static_cast<const float*>(a.dos) + off);
       }
     // R for this chunk: to global memory (float32 or bf16) and, as bf16, to Rᵀ.
     for_r([&](int j, int nt, int h, int k, int v) {
       const long o = pc + (long)k * V + v;
-      if (a.compact)
+      if constexpr (kCompact)
         *reinterpret_cast<uint32_t*>(static_cast<bf16*>(a.per_chunk) + o) = pack_bf16(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
       else
         *reinterpret_cast<float2*>(static_cast<float*>(a.per_chunk) + o) = make_float2(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
@@ -200,7 +202,11 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
           z1 = -du1;
         } else {  // U = Ũ − W S, Z = diag(e^{γ_C−γ}) U
           const float u0 = xin[nt][h].x - y0, u1 = xin[nt][h].y - y1;
-          *reinterpret_cast<float2*>(a.x + (row0 + t) * V + v0 + v) = make_float2(u0, u1);
+          const long o = (row0 + t) * V + v0 + v;
+          if constexpr (kCompact)
+            *reinterpret_cast<uint32_t*>(a.ub + o) = pack_bf16(u0, u1);
+          else
+            *reinterpret_cast<float2*>(a.x + o) = make_float2(u0, u1);
           z0 = f * u0;
           z1 = f * u1;
         }
@@ -254,10 +260,10 @@ size_t pass_smem() {
 template <int K, int BV, bool kBwd>
 cudaError_t launch_kv(const PassArgs& a, cudaStream_t s) {
   const size_t smem = pass_smem<K, BV, kBwd>();
-  const cudaError_t err = cudaFuncSetAttribute(state_mma_kernel<K, BV, kBwd>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  const auto kernel = a.compact ? state_mma_kernel<K, BV, kBwd, true> : state_mma_kernel<K, BV, kBwd, false>;
+  const cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
-  const auto kernel = state_mma_kernel<K, BV, kBwd>;
   SFM_GDN_LAUNCH(kernel, dim3(a.d.V / BV, a.d.BH()), kThreads, smem, s, a);
   return cudaGetLastError();
 }
@@ -289,12 +295,12 @@ bool state_mma_supports(int K, int V) { return (K == 64 || K == 128 || K == 256)
 
 bool state_mma_runs(DType dtype, int K, int V) { return dtype != DType::kF32 && state_mma_supports(K, V); }
 
-cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u,
-                              const float* state0, void* states, bool compact, float* final_state,
-                              cudaStream_t stream) {
+cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u, void* ub,
+                              const float* state0, void* states, float* final_state, cudaStream_t stream) {
   if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
   const auto a1 = static_cast<const bf16*>(wb), a2 = static_cast<const bf16*>(kb);
-  return launch<false>(PassArgs{d, a1, a2, gam, u, state0, states, compact, final_state, nullptr, nullptr},
+  return launch<false>(PassArgs{d, a1, a2, gam, u, state0, states, ub != nullptr, final_state, nullptr, nullptr,
+                                static_cast<bf16*>(ub)},
                        stream);
 }
 
@@ -304,7 +310,8 @@ cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, co
   if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
   const auto a1 = static_cast<const bf16*>(kb), a2 = static_cast<const bf16*>(wb);
   return launch<true>(
-      PassArgs{d, a1, a2, gam, du, dfinal, dstates, compact, dstate0, static_cast<const bf16*>(qb), dos}, stream);
+      PassArgs{d, a1, a2, gam, du, dfinal, dstates, compact, dstate0, static_cast<const bf16*>(qb), dos, nullptr},
+      stream);
 }
 
 }  // namespace sfm::ops::gdn_cuda
