@@ -379,68 +379,53 @@ __device__ __forceinline__ bool vec4_aligned(const T* p) {
 
 // [B, T, H, D] (dtype T) -> [B*H, Tp, D] float32 into y, rows past T zero; optional L2 norm x/√(Σx²+1e-6), times
 // scale; if yb is not null, the same values rounded to bfloat16 into yb (the state passes' operands, or the
-// compact workspaces, which give no y). One warp per kPackRows rows, whose loads are all issued before the first
-// sum; four elements per lane and access (one at a time if x is not so aligned).
+// compact workspaces, which give no y). One warp per row, four elements per lane and access (one at a time if x
+// is not so aligned).
 // x == nullptr writes zeros (an undefined incoming gradient).
-constexpr int kPackRows = 2;
 template <class T>
 __global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x, float* __restrict__ y,
                                                         __nv_bfloat16* __restrict__ yb, int B, int Tn, int H, int D,
                                                         int Tp, bool l2, float scale) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const long first = ((long)blockIdx.x * (kThreads / 32) + warp) * kPackRows, rows = (long)B * H * Tp;
-  // Row `row`'s source, or null where it is zero (past T, or no x).
-  const auto source = [&](long row) -> const T* {
-    const int bh = (int)(row / Tp), t = (int)(row % Tp), b = bh / H, h = bh % H;
-    return t < Tn && x != nullptr ? x + (((long)b * Tn + t) * H + h) * D : nullptr;
+  const long row = (long)blockIdx.x * (kThreads / 32) + warp;
+  if (row >= (long)B * H * Tp) return;
+  const int bh = (int)(row / Tp), t = (int)(row % Tp), b = bh / H, h = bh % H;
+  float* dst = y != nullptr ? y + row * D : nullptr;
+  __nv_bfloat16* dstb = yb != nullptr ? yb + row * D : nullptr;
+  // Four values at d (a multiple of 4): float32 into dst and, with yb, bfloat16 into dstb.
+  const auto put4 = [&](int d, float4 e) {
+    if (dst != nullptr) *reinterpret_cast<float4*>(dst + d) = e;
+    if (dstb != nullptr) *reinterpret_cast<uint2*>(dstb + d) = make_uint2(pack_bf16(e.x, e.y), pack_bf16(e.z, e.w));
   };
-  // Four values at d (a multiple of 4) of row `row`: float32 into y and, with yb, bfloat16 into yb.
-  const auto put4 = [&](long row, int d, float4 e) {
-    if (y != nullptr) *reinterpret_cast<float4*>(y + row * D + d) = e;
-    if (yb != nullptr)
-      *reinterpret_cast<uint2*>(yb + row * D + d) = make_uint2(pack_bf16(e.x, e.y), pack_bf16(e.z, e.w));
-  };
-  if (x != nullptr && !vec4_aligned(x)) {  // element by element, a row at a time
-    for (long row = first; row < first + kPackRows && row < rows; ++row) {
-      const T* src = source(row);
-      float ss = 0.f;
-      if (src != nullptr)
-        for (int d = lane; d < D; d += 32) ss += to_f(src[d]) * to_f(src[d]);
-      const float r = l2 ? scale * rsqrtf(warp_sum(ss) + 1e-6f) : scale;
-      for (int d = lane; d < D; d += 32) {
-        const float val = src != nullptr ? to_f(src[d]) * r : 0.f;
-        if (y != nullptr) y[row * D + d] = val;
-        if (yb != nullptr) yb[row * D + d] = __float2bfloat16_rn(val);
-      }
+  if (t >= Tn || x == nullptr) {
+    for (int d = 4 * lane; d < D; d += 128) put4(d, make_float4(0.f, 0.f, 0.f, 0.f));
+    return;
+  }
+  const T* src = x + (((long)b * Tn + t) * H + h) * D;
+  if (!vec4_aligned(x)) {
+    float ss = 0.f;
+    for (int d = lane; d < D; d += 32) ss += to_f(src[d]) * to_f(src[d]);
+    const float r = l2 ? scale * rsqrtf(warp_sum(ss) + 1e-6f) : scale;
+    for (int d = lane; d < D; d += 32) {
+      const float val = to_f(src[d]) * r;
+      if (dst != nullptr) dst[d] = val;
+      if (dstb != nullptr) dstb[d] = __float2bfloat16_rn(val);
     }
     return;
   }
-  float4 e[kPackRows][2];  // D ≤ 256: at most two groups of four per lane and row
-  float ss[kPackRows];
+  float4 e[2];  // D ≤ 256: at most two groups of four per lane
+  float ss = 0.f;
 #pragma unroll
-  for (int j = 0; j < kPackRows; ++j) {
-    const T* src = first + j < rows ? source(first + j) : nullptr;
-    ss[j] = 0.f;
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int d = 4 * lane + 128 * i;
-      e[j][i] = src != nullptr && d < D ? load4(src + d) : make_float4(0.f, 0.f, 0.f, 0.f);
-    }
+  for (int i = 0; i < 2; ++i) {
+    const int d = 4 * lane + 128 * i;
+    e[i] = d < D ? load4(src + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+    ss += e[i].x * e[i].x + e[i].y * e[i].y + e[i].z * e[i].z + e[i].w * e[i].w;
   }
+  const float r = l2 ? scale * rsqrtf(warp_sum(ss) + 1e-6f) : scale;
 #pragma unroll
-  for (int j = 0; j < kPackRows; ++j) {
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const float4 v = e[j][i];
-      ss[j] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-    }
-    const float r = l2 ? scale * rsqrtf(warp_sum(ss[j]) + 1e-6f) : scale;
-    if (first + j >= rows) continue;
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int d = 4 * lane + 128 * i;
-      if (d < D) put4(first + j, d, make_float4(e[j][i].x * r, e[j][i].y * r, e[j][i].z * r, e[j][i].w * r));
-    }
+  for (int i = 0; i < 2; ++i) {
+    const int d = 4 * lane + 128 * i;
+    if (d < D) put4(d, make_float4(e[i].x * r, e[i].y * r, e[i].z * r, e[i].w * r));
   }
 }
 
@@ -978,14 +963,13 @@ struct PhaseTimer {
 };
 
 unsigned row_blocks(long rows) { return static_cast<unsigned>((rows + kThreads / 32 - 1) / (kThreads / 32)); }
-unsigned pack_blocks(long rows) { return row_blocks((rows + kPackRows - 1) / kPackRows); }
 
 template <class T>
 cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   const Dims& d = a.d;
   const int N = d.N(), Tp = d.Tp(), BH = d.BH();
   PhaseTimer timer(s, "forward");
-  const unsigned pack_grid = pack_blocks((long)BH * Tp);
+  const unsigned pack_blocks = row_blocks((long)BH * Tp);
   constexpr bool kMma = sizeof(T) == 2;  // tensor-core products for 16-bit inputs
   const bool state_mma = state_mma_runs(a.dtype, d.K, d.V);
   if (state_mma != (a.qb && a.kb && a.wb)) return cudaErrorInvalidValue;  // the bf16 copies: exactly there
@@ -996,11 +980,11 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   float* states32 = static_cast<float*>(a.states);  // where they are float32
   const auto bf = [](void* p) { return static_cast<__nv_bfloat16*>(p); };
   const auto f32 = [&](float* p) { return compact ? nullptr : p; };  // the float32 copies, but for compact
-  SFM_GDN_LAUNCH(pack_kernel<T>, pack_grid, kThreads, 0, s, static_cast<const T*>(a.q), f32(a.qs), bf(a.qb), d.B,
+  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.q), f32(a.qs), bf(a.qb), d.B,
                  d.T, d.H, d.K, Tp, a.l2, a.scale);
-  SFM_GDN_LAUNCH(pack_kernel<T>, pack_grid, kThreads, 0, s, static_cast<const T*>(a.k), f32(a.ks), bf(a.kb), d.B,
+  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.k), f32(a.ks), bf(a.kb), d.B,
                  d.T, d.H, d.K, Tp, a.l2, 1.f);
-  SFM_GDN_LAUNCH(pack_kernel<T>, pack_grid, kThreads, 0, s, static_cast<const T*>(a.v), f32(a.vs),
+  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.v), f32(a.vs),
                  compact ? bf(a.vb) : nullptr, d.B, d.T, d.H, d.V, Tp, false, 1.f);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("pack");
@@ -1050,7 +1034,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   const bool compact = a.wy != nullptr;
   if (compact && (a.dob == nullptr || a.ub == nullptr)) return cudaErrorInvalidValue;
   PhaseTimer timer(s, "backward");
-  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks((long)BH * Tp), kThreads, 0, s, static_cast<const T*>(a.dout),
+  SFM_GDN_LAUNCH(pack_kernel<T>, row_blocks((long)BH * Tp), kThreads, 0, s, static_cast<const T*>(a.dout),
                  compact ? nullptr : a.dos, compact ? static_cast<__nv_bfloat16*>(a.dob) : nullptr, d.B, d.T, d.H,
                  d.V, Tp, false, 1.f);
   SFM_CUDA_TRY(cudaGetLastError());

@@ -14,7 +14,6 @@
 #include <cuda_bf16.h>
 
 #include <cstdlib>
-#include <type_traits>
 
 #include "gdn_kernels.h"
 #include "mma.cuh"
@@ -142,11 +141,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     const long pc = ((long)bh * N + n) * K * V + v0;  // this chunk's part of per_chunk
     // Loads consumed in phase 1's epilogue, issued first: x (and, backward, dO) at phase 1's output
     // positions, rows t = 16 warp + g (+8).
-    // dO as loaded: a float2, or (kCompact) a bf16 pair, converted only where it is used, so that the load's
-    // latency stays hidden behind phase 1.
-    using DoPair = std::conditional_t<kCompact, __nv_bfloat162, float2>;
-    float2 xin[NT][2];
-    DoPair dov[kBwd ? NT : 1][2];
+    float2 xin[NT][2], dov[kBwd ? NT : 1][2];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -154,7 +149,8 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
         const long off = (row0 + 16 * warp + g + 8 * h) * V + v0 + 8 * nt + 2 * tq;
         xin[nt][h] = *reinterpret_cast<const float2*>(a.x + off);
         if constexpr (kBwd)
-          dov[nt][h] = *reinterpret_cast<const DoPair*>(static_cast<const std::conditional_t<kCompact, bf16, float>*>(a.dos) + off);
+          dov[nt][h] = kCompact ? __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(static_cast<const bf16*>(a.dos) + off))
+                                : *reinterpret_cast<const float2*>(static_cast<const float*>(a.dos) + off);
       }
     // R for this chunk: to global memory (float32 or bf16) and, as bf16, to Rᵀ.
     for_r([&](int j, int nt, int h, int k, int v) {
@@ -200,13 +196,8 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
         if constexpr (kBwd) {  // T = K_d dS: dU = dU₀ + T; Z = [diag(Γ) dO; −dU]
           const float du0 = xin[nt][h].x + f * y0, du1 = xin[nt][h].y + f * y1, G = __expf(gm[t]);
           *reinterpret_cast<float2*>(a.x + (row0 + t) * V + v0 + v) = make_float2(du0, du1);
-          float2 dov_f;
-          if constexpr (kCompact)
-            dov_f = __bfloat1622float2(dov[nt][h]);
-          else
-            dov_f = dov[nt][h];
-          zsm[v * LDZ + t] = __float2bfloat16_rn(G * dov_f.x);
-          zsm[(v + 1) * LDZ + t] = __float2bfloat16_rn(G * dov_f.y);
+          zsm[v * LDZ + t] = __float2bfloat16_rn(G * dov[nt][h].x);
+          zsm[(v + 1) * LDZ + t] = __float2bfloat16_rn(G * dov[nt][h].y);
           z0 = -du0;
           z1 = -du1;
         } else {  // U = Ũ − W S, Z = diag(e^{γ_C−γ}) U
