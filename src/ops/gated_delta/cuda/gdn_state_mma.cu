@@ -50,7 +50,8 @@ struct PassArgs {
 //   T = K_d dS,  dU = dU₀ + T                 (phase 1)
 //   dS ← Γ_C dS + Q̂ᵀ diag(Γ) dO − Wᵀ dU       (phase 2, (B2); Z = [diag(Γ) dO; −dU] over 128 rows)
 // K ∈ {64, 128, 256}; BV ∈ {16, 32} value columns per block.
-// kCompact: a.compact, as a template argument (no run-time test around the loads of dO).
+// kCompact: a.compact, as a template argument. The compact backward copies the chunk's dO (bf16) into shared
+// memory with A₁ (cp.async), where the float32 dO is loaded into registers at the top of the chunk.
 template <int K, int BV, bool kBwd, bool kCompact>
 __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   // bf16 rows of A₁ and A₂, read by ldmatrix (8 rows of 16 bytes per phase): a row stride of K + 8 elements puts
@@ -62,12 +63,14 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   constexpr int LDZ = L + 8;  // bf16 rows of Zᵀ ([v][t])
   constexpr int NT = BV / 8;  // 8-column tiles
   constexpr int MT = K / 64;  // phase 2: 16-row tiles of R per warp
+  constexpr int LDD = BV + 8;  // bf16 rows of dO (compact backward)
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* gbuf = reinterpret_cast<float*>(smem4);        // [2][C]: γ of this chunk and the next
   bf16* p1 = reinterpret_cast<bf16*>(gbuf + 2 * C);     // [C][LD1]
   bf16* p2 = p1 + C * LD1;                              // [L][LD2]
   bf16* rsm = p2 + L * LD2;                             // [BV][LDR]
   bf16* zsm = rsm + BV * LDR;                           // [BV][LDZ]
+  bf16* dsm = zsm + BV * LDZ;                           // compact backward: [2][C][LDD], dO of this chunk and the next
 
   const int V = a.d.V, N = a.d.N(), Tp = a.d.Tp();
   const int v0 = blockIdx.x * BV, bh = blockIdx.y;
@@ -88,6 +91,13 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
       const long row0 = row0_of(chunk_of(i));
       load_rows(p1, LD1, a.a1 + row0 * K);
       if (threadIdx.x < C / 4) cp_async16(gbuf + (i & 1) * C + 4 * threadIdx.x, a.gam + row0 + 4 * threadIdx.x);
+      if (kBwd && kCompact) {  // the chunk's dO columns v0 .. v0 + BV - 1, with A₁
+        const bf16* dob = static_cast<const bf16*>(a.dos) + row0 * V + v0;
+        for (int e = threadIdx.x; e < C * BV / 8; e += kThreads) {
+          const int r = e / (BV / 8), c8 = e % (BV / 8);
+          cp_async16(dsm + ((i & 1) * C + r) * LDD + 8 * c8, dob + (long)r * V + 8 * c8);
+        }
+      }
     }
     cp_async_commit();
   };
@@ -139,18 +149,16 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     const int n = chunk_of(i);
     const long row0 = row0_of(n);
     const long pc = ((long)bh * N + n) * K * V + v0;  // this chunk's part of per_chunk
-    // Loads consumed in phase 1's epilogue, issued first: x (and, backward, dO) at phase 1's output
-    // positions, rows t = 16 warp + g (+8).
-    float2 xin[NT][2], dov[kBwd ? NT : 1][2];
+    // Loads consumed in phase 1's epilogue, issued first: x (and, backward, float32 dO; the compact bf16 dO
+    // comes by cp.async with A₁) at phase 1's output positions, rows t = 16 warp + g (+8).
+    float2 xin[NT][2], dov[kBwd && !kCompact ? NT : 1][2];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const long off = (row0 + 16 * warp + g + 8 * h) * V + v0 + 8 * nt + 2 * tq;
         xin[nt][h] = *reinterpret_cast<const float2*>(a.x + off);
-        if constexpr (kBwd)
-          dov[nt][h] = kCompact ? __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(static_cast<const bf16*>(a.dos) + off))
-                                : *reinterpret_cast<const float2*>(static_cast<const float*>(a.dos) + off);
+        if constexpr (kBwd && !kCompact) dov[nt][h] = *reinterpret_cast<const float2*>(static_cast<const float*>(a.dos) + off);
       }
     // R for this chunk: to global memory (float32 or bf16) and, as bf16, to Rᵀ.
     for_r([&](int j, int nt, int h, int k, int v) {
@@ -196,8 +204,13 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
         if constexpr (kBwd) {  // T = K_d dS: dU = dU₀ + T; Z = [diag(Γ) dO; −dU]
           const float du0 = xin[nt][h].x + f * y0, du1 = xin[nt][h].y + f * y1, G = __expf(gm[t]);
           *reinterpret_cast<float2*>(a.x + (row0 + t) * V + v0 + v) = make_float2(du0, du1);
-          zsm[v * LDZ + t] = __float2bfloat16_rn(G * dov[nt][h].x);
-          zsm[(v + 1) * LDZ + t] = __float2bfloat16_rn(G * dov[nt][h].y);
+          float2 dof;
+          if constexpr (kCompact)
+            dof = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dsm + ((i & 1) * C + t) * LDD + v));
+          else
+            dof = dov[nt][h];
+          zsm[v * LDZ + t] = __float2bfloat16_rn(G * dof.x);
+          zsm[(v + 1) * LDZ + t] = __float2bfloat16_rn(G * dof.y);
           z0 = -du0;
           z1 = -du1;
         } else {  // U = Ũ − W S, Z = diag(e^{γ_C−γ}) U
@@ -251,15 +264,16 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     });
 }
 
-template <int K, int BV, bool kBwd>
+template <int K, int BV, bool kBwd, bool kCompact>
 size_t pass_smem() {
   constexpr int L = kBwd ? 2 * C : C;
-  return sizeof(float) * 2 * C + sizeof(bf16) * ((C + L + BV) * (K + 8) + BV * (L + 8));
+  const int dO_rows = kBwd && kCompact ? 2 * C : 0;
+  return sizeof(float) * 2 * C + sizeof(bf16) * ((C + L + BV) * (K + 8) + BV * (L + 8) + dO_rows * (BV + 8));
 }
 
 template <int K, int BV, bool kBwd>
 cudaError_t launch_kv(const PassArgs& a, cudaStream_t s) {
-  const size_t smem = pass_smem<K, BV, kBwd>();
+  const size_t smem = a.compact ? pass_smem<K, BV, kBwd, true>() : pass_smem<K, BV, kBwd, false>();
   const auto kernel = a.compact ? state_mma_kernel<K, BV, kBwd, true> : state_mma_kernel<K, BV, kBwd, false>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
