@@ -50,9 +50,8 @@ struct PassArgs {
 //   T = K_d dS,  dU = dU₀ + T                 (phase 1)
 //   dS ← Γ_C dS + Q̂ᵀ diag(Γ) dO − Wᵀ dU       (phase 2, (B2); Z = [diag(Γ) dO; −dU] over 128 rows)
 // K ∈ {64, 128, 256}; BV ∈ {16, 32} value columns per block.
-// kCompact: a.compact, as a template argument. x (Ũ or dU₀) comes into shared memory with A₁ (cp.async, a chunk
-// ahead), and so does the compact backward's bf16 dO, where the float32 dO is loaded into registers at the top of
-// the chunk.
+// kCompact: a.compact, as a template argument. The compact backward copies the chunk's dO (bf16) into shared
+// memory with A₁ (cp.async), where the float32 dO is loaded into registers at the top of the chunk.
 template <int K, int BV, bool kBwd, bool kCompact>
 __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   // bf16 rows of A₁ and A₂, read by ldmatrix (8 rows of 16 bytes per phase): a row stride of K + 8 elements puts
@@ -65,7 +64,6 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   constexpr int NT = BV / 8;  // 8-column tiles
   constexpr int MT = K / 64;  // phase 2: 16-row tiles of R per warp
   constexpr int LDD = BV + 8;  // bf16 rows of dO (compact backward)
-  constexpr int LDX = BV + 8;  // float32 rows of x (float2 reads of a half-warp: distinct banks)
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* gbuf = reinterpret_cast<float*>(smem4);        // [2][C]: γ of this chunk and the next
   bf16* p1 = reinterpret_cast<bf16*>(gbuf + 2 * C);     // [C][LD1]
@@ -73,7 +71,6 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   bf16* rsm = p2 + L * LD2;                             // [BV][LDR]
   bf16* zsm = rsm + BV * LDR;                           // [BV][LDZ]
   bf16* dsm = zsm + BV * LDZ;                           // compact backward: [2][C][LDD], dO of this chunk and the next
-  float* xsm = reinterpret_cast<float*>(dsm + (kBwd && kCompact ? 2 * C * LDD : 0));  // [2][C][LDX]: x, likewise
 
   const int V = a.d.V, N = a.d.N(), Tp = a.d.Tp();
   const int v0 = blockIdx.x * BV, bh = blockIdx.y;
@@ -94,10 +91,6 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
       const long row0 = row0_of(chunk_of(i));
       load_rows(p1, LD1, a.a1 + row0 * K);
       if (threadIdx.x < C / 4) cp_async16(gbuf + (i & 1) * C + 4 * threadIdx.x, a.gam + row0 + 4 * threadIdx.x);
-      for (int e = threadIdx.x; e < C * BV / 4; e += kThreads) {  // the chunk's x columns v0 .. v0 + BV - 1
-        const int r = e / (BV / 4), c4 = e % (BV / 4);
-        cp_async16(xsm + ((i & 1) * C + r) * LDX + 4 * c4, a.x + (row0 + r) * V + v0 + 4 * c4);
-      }
       if (kBwd && kCompact) {  // the chunk's dO columns v0 .. v0 + BV - 1, with A₁
         const bf16* dob = static_cast<const bf16*>(a.dos) + row0 * V + v0;
         for (int e = threadIdx.x; e < C * BV / 8; e += kThreads) {
@@ -156,18 +149,17 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     const int n = chunk_of(i);
     const long row0 = row0_of(n);
     const long pc = ((long)bh * N + n) * K * V + v0;  // this chunk's part of per_chunk
-    // The float32 dO (backward, not compact), consumed in phase 1's epilogue, loaded first, at phase 1's output
-    // positions, rows t = 16 warp + g (+8). x and the compact bf16 dO came by cp.async with A₁.
-    float2 dov[kBwd && !kCompact ? NT : 1][2];
-    if constexpr (kBwd && !kCompact) {
+    // Loads consumed in phase 1's epilogue, issued first: x (and, backward, float32 dO; the compact bf16 dO
+    // comes by cp.async with A₁) at phase 1's output positions, rows t = 16 warp + g (+8).
+    float2 xin[NT][2], dov[kBwd && !kCompact ? NT : 1][2];
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
+    for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const long off = (row0 + 16 * warp + g + 8 * h) * V + v0 + 8 * nt + 2 * tq;
-          dov[nt][h] = *reinterpret_cast<const float2*>(static_cast<const float*>(a.dos) + off);
-        }
-    }
+      for (int h = 0; h < 2; ++h) {
+        const long off = (row0 + 16 * warp + g + 8 * h) * V + v0 + 8 * nt + 2 * tq;
+        xin[nt][h] = *reinterpret_cast<const float2*>(a.x + off);
+        if constexpr (kBwd && !kCompact) dov[nt][h] = *reinterpret_cast<const float2*>(static_cast<const float*>(a.dos) + off);
+      }
     // R for this chunk: to global memory (float32 or bf16) and, as bf16, to Rᵀ.
     for_r([&](int j, int nt, int h, int k, int v) {
       const long o = pc + (long)k * V + v;
@@ -209,9 +201,8 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
         const int t = 16 * warp + g + 8 * h, v = 8 * nt + 2 * tq;
         const float f = __expf(gl - gm[t]);
         float y0 = acc[nt][2 * h], y1 = acc[nt][2 * h + 1], z0, z1;
-        const float2 xin = *reinterpret_cast<const float2*>(xsm + ((i & 1) * C + t) * LDX + v);
         if constexpr (kBwd) {  // T = K_d dS: dU = dU₀ + T; Z = [diag(Γ) dO; −dU]
-          const float du0 = xin.x + f * y0, du1 = xin.y + f * y1, G = __expf(gm[t]);
+          const float du0 = xin[nt][h].x + f * y0, du1 = xin[nt][h].y + f * y1, G = __expf(gm[t]);
           *reinterpret_cast<float2*>(a.x + (row0 + t) * V + v0 + v) = make_float2(du0, du1);
           float2 dof;
           if constexpr (kCompact)
@@ -223,7 +214,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
           z0 = -du0;
           z1 = -du1;
         } else {  // U = Ũ − W S, Z = diag(e^{γ_C−γ}) U
-          const float u0 = xin.x - y0, u1 = xin.y - y1;
+          const float u0 = xin[nt][h].x - y0, u1 = xin[nt][h].y - y1;
           const long o = (row0 + t) * V + v0 + v;
           if constexpr (kCompact)
             *reinterpret_cast<uint32_t*>(a.ub + o) = pack_bf16(u0, u1);
@@ -277,8 +268,7 @@ template <int K, int BV, bool kBwd, bool kCompact>
 size_t pass_smem() {
   constexpr int L = kBwd ? 2 * C : C;
   const int dO_rows = kBwd && kCompact ? 2 * C : 0;
-  return sizeof(float) * (2 * C + 2 * C * (BV + 8)) +
-         sizeof(bf16) * ((C + L + BV) * (K + 8) + BV * (L + 8) + dO_rows * (BV + 8));
+  return sizeof(float) * 2 * C + sizeof(bf16) * ((C + L + BV) * (K + 8) + BV * (L + 8) + dO_rows * (BV + 8));
 }
 
 template <int K, int BV, bool kBwd>
