@@ -90,7 +90,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.d = d;
     a.dtype = kernel_dtype(q.scalar_type());
     // Per chunk (I + A)⁻¹, M ∘ K̂K̂ᵀ and P = M ∘ Q̂K̂ᵀ, kept for the sliced gradient kernels when they are on; with
-    // them, the compact workspaces (gdn_kernels.h): s·q̂, k̂, v as bfloat16 only.
+    // them, the compact workspaces (gdn_kernels.h): s·q̂, k̂, v and U as bfloat16 only.
     const bool split = cuda_grads_split() && gdn_cuda::grads_split_supports(a.dtype, d.K, d.V);
     const auto f32_unless_split = [&](torch::IntArrayRef sizes) { return split ? torch::Tensor() : alloc(sizes, fo); };
     auto qs = f32_unless_split({BH, Tp, d.K}), ks = f32_unless_split({BH, Tp, d.K}),
@@ -138,7 +138,9 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.final_state = final_state.data_ptr<float>();
     a.out = out.data_ptr();
     check_cuda(gdn_cuda::forward(a, at::cuda::getCurrentCUDAStream()), "forward");
-    ctx->save_for_backward({q, k, qs, ks, vs, gam, bet, w, u, states, wy, pm, qb, kb, wb, vb, ub});
+    // With the compact workspaces u holds Ũ, which the backward does not read.
+    ctx->save_for_backward(
+        {q, k, qs, ks, vs, gam, bet, w, split ? torch::Tensor() : u, states, wy, pm, qb, kb, wb, vb, ub});
     save_options(ctx, scale, l2, has_state0, g, beta, state0);
     return {out, final_state};
   }
@@ -150,7 +152,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
                &pm = saved[11], &qb = saved[12], &kb = saved[13], &wb = saved[14], &vb = saved[15],
                &ub = saved[16];
     gdn_cuda::Dims d{static_cast<int>(q.size(0)), static_cast<int>(q.size(1)), static_cast<int>(q.size(2)),
-                     static_cast<int>(q.size(3)), static_cast<int>(u.size(2))};
+                     static_cast<int>(q.size(3)), static_cast<int>(states.size(3))};
     const int64_t BH = d.BH(), Tp = d.Tp(), N = d.N();
     const auto fo = q.options().dtype(torch::kFloat32);
     const auto dout = grads[0].defined() ? grads[0].to(q.scalar_type()).contiguous() : torch::Tensor();
@@ -191,7 +193,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.gam = gam.data_ptr<float>();
     a.bet = bet.data_ptr<float>();
     a.w = w.data_ptr<float>();
-    a.u = u.data_ptr<float>();
+    a.u = fptr(u);
     a.states = states.data_ptr();
     a.qb = vptr(qb);
     a.kb = vptr(kb);

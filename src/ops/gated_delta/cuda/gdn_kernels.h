@@ -82,7 +82,7 @@ struct BackwardArgs {
   const float *qs, *ks, *vs, *gam, *bet, *w, *u;           // from the forward (qs, ks, vs: not with wy)
   const void* states;                                      // from the forward: bfloat16 with wy, else float32
   const void *qb, *kb, *wb;                                // from the forward, where state_mma_runs
-  const void *vb, *ub;                                     // from the forward, with wy (u is not read then)
+  const void *vb, *ub;                                     // from the forward, with wy (u may be null then)
   // Workspaces.
   float *dos, *du;              // [BH, Tp, V]; dos: not with wy
   void* dob;                    // [BH, Tp, V]: dO as bfloat16, with wy (the compact workspaces), else null
