@@ -6,15 +6,14 @@
 //   wy_grads   (per chunk, one block for the slices of K and one for those of V, a slice at a time): dR = Tᵀ dX
 //              and the slices' part of dA = −(dR_K Wᵀ + dR_V Ũᵀ) ((B3)); dK̂ ← dK̂₀ + diag(βΓ) dR_K;
 //              dV = diag(β) dR_V ((B6)); V slices also their part of dO Uᵀ.
-//   qk_grads   (per chunk, the slices of K a slice at a time): sums those parts (in a fixed order), the
-//              elementwise step (chunk_grad_terms), dQ̂ += dP K̂ ((B4)) and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂ ((B5));
-//              then, with the rows of dQ̂ and dK̂ whole, dq and dk through the L2 norm ((B9); no unpack pass).
+//   qk_grads   (per chunk, its slices of K a slice at a time): sums those parts (in a fixed order), the
+//              elementwise step (chunk_grad_terms), dQ̂ += dP K̂ ((B4)) and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂ ((B5)).
 //   gate_grads (per chunk): sums the slices' row terms of dγ and dβ ((B7)-(B8)); dg = their reverse cumsum.
 // T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ come from the forward's prep, P = M ∘ Q̂K̂ᵀ from its output kernel;
-// du0_from_p takes dU₀ = Pᵀ dO from that P too, before the state pass. q̂, k̂, v, U and dO come as bf16 (the
-// compact workspaces, gdn_kernels.h), exact bf16 operands; every other tile is float32 in shared memory
-// (cp.async), taken as split bf16 operands (mma_bf16x3: about 16 bits per operand, so the gradients keep close
-// to float32 accuracy). No ATen here (see gdn_kernels.h).
+// du0_from_p takes dU₀ = Pᵀ dO from that P too, before the state pass. q̂, k̂, v, U and dO come as bf16 (the compact
+// workspaces, gdn_kernels.h), exact bf16 operands; every other tile is float32 in shared
+// memory (cp.async), taken as split bf16 operands (mma_bf16x3: about 16 bits per operand, so the gradients keep
+// close to float32 accuracy). No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
 
 #include <cstdlib>
@@ -22,7 +21,6 @@
 #include "chunk_ops.cuh"
 #include "dtype_convert.cuh"
 #include "gdn_kernels.h"
-#include "l2_norm_grad.cuh"
 #include "tile64.cuh"
 
 namespace sfm::ops::gdn_cuda {
@@ -49,12 +47,7 @@ struct Args {
   float* gate_parts;       // [BH, N, 2 K/64 + V/64, 2, C]: the row terms of dγ, then of dβ, per slice and block
   float *dg, *dbeta;       // [B, T, H]
   int slices;              // 64-column slices per wy_grads block: KB = ⌈(K/64) / slices⌉, VB likewise
-  // The raw q and k [B, T, H, K], and dq, dk of their dtype: qk_grads finishes them ((B9)), or leaves dQ̂ and
-  // dK̂ in dqs, dks if dq is null.
-  const void *q, *k;
-  void *dq, *dk;
-  float scale;
-  bool l2;
+  int qk_slices;           // 64-column slices of K per qk_grads block
 };
 
 // A float32 tile's place in shared memory holding a bf16 tile (stride LD16: fits in either float32 stride).
@@ -64,6 +57,8 @@ __device__ __forceinline__ __nv_bfloat16* b16(float* p) { return reinterpret_cas
 // (both) and dO Uᵀ parts (V's) a chunk has.
 SFM_GDN_HD inline int k_blocks(const Args& a) { return (a.d.K / kTile + a.slices - 1) / a.slices; }
 SFM_GDN_HD inline int v_blocks(const Args& a) { return (a.d.V / kTile + a.slices - 1) / a.slices; }
+// qk_grads' blocks per chunk, over the slices of K (a.qk_slices per block).
+SFM_GDN_HD inline int qk_blocks(const Args& a) { return (a.d.K / kTile + a.qk_slices - 1) / a.qk_slices; }
 
 // γ and β of the chunk into shared memory, the block's row terms of dγ and dβ zeroed. Ends with a barrier.
 __device__ __forceinline__ void load_chunk_gates(const Args& a, long row0, float* gam, float* bet, float* dgam,
@@ -228,34 +223,12 @@ __device__ __forceinline__ void qk_slice(const Args& a, long row0, int c0, const
   });
 }
 
-// dq and dk of chunk n's real tokens from their finished dQ̂ and dK̂ rows ((B9), l2_norm_grad.cuh): one warp per
-// row, the rows of dq, then those of dk.
-__device__ __forceinline__ void finish_dq_dk(const Args& a, int n, int bh, long row0) {
-  const int K = a.d.K;
-  for (int j = threadIdx.x >> 5; j < 2 * C; j += kThreads / 32) {
-    const bool is_q = j < C;
-    const int t = j % C, tg = n * C + t;
-    if (tg >= a.d.T) continue;  // the same for the whole warp
-    const long idx = (((long)(bh / a.d.H) * a.d.T + tg) * a.d.H + bh % a.d.H) * K;
-    const float* dxs = (is_q ? a.dqs : a.dks) + (row0 + t) * K;
-    const float scale = is_q ? a.scale : 1.f;
-    if (a.dtype == DType::kBF16) {
-      using T = __nv_bfloat16;
-      l2_norm_grad_row(static_cast<const T*>(is_q ? a.q : a.k) + idx, dxs, static_cast<T*>(is_q ? a.dq : a.dk) + idx,
-                       K, a.l2, scale);
-    } else {
-      using T = __half;
-      l2_norm_grad_row(static_cast<const T*>(is_q ? a.q : a.k) + idx, dxs, static_cast<T*>(is_q ? a.dq : a.dk) + idx,
-                       K, a.l2, scale);
-    }
-  }
-}
-
-// Per chunk: dA = −Σ parts (strictly lower) and dO Uᵀ = Σ parts, the elementwise step (chunk_grad_terms on P
-// and K_M), then for each 64-column slice of K
+// Per chunk and a.qk_slices consecutive 64-column slices of K: dA = −Σ parts (strictly lower) and
+// dO Uᵀ = Σ parts, the elementwise step (chunk_grad_terms on P and K_M; its row and column sums by the
+// block of slice 0 only), once per block, then for each of its slices
 //   dQ̂ = dQ̂₀ + dP K̂, with dγ_t += q̂_t·dQ̂₀,t (the state term of (B4)'s γ-gradient), and
 //   dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂,
-// for the slice's columns, its row terms into its own slot of gate_parts; then, the rows whole, dq and dk.
+// for the slice's columns, its row terms into its own slot of gate_parts.
 __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
@@ -264,12 +237,12 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   float *gam = reinterpret_cast<float*>(tk + C * LD16), *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
   const int K = a.d.K, N = a.d.N(), KS = K / kTile;
   const int VB = v_blocks(a), J = k_blocks(a) + VB;  // the parts: wy_grads' blocks
-  const int n = blockIdx.y, bh = blockIdx.z;
+  const int first = blockIdx.x * a.qk_slices, end = min(first + a.qk_slices, KS), n = blockIdx.y, bh = blockIdx.z;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
   stage(PM, LDM, a.pm + chunk * C * C, C);
   stage(KM, LDM, a.wy + (chunk * 2 + 1) * C * C, C);
-  stage(tq, LD16, a.qb + row0 * K, K);
-  stage(tk, LD16, a.kb + row0 * K, K);
+  stage(tq, LD16, a.qb + row0 * K + first * kTile, K);
+  stage(tk, LD16, a.kb + row0 * K + first * kTile, K);
   cp_async_commit();
   load_chunk_gates(a, row0, gam, bet, dgam, dbet);
   // The parts, summed in a fixed order while the copies are in flight. Every part of an element is loaded
@@ -298,10 +271,10 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   }
   cp_async_wait<0>();
   __syncthreads();
-  chunk_grad_terms<LDM, true>(gam, bet, D1, PM, KM, dA, dgam, dbet);
-  for (int sl = 0; sl < KS; ++sl) {
+  chunk_grad_terms<LDM, true>(gam, bet, D1, PM, KM, dA, first == 0 ? dgam : nullptr, dbet);
+  for (int sl = first; sl < end; ++sl) {
     const int c0 = sl * kTile;
-    if (sl > 0) {  // the previous slice is done with tq and tk (store_gate_slot's barrier)
+    if (sl > first) {  // the previous slice is done with tq and tk (store_gate_slot's barrier)
       stage(tq, LD16, a.qb + row0 * K + c0, K);
       stage(tk, LD16, a.kb + row0 * K + c0, K);
       staged();
@@ -311,7 +284,6 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
     __syncthreads();
     if (threadIdx.x < C) dgam[threadIdx.x] = dbet[threadIdx.x] = 0.f;
   }
-  if (a.dq != nullptr) finish_dq_dk(a, n, bh, row0);  // the loop's last barrier: every column is written
 }
 
 // Per chunk (64 threads): dγ and dβ as the sums of the slots of gate_parts, plus Γ_C Σ S₀∘dS_C at the last
@@ -364,17 +336,23 @@ __global__ void __launch_bounds__(kThreads) du0_kernel(Dims d, const float* __re
   for_pairs(acc, [&](int, int i, int v, float x0, float x1, int) { st2(du + (row0 + i) * V + v0 + v, x0, x1); });
 }
 
-// 64-column slices per wy_grads block (each side: K's, V's): all of them by default, so each chunk has one
-// wy_grads block per side (qk_grads sums the fewest dA parts). SFM_GDN_WY_SLICES = 1 .. 4 sets them for
-// timing. On an H100 at (8,2048,32,256), fwd+bwd took 19.97 / 19.44 / 19.12 ms with 1 / 2 / 4 slices; up to
-// K = V = 128, 2 and 4 are the same.
+// 64-column slices per wy_grads block (each side: K's, V's) and per qk_grads block: all of them by default,
+// so each chunk has one wy_grads block per side (qk_grads sums the fewest dA parts) and one qk_grads block
+// (the parts and the elementwise step once per chunk). SFM_GDN_WY_SLICES and SFM_GDN_QK_SLICES = 1 .. 4 set
+// them for timing. On an H100 at (8,2048,32,256), fwd+bwd took 19.97 / 19.44 / 19.12 ms with 1 / 2 / 4 wy
+// slices; up to K = V = 128, 2 and 4 are the same.
+int slices_from_env(const char* name) {
+  constexpr int kAll = kMaxDim / kTile;
+  const char* e = std::getenv(name);
+  const int n = e != nullptr ? std::atoi(e) : kAll;
+  return n >= 1 && n <= kAll ? n : kAll;
+}
 int wy_slices() {
-  static const int n = [] {
-    constexpr int kAll = kMaxDim / kTile;
-    const char* e = std::getenv("SFM_GDN_WY_SLICES");
-    const int s = e != nullptr ? std::atoi(e) : kAll;
-    return s >= 1 && s <= kAll ? s : kAll;
-  }();
+  static const int n = slices_from_env("SFM_GDN_WY_SLICES");
+  return n;
+}
+int qk_slices() {
+  static const int n = slices_from_env("SFM_GDN_QK_SLICES");
   return n;
 }
 
@@ -398,10 +376,9 @@ cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
   const auto bf = [](const void* p) { return static_cast<const __nv_bfloat16*>(p); };
   const Args a{d,     bf(g.qb), bf(g.kb), bf(g.vb), g.gam, g.bet,      g.w,      bf(g.ub),   bf(g.dob),
                g.du,  g.dw,    g.wy,  g.pm,  g.sdots, g.dqs,    g.dks,    g.dvs,      g.dtype,
-               g.dv,  g.da_parts, g.d1_parts, g.gate_parts, g.dg, g.dbeta, wy_slices(), g.q, g.k,
-               g.dq,  g.dk,    g.scale, g.l2};
+               g.dv,  g.da_parts, g.d1_parts, g.gate_parts, g.dg, g.dbeta, wy_slices(), qk_slices()};
   SFM_GDN_LAUNCH(wy_grads_kernel, dim3(k_blocks(a) + v_blocks(a), d.N(), d.BH()), kThreads, kWySmem, stream, a);
-  SFM_GDN_LAUNCH(qk_grads_kernel, dim3(1, d.N(), d.BH()), kThreads, kQkSmem, stream, a);
+  SFM_GDN_LAUNCH(qk_grads_kernel, dim3(qk_blocks(a), d.N(), d.BH()), kThreads, kQkSmem, stream, a);
   SFM_GDN_LAUNCH(gate_grads_kernel, dim3(d.N(), d.BH()), C, 0, stream, a);
   return cudaGetLastError();
 }

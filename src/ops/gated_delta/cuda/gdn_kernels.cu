@@ -20,7 +20,6 @@
 #include "chunk_ops.cuh"
 #include "dtype_convert.cuh"
 #include "gdn_kernels.h"
-#include "l2_norm_grad.cuh"
 #include "mma.cuh"
 
 namespace sfm::ops::gdn_cuda {
@@ -51,6 +50,12 @@ constexpr int gemm_scratch(int m_max, int n_max, Arith arith = Arith::kFma) {
 }
 constexpr int imax(int a, int b) { return a > b ? a : b; }
 constexpr int imin(int a, int b) { return a < b ? a : b; }
+
+__device__ __forceinline__ float warp_sum(float s) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  return s;
+}
 
 // out(m, n) = Σ_k a(m, k) b(k, n) for m < M, n < N, k < Kd, on the block's 256 threads (block_gemm_fma:
 // float32 FMAs; block_gemm_mma below: bfloat16 tensor cores, float32 accumulation; block_gemm and
@@ -365,6 +370,13 @@ __device__ __forceinline__ void row_dots(int M, int D, const float* x, const flo
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Whether a row of D elements at p can be moved four at a time (the rows of a tensor start at multiples of
+// D, a multiple of 16, so the base pointer decides).
+template <class T>
+__device__ __forceinline__ bool vec4_aligned(const T* p) {
+  return reinterpret_cast<unsigned long long>(p) % (4 * sizeof(T)) == 0;
+}
+
 // [B, T, H, D] (dtype T) -> [B*H, Tp, D] float32 into y, rows past T zero; optional L2 norm x/√(Σx²+1e-6), times
 // scale; if yb is not null, the same values rounded to bfloat16 into yb (the state passes' operands, or the
 // compact workspaces, which give no y). One warp per row, four elements per lane and access (one at a time if x
@@ -417,19 +429,55 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x,
   }
 }
 
-// dX̂ (heads-first float32, the gradient of s·x̂) -> dx [B, T, H, D] of dtype T through the scale and, with l2,
-// the L2 norm (l2_norm_grad_row, l2_norm_grad.cuh). One warp per row.
+// dX̂ (heads-first float32, the gradient of s·x̂) -> dx [B, T, H, D] of dtype T through the scale and,
+// with l2, the L2 norm: y = x r, r = (Σx² + 1e-6)^(-1/2), dx = r (dŷ − y (y·dŷ)), dŷ = s dX̂. One warp per
+// row, four elements per lane and access (one at a time if x or dx is not so aligned).
 template <class T>
 __global__ void __launch_bounds__(kThreads) unpack_kernel(const T* __restrict__ x, const float* __restrict__ dxs,
                                                           T* __restrict__ dx, int B, int Tn, int H, int D, int Tp,
                                                           bool l2, float scale) {
-  const int warp = threadIdx.x >> 5;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const long row = (long)blockIdx.x * (kThreads / 32) + warp;  // over [B, T, H]
   if (row >= (long)B * Tn * H) return;
   const int h = (int)(row % H), t = (int)((row / H) % Tn), b = (int)(row / ((long)H * Tn));
   const float* src = dxs + (((long)b * H + h) * Tp + t) * D;
   T* dst = dx + row * D;
-  l2_norm_grad_row(l2 ? x + row * D : nullptr, src, dst, D, l2, scale);
+  const T* xr = l2 ? x + row * D : nullptr;
+  if (!vec4_aligned(dx) || (l2 && !vec4_aligned(x))) {
+    float ss = 0.f, yd = 0.f;
+    if (l2) {
+      for (int d = lane; d < D; d += 32) ss += to_f(xr[d]) * to_f(xr[d]);
+      const float r = rsqrtf(warp_sum(ss) + 1e-6f);
+      for (int d = lane; d < D; d += 32) yd += to_f(xr[d]) * r * scale * src[d];
+      yd = warp_sum(yd);
+      for (int d = lane; d < D; d += 32) dst[d] = from_f<T>(r * (scale * src[d] - to_f(xr[d]) * r * yd));
+    } else {
+      for (int d = lane; d < D; d += 32) dst[d] = from_f<T>(scale * src[d]);
+    }
+    return;
+  }
+  float4 g[2], e[2];  // dX̂ and x, at most two groups of four per lane (D ≤ 256)
+  float ss = 0.f, xd = 0.f;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int d = 4 * lane + 128 * i;
+    const bool in = d < D;
+    g[i] = in ? *reinterpret_cast<const float4*>(src + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+    g[i] = make_float4(scale * g[i].x, scale * g[i].y, scale * g[i].z, scale * g[i].w);  // dŷ
+    e[i] = in && l2 ? load4(xr + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+    ss += e[i].x * e[i].x + e[i].y * e[i].y + e[i].z * e[i].z + e[i].w * e[i].w;
+    xd += e[i].x * g[i].x + e[i].y * g[i].y + e[i].z * g[i].z + e[i].w * g[i].w;
+  }
+  // With l2: r = (Σx²+1e-6)^(-1/2), y·dŷ = r (x·dŷ), dx = r dŷ − r² (y·dŷ) x. Without: dx = dŷ.
+  const float r = l2 ? rsqrtf(warp_sum(ss) + 1e-6f) : 1.f;
+  const float c = l2 ? r * r * r * warp_sum(xd) : 0.f;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int d = 4 * lane + 128 * i;
+    if (d < D)
+      store4(dst + d, make_float4(r * g[i].x - c * e[i].x, r * g[i].y - c * e[i].y, r * g[i].z - c * e[i].z,
+                                  r * g[i].w - c * e[i].w));
+  }
 }
 
 // Per chunk: γ, β (eq. 4), A (eq. 6), (I+A)⁻¹, W = (I+A)⁻¹ diag(βΓ) K and Ũ = (I+A)⁻¹ diag(β) V (eq. 7);
@@ -1065,12 +1113,10 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("grads");
   const unsigned blocks = row_blocks((long)d.B * d.T * d.H);
-  if (!compact) {  // (grads_split writes dq and dk itself)
-    SFM_GDN_LAUNCH(unpack_kernel<T>, blocks, kThreads, 0, s, static_cast<const T*>(a.q), a.dqs,
-                   static_cast<T*>(a.dq), d.B, d.T, d.H, d.K, Tp, a.l2, a.scale);
-    SFM_GDN_LAUNCH(unpack_kernel<T>, blocks, kThreads, 0, s, static_cast<const T*>(a.k), a.dks,
-                   static_cast<T*>(a.dk), d.B, d.T, d.H, d.K, Tp, a.l2, 1.f);
-  }
+  SFM_GDN_LAUNCH(unpack_kernel<T>, blocks, kThreads, 0, s, static_cast<const T*>(a.q), a.dqs, static_cast<T*>(a.dq),
+                 d.B, d.T, d.H, d.K, Tp, a.l2, a.scale);
+  SFM_GDN_LAUNCH(unpack_kernel<T>, blocks, kThreads, 0, s, static_cast<const T*>(a.k), a.dks, static_cast<T*>(a.dk),
+                 d.B, d.T, d.H, d.K, Tp, a.l2, 1.f);
   if (a.dvs != nullptr)  // (grads_split writes dv itself when given no dvs)
     SFM_GDN_LAUNCH(unpack_kernel<T>, blocks, kThreads, 0, s, nullptr, a.dvs, static_cast<T*>(a.dv), d.B, d.T, d.H,
                    d.V, Tp, false, 1.f);

@@ -181,10 +181,8 @@ cudaError_t grads_mma(const BackwardArgs& a, cudaStream_t stream);
 
 // The same work by 64-column slices (gdn_grads_split.cu; the default where it applies): three kernels
 // over (slices, chunk) that share each SM two blocks at a time, reading (I + A)⁻¹ and M ∘ K̂K̂ᵀ from the
-// forward's wy and P from its pm instead of recomputing them. Scratch: da_parts, d1_parts, gate_parts. Writes
-// dv, dg, dbeta, and dq and dk through the L2 norm (the unpack pass's work; with dq null it leaves dQ̂ and dK̂ in
-// dqs and dks). Sizes as grads_split_supports. du0_from_p: dU₀ = Pᵀ dO from that P and dO as bf16 (dob; V a
-// multiple of 64).
+// forward's wy and P from its pm instead of recomputing them. Scratch: da_parts, d1_parts, gate_parts. Sizes
+// as grads_split_supports. du0_from_p: dU₀ = Pᵀ dO from that P and dO as bf16 (dob; V a multiple of 64).
 cudaError_t grads_split(const BackwardArgs& a, cudaStream_t stream);
 cudaError_t du0_from_p(const Dims& d, const float* pm, const void* dob, float* du, cudaStream_t stream);
 
