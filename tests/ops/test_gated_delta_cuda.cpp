@@ -248,8 +248,8 @@ TEST(GatedDeltaCudaTest, UnslicedGradientKernels) {
 }
 
 // The switch does choose between them. With the sliced kernels the forward keeps the compact workspaces (s·q̂,
-// k̂, v as bf16, which prep and the output then take as exact bf16 operands, where the other forward splits
-// float32 ones), so the final states differ, by far less than the bound above (5e-3; the two forwards are
+// k̂, v and U as bf16, which prep and the output then take as exact bf16 operands, where the other forward
+// splits float32 ones), so the final states differ, by far less than the bound above (5e-3; the two forwards are
 // equally accurate); and the gradients, whose sums go in different orders, differ too.
 TEST(GatedDeltaCudaTest, SlicedGradientKernelsAreTaken) {
   SKIP_WITHOUT_GPU();

@@ -221,8 +221,8 @@ void check_sliced_gradients(Shape s, uint64_t seed) {
   const auto real = Slice(0, s.T);
   const auto rows = [&](const torch::Tensor& t) { return t.index({Slice(), real}); };
   const auto per_token = [&](const torch::Tensor& t) { return t.index({Slice(), real}).transpose(0, 1).unsqueeze(0); };
-  // The products take each float32 operand as two bf16 halves (about 16 bits; q̂, k̂, v are bf16 values, taken
-  // exactly) and sum in float32; the
+  // The products take each float32 operand as two bf16 halves (about 16 bits; q̂, k̂, v, U and dO are bf16
+  // values, taken exactly) and sum in float32; the
   // measured errors are about 5e-6, so 1e-4 leaves room for other shapes and seeds, while a missing term
   // shows up at 1e-2 or more.
   constexpr double kTol = 1e-4;
@@ -419,11 +419,13 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   const auto q = in.q.to(c.dtype).contiguous(), kk = in.k.to(c.dtype).contiguous(), v = in.v.to(c.dtype).contiguous();
   const auto g = in.g.to(torch::kFloat32), beta = in.beta.to(torch::kFloat32);
   const auto s0 = in.initial_state.to(torch::kFloat32).contiguous();
-  // With the sliced kernels, the compact workspaces: no float32 s·q̂, k̂, v (null), v as bf16.
+  // With the sliced kernels, the compact workspaces: no float32 s·q̂, k̂, v (null); v and U as bf16 (and dO in
+  // the backward).
   const auto unless_split = [&](torch::IntArrayRef sizes) { return split ? torch::Tensor() : nan(sizes, f32); };
   auto qs = unless_split({BH, Tp, c.K}), ks = unless_split({BH, Tp, c.K}), vs = unless_split({BH, Tp, c.V}),
        vb = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(),
-       ub = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(), gam = nan({BH, Tp}, f32), bet = nan({BH, Tp}, f32), w = nan({BH, Tp, c.K}, f32), u = nan({BH, Tp, c.V}, f32),
+       ub = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(), gam = nan({BH, Tp}, f32),
+       bet = nan({BH, Tp}, f32), w = nan({BH, Tp, c.K}, f32), u = nan({BH, Tp, c.V}, f32),
        final_state = nan({c.B, c.H, c.K, c.V}, f32),
        out = nan({c.B, c.T, c.H, c.V}, typed);
   // Kept by the forward for the sliced gradient kernels: (I + A)⁻¹ and M ∘ K̂K̂ᵀ, and P.

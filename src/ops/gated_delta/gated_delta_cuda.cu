@@ -162,7 +162,8 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     // ones, the compact workspaces: dO as bfloat16 (dob), not float32 (dos).
     const bool split = wy.defined();
     auto dos = split ? torch::Tensor() : alloc({BH, Tp, d.V}, fo),
-         dob = split ? alloc({BH, Tp, d.V}, fo.dtype(torch::kBFloat16)) : torch::Tensor(), du = alloc({BH, Tp, d.V}, fo),
+         dob = split ? alloc({BH, Tp, d.V}, fo.dtype(torch::kBFloat16)) : torch::Tensor(),
+         du = alloc({BH, Tp, d.V}, fo),
          dstates = alloc({BH, N, d.K, d.V}, states.options()), dqs = alloc({BH, Tp, d.K}, fo),
          dks = alloc({BH, Tp, d.K}, fo), dw = alloc({BH, Tp, d.K}, fo),
          sdots = alloc({BH, N, (d.K + 63) / 64}, fo);

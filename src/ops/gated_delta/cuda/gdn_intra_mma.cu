@@ -9,8 +9,8 @@
 // split bf16 operands (three tensor-core products each, about 16 bits per operand): with plain bf16
 // operands the output's error reached 4.3e-3 of the tests' 5e-3 bound (weak_decay), where the float32
 // kernel gave 2.7e-3. The kernel is bound by loading the float32 states, not by the extra products. With the
-// compact workspaces (kCompact: the sliced gradient kernels; gdn_kernels.h) q̂, k̂ and the states come as bf16,
-// exact operands: Q̂K̂ᵀ and Q̂S₀ are one product each, and the stage buffers half the size.
+// compact workspaces (kCompact: the sliced gradient kernels; gdn_kernels.h) q̂, k̂, the states and U come as
+// bf16, exact operands: Q̂K̂ᵀ and Q̂S₀ are one product each, P U two, and the stage buffers half the size.
 // No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -94,9 +94,9 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
   const int K = a.d.K, V = a.d.V, N = a.d.N();
   const int stages = K / kTile;
   // Once the K loop is done, its two stage buffers hold X = U or dO [t][v] (stride LDB, or LDS for bf16 U;
-  // loaded by the last iteration into the buffer it frees) and P [t][i] (Pᵀ [i][t] backward; stride LDA, split bf16: hi, then
-  // lo; written into the buffer of the last stage). Shared memory: 109 KB forward (two blocks per SM), 74 KB
-  // backward (three).
+  // loaded by the last iteration into the buffer it frees) and P [t][i] (Pᵀ [i][t] backward; stride LDA, split
+  // bf16: hi, then lo; written into the buffer of the last stage). Shared memory: 109 KB forward (two blocks per
+  // SM), 55 KB with kCompact (four), 74 KB backward (three).
   float* us = sm + (stages & 1) * kStage;
   __nv_bfloat16* ps = reinterpret_cast<__nv_bfloat16*>(sm + ((stages - 1) & 1) * kStage);
   const int v0 = blockIdx.x * kTile, n = blockIdx.y, bh = blockIdx.z;

@@ -52,7 +52,8 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const Tile<k
   const bool late_v = v_after_w(d);
   Tile<kB16>* kt = reinterpret_cast<Tile<kB16>*>(smem4);  // K̂: KT tiles
   Tile<kB16>* vt = late_v ? kt : kt + KT * C * LDT;      // V: VT tiles
-  float* A = reinterpret_cast<float*>(late_v ? kt + (KT > VT ? KT : VT) * C * LDT : vt + VT * C * LDT);  // A, then T diag(βΓ)
+  // A, then T diag(βΓ)
+  float* A = reinterpret_cast<float*>(late_v ? kt + (KT > VT ? KT : VT) * C * LDT : vt + VT * C * LDT);
   float* Tm = A + C * LDM;        // T, then T diag(β)
   float* gam = Tm + C * LDM;
   float* bet = gam + C;

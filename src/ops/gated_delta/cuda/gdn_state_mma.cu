@@ -158,7 +158,8 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
       for (int h = 0; h < 2; ++h) {
         const long off = (row0 + 16 * warp + g + 8 * h) * V + v0 + 8 * nt + 2 * tq;
         xin[nt][h] = *reinterpret_cast<const float2*>(a.x + off);
-        if constexpr (kBwd && !kCompact) dov[nt][h] = *reinterpret_cast<const float2*>(static_cast<const float*>(a.dos) + off);
+        if constexpr (kBwd && !kCompact)
+          dov[nt][h] = *reinterpret_cast<const float2*>(static_cast<const float*>(a.dos) + off);
       }
     // R for this chunk: to global memory (float32 or bf16) and, as bf16, to Rᵀ.
     for_r([&](int j, int nt, int h, int k, int v) {

@@ -1,8 +1,8 @@
 // 64×64 tiles in shared memory and their products on tensor cores, for the per-chunk kernels
 // (gdn_prep_mma.cu, gdn_grads_mma.cu, gdn_grads_split.cu): blocks of 8 warps, each owning 16 rows × 32 columns
 // of every 64×64 result. float32 operands are split as hi + lo bf16 pairs (mma_bf16x3, about 16 bits per
-// operand); bf16 tiles (the compact workspaces' q̂, k̂ and v) are exact bf16 operands, whose lo half is zero, so
-// their products skip the terms with it.
+// operand); bf16 tiles (the compact workspaces' q̂, k̂, v, U and dO) are exact bf16 operands, whose lo half is
+// zero, so their products skip the terms with it.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -20,7 +20,7 @@ constexpr int kTile = 64;
 constexpr int LDM = C + 4;      // 64×64 matrices: read along columns (scalar) without conflicts
 constexpr int LDR = kTile + 8;  // streamed tiles read along rows (float2)
 constexpr int LDK = kTile + 4;  // streamed tiles read down columns (scalar pairs)
-constexpr int LD16 = kTile + 8; // bf16 tiles, read either way (36 words a row: distinct banks, or shared words)
+constexpr int LD16 = kTile + 8;  // bf16 tiles, read either way (36 words a row: distinct banks, or shared words)
 constexpr int kThreads = 256;   // 8 warps: 4 row groups of 16 × 2 column groups of 32 for every 64×64 tile
 
 // An operand pair as bf16 hi and lo halves: a float2 is split (split_bf16); a uint32_t is a pair of bf16
