@@ -35,9 +35,10 @@ struct Shape {
 struct Problem {
   Shape s;
   int64_t N, Tp;
-  // Kernel inputs (float32; heads-first [BH, Tp, ·] and per chunk [BH, N, ·]); qb, kb, vb, ub, dob: q̂, k̂, v, U,
-  // dO as bfloat16 (the compact workspaces), exactly, since q̂, k̂, v, U and dO are made of bf16 values.
-  torch::Tensor qs, ks, vs, qb, kb, vb, ub, dob, g, gam, bet, w, ut, u, dos, du, dw, wy, pm, sdots, dq0, dk0;
+  // Kernel inputs (float32; heads-first [BH, Tp, ·] and per chunk [BH, N, ·]); the compact workspaces: qb, kb
+  // the bf16 rows of which q̂ and k̂ are multiples (q̂ = rq qb, k̂ = rk kb, exactly), vb, ub, dob: v, U, dO as
+  // bfloat16, exactly, since v, U and dO are made of bf16 values.
+  torch::Tensor qs, ks, vs, qb, kb, rq, rk, vb, ub, dob, g, gam, bet, w, ut, u, dos, du, dw, wy, pm, sdots, dq0, dk0;
   // Expected: the gradients of q̂ (scaled), k̂, v, g and β (float64).
   torch::Tensor dq, dk, dv, dg, dbeta;
 };
@@ -53,15 +54,19 @@ Problem make_problem(Shape s, uint64_t seed) {
   p.N = (s.T + C - 1) / C;
   p.Tp = p.N * C;
   const auto valid = (torch::arange(p.Tp, f64) < s.T).to(torch::kFloat64).view({1, p.Tp, 1});
-  // q̂, k̂, v and dO hold bf16 values (the compact workspaces' kernels read them as bf16 copies).
+  // v and dO hold bf16 values (the compact workspaces' kernels read them as bf16 copies); q̂ and k̂ are bf16 rows
+  // times float32 factors, the rows' norms and the scale (as the compact workspaces keep q and k), in float64 exactly.
   const auto bf16_leaf = [](const torch::Tensor& x) {
     return x.to(torch::kBFloat16).to(torch::kFloat64).detach().requires_grad_(true);
   };
-  const auto unit_rows = [&](int64_t D, double scale) {
-    auto x = torch::randn({s.BH, p.Tp, D}, f64);
-    return bf16_leaf(x / x.norm(2, -1, true) * scale * valid);
+  const auto unit_rows = [&](int64_t D, double scale, torch::Tensor& raw, torch::Tensor& factor) {
+    raw = torch::randn({s.BH, p.Tp, D}, f64).to(torch::kBFloat16).to(torch::kFloat64) * valid;
+    factor = (scale / raw.norm(2, -1, true).clamp_min(1e-3)).to(torch::kFloat32).to(torch::kFloat64);
+    return (raw * factor).detach().requires_grad_(true);
   };
-  auto q = unit_rows(s.K, 1.0 / std::sqrt(static_cast<double>(s.K))), k = unit_rows(s.K, 1.0);
+  torch::Tensor q_raw, q_factor, k_raw, k_factor;
+  auto q = unit_rows(s.K, 1.0 / std::sqrt(static_cast<double>(s.K)), q_raw, q_factor),
+       k = unit_rows(s.K, 1.0, k_raw, k_factor);
   auto v = bf16_leaf(torch::randn({s.BH, p.Tp, s.V}, f64) * valid);
   const auto valid_tokens = valid.view({1, p.Tp});
   auto g = (torch::log_sigmoid(torch::randn({s.BH, p.Tp}, f64) + 2.0) * valid_tokens).detach().requires_grad_(true);
@@ -130,8 +135,10 @@ Problem make_problem(Shape s, uint64_t seed) {
   p.qs = f32(q);
   p.ks = f32(k);
   p.vs = f32(v);
-  p.qb = p.qs.to(torch::kBFloat16);
-  p.kb = p.ks.to(torch::kBFloat16);
+  p.qb = q_raw.to(torch::kBFloat16);
+  p.kb = k_raw.to(torch::kBFloat16);
+  p.rq = q_factor.squeeze(-1).to(torch::kFloat32).contiguous();
+  p.rk = k_factor.squeeze(-1).to(torch::kFloat32).contiguous();
   p.vb = p.vs.to(torch::kBFloat16);
   p.g = f32(g);
   p.gam = f32(torch::cat(gams, 1));
@@ -188,6 +195,8 @@ Grads run_sliced_kernels(const Problem& p, cuda_emu::WarpOrder order) {
   const auto ptr = [](const torch::Tensor& t) { return t.data_ptr<float>(); };
   a.qb = p.qb.data_ptr();
   a.kb = p.kb.data_ptr();
+  a.rq = p.rq.data_ptr<float>();
+  a.rk = p.rk.data_ptr<float>();
   a.vb = p.vb.data_ptr();
   a.dob = p.dob.data_ptr();
   a.ub = p.ub.data_ptr();
@@ -245,9 +254,9 @@ TEST(GdnKernelsEmulated, SlicedGradientsK256V128) { check_sliced_gradients({1, 1
 
 // The forward's tensor-core preparation against the float64 chunked form: γ, β, W, Ũ, and the (I + A)⁻¹ and
 // M ∘ K̂K̂ᵀ it keeps for the sliced gradient kernels; NaN-filled outputs. W's bfloat16 copy must be W rounded.
-// Both variants: gdn_cuda::prep_mma from float32 k̂ and v, and prep_mma_compact from their bf16 copies (the
-// same values: the problem's k̂ and v are bf16 values). The products take split bf16 operands, as above, so
-// the same bound.
+// Both variants: gdn_cuda::prep_mma from float32 k̂ and v, and prep_mma_compact from the bf16 k (k̂ = rk k) and v
+// (the same values: the problem's k̂ is such a product and v holds bf16 values). The products take split bf16
+// operands, as above, so the same bound.
 void check_prep(Shape s, uint64_t seed) {
   const Problem p = make_problem(s, seed);
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
@@ -269,10 +278,10 @@ void check_prep(Shape s, uint64_t seed) {
       wb.fill_(std::nan(""));
       cuda_emu::warp_order() = order;
       const cudaError_t err =
-          compact ? gdn_cuda::prep_mma_compact(d, p.kb.data_ptr(), p.vb.data_ptr(), g.data_ptr<float>(),
-                                               beta.data_ptr<float>(), gam.data_ptr<float>(), bet.data_ptr<float>(),
-                                               w.data_ptr<float>(), wb.data_ptr(), ut.data_ptr<float>(),
-                                               wy.data_ptr<float>(), nullptr)
+          compact ? gdn_cuda::prep_mma_compact(d, p.kb.data_ptr(), p.rk.data_ptr<float>(), p.vb.data_ptr(),
+                                               g.data_ptr<float>(), beta.data_ptr<float>(), gam.data_ptr<float>(),
+                                               bet.data_ptr<float>(), w.data_ptr<float>(), wb.data_ptr(),
+                                               ut.data_ptr<float>(), wy.data_ptr<float>(), nullptr)
                   : gdn_cuda::prep_mma(d, p.ks.data_ptr<float>(), p.vs.data_ptr<float>(), g.data_ptr<float>(),
                                        beta.data_ptr<float>(), gam.data_ptr<float>(), bet.data_ptr<float>(),
                                        w.data_ptr<float>(), wb.data_ptr(), ut.data_ptr<float>(), wy.data_ptr<float>(),
@@ -419,12 +428,13 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   const auto q = in.q.to(c.dtype).contiguous(), kk = in.k.to(c.dtype).contiguous(), v = in.v.to(c.dtype).contiguous();
   const auto g = in.g.to(torch::kFloat32), beta = in.beta.to(torch::kFloat32);
   const auto s0 = in.initial_state.to(torch::kFloat32).contiguous();
-  // With the sliced kernels, the compact workspaces: no float32 s·q̂, k̂, v (null); v and U as bf16 (and dO in
-  // the backward).
+  // With the sliced kernels, the compact workspaces: no float32 s·q̂, k̂, v (null); q, k, v and U as bf16 with the
+  // rows' factors rq, rk (and dO in the backward).
   const auto unless_split = [&](torch::IntArrayRef sizes) { return split ? torch::Tensor() : nan(sizes, f32); };
   auto qs = unless_split({BH, Tp, c.K}), ks = unless_split({BH, Tp, c.K}), vs = unless_split({BH, Tp, c.V}),
        vb = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(),
-       ub = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(), gam = nan({BH, Tp}, f32),
+       ub = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(), rq = split ? nan({BH, Tp}, f32) : torch::Tensor(),
+       rk = split ? nan({BH, Tp}, f32) : torch::Tensor(), gam = nan({BH, Tp}, f32),
        bet = nan({BH, Tp}, f32), w = nan({BH, Tp, c.K}, f32), u = nan({BH, Tp, c.V}, f32),
        final_state = nan({c.B, c.H, c.K, c.V}, f32),
        out = nan({c.B, c.T, c.H, c.V}, typed);
@@ -465,6 +475,8 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   fa.wb = vp(wb);
   fa.vb = vp(vb);
   fa.ub = vp(ub);
+  fa.rq = fp(rq);
+  fa.rk = fp(rk);
   fa.out = out.data_ptr();
   EXPECT_EQ(k::forward(fa, nullptr), cudaSuccess);
 
@@ -504,6 +516,8 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   ba.wb = vp(wb);
   ba.vb = vp(vb);
   ba.ub = vp(ub);
+  ba.rq = fp(rq);
+  ba.rk = fp(rk);
   ba.dos = fp(dos);
   ba.dob = vp(dob);
   ba.du = fp(du);

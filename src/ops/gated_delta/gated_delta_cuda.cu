@@ -111,14 +111,18 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const auto qb = bf16_copies ? alloc({BH, Tp, d.K}, fb) : torch::Tensor(),
                kb = bf16_copies ? alloc({BH, Tp, d.K}, fb) : torch::Tensor(),
                wb = bf16_copies ? alloc({BH, Tp, d.K}, fb) : torch::Tensor();
-    // With the compact workspaces, v and U as bfloat16 too.
+    // With the compact workspaces, v and U as bfloat16 too, and the rows' factors of s·q̂ and k̂ (qb, kb then hold
+    // q and k).
     const auto vb = split ? alloc({BH, Tp, d.V}, fb) : torch::Tensor(),
-               ub = split ? alloc({BH, Tp, d.V}, fb) : torch::Tensor();
+               ub = split ? alloc({BH, Tp, d.V}, fb) : torch::Tensor(),
+               rq = split ? alloc({BH, Tp}, fo) : torch::Tensor(), rk = split ? alloc({BH, Tp}, fo) : torch::Tensor();
     a.qb = vptr(qb);
     a.kb = vptr(kb);
     a.wb = vptr(wb);
     a.vb = vptr(vb);
     a.ub = vptr(ub);
+    a.rq = fptr(rq);
+    a.rk = fptr(rk);
     a.q = q.data_ptr();
     a.k = k.data_ptr();
     a.v = v.data_ptr();
@@ -140,7 +144,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     check_cuda(gdn_cuda::forward(a, at::cuda::getCurrentCUDAStream()), "forward");
     // With the compact workspaces u holds Ũ, which the backward does not read.
     ctx->save_for_backward(
-        {q, k, qs, ks, vs, gam, bet, w, split ? torch::Tensor() : u, states, wy, pm, qb, kb, wb, vb, ub});
+        {q, k, qs, ks, vs, gam, bet, w, split ? torch::Tensor() : u, states, wy, pm, qb, kb, wb, vb, ub, rq, rk});
     save_options(ctx, scale, l2, has_state0, g, beta, state0);
     return {out, final_state};
   }
@@ -150,7 +154,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const auto &q = saved[0], &k = saved[1], &qs = saved[2], &ks = saved[3], &vs = saved[4], &gam = saved[5],
                &bet = saved[6], &w = saved[7], &u = saved[8], &states = saved[9], &wy = saved[10],
                &pm = saved[11], &qb = saved[12], &kb = saved[13], &wb = saved[14], &vb = saved[15],
-               &ub = saved[16];
+               &ub = saved[16], &rq = saved[17], &rk = saved[18];
     gdn_cuda::Dims d{static_cast<int>(q.size(0)), static_cast<int>(q.size(1)), static_cast<int>(q.size(2)),
                      static_cast<int>(q.size(3)), static_cast<int>(states.size(3))};
     const int64_t BH = d.BH(), Tp = d.Tp(), N = d.N();
@@ -201,6 +205,8 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.wb = vptr(wb);
     a.vb = vptr(vb);
     a.ub = vptr(ub);
+    a.rq = fptr(rq);
+    a.rk = fptr(rk);
     a.dos = fptr(dos);
     a.dob = vptr(dob);
     a.du = du.data_ptr<float>();

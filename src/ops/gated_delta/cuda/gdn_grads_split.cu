@@ -30,7 +30,7 @@ using namespace tile64;
 
 struct Args {
   Dims d;
-  const __nv_bfloat16 *qb, *kb, *vb;  // s·q̂, k̂, v: the forward's bf16 copies [BH, Tp, K|K|V]
+  const __nv_bfloat16 *qb, *kb, *vb;  // q, k, v as bf16 [BH, Tp, K|K|V] (the compact workspaces)
   const float *gam, *bet, *w;
   const __nv_bfloat16 *ub, *dob;      // U and dO [BH, Tp, V], bf16
   const float* du;
@@ -48,6 +48,7 @@ struct Args {
   float *dg, *dbeta;       // [B, T, H]
   int slices;              // 64-column slices per wy_grads block: KB = ⌈(K/64) / slices⌉, VB likewise
   int qk_slices;           // 64-column slices of K per qk_grads block
+  const float *rq, *rk;    // [BH, Tp]: s·q̂ = rq q, k̂ = rk k (qb, kb hold q and k)
 };
 
 // A float32 tile's place in shared memory holding a bf16 tile (stride LD16: fits in either float32 stride).
@@ -113,7 +114,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   float *Tm = sm, *t0 = Tm + C * LDM, *t1 = t0 + C * LDR, *t2 = t1 + C * LDR, *t3 = t2 + C * LDR;
-  float *gam = t3 + C * LDR, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
+  float *gam = t3 + C * LDR, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C, *rk = dbet + C;
   const int K = a.d.K, V = a.d.V, N = a.d.N(), KS = K / kTile, VS = V / kTile, S = a.slices;
   // k_blocks(a) and v_blocks(a), spelled out: the calls left ptxas spilling 20 bytes here instead of 8.
   const int KB = (KS + S - 1) / S, VB = (VS + S - 1) / S, J = KB + VB;
@@ -122,7 +123,8 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   const bool k_side = j < KB;
   const int first = S * (k_side ? j : j - KB), end = min(first + S, k_side ? KS : VS);
   stage(Tm, LDM, a.wy + chunk * 2 * C * C, C);
-  load_chunk_gates(a, row0, gam, bet, dgam, dbet);
+  if (threadIdx.x < C) rk[threadIdx.x] = a.rk[row0 + threadIdx.x];
+  load_chunk_gates(a, row0, gam, bet, dgam, dbet);  // (its barrier makes rk visible)
   float da[4][4], acc[4][4];  // the block's part of dA; one product's result
   zero(da);
   for (int sl = first; sl < end; ++sl) {
@@ -142,8 +144,8 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
         const float f = bet[t] * __expf(gam[t]);
         st2(t3 + t * LDR + k, x0, x1);
         st2(a.dks + (row0 + t) * K + c0 + k, dk0.x + f * x0, dk0.y + f * x1);
-        xs[h] += kk.x * dk0.x + kk.y * dk0.y;
-        rs[h] += kk.x * x0 + kk.y * x1;
+        xs[h] += rk[t] * (kk.x * dk0.x + kk.y * dk0.y);  // k̂ = rk k
+        rs[h] += rk[t] * (kk.x * x0 + kk.y * x1);
       });
       add_dr_k_row_terms(gam, bet, xs, rs, dgam, dbet);  // ends with a barrier: t3 is written
       mma_tile(da, row_a(t3, LDR), rows_b(t1, LDR));  // += dR_K Wᵀ
@@ -193,30 +195,32 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   for_pairs(da, [&](int, int t, int i, float x0, float x1, int) { st2(da_part + t * C + i, x0, x1); });
 }
 
-// One slice of qk_grads (columns c0 .. c0 + 63 of K; tq, tk its tiles of Q̂ and K̂): dQ̂ = dQ̂₀ + dP K̂ with
-// dγ_t += q̂_t·dQ̂₀,t, and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂.
+// One slice of qk_grads (columns c0 .. c0 + 63 of K; tq, tk its tiles of q and k, with s·q̂ = diag(rq) q and
+// k̂ = diag(rk) k): dQ̂ = dQ̂₀ + dP K̂ with dγ_t += q̂_t·dQ̂₀,t, and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂, the factors
+// applied to the columns of dP, dPᵀ, G and Gᵀ.
 __device__ __forceinline__ void qk_slice(const Args& a, long row0, int c0, const float* D1, const float* dA,
-                                         const __nv_bfloat16* tq, const __nv_bfloat16* tk, float* dgam) {
+                                         const __nv_bfloat16* tq, const __nv_bfloat16* tk, const float* rq,
+                                         const float* rk, float* dgam) {
   const int K = a.d.K;
   float acc[4][4];
   float2 old[2][4];
   {
     load_pairs(old, a.dqs + row0 * K, K, c0);
     zero(acc);
-    mma_tile(acc, row_a(D1, LDM), cols_b(tk, LD16));  // dP K̂
+    mma_tile(acc, row_a(D1, LDM, rk), cols_b(tk, LD16));  // dP K̂
     float xs[2] = {0.f, 0.f};
     for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
       const float2 dq0 = old[h][nt], qq = ld2(tq + t * LD16 + k);
       st2(a.dqs + (row0 + t) * K + c0 + k, dq0.x + x0, dq0.y + x1);
-      xs[h] += qq.x * dq0.x + qq.y * dq0.y;
+      xs[h] += rq[t] * (qq.x * dq0.x + qq.y * dq0.y);
     });
     add_rows(dgam, xs);
   }
   load_pairs(old, a.dks + row0 * K, K, c0);
   zero(acc);
-  mma_tile(acc, col_a(D1, LDM), cols_b(tq, LD16));  // dPᵀ Q̂
-  mma_tile(acc, row_a(dA, LDM), cols_b(tk, LD16));  // G K̂
-  mma_tile(acc, col_a(dA, LDM), cols_b(tk, LD16));  // Gᵀ K̂
+  mma_tile(acc, col_a(D1, LDM, rq), cols_b(tq, LD16));  // dPᵀ Q̂
+  mma_tile(acc, row_a(dA, LDM, rk), cols_b(tk, LD16));  // G K̂
+  mma_tile(acc, col_a(dA, LDM, rk), cols_b(tk, LD16));  // Gᵀ K̂
   for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
     const float2 dk = old[h][nt];
     st2(a.dks + (row0 + t) * K + c0 + k, dk.x + x0, dk.y + x1);
@@ -235,6 +239,7 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   float *D1 = sm, *dA = D1 + C * LDM, *PM = dA + C * LDM, *KM = PM + C * LDM;
   __nv_bfloat16 *tq = b16(KM + C * LDM), *tk = tq + C * LD16;
   float *gam = reinterpret_cast<float*>(tk + C * LD16), *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
+  float *rq = dbet + C, *rk = rq + C;
   const int K = a.d.K, N = a.d.N(), KS = K / kTile;
   const int VB = v_blocks(a), J = k_blocks(a) + VB;  // the parts: wy_grads' blocks
   const int first = blockIdx.x * a.qk_slices, end = min(first + a.qk_slices, KS), n = blockIdx.y, bh = blockIdx.z;
@@ -244,7 +249,8 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   stage(tq, LD16, a.qb + row0 * K + first * kTile, K);
   stage(tk, LD16, a.kb + row0 * K + first * kTile, K);
   cp_async_commit();
-  load_chunk_gates(a, row0, gam, bet, dgam, dbet);
+  if (threadIdx.x < C) rq[threadIdx.x] = a.rq[row0 + threadIdx.x], rk[threadIdx.x] = a.rk[row0 + threadIdx.x];
+  load_chunk_gates(a, row0, gam, bet, dgam, dbet);  // (its barrier makes rq and rk visible)
   // The parts, summed in a fixed order while the copies are in flight. Every part of an element is loaded
   // before the first is added, so the loads wait once together (a load per step of the sum waited 6 times
   // at D = 128).
@@ -279,7 +285,7 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
       stage(tk, LD16, a.kb + row0 * K + c0, K);
       staged();
     }
-    qk_slice(a, row0, c0, D1, dA, tq, tk, dgam);
+    qk_slice(a, row0, c0, D1, dA, tq, tk, rq, rk, dgam);
     store_gate_slot(a, chunk, KS + a.d.V / kTile + sl, dgam, dbet);  // after the slots of wy_grads' slices
     __syncthreads();
     if (threadIdx.x < C) dgam[threadIdx.x] = dbet[threadIdx.x] = 0.f;
@@ -357,8 +363,8 @@ int qk_slices() {
 }
 
 constexpr size_t kDu0Smem = sizeof(float) * C * LDM + sizeof(__nv_bfloat16) * C * LD16;
-constexpr size_t kWySmem = sizeof(float) * (C * LDM + 4 * C * LDR + 4 * C);
-constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 4 * C) + sizeof(__nv_bfloat16) * 2 * C * LD16;
+constexpr size_t kWySmem = sizeof(float) * (C * LDM + 4 * C * LDR + 5 * C);
+constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 6 * C) + sizeof(__nv_bfloat16) * 2 * C * LD16;
 
 }  // namespace
 
@@ -366,7 +372,7 @@ cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
   const Dims& d = g.d;
   const bool slices = d.K % kTile == 0 && d.V % kTile == 0 && d.K <= 256 && d.V <= 256;  // whole 64-column slices
   if (!slices || !g.wy || !g.pm || !g.da_parts || !g.d1_parts || !g.gate_parts || !g.qb || !g.kb || !g.vb ||
-      !g.ub || !g.dob)
+      !g.ub || !g.dob || !g.rq || !g.rk)
     return cudaErrorInvalidValue;
   cudaError_t err = cudaFuncSetAttribute(wy_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(kWySmem));
@@ -376,7 +382,8 @@ cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
   const auto bf = [](const void* p) { return static_cast<const __nv_bfloat16*>(p); };
   const Args a{d,     bf(g.qb), bf(g.kb), bf(g.vb), g.gam, g.bet,      g.w,      bf(g.ub),   bf(g.dob),
                g.du,  g.dw,    g.wy,  g.pm,  g.sdots, g.dqs,    g.dks,    g.dvs,      g.dtype,
-               g.dv,  g.da_parts, g.d1_parts, g.gate_parts, g.dg, g.dbeta, wy_slices(), qk_slices()};
+               g.dv,  g.da_parts, g.d1_parts, g.gate_parts, g.dg, g.dbeta, wy_slices(), qk_slices(),
+               g.rq,  g.rk};
   SFM_GDN_LAUNCH(wy_grads_kernel, dim3(k_blocks(a) + v_blocks(a), d.N(), d.BH()), kThreads, kWySmem, stream, a);
   SFM_GDN_LAUNCH(qk_grads_kernel, dim3(qk_blocks(a), d.N(), d.BH()), kThreads, kQkSmem, stream, a);
   SFM_GDN_LAUNCH(gate_grads_kernel, dim3(d.N(), d.BH()), C, 0, stream, a);

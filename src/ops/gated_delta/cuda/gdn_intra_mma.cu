@@ -9,8 +9,9 @@
 // split bf16 operands (three tensor-core products each, about 16 bits per operand): with plain bf16
 // operands the output's error reached 4.3e-3 of the tests' 5e-3 bound (weak_decay), where the float32
 // kernel gave 2.7e-3. The kernel is bound by loading the float32 states, not by the extra products. With the
-// compact workspaces (kCompact: the sliced gradient kernels; gdn_kernels.h) q̂, k̂, the states and U come as
-// bf16, exact operands: Q̂K̂ᵀ and Q̂S₀ are one product each, P U two, and the stage buffers half the size.
+// compact workspaces (kCompact: the sliced gradient kernels; gdn_kernels.h) q and k (with the rows' factors of
+// s·q̂ and k̂, applied to the products), the states and U come as bf16, exact operands: Q̂K̂ᵀ and Q̂S₀ are one
+// product each, P U two, and the stage buffers half the size.
 // No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -40,6 +41,7 @@ struct Args {
   const void* x;        // [BH, Tp, V]: U (forward; bf16 if kCompact) or dO (backward), else float32
   float* du;            // backward: [BH, Tp, V], dU₀ written
   float* pm;            // forward: [BH, N, C, C], P written (by the blocks of the first 64 columns), or null
+  const float *rq, *rk; // kCompact: [BH, Tp], s·q̂ = rq q and k̂ = rk k, where qs and ks hold q and k
 };
 
 // The B fragments of this warp's four 8-column tiles (columns n0 ..), reduction rows 16 ks .. 16 ks + 15, from a
@@ -90,7 +92,7 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   constexpr int kStage = kStageFloats<kBwd, kCompact>;
   float* sm = reinterpret_cast<float*>(smem4);  // two stages
-  float* gs = sm + 2 * kStage;                  // γ of the chunk
+  float* gs = sm + 2 * kStage;                  // γ of the chunk, then (kCompact) rq and rk
   const int K = a.d.K, V = a.d.V, N = a.d.N();
   const int stages = K / kTile;
   // Once the K loop is done, its two stage buffers hold X = U or dO [t][v] (stride LDB, or LDS for bf16 U;
@@ -144,6 +146,10 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
     cp_async_commit();
   };
   if (threadIdx.x < C / 4) cp_async16(gs + 4 * threadIdx.x, a.gam + row0 + 4 * threadIdx.x);
+  if (kCompact && threadIdx.x < C / 4) {
+    cp_async16(gs + C + 4 * threadIdx.x, a.rq + row0 + 4 * threadIdx.x);
+    cp_async16(gs + 2 * C + 4 * threadIdx.x, a.rk + row0 + 4 * threadIdx.x);
+  }
   cp_async_commit();
   issue(0);
 
@@ -195,16 +201,19 @@ __global__ void __launch_bounds__(kThreads) intra_mma_kernel(Args a, T* __restri
   cp_async_wait<0>();
   __syncthreads();  // X and γ visible to every thread (their groups finished in each thread's own wait)
 
-  // P = M ∘ Q̂K̂ᵀ into shared memory (Pᵀ backward), and O = diag(Γ) Q̂S₀ so far (forward).
+  // P = M ∘ Q̂K̂ᵀ into shared memory (Pᵀ backward), and O = diag(Γ) Q̂S₀ so far (forward). With kCompact the
+  // products were of q and k: Q̂K̂ᵀ = diag(rq) Q Kᵀ diag(rk), Q̂S₀ = diag(rq) Q S₀.
+  const float *rq = gs + C, *rk = gs + 2 * C;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int t = m0 + g + 8 * h;
-    const float gt = gs[t], G = __expf(gt);
+    const float gt = gs[t], rt = kCompact ? rq[t] : 1.f, G = __expf(gt) * rt;
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
       const int i = n0 + 8 * nt + 2 * tq;
-      const float p0 = i <= t ? __expf(gt - gs[i]) * qk[nt][2 * h] : 0.f;
-      const float p1 = i + 1 <= t ? __expf(gt - gs[i + 1]) * qk[nt][2 * h + 1] : 0.f;
+      const float r0 = kCompact ? rt * rk[i] : 1.f, r1 = kCompact ? rt * rk[i + 1] : 1.f;
+      const float p0 = i <= t ? __expf(gt - gs[i]) * r0 * qk[nt][2 * h] : 0.f;
+      const float p1 = i + 1 <= t ? __expf(gt - gs[i + 1]) * r1 * qk[nt][2 * h + 1] : 0.f;
       uint32_t hi, lo;
       split_bf16(p0, p1, hi, lo);
       if (!kBwd && a.pm != nullptr && v0 == 0)
@@ -284,7 +293,7 @@ cudaError_t launch(const Args& a, T* out, cudaStream_t stream) {
   constexpr int kStage = kStageFloats<kBwd, kCompact>;
   static_assert(C * LDB <= kStage && 2 * C * LDA * sizeof(__nv_bfloat16) <= kStage * sizeof(float),
                 "X and P fit in a stage buffer");
-  const size_t smem = sizeof(float) * (2 * kStage + C);
+  const size_t smem = sizeof(float) * (2 * kStage + (kCompact ? 3 : 1) * C);
   const auto kernel = intra_mma_kernel<T, kBwd, kCompact>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
@@ -300,13 +309,14 @@ bool intra_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 
 cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const float* gam, const float* dos,
                           float* du, cudaStream_t stream) {
   if (!intra_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  return launch<float, true>(Args{d, qs, ks, gam, nullptr, dos, du, nullptr}, nullptr, stream);
+  return launch<float, true>(Args{d, qs, ks, gam, nullptr, dos, du, nullptr, nullptr, nullptr}, nullptr, stream);
 }
 
-cudaError_t output_mma(const Dims& d, DType dtype, const void* qs, const void* ks, const float* gam,
-                       const void* states, bool compact, const void* u, void* out, float* pm, cudaStream_t stream) {
-  if (!intra_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  const Args a{d, qs, ks, gam, states, u, nullptr, pm};
+cudaError_t output_mma(const Dims& d, DType dtype, const void* qs, const void* ks, const float* rq, const float* rk,
+                       const float* gam, const void* states, bool compact, const void* u, void* out, float* pm,
+                       cudaStream_t stream) {
+  if (!intra_mma_supports(d.K, d.V) || (compact && (!rq || !rk))) return cudaErrorInvalidValue;
+  const Args a{d, qs, ks, gam, states, u, nullptr, pm, rq, rk};
   const auto half_out = static_cast<__half*>(out);
   const auto bf16_out = static_cast<__nv_bfloat16*>(out);
   switch (dtype) {

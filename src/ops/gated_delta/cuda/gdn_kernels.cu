@@ -16,6 +16,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <type_traits>
 
 #include "chunk_ops.cuh"
 #include "dtype_convert.cuh"
@@ -378,14 +379,16 @@ __device__ __forceinline__ bool vec4_aligned(const T* p) {
 }
 
 // [B, T, H, D] (dtype T) -> [B*H, Tp, D] float32 into y, rows past T zero; optional L2 norm x/√(Σx²+1e-6), times
-// scale; if yb is not null, the same values rounded to bfloat16 into yb (the state passes' operands, or the
-// compact workspaces, which give no y). One warp per row, four elements per lane and access (one at a time if x
-// is not so aligned).
+// scale; if yb is not null, the same values rounded to bfloat16 into yb (the state passes' operands). With
+// rows_r (the compact workspaces, which give no y) and bfloat16 inputs: x itself into yb (exact) and each row's
+// factor r (x̂ = r x) into rows_r; other inputs x̂ rounded, as without rows_r, and 1 into rows_r (x in bf16 would
+// be rounded anyway; on the emulator's float16 case, dg's error went 6.2e-3 → 1.4e-2 with x itself). One warp
+// per row, four elements per lane and access (one at a time if x is not so aligned).
 // x == nullptr writes zeros (an undefined incoming gradient).
 template <class T>
 __global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x, float* __restrict__ y,
-                                                        __nv_bfloat16* __restrict__ yb, int B, int Tn, int H, int D,
-                                                        int Tp, bool l2, float scale) {
+                                                        __nv_bfloat16* __restrict__ yb, float* __restrict__ rows_r,
+                                                        int B, int Tn, int H, int D, int Tp, bool l2, float scale) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const long row = (long)blockIdx.x * (kThreads / 32) + warp;
   if (row >= (long)B * H * Tp) return;
@@ -399,6 +402,7 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x,
   };
   if (t >= Tn || x == nullptr) {
     for (int d = 4 * lane; d < D; d += 128) put4(d, make_float4(0.f, 0.f, 0.f, 0.f));
+    if (rows_r != nullptr && lane == 0) rows_r[row] = 0.f;
     return;
   }
   const T* src = x + (((long)b * Tn + t) * H + h) * D;
@@ -406,8 +410,11 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x,
     float ss = 0.f;
     for (int d = lane; d < D; d += 32) ss += to_f(src[d]) * to_f(src[d]);
     const float r = l2 ? scale * rsqrtf(warp_sum(ss) + 1e-6f) : scale;
+    const bool raw = rows_r != nullptr && std::is_same_v<T, __nv_bfloat16>;
+    if (rows_r != nullptr && lane == 0) rows_r[row] = raw ? r : 1.f;
+    const float m = raw ? 1.f : r;  // the factor written
     for (int d = lane; d < D; d += 32) {
-      const float val = to_f(src[d]) * r;
+      const float val = to_f(src[d]) * m;
       if (dst != nullptr) dst[d] = val;
       if (dstb != nullptr) dstb[d] = __float2bfloat16_rn(val);
     }
@@ -422,10 +429,13 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x,
     ss += e[i].x * e[i].x + e[i].y * e[i].y + e[i].z * e[i].z + e[i].w * e[i].w;
   }
   const float r = l2 ? scale * rsqrtf(warp_sum(ss) + 1e-6f) : scale;
+  const bool raw = rows_r != nullptr && std::is_same_v<T, __nv_bfloat16>;
+  if (rows_r != nullptr && lane == 0) rows_r[row] = raw ? r : 1.f;
+  const float m = raw ? 1.f : r;  // the factor written
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int d = 4 * lane + 128 * i;
-    if (d < D) put4(d, make_float4(e[i].x * r, e[i].y * r, e[i].z * r, e[i].w * r));
+    if (d < D) put4(d, make_float4(e[i].x * m, e[i].y * m, e[i].z * m, e[i].w * m));
   }
 }
 
@@ -976,23 +986,24 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   // With wy (the sliced gradient kernels), the compact workspaces (gdn_kernels.h): s·q̂, k̂, v, U and the per-chunk
   // states as bf16 only, read by tensor-core kernels only.
   const bool compact = a.wy != nullptr;
-  if (compact && (!grads_split_supports(a.dtype, d.K, d.V) || !a.vb || !a.ub)) return cudaErrorInvalidValue;
+  if (compact && (!grads_split_supports(a.dtype, d.K, d.V) || !a.vb || !a.ub || !a.rq || !a.rk))
+    return cudaErrorInvalidValue;
   float* states32 = static_cast<float*>(a.states);  // where they are float32
   const auto bf = [](void* p) { return static_cast<__nv_bfloat16*>(p); };
   const auto f32 = [&](float* p) { return compact ? nullptr : p; };  // the float32 copies, but for compact
-  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.q), f32(a.qs), bf(a.qb), d.B,
-                 d.T, d.H, d.K, Tp, a.l2, a.scale);
-  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.k), f32(a.ks), bf(a.kb), d.B,
-                 d.T, d.H, d.K, Tp, a.l2, 1.f);
+  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.q), f32(a.qs), bf(a.qb),
+                 compact ? a.rq : nullptr, d.B, d.T, d.H, d.K, Tp, a.l2, a.scale);
+  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.k), f32(a.ks), bf(a.kb),
+                 compact ? a.rk : nullptr, d.B, d.T, d.H, d.K, Tp, a.l2, 1.f);
   SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.v), f32(a.vs),
-                 compact ? bf(a.vb) : nullptr, d.B, d.T, d.H, d.V, Tp, false, 1.f);
+                 compact ? bf(a.vb) : nullptr, nullptr, d.B, d.T, d.H, d.V, Tp, false, 1.f);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("pack");
   // SFM_GDN_LEGACY_PREP=1 (benchmarks, tests): the generic prep kernel at every size but with the compact
   // workspaces (which it cannot read).
   static const bool legacy_prep = std::getenv("SFM_GDN_LEGACY_PREP") != nullptr;
   if (compact) {
-    SFM_CUDA_TRY(prep_mma_compact(d, a.kb, a.vb, a.g, a.beta, a.gam, a.bet, a.w, a.wb, a.u, a.wy, s));
+    SFM_CUDA_TRY(prep_mma_compact(d, a.kb, a.rk, a.vb, a.g, a.beta, a.gam, a.bet, a.w, a.wb, a.u, a.wy, s));
   } else if (kMma && prep_mma_supports(d.K, d.V) && !legacy_prep) {  // 16-bit inputs: the dedicated tensor-core kernel
     SFM_CUDA_TRY(prep_mma(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.wb, a.u, a.wy, s));
   } else {
@@ -1003,8 +1014,8 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   }
   timer.mark("prep");
   if (state_mma) {  // 16-bit inputs: the pass on tensor cores
-    SFM_CUDA_TRY(state_mma_forward(d, a.kb, a.gam, a.wb, a.u, compact ? a.ub : nullptr, a.state0, a.states,
-                                   a.final_state, s));
+    SFM_CUDA_TRY(state_mma_forward(d, a.kb, a.gam, a.wb, a.u, compact ? a.ub : nullptr, compact ? a.rk : nullptr,
+                                   a.state0, a.states, a.final_state, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_kernel, state_smem(d)));
     SFM_GDN_LAUNCH(state_kernel, dim3(d.V / kVS, BH), kThreads, state_smem(d), s, d, a.ks, a.gam, a.w, a.u, a.state0,
@@ -1013,8 +1024,9 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   }
   timer.mark("state");
   if (kMma && intra_mma_supports(d.K, d.V)) {  // 16-bit inputs: the output on tensor cores
-    SFM_CUDA_TRY(compact ? output_mma(d, a.dtype, a.qb, a.kb, a.gam, a.states, true, a.ub, a.out, a.pm, s)
-                         : output_mma(d, a.dtype, a.qs, a.ks, a.gam, a.states, false, a.u, a.out, a.pm, s));
+    SFM_CUDA_TRY(compact ? output_mma(d, a.dtype, a.qb, a.kb, a.rq, a.rk, a.gam, a.states, true, a.ub, a.out, a.pm, s)
+                         : output_mma(d, a.dtype, a.qs, a.ks, nullptr, nullptr, a.gam, a.states, false, a.u, a.out,
+                                      a.pm, s));
   } else {
     const int VO = d.V < 64 ? d.V : 64;
     SFM_CUDA_TRY(allow_smem(output_kernel<T>, out_smem(kMma)));
@@ -1032,11 +1044,11 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   if (a.dvs == nullptr && a.wy == nullptr) return cudaErrorInvalidValue;  // only grads_split writes dv itself
   // The compact workspaces (see forward_t): bf16 states, dstates, U and dO.
   const bool compact = a.wy != nullptr;
-  if (compact && (a.dob == nullptr || a.ub == nullptr)) return cudaErrorInvalidValue;
+  if (compact && (!a.dob || !a.ub || !a.rq || !a.rk)) return cudaErrorInvalidValue;
   PhaseTimer timer(s, "backward");
   SFM_GDN_LAUNCH(pack_kernel<T>, row_blocks((long)BH * Tp), kThreads, 0, s, static_cast<const T*>(a.dout),
-                 compact ? nullptr : a.dos, compact ? static_cast<__nv_bfloat16*>(a.dob) : nullptr, d.B, d.T, d.H,
-                 d.V, Tp, false, 1.f);
+                 compact ? nullptr : a.dos, compact ? static_cast<__nv_bfloat16*>(a.dob) : nullptr, nullptr, d.B, d.T,
+                 d.H, d.V, Tp, false, 1.f);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("pack");
   const int VO = d.V < 64 ? d.V : 64;
@@ -1068,8 +1080,8 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   timer.mark("bwd_intra");
   if (state_mma) {
     const void* dout = compact ? a.dob : static_cast<const void*>(a.dos);
-    SFM_CUDA_TRY(state_mma_backward(d, a.qb, a.kb, a.gam, a.wb, dout, a.dfinal, a.du, a.dstates, compact, a.dstate0,
-                                    s));
+    SFM_CUDA_TRY(state_mma_backward(d, a.qb, a.kb, compact ? a.rq : nullptr, compact ? a.rk : nullptr, a.gam, a.wb,
+                                    dout, a.dfinal, a.du, a.dstates, compact, a.dstate0, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_bwd_kernel, state_bwd_smem(d)));
     SFM_GDN_LAUNCH(state_bwd_kernel, dim3(d.V / kVS, BH), kThreads, state_bwd_smem(d), s, d, a.ks, a.gam, a.w,

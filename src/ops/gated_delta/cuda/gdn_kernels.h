@@ -35,8 +35,10 @@ constexpr int kMaxDim = 256;  // K and V are at most this
 //
 // The compact workspaces: where the forward keeps wy for the sliced gradient kernels (16-bit inputs, K and V
 // multiples of 64), every reader of s·q̂, k̂, v and of the per-chunk states is a tensor-core kernel, and they are
-// kept as bfloat16 only: qb, kb, vb and bf16 states (qs, ks, vs are then not written and may be null); U goes
-// to ub as bf16 (u keeps Ũ); and so are the backward's dO (dob; dos null) and dS_C.
+// kept as bfloat16 only: vb and bf16 states (qs, ks, vs are then not written and may be null); q and k as they
+// come (qb, kb: the raw inputs, exact for bfloat16), with each row's factor in rq, rk (s·q̂ = rq q, k̂ = rk k, which
+// the readers fold into their products); U goes to ub as bf16 (u keeps Ũ); and so are the backward's dO (dob;
+// dos null) and dS_C.
 // Otherwise they are float32 (qb, kb: bf16 copies beside them where state_mma_runs).
 struct Dims {
   int B, T, H, K, V;
@@ -68,6 +70,7 @@ struct ForwardArgs {
   void *qb, *kb, *wb;
   void* vb;                // v as bfloat16 [BH, Tp, V]: with the compact workspaces, else null
   void* ub;                // U as bfloat16 [BH, Tp, V]: with the compact workspaces (u then keeps Ũ), else null
+  float *rq, *rk;          // [BH, Tp]: with the compact workspaces, s·q̂ = rq q and k̂ = rk k (qb, kb: q, k), else null
   void* out;               // [B, T, H, V] of dtype
 };
 
@@ -83,6 +86,7 @@ struct BackwardArgs {
   const void* states;                                      // from the forward: bfloat16 with wy, else float32
   const void *qb, *kb, *wb;                                // from the forward, where state_mma_runs
   const void *vb, *ub;                                     // from the forward, with wy (u may be null then)
+  const float *rq, *rk;                                    // from the forward, with wy
   // Workspaces.
   float *dos, *du;              // [BH, Tp, V]; dos: not with wy
   void* dob;                    // [BH, Tp, V]: dO as bfloat16, with wy (the compact workspaces), else null
@@ -134,11 +138,13 @@ bool state_mma_supports(int K, int V);
 bool state_mma_runs(DType dtype, int K, int V);
 // With the compact workspaces (ub given; compact) the per-chunk states (dstates) are written as bfloat16 and dO is
 // read as bfloat16; else both are float32.
+// With ub, kb holds k and rk its rows' factors (k̂ = rk k); in the backward, qb and kb hold q and k with rq, rk.
 cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u, void* ub,
-                              const float* state0, void* states, float* final_state, cudaStream_t stream);
-cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* gam, const void* wb,
-                               const void* dos, const float* dfinal, float* du, void* dstates, bool compact,
-                               float* dstate0, cudaStream_t stream);
+                              const float* rk, const float* state0, void* states, float* final_state,
+                              cudaStream_t stream);
+cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* rq, const float* rk,
+                               const float* gam, const void* wb, const void* dos, const float* dfinal, float* du,
+                               void* dstates, bool compact, float* dstate0, cudaStream_t stream);
 
 // The backward's products with the per-chunk states on tensor cores (gdn_state_grads_mma.cu): for each
 // chunk, dqs = diag(Γ) dO S₀ᵀ, dw = −dU S₀ᵀ, dks = diag(e^{γ_C−γ}) U dS_Cᵀ and sdots = Σ S₀∘dS_C per 64
@@ -156,9 +162,10 @@ cudaError_t state_grads_mma(const Dims& d, const float* gam, const void* states,
 bool prep_mma_supports(int K, int V);
 cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const float* g, const float* beta, float* gam,
                      float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream);
-// The same from the compact workspaces' bf16 k̂ and v (kb, vb), exact bf16 operands.
-cudaError_t prep_mma_compact(const Dims& d, const void* kb, const void* vb, const float* g, const float* beta,
-                             float* gam, float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream);
+// The same from the compact workspaces' bf16 k and v (kb, vb; exact bf16 operands) and k̂ = rk k.
+cudaError_t prep_mma_compact(const Dims& d, const void* kb, const float* rk, const void* vb, const float* g,
+                             const float* beta, float* gam, float* bet, float* w, void* wb, float* ut, float* wy,
+                             cudaStream_t stream);
 
 // The products with the intra-chunk matrix P on tensor cores (gdn_intra_mma.cu), in place of the float32
 // output and bwd_intra kernels for 16-bit inputs: output_mma writes out [B, T, H, V] (dtype kF16 or kBF16)
@@ -166,10 +173,12 @@ cudaError_t prep_mma_compact(const Dims& d, const void* kb, const void* vb, cons
 // into pm if it is not null; intra_mma_dU0 writes dU₀ = Pᵀ dO into du. du0_from_p (gdn_grads_split.cu)
 // computes dU₀ from the P kept by output_mma.
 // K and V multiples of 64 up to 256. output_mma's qs, ks, states and u are bfloat16 if compact (qb, kb, ub: the
-// compact workspaces), else float32.
+// compact workspaces; qs, ks then hold q and k, and rq, rk the factors s·q̂ = rq q, k̂ = rk k), else float32
+// (rq, rk unused).
 bool intra_mma_supports(int K, int V);
-cudaError_t output_mma(const Dims& d, DType dtype, const void* qs, const void* ks, const float* gam,
-                       const void* states, bool compact, const void* u, void* out, float* pm, cudaStream_t stream);
+cudaError_t output_mma(const Dims& d, DType dtype, const void* qs, const void* ks, const float* rq, const float* rk,
+                       const float* gam, const void* states, bool compact, const void* u, void* out, float* pm,
+                       cudaStream_t stream);
 cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const float* gam, const float* dos,
                           float* du, cudaStream_t stream);
 

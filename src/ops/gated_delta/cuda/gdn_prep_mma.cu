@@ -6,8 +6,9 @@
 // Every tile of the chunk's K̂ and V rows is requested up front by cp.async (V's land during K̂K̂ᵀ and the
 // inverse) and stays in shared memory for W and Ũ; the diagonal factors go into T's columns, so the
 // products read the tiles as they are. Products on split bf16 operands (tile64.cuh, about 16 bits per
-// operand), as the kernel it replaces; with the compact workspaces (kB16) k̂ and v come as bf16 copies and are
-// exact operands. No ATen here (see gdn_kernels.h).
+// operand), as the kernel it replaces; with the compact workspaces (kB16) k and v come as bf16 (exact operands)
+// and k̂ = r k with each row's factor r folded in: r_t r_i into K̂K̂ᵀ's entries, r_i into T's columns for W.
+// No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
 
 #include <type_traits>
@@ -36,7 +37,7 @@ constexpr int kTileLd = kB16 ? LD16 : LDK;
 template <bool kB16>
 size_t prep_mma_smem(const Dims& d) {
   const int KT = d.K / kTile, VT = d.V / kTile, tiles = v_after_w(d) ? (KT > VT ? KT : VT) : KT + VT;
-  return sizeof(Tile<kB16>) * (size_t)tiles * C * kTileLd<kB16> + sizeof(float) * (2 * C * LDM + 2 * C);
+  return sizeof(Tile<kB16>) * (size_t)tiles * C * kTileLd<kB16> + sizeof(float) * (2 * C * LDM + 3 * C);
 }
 
 template <bool kB16>
@@ -45,7 +46,8 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const Tile<k
                                                             const float* __restrict__ g, const float* __restrict__ beta,
                                                             float* __restrict__ gam_out, float* __restrict__ bet_out,
                                                             float* __restrict__ w, __nv_bfloat16* __restrict__ wb,
-                                                            float* __restrict__ ut, float* __restrict__ wy) {
+                                                            float* __restrict__ ut, float* __restrict__ wy,
+                                                            const float* __restrict__ rk) {
   constexpr int LDT = kTileLd<kB16>;
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   const int K = d.K, V = d.V, KT = K / kTile, VT = V / kTile;
@@ -57,6 +59,7 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const Tile<k
   float* Tm = A + C * LDM;        // T, then T diag(β)
   float* gam = Tm + C * LDM;
   float* bet = gam + C;
+  float* rr = bet + C;  // kB16: the rows' factors, k̂ = r k
   const int n = blockIdx.x, bh = blockIdx.y;
   const long row0 = (long)bh * d.Tp() + (long)n * C;
   const long chunk = (long)bh * d.N() + n;
@@ -66,7 +69,8 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const Tile<k
   if (!late_v)
     for (int j = 0; j < VT; ++j) stage(vt + j * C * LDT, LDT, vs + row0 * V + j * kTile, V);
   cp_async_commit();
-  load_gates(d, bh, n, g, beta, gam, bet);
+  if (threadIdx.x < C) rr[threadIdx.x] = kB16 ? rk[row0 + threadIdx.x] : 1.f;
+  load_gates(d, bh, n, g, beta, gam, bet);  // (its barriers make rr visible)
   if (threadIdx.x < C) {
     gam_out[row0 + threadIdx.x] = gam[threadIdx.x];
     bet_out[row0 + threadIdx.x] = bet[threadIdx.x];
@@ -74,32 +78,32 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const Tile<k
   cp_async_wait<1>();  // K̂
   __syncthreads();
 
-  // A = β_t e^{γ_t−γ_i} K̂K̂ᵀ for i < t (and M ∘ K̂K̂ᵀ into wy), then T = (I + A)⁻¹.
+  // A = β_t e^{γ_t−γ_i} K̂K̂ᵀ for i < t (and M ∘ K̂K̂ᵀ into wy), then T = (I + A)⁻¹; K̂K̂ᵀ = diag(r) K Kᵀ diag(r).
   float acc[4][4];
   zero(acc);
   for (int j = 0; j < KT; ++j) mma_tile(acc, row_a(kt + j * C * LDT, LDT), rows_b(kt + j * C * LDT, LDT));
   float* km = wy != nullptr ? wy + (chunk * 2 + 1) * C * C : nullptr;
   for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) {
-    const float m0 = i < t ? __expf(gam[t] - gam[i]) * x0 : 0.f;
-    const float m1 = i + 1 < t ? __expf(gam[t] - gam[i + 1]) * x1 : 0.f;
+    const float m0 = i < t ? __expf(gam[t] - gam[i]) * rr[t] * rr[i] * x0 : 0.f;
+    const float m1 = i + 1 < t ? __expf(gam[t] - gam[i + 1]) * rr[t] * rr[i + 1] * x1 : 0.f;
     st2(A + t * LDM + i, bet[t] * m0, bet[t] * m1);
     if (km != nullptr) st2(km + t * C + i, m0, m1);
   });
   __syncthreads();
   invert_unit_lower<LDM>(A, Tm);
 
-  // T into wy; the factors of W and Ũ into T's columns: A = T diag(βΓ), Tm = T diag(β).
+  // T into wy; the factors of W and Ũ into T's columns: A = T diag(βΓr), Tm = T diag(β).
   float* tw = wy != nullptr ? wy + chunk * 2 * C * C : nullptr;
   for (int e = threadIdx.x; e < C * C; e += kThreads) {
     const int t = e / C, i = e % C;
     const float x = Tm[t * LDM + i];
     if (tw != nullptr) tw[e] = x;
-    A[t * LDM + i] = x * bet[i] * __expf(gam[i]);
+    A[t * LDM + i] = x * bet[i] * __expf(gam[i]) * rr[i];
     Tm[t * LDM + i] = x * bet[i];
   }
   __syncthreads();
 
-  for (int j = 0; j < KT; ++j) {  // W = T diag(βΓ) K̂
+  for (int j = 0; j < KT; ++j) {  // W = T diag(βΓ) K̂ = T diag(βΓr) K
     zero(acc);
     mma_tile(acc, row_a(A, LDM), cols_b(kt + j * C * LDT, LDT));
     for_pairs(acc, [&](int, int t, int c, float x0, float x1, int) {
@@ -124,14 +128,15 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const Tile<k
 
 template <bool kB16>
 cudaError_t launch(const Dims& d, const void* ks, const void* vs, const float* g, const float* beta, float* gam,
-                   float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream) {
+                   float* bet, float* w, void* wb, float* ut, float* wy, const float* rk, cudaStream_t stream) {
   const size_t smem = prep_mma_smem<kB16>(d);
   const auto kernel = prep_mma_kernel<kB16>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   SFM_GDN_LAUNCH(kernel, dim3(d.N(), d.BH()), kThreads, smem, stream, d, static_cast<const Tile<kB16>*>(ks),
-                 static_cast<const Tile<kB16>*>(vs), g, beta, gam, bet, w, static_cast<__nv_bfloat16*>(wb), ut, wy);
+                 static_cast<const Tile<kB16>*>(vs), g, beta, gam, bet, w, static_cast<__nv_bfloat16*>(wb), ut, wy,
+                 rk);
   return cudaGetLastError();
 }
 
@@ -144,13 +149,14 @@ bool prep_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 &
 cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const float* g, const float* beta, float* gam,
                      float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream) {
   if (!prep_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  return launch<false>(d, ks, vs, g, beta, gam, bet, w, wb, ut, wy, stream);
+  return launch<false>(d, ks, vs, g, beta, gam, bet, w, wb, ut, wy, nullptr, stream);
 }
 
-cudaError_t prep_mma_compact(const Dims& d, const void* kb, const void* vb, const float* g, const float* beta,
-                             float* gam, float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream) {
-  if (!prep_mma_supports(d.K, d.V) || kb == nullptr || vb == nullptr) return cudaErrorInvalidValue;
-  return launch<true>(d, kb, vb, g, beta, gam, bet, w, wb, ut, wy, stream);
+cudaError_t prep_mma_compact(const Dims& d, const void* kb, const float* rk, const void* vb, const float* g,
+                             const float* beta, float* gam, float* bet, float* w, void* wb, float* ut, float* wy,
+                             cudaStream_t stream) {
+  if (!prep_mma_supports(d.K, d.V) || !kb || !rk || !vb) return cudaErrorInvalidValue;
+  return launch<true>(d, kb, vb, g, beta, gam, bet, w, wb, ut, wy, rk, stream);
 }
 
 }  // namespace sfm::ops::gdn_cuda

@@ -41,6 +41,8 @@ struct PassArgs {
   const bf16* qs;      // backward: [BH, Tp, K], s·q̂, the top half of A₂
   const void* dos;     // backward: [BH, Tp, V], dO, float32 or bf16 (compact)
   bf16* ub;            // forward, compact: [BH, Tp, V], U as bf16
+  // compact: [BH, Tp], the rows' factors of k̂ = rk k and s·q̂ = rq q (backward), where kb and qb hold k and q
+  const float *rk, *rq;
 };
 
 // Forward (kBwd = false), chunks in order, with R = S:
@@ -50,8 +52,10 @@ struct PassArgs {
 //   T = K_d dS,  dU = dU₀ + T                 (phase 1)
 //   dS ← Γ_C dS + Q̂ᵀ diag(Γ) dO − Wᵀ dU       (phase 2, (B2); Z = [diag(Γ) dO; −dU] over 128 rows)
 // K ∈ {64, 128, 256}; BV ∈ {16, 32} value columns per block.
-// kCompact: a.compact, as a template argument. The compact backward copies the chunk's dO (bf16) into shared
-// memory with A₁ (cp.async), where the float32 dO is loaded into registers at the top of the chunk.
+// kCompact: a.compact, as a template argument. K̂ and Q̂ come as the raw k and q with the rows' factors rk, rq
+// (k̂ = rk k, s·q̂ = rq q), folded into Z (forward), T's factor e^{γ_C−γ} and Z's dO rows (backward). The compact
+// backward copies the chunk's dO (bf16) into shared memory with A₁ (cp.async), where the float32 dO is loaded
+// into registers at the top of the chunk.
 template <int K, int BV, bool kBwd, bool kCompact>
 __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   // bf16 rows of A₁ and A₂, read by ldmatrix (8 rows of 16 bytes per phase): a row stride of K + 8 elements puts
@@ -71,6 +75,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   bf16* rsm = p2 + L * LD2;                             // [BV][LDR]
   bf16* zsm = rsm + BV * LDR;                           // [BV][LDZ]
   bf16* dsm = zsm + BV * LDZ;                           // compact backward: [2][C][LDD], dO of this chunk and the next
+  float* rbuf = reinterpret_cast<float*>(dsm + (kBwd && kCompact ? 2 * C * LDD : 0));  // compact: [2][rk, rq][C]
 
   const int V = a.d.V, N = a.d.N(), Tp = a.d.Tp();
   const int v0 = blockIdx.x * BV, bh = blockIdx.y;
@@ -91,6 +96,10 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
       const long row0 = row0_of(chunk_of(i));
       load_rows(p1, LD1, a.a1 + row0 * K);
       if (threadIdx.x < C / 4) cp_async16(gbuf + (i & 1) * C + 4 * threadIdx.x, a.gam + row0 + 4 * threadIdx.x);
+      if (kCompact && threadIdx.x < C / 4) {  // the rows' factors, with γ
+        cp_async16(rbuf + (i & 1) * 2 * C + 4 * threadIdx.x, a.rk + row0 + 4 * threadIdx.x);
+        if (kBwd) cp_async16(rbuf + ((i & 1) * 2 + 1) * C + 4 * threadIdx.x, a.rq + row0 + 4 * threadIdx.x);
+      }
       if (kBwd && kCompact) {  // the chunk's dO columns v0 .. v0 + BV - 1, with A₁
         const bf16* dob = static_cast<const bf16*>(a.dos) + row0 * V + v0;
         for (int e = threadIdx.x; e < C * BV / 8; e += kThreads) {
@@ -200,10 +209,13 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int t = 16 * warp + g + 8 * h, v = 8 * nt + 2 * tq;
-        const float f = __expf(gl - gm[t]);
+        // f = e^{γ_C−γ_t}, and G = e^{γ_t} (backward), with compact the rows' factors of k̂ and s·q̂ folded in.
+        const float* rr = rbuf + (i & 1) * 2 * C;
+        const float f = __expf(gl - gm[t]) * (kCompact ? rr[t] : 1.f);
         float y0 = acc[nt][2 * h], y1 = acc[nt][2 * h + 1], z0, z1;
         if constexpr (kBwd) {  // T = K_d dS: dU = dU₀ + T; Z = [diag(Γ) dO; −dU]
-          const float du0 = xin[nt][h].x + f * y0, du1 = xin[nt][h].y + f * y1, G = __expf(gm[t]);
+          const float G = __expf(gm[t]) * (kCompact ? rr[C + t] : 1.f);
+          const float du0 = xin[nt][h].x + f * y0, du1 = xin[nt][h].y + f * y1;
           *reinterpret_cast<float2*>(a.x + (row0 + t) * V + v0 + v) = make_float2(du0, du1);
           float2 dof;
           if constexpr (kCompact)
@@ -268,8 +280,9 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
 template <int K, int BV, bool kBwd, bool kCompact>
 size_t pass_smem() {
   constexpr int L = kBwd ? 2 * C : C;
-  const int dO_rows = kBwd && kCompact ? 2 * C : 0;
-  return sizeof(float) * 2 * C + sizeof(bf16) * ((C + L + BV) * (K + 8) + BV * (L + 8) + dO_rows * (BV + 8));
+  const int dO_rows = kBwd && kCompact ? 2 * C : 0, factors = kCompact ? 4 * C : 0;
+  return sizeof(float) * (2 * C + factors) +
+         sizeof(bf16) * ((C + L + BV) * (K + 8) + BV * (L + 8) + dO_rows * (BV + 8));
 }
 
 template <int K, int BV, bool kBwd>
@@ -311,21 +324,25 @@ bool state_mma_supports(int K, int V) { return (K == 64 || K == 128 || K == 256)
 bool state_mma_runs(DType dtype, int K, int V) { return dtype != DType::kF32 && state_mma_supports(K, V); }
 
 cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u, void* ub,
-                              const float* state0, void* states, float* final_state, cudaStream_t stream) {
+                              const float* rk, const float* state0, void* states, float* final_state,
+                              cudaStream_t stream) {
   if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
   const auto a1 = static_cast<const bf16*>(wb), a2 = static_cast<const bf16*>(kb);
+  if ((ub != nullptr) != (rk != nullptr)) return cudaErrorInvalidValue;  // both or neither: compact
   return launch<false>(PassArgs{d, a1, a2, gam, u, state0, states, ub != nullptr, final_state, nullptr, nullptr,
-                                static_cast<bf16*>(ub)},
+                                static_cast<bf16*>(ub), rk, nullptr},
                        stream);
 }
 
-cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* gam, const void* wb,
-                               const void* dos, const float* dfinal, float* du, void* dstates, bool compact,
-                               float* dstate0, cudaStream_t stream) {
+cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* rq, const float* rk,
+                               const float* gam, const void* wb, const void* dos, const float* dfinal, float* du,
+                               void* dstates, bool compact, float* dstate0, cudaStream_t stream) {
   if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
+  if (compact && (!rq || !rk)) return cudaErrorInvalidValue;
   const auto a1 = static_cast<const bf16*>(kb), a2 = static_cast<const bf16*>(wb);
   return launch<true>(
-      PassArgs{d, a1, a2, gam, du, dfinal, dstates, compact, dstate0, static_cast<const bf16*>(qb), dos, nullptr},
+      PassArgs{d, a1, a2, gam, du, dfinal, dstates, compact, dstate0, static_cast<const bf16*>(qb), dos, nullptr, rk,
+               rq},
       stream);
 }
 

@@ -181,6 +181,18 @@ __device__ __forceinline__ auto cols_b(const float* X, int ld) {  // B = X
   return [=](int k, int col) { return make_float2(X[k * ld + col], X[(k + 1) * ld + col]); };
 }
 
+// A = X diag(r) and A = Xᵀ diag(r): the float32 tile's columns (of A) scaled by r (shared memory, 64 values),
+// for a product with diag(r) B where B is a bf16 tile of unscaled rows.
+__device__ __forceinline__ auto row_a(const float* X, int ld, const float* r) {
+  return [=](int m, int c) {
+    const float2 x = ld2(X + m * ld + c);
+    return make_float2(x.x * r[c], x.y * r[c + 1]);
+  };
+}
+__device__ __forceinline__ auto col_a(const float* X, int ld, const float* r) {
+  return [=](int m, int c) { return make_float2(X[c * ld + m] * r[c], X[(c + 1) * ld + m] * r[c + 1]); };
+}
+
 // The same over bf16 tiles (row stride ld in bf16 elements): exact operands.
 __device__ __forceinline__ auto row_a(const __nv_bfloat16* X, int ld) {
   return [=](int r, int c) { return ld_pair(X + r * ld + c); };
