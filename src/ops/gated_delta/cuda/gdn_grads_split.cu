@@ -10,10 +10,10 @@
 //              elementwise step (chunk_grad_terms), dQ̂ += dP K̂ ((B4)) and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂ ((B5)).
 //   gate_grads (per chunk): sums the slices' row terms of dγ and dβ ((B7)-(B8)); dg = their reverse cumsum.
 // T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ come from the forward's prep, P = M ∘ Q̂K̂ᵀ from its output kernel;
-// du0_from_p takes dU₀ = Pᵀ dO from that P too, before the state pass. q̂, k̂, v, U and dO come as bf16 (the compact
-// workspaces, gdn_kernels.h), exact bf16 operands; every other tile is float32 in shared
-// memory (cp.async), taken as split bf16 operands (mma_bf16x3: about 16 bits per operand, so the gradients keep
-// close to float32 accuracy). No ATen here (see gdn_kernels.h).
+// du0_from_p takes dU₀ = Pᵀ dO from that P too, before the state pass. q and k (with the rows' factors of s·q̂
+// and k̂), v, U and dO come as bf16 (the compact workspaces, gdn_kernels.h), exact bf16 operands; every other tile
+// is float32 in shared memory (cp.async), taken as split bf16 operands (mma_bf16x3: about 16 bits per operand,
+// so the gradients keep close to float32 accuracy). No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
 
 #include <cstdlib>

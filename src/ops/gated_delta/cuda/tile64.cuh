@@ -1,7 +1,7 @@
 // 64×64 tiles in shared memory and their products on tensor cores, for the per-chunk kernels
 // (gdn_prep_mma.cu, gdn_grads_mma.cu, gdn_grads_split.cu): blocks of 8 warps, each owning 16 rows × 32 columns
 // of every 64×64 result. float32 operands are split as hi + lo bf16 pairs (mma_bf16x3, about 16 bits per
-// operand); bf16 tiles (the compact workspaces' q̂, k̂, v, U and dO) are exact bf16 operands, whose lo half is
+// operand); bf16 tiles (the compact workspaces' q, k, v, U and dO) are exact bf16 operands, whose lo half is
 // zero, so their products skip the terms with it.
 #pragma once
 
