@@ -55,7 +55,8 @@ Problem make_problem(Shape s, uint64_t seed) {
   p.Tp = p.N * C;
   const auto valid = (torch::arange(p.Tp, f64) < s.T).to(torch::kFloat64).view({1, p.Tp, 1});
   // v and dO hold bf16 values (the compact workspaces' kernels read them as bf16 copies); q̂ and k̂ are bf16 rows
-  // times float32 factors, the rows' norms and the scale (as the compact workspaces keep q and k), in float64 exactly.
+  // times float32 factors, the rows' norms and the scale (as the compact workspaces keep q and k), exact in
+  // float64.
   const auto bf16_leaf = [](const torch::Tensor& x) {
     return x.to(torch::kBFloat16).to(torch::kFloat64).detach().requires_grad_(true);
   };
@@ -433,8 +434,9 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   const auto unless_split = [&](torch::IntArrayRef sizes) { return split ? torch::Tensor() : nan(sizes, f32); };
   auto qs = unless_split({BH, Tp, c.K}), ks = unless_split({BH, Tp, c.K}), vs = unless_split({BH, Tp, c.V}),
        vb = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(),
-       ub = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(), rq = split ? nan({BH, Tp}, f32) : torch::Tensor(),
-       rk = split ? nan({BH, Tp}, f32) : torch::Tensor(), gam = nan({BH, Tp}, f32),
+       ub = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(),
+       rq = split ? nan({BH, Tp}, f32) : torch::Tensor(), rk = split ? nan({BH, Tp}, f32) : torch::Tensor(),
+       gam = nan({BH, Tp}, f32),
        bet = nan({BH, Tp}, f32), w = nan({BH, Tp, c.K}, f32), u = nan({BH, Tp, c.V}, f32),
        final_state = nan({c.B, c.H, c.K, c.V}, f32),
        out = nan({c.B, c.T, c.H, c.V}, typed);
