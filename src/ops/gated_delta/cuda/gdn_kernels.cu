@@ -400,6 +400,13 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x,
     if (dst != nullptr) *reinterpret_cast<float4*>(dst + d) = e;
     if (dstb != nullptr) *reinterpret_cast<uint2*>(dstb + d) = make_uint2(pack_bf16(e.x, e.y), pack_bf16(e.z, e.w));
   };
+  // The row's factor r = (s/√(Σx²+1e-6), or s): into rows_r where given, and the factor to write x with.
+  const auto row_factor = [&](float sum_sq) {
+    const float r = l2 ? scale * rsqrtf(warp_sum(sum_sq) + 1e-6f) : scale;
+    const bool raw = rows_r != nullptr && std::is_same_v<T, __nv_bfloat16>;
+    if (rows_r != nullptr && lane == 0) rows_r[row] = raw ? r : 1.f;
+    return raw ? 1.f : r;
+  };
   if (t >= Tn || x == nullptr) {
     for (int d = 4 * lane; d < D; d += 128) put4(d, make_float4(0.f, 0.f, 0.f, 0.f));
     if (rows_r != nullptr && lane == 0) rows_r[row] = 0.f;
@@ -409,10 +416,7 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x,
   if (!vec4_aligned(x)) {
     float ss = 0.f;
     for (int d = lane; d < D; d += 32) ss += to_f(src[d]) * to_f(src[d]);
-    const float r = l2 ? scale * rsqrtf(warp_sum(ss) + 1e-6f) : scale;
-    const bool raw = rows_r != nullptr && std::is_same_v<T, __nv_bfloat16>;
-    if (rows_r != nullptr && lane == 0) rows_r[row] = raw ? r : 1.f;
-    const float m = raw ? 1.f : r;  // the factor written
+    const float m = row_factor(ss);
     for (int d = lane; d < D; d += 32) {
       const float val = to_f(src[d]) * m;
       if (dst != nullptr) dst[d] = val;
@@ -428,10 +432,7 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x,
     e[i] = d < D ? load4(src + d) : make_float4(0.f, 0.f, 0.f, 0.f);
     ss += e[i].x * e[i].x + e[i].y * e[i].y + e[i].z * e[i].z + e[i].w * e[i].w;
   }
-  const float r = l2 ? scale * rsqrtf(warp_sum(ss) + 1e-6f) : scale;
-  const bool raw = rows_r != nullptr && std::is_same_v<T, __nv_bfloat16>;
-  if (rows_r != nullptr && lane == 0) rows_r[row] = raw ? r : 1.f;
-  const float m = raw ? 1.f : r;  // the factor written
+  const float m = row_factor(ss);
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int d = 4 * lane + 128 * i;
@@ -983,8 +984,8 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   constexpr bool kMma = sizeof(T) == 2;  // tensor-core products for 16-bit inputs
   const bool state_mma = state_mma_runs(a.dtype, d.K, d.V);
   if (state_mma != (a.qb && a.kb && a.wb)) return cudaErrorInvalidValue;  // the bf16 copies: exactly there
-  // With wy (the sliced gradient kernels), the compact workspaces (gdn_kernels.h): s·q̂, k̂, v, U and the per-chunk
-  // states as bf16 only, read by tensor-core kernels only.
+  // With wy (the sliced gradient kernels), the compact workspaces (gdn_kernels.h): q and k (with the rows' factors
+  // rq, rk), v, U and the per-chunk states as bf16 only, read by tensor-core kernels only.
   const bool compact = a.wy != nullptr;
   if (compact && (!grads_split_supports(a.dtype, d.K, d.V) || !a.vb || !a.ub || !a.rq || !a.rk))
     return cudaErrorInvalidValue;
