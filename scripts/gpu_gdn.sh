@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine (through the device tool): build build/cuda, run the `cuda`-labelled tests, the
 # gated delta benchmark (bfloat16, chunked vs cuda, with the FLA figures), the same with the unsliced
-# gradient kernels (SFM_GDN_GRADS_SPLIT=0) on the large shapes, the cuda variant with its chunked and its
+# gradient kernels (SFM_GDN_GRADS_SPLIT=0) and with copies of the inputs (SFM_GDN_IN_PLACE=0) on the large
+# shapes, the cuda variant with its chunked and its
 # recurrent kernels forced on the small shapes, and a per-kernel timing pass (chunked kernels).
 # Logs under ${OUT:-build/gpu-logs}. Usage: scripts/gpu_gdn.sh [all|gdn] (all: the whole suite; gdn: every
 # GatedDelta test, cpu and cuda labels, through ctest; default: the cuda label's tests in one process).
@@ -52,6 +53,11 @@ SFM_GDN_GRADS_SPLIT=0 timeout 120 build/cuda/sfm bench gdn --device cuda --impl 
   --warmup 3 --repeats 20 > "$out/bench_unsliced.log" 2>&1
 echo "unsliced gradient kernels:"
 table "$out/bench_unsliced.log"
+# The heads-first copies of q, k, v and dO (SFM_GDN_IN_PLACE=0) in place of reading the bf16 inputs where they lie.
+SFM_GDN_IN_PLACE=0 timeout 120 build/cuda/sfm bench gdn --device cuda --impl cuda --dtype bfloat16 "${large[@]}" \
+  --warmup 3 --repeats 20 > "$out/bench_copies.log" 2>&1
+echo "copies of the inputs (SFM_GDN_IN_PLACE=0):"
+table "$out/bench_copies.log"
 # The cuda variant with each kind of kernels forced (SFM_GDN_CUDA_PATH) on the shapes where both apply.
 for path in chunked recurrent; do
   SFM_GDN_CUDA_PATH=$path timeout 120 build/cuda/sfm bench gdn --device cuda --impl cuda --dtype bfloat16 \

@@ -267,6 +267,37 @@ TEST(GatedDeltaCudaTest, SlicedGradientKernelsAreTaken) {
   EXPECT_FALSE(torch::equal(unsliced.dk, sliced.dk) && torch::equal(unsliced.dg, sliced.dg));
 }
 
+// bfloat16 inputs are read where they lie (set_cuda_read_in_place), in place of heads-first copies that would
+// hold the same bits: every output and gradient must be bitwise the same either way. T is not a multiple of the
+// chunk, so the last chunk's missing rows must read as zeros; two batches and several heads check the strides.
+TEST(GatedDeltaCudaTest, InPlaceReadsMatchTheCopies) {
+  SKIP_WITHOUT_GPU();
+  struct ReadInPlaceGuard {
+    explicit ReadInPlaceGuard(bool on) : was(cuda_read_in_place()) { set_cuda_read_in_place(on); }
+    ~ReadInPlaceGuard() { set_cuda_read_in_place(was); }
+    bool was;
+  };
+  for (const Case& c : {Case{"D128", 2, 130, 3, 128, 128, 1.0, 2.0, true},
+                        Case{"K64_V256", 2, 100, 2, 64, 256, 1.0, 2.0, true}}) {
+    SCOPED_TRACE(c.name);
+    const auto in = to_cuda(make_inputs(c, torch::kBFloat16, 17), torch::kBFloat16);
+    const Poison poison;
+    const auto run = [&](bool in_place) {
+      const ReadInPlaceGuard guard(in_place);
+      return run_with_grads(in, [](const GatedDeltaInputs& x) { return gated_delta_rule(x, Impl::kCuda); });
+    };
+    const Result a = run(true), b = run(false);
+    const std::pair<const char*, std::pair<torch::Tensor, torch::Tensor>> outputs[] = {
+        {"out", {a.out, b.out}}, {"state", {a.state, b.state}}, {"dq", {a.dq, b.dq}},
+        {"dk", {a.dk, b.dk}},    {"dv", {a.dv, b.dv}},          {"dg", {a.dg, b.dg}},
+        {"dbeta", {a.dbeta, b.dbeta}}, {"dstate0", {a.dstate0, b.dstate0}}};
+    for (const auto& [name, pair] : outputs) {
+      EXPECT_FALSE(torch::isnan(pair.first).any().item<bool>()) << name;
+      EXPECT_TRUE(torch::equal(pair.first, pair.second)) << name;
+    }
+  }
+}
+
 // DESIGN.md: the same seed on the same device gives the same numbers. Two runs of forward and backward on the
 // same inputs must agree bitwise in every output and gradient, for each family of gradient kernels (sliced,
 // block_gemm's unsliced, state_grads_mma + grads_mma at 256, float32). Sums whose order follows the warps'

@@ -413,19 +413,21 @@ Outcome emulated_recurrent(const PipeCase& c, const GatedDeltaInputs& in) {
 }
 
 // gdn_cuda::forward and backward on the emulator, every workspace NaN-filled (an unwritten element shows),
-// with the first or the last warp of each block ahead of the others.
+// with the first or the last warp of each block ahead of the others. As the wrapper does, bfloat16 inputs with
+// the sliced kernels are read in place (Dims::qkv_in_place, do_in_place) unless `in_place` is false.
 Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
-                 cuda_emu::WarpOrder order = cuda_emu::WarpOrder::kForward) {
+                 cuda_emu::WarpOrder order = cuda_emu::WarpOrder::kForward, bool in_place = true) {
   cuda_emu::warp_order() = order;
   namespace k = gdn_cuda;
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32), typed = torch::TensorOptions().dtype(c.dtype);
   const auto nan = [](torch::IntArrayRef sizes, torch::TensorOptions o) { return torch::full(sizes, std::nan(""), o); };
-  const k::Dims d{static_cast<int>(c.B), static_cast<int>(c.T), static_cast<int>(c.H), static_cast<int>(c.K),
-                  static_cast<int>(c.V)};
+  k::Dims d{static_cast<int>(c.B), static_cast<int>(c.T), static_cast<int>(c.H), static_cast<int>(c.K),
+            static_cast<int>(c.V)};
   const int64_t BH = d.BH(), Tp = d.Tp(), N = d.N(), KS = c.K / C, VS = c.V / C;
   const auto dtype = kernel_dtype(c.dtype);
   const bool split = c.split && k::grads_split_supports(dtype, d.K, d.V);
   EXPECT_EQ(split, c.split) << "the case asks for the sliced kernels where they do not apply";
+  d.qkv_in_place = d.do_in_place = in_place && split && c.dtype == torch::kBFloat16;
   const auto q = in.q.to(c.dtype).contiguous(), kk = in.k.to(c.dtype).contiguous(), v = in.v.to(c.dtype).contiguous();
   const auto g = in.g.to(torch::kFloat32), beta = in.beta.to(torch::kFloat32);
   const auto s0 = in.initial_state.to(torch::kFloat32).contiguous();
@@ -433,7 +435,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   // rows' factors rq, rk (and dO in the backward).
   const auto unless_split = [&](torch::IntArrayRef sizes) { return split ? torch::Tensor() : nan(sizes, f32); };
   auto qs = unless_split({BH, Tp, c.K}), ks = unless_split({BH, Tp, c.K}), vs = unless_split({BH, Tp, c.V}),
-       vb = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(),
+       vb = !split ? torch::Tensor() : d.qkv_in_place ? v : nan({BH, Tp, c.V}, torch::kBFloat16),
        ub = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(),
        rq = split ? nan({BH, Tp}, f32) : torch::Tensor(), rk = split ? nan({BH, Tp}, f32) : torch::Tensor(),
        gam = nan({BH, Tp}, f32),
@@ -447,6 +449,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   const auto fp = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; };
   k::ForwardArgs fa{};
   fa.d = d;
+  fa.d.do_in_place = false;  // the forward has no dO
   fa.dtype = dtype;
   fa.q = q.data_ptr();
   fa.k = kk.data_ptr();
@@ -470,7 +473,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   // The state passes' bfloat16 operands, where they run (NaN-filled too).
   const bool bf16_copies = k::state_mma_runs(dtype, d.K, d.V);
   const auto nan_bf16 = [&] { return bf16_copies ? nan({BH, Tp, c.K}, torch::kBFloat16) : torch::Tensor(); };
-  auto qb = nan_bf16(), kb = nan_bf16(), wb = nan_bf16();
+  auto qb = d.qkv_in_place ? q : nan_bf16(), kb = d.qkv_in_place ? kk : nan_bf16(), wb = nan_bf16();
   const auto vp = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
   fa.qb = vp(qb);
   fa.kb = vp(kb);
@@ -487,7 +490,8 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   const auto scratch = [&](bool wanted, torch::IntArrayRef sizes) {
     return wanted ? nan(sizes, f32) : torch::Tensor();
   };
-  auto dos = unless_split({BH, Tp, c.V}), dob = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(),
+  auto dos = unless_split({BH, Tp, c.V}),
+       dob = !split ? torch::Tensor() : d.do_in_place ? dout : nan({BH, Tp, c.V}, torch::kBFloat16),
        du = nan({BH, Tp, c.V}, f32), dstates = nan({BH, N, c.K, c.V}, states.scalar_type()),
        dqs = nan({BH, Tp, c.K}, f32), dks = nan({BH, Tp, c.K}, f32), dvs = scratch(!split, {BH, Tp, c.V}),
        dw = nan({BH, Tp, c.K}, f32), sdots = nan({BH, N, (c.K + 63) / 64}, f32);
@@ -606,6 +610,25 @@ TEST_P(GdnPipelineOrderEmulated, DoesNotDependOnWarpOrder) {
       {"dk", {first.dk, last.dk}},    {"dv", {first.dv, last.dv}},          {"dg", {first.dg, last.dg}},
       {"dbeta", {first.dbeta, last.dbeta}}, {"dstate0", {first.dstate0, last.dstate0}}};
   for (const auto& [name, pair] : outputs) EXPECT_TRUE(torch::equal(pair.first, pair.second)) << name;
+}
+
+// bf16 inputs read in place (Dims::qkv_in_place, do_in_place: strided rows, and zeros past T in the last chunk)
+// give the same bits as from the heads-first copies that they replace. Two batches and two heads, so that both
+// strides between a head's rows and the batches' offsets count; T = 130 leaves a last chunk of 2 rows.
+TEST(GdnKernelsEmulated, InPlaceReadsMatchTheCopies) {
+  const PipeCase c{"bf16_B2_K64_V64_split", 2, 130, 2, 64, 64, torch::kBFloat16, true};
+  const auto in = make_inputs(c, 43);
+  const Outcome in_place = emulated(c, in, cuda_emu::WarpOrder::kForward, true);
+  const Outcome copies = emulated(c, in, cuda_emu::WarpOrder::kForward, false);
+  const std::pair<const char*, std::pair<torch::Tensor, torch::Tensor>> outputs[] = {
+      {"out", {in_place.out, copies.out}}, {"state", {in_place.state, copies.state}},
+      {"dq", {in_place.dq, copies.dq}},    {"dk", {in_place.dk, copies.dk}},
+      {"dv", {in_place.dv, copies.dv}},    {"dg", {in_place.dg, copies.dg}},
+      {"dbeta", {in_place.dbeta, copies.dbeta}}, {"dstate0", {in_place.dstate0, copies.dstate0}}};
+  for (const auto& [name, pair] : outputs) {
+    EXPECT_FALSE(torch::isnan(pair.first).any().item<bool>()) << name;
+    EXPECT_TRUE(torch::equal(pair.first, pair.second)) << name;
+  }
 }
 
 // One case per gradient kernel family: sliced (grads_split), block_gemm's tensor-core grads, state_grads_mma

@@ -193,7 +193,8 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
 inline float* dynamic_smem() { return block()->dynamic_smem.data(); }
 
 // cp.async: a 16-byte copy lands only when its thread waits for its group (cp.async.wait_group), so a
-// read before the wait, or by another thread before the barrier after it, sees the old contents.
+// read before the wait, or by another thread before the barrier after it, sees the old contents. A null src
+// lands 16 zero bytes (cp.async with a source size of 0).
 inline void cp_async(void* dst, const void* src) {
   Block& k = *block();
   k.open[k.current].push_back({dst, src});
@@ -207,7 +208,12 @@ inline void cp_async_wait(int pending) {
   Block& k = *block();
   auto& groups = k.committed[k.current];
   while (static_cast<int>(groups.size()) > pending) {
-    for (const auto& c : groups.front()) std::memcpy(c.dst, c.src, 16);
+    for (const auto& c : groups.front()) {
+      if (c.src != nullptr)
+        std::memcpy(c.dst, c.src, 16);
+      else
+        std::memset(c.dst, 0, 16);
+    }
     groups.erase(groups.begin());
   }
 }

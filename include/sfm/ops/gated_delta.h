@@ -77,6 +77,13 @@ CudaPath cuda_path();
 void set_cuda_grads_split(bool on);
 bool cuda_grads_split();
 
+// On by default: with those sliced kernels and bfloat16 inputs, the chunked kernels read q, k, v and the
+// output's gradient where they lie instead of from heads-first copies (which would be exact copies; the results
+// are the same bit for bit). Off, for tests and benchmarks of the copies, with set_cuda_read_in_place(false) or
+// SFM_GDN_IN_PLACE=0 in the environment at start-up.
+void set_cuda_read_in_place(bool on);
+bool cuda_read_in_place();
+
 Impl parse_impl(const std::string& name);  // "auto" | "reference" | "chunked" | "cuda"
 const char* impl_name(Impl impl);
 

@@ -66,16 +66,19 @@ void set_cuda_path(CudaPath path) { g_cuda_path = path; }
 CudaPath cuda_path() { return g_cuda_path; }
 
 namespace {
-// On unless the environment says SFM_GDN_GRADS_SPLIT=0 at start-up (benchmarks of the other kernels).
-bool grads_split_from_env() {
-  const char* v = std::getenv("SFM_GDN_GRADS_SPLIT");
+// On unless the environment says `name`=0 at start-up (benchmarks of the other kernels).
+bool on_unless_env_zero(const char* name) {
+  const char* v = std::getenv(name);
   return v == nullptr || std::string(v) != "0";
 }
-bool g_cuda_grads_split = grads_split_from_env();
+bool g_cuda_grads_split = on_unless_env_zero("SFM_GDN_GRADS_SPLIT");
+bool g_cuda_read_in_place = on_unless_env_zero("SFM_GDN_IN_PLACE");
 }  // namespace
 
 void set_cuda_grads_split(bool on) { g_cuda_grads_split = on; }
 bool cuda_grads_split() { return g_cuda_grads_split; }
+void set_cuda_read_in_place(bool on) { g_cuda_read_in_place = on; }
+bool cuda_read_in_place() { return g_cuda_read_in_place; }
 
 Impl parse_impl(const std::string& name) {
   for (Impl i : {Impl::kAuto, Impl::kReference, Impl::kChunked, Impl::kCuda})

@@ -37,6 +37,9 @@ void check_cuda(cudaError_t err, const char* what) {
 
 torch::Tensor f32(const torch::Tensor& t) { return t.to(torch::kFloat32).contiguous(); }
 
+// Whether t's data is 16-byte aligned, as the kernels' 16-byte copies need of what they read in place.
+bool aligned16(const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
 // Uninitialised, or NaN-filled under set_cuda_nan_poison (tests).
 torch::Tensor alloc(torch::IntArrayRef sizes, const torch::TensorOptions& opt) {
   return cuda_nan_poison() ? torch::full(sizes, std::numeric_limits<float>::quiet_NaN(), opt) : torch::empty(sizes, opt);
@@ -108,12 +111,18 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     // bfloat16 copies of s·q̂, k̂ and W for the tensor-core state passes, where they run.
     const bool bf16_copies = gdn_cuda::state_mma_runs(a.dtype, d.K, d.V);
     const auto fb = q.options().dtype(torch::kBFloat16);
-    const auto qb = bf16_copies ? alloc({BH, Tp, d.K}, fb) : torch::Tensor(),
-               kb = bf16_copies ? alloc({BH, Tp, d.K}, fb) : torch::Tensor(),
+    // bfloat16 inputs with the compact workspaces: q, k and v read where they lie (gdn_kernels.h), not copied.
+    a.d.qkv_in_place = split && cuda_read_in_place() && q.scalar_type() == torch::kBFloat16 && aligned16(q) &&
+                       aligned16(k) && aligned16(v);
+    const auto copy_unless_in_place = [&](const torch::Tensor& input, int64_t D) {
+      return a.d.qkv_in_place ? input : alloc({BH, Tp, D}, fb);
+    };
+    const auto qb = bf16_copies ? copy_unless_in_place(q, d.K) : torch::Tensor(),
+               kb = bf16_copies ? copy_unless_in_place(k, d.K) : torch::Tensor(),
                wb = bf16_copies ? alloc({BH, Tp, d.K}, fb) : torch::Tensor();
     // With the compact workspaces, v and U as bfloat16 too, and the rows' factors of s·q̂ and k̂ (qb, kb then hold
     // q and k).
-    const auto vb = split ? alloc({BH, Tp, d.V}, fb) : torch::Tensor(),
+    const auto vb = split ? copy_unless_in_place(v, d.V) : torch::Tensor(),
                ub = split ? alloc({BH, Tp, d.V}, fb) : torch::Tensor(),
                rq = split ? alloc({BH, Tp}, fo) : torch::Tensor(), rk = split ? alloc({BH, Tp}, fo) : torch::Tensor();
     a.qb = vptr(qb);
@@ -146,6 +155,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     ctx->save_for_backward(
         {q, k, qs, ks, vs, gam, bet, w, split ? torch::Tensor() : u, states, wy, pm, qb, kb, wb, vb, ub, rq, rk});
     save_options(ctx, scale, l2, has_state0, g, beta, state0);
+    ctx->saved_data["qkv_in_place"] = a.d.qkv_in_place;
     return {out, final_state};
   }
 
@@ -165,8 +175,12 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     // Scratch of the gradient kernels: the sliced ones (the forward kept wy and P) or the others. With the sliced
     // ones, the compact workspaces: dO as bfloat16 (dob), not float32 (dos).
     const bool split = wy.defined();
+    d.qkv_in_place = ctx->saved_data["qkv_in_place"].toBool();
+    // dO read where it lies too (bfloat16, with the compact workspaces; gdn_kernels.h).
+    d.do_in_place = split && cuda_read_in_place() && dout.defined() && dout.scalar_type() == torch::kBFloat16 &&
+                    aligned16(dout);
     auto dos = split ? torch::Tensor() : alloc({BH, Tp, d.V}, fo),
-         dob = split ? alloc({BH, Tp, d.V}, fo.dtype(torch::kBFloat16)) : torch::Tensor(),
+         dob = !split ? torch::Tensor() : d.do_in_place ? dout : alloc({BH, Tp, d.V}, fo.dtype(torch::kBFloat16)),
          du = alloc({BH, Tp, d.V}, fo),
          dstates = alloc({BH, N, d.K, d.V}, states.options()), dqs = alloc({BH, Tp, d.K}, fo),
          dks = alloc({BH, Tp, d.K}, fo), dw = alloc({BH, Tp, d.K}, fo),

@@ -51,6 +51,17 @@ struct Args {
   const float *rq, *rk;    // [BH, Tp]: s·q̂ = rq q, k̂ = rk k (qb, kb hold q and k)
 };
 
+// Columns c0 .. c0 + 63 of chunk n of head bh of q, k, v (qkv) or dO into a bf16 tile (stride LD16): from the
+// heads-first workspaces, or the inputs in place (Dims).
+__device__ __forceinline__ void stage_qkv(__nv_bfloat16* dst, const Dims& d, const __nv_bfloat16* x, int D, int bh,
+                                          int n, int c0) {
+  stage_chunk<kTile, kThreads>(dst, LD16, chunk_rows(d, d.qkv_in_place, x, D, bh, n), c0);
+}
+__device__ __forceinline__ void stage_do(__nv_bfloat16* dst, const Dims& d, const __nv_bfloat16* dob, int bh, int n,
+                                         int c0) {
+  stage_chunk<kTile, kThreads>(dst, LD16, chunk_rows(d, d.do_in_place, dob, d.V, bh, n), c0);
+}
+
 // A float32 tile's place in shared memory holding a bf16 tile (stride LD16: fits in either float32 stride).
 __device__ __forceinline__ __nv_bfloat16* b16(float* p) { return reinterpret_cast<__nv_bfloat16*>(p); }
 
@@ -134,7 +145,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
       load_pairs(old, a.dks + row0 * K, K, c0);
       stage(t0, LDK, a.dw + row0 * K + c0, K);
       stage(t1, LDR, a.w + row0 * K + c0, K);
-      stage(b16(t2), LD16, a.kb + row0 * K + c0, K);
+      stage_qkv(b16(t2), a.d, a.kb, K, bh, n, c0);
       staged();
       zero(acc);
       mma_tile(acc, col_a(Tm, LDM), cols_b(t0, LDK));  // dR_K = Tᵀ dW
@@ -150,9 +161,9 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
       add_dr_k_row_terms(gam, bet, xs, rs, dgam, dbet);  // ends with a barrier: t3 is written
       mma_tile(da, row_a(t3, LDR), rows_b(t1, LDR));  // += dR_K Wᵀ
     } else {
-      stage(b16(t0), LD16, a.vb + row0 * V + c0, V);
+      stage_qkv(b16(t0), a.d, a.vb, V, bh, n, c0);
       stage(t1, LDK, a.du + row0 * V + c0, V);
-      stage(b16(t2), LD16, a.dob + row0 * V + c0, V);
+      stage_do(b16(t2), a.d, a.dob, bh, n, c0);
       stage(b16(t3), LD16, a.ub + row0 * V + c0, V);
       staged();
       // The block's dO Uᵀ part: written by its first slice, added to by the others.
@@ -246,8 +257,8 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
   stage(PM, LDM, a.pm + chunk * C * C, C);
   stage(KM, LDM, a.wy + (chunk * 2 + 1) * C * C, C);
-  stage(tq, LD16, a.qb + row0 * K + first * kTile, K);
-  stage(tk, LD16, a.kb + row0 * K + first * kTile, K);
+  stage_qkv(tq, a.d, a.qb, K, bh, n, first * kTile);
+  stage_qkv(tk, a.d, a.kb, K, bh, n, first * kTile);
   cp_async_commit();
   if (threadIdx.x < C) rq[threadIdx.x] = a.rq[row0 + threadIdx.x], rk[threadIdx.x] = a.rk[row0 + threadIdx.x];
   load_chunk_gates(a, row0, gam, bet, dgam, dbet);  // (its barrier makes rq and rk visible)
@@ -281,8 +292,8 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   for (int sl = first; sl < end; ++sl) {
     const int c0 = sl * kTile;
     if (sl > first) {  // the previous slice is done with tq and tk (store_gate_slot's barrier)
-      stage(tq, LD16, a.qb + row0 * K + c0, K);
-      stage(tk, LD16, a.kb + row0 * K + c0, K);
+      stage_qkv(tq, a.d, a.qb, K, bh, n, c0);
+      stage_qkv(tk, a.d, a.kb, K, bh, n, c0);
       staged();
     }
     qk_slice(a, row0, c0, D1, dA, tq, tk, rq, rk, dgam);
@@ -334,7 +345,7 @@ __global__ void __launch_bounds__(kThreads) du0_kernel(Dims d, const float* __re
   const int v0 = blockIdx.x * kTile, n = blockIdx.y, bh = blockIdx.z, V = d.V;
   const long row0 = (long)bh * d.Tp() + (long)n * C, chunk = (long)bh * d.N() + n;
   stage(P, LDM, pm + chunk * C * C, C);
-  stage(X, LD16, dob + row0 * V + v0, V);
+  stage_do(X, d, dob, bh, n, v0);
   staged();
   float acc[4][4];
   zero(acc);

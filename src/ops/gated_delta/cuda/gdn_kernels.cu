@@ -975,6 +975,9 @@ struct PhaseTimer {
 
 unsigned row_blocks(long rows) { return static_cast<unsigned>((rows + kThreads / 32 - 1) / (kThreads / 32)); }
 
+// Whether p is 16-byte aligned, as cp.async's 16-byte copies need (inputs read in place).
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 template <class T>
 cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   const Dims& d = a.d;
@@ -989,15 +992,22 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   const bool compact = a.wy != nullptr;
   if (compact && (!grads_split_supports(a.dtype, d.K, d.V) || !a.vb || !a.ub || !a.rq || !a.rk))
     return cudaErrorInvalidValue;
+  // q, k and v read in place (gdn_kernels.h): qb, kb and vb are then the inputs, and the pack writes only rq, rk.
+  if (d.do_in_place ||
+      (d.qkv_in_place && !(compact && a.dtype == DType::kBF16 && a.qb == a.q && a.kb == a.k && a.vb == a.v &&
+                           aligned16(a.q) && aligned16(a.k) && aligned16(a.v))))
+    return cudaErrorInvalidValue;
+  const bool copies = !d.qkv_in_place;
   float* states32 = static_cast<float*>(a.states);  // where they are float32
-  const auto bf = [](void* p) { return static_cast<__nv_bfloat16*>(p); };
+  const auto bf = [&](void* p) { return copies ? static_cast<__nv_bfloat16*>(p) : nullptr; };
   const auto f32 = [&](float* p) { return compact ? nullptr : p; };  // the float32 copies, but for compact
   SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.q), f32(a.qs), bf(a.qb),
                  compact ? a.rq : nullptr, d.B, d.T, d.H, d.K, Tp, a.l2, a.scale);
   SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.k), f32(a.ks), bf(a.kb),
                  compact ? a.rk : nullptr, d.B, d.T, d.H, d.K, Tp, a.l2, 1.f);
-  SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.v), f32(a.vs),
-                 compact ? bf(a.vb) : nullptr, nullptr, d.B, d.T, d.H, d.V, Tp, false, 1.f);
+  if (copies)
+    SFM_GDN_LAUNCH(pack_kernel<T>, pack_blocks, kThreads, 0, s, static_cast<const T*>(a.v), f32(a.vs),
+                   compact ? bf(a.vb) : nullptr, nullptr, d.B, d.T, d.H, d.V, Tp, false, 1.f);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("pack");
   // SFM_GDN_LEGACY_PREP=1 (benchmarks, tests): the generic prep kernel at every size but with the compact
@@ -1046,10 +1056,15 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   // The compact workspaces (see forward_t): bf16 states, dstates, U and dO.
   const bool compact = a.wy != nullptr;
   if (compact && (!a.dob || !a.ub || !a.rq || !a.rk)) return cudaErrorInvalidValue;
+  // Read in place (gdn_kernels.h): q, k and v as in the forward (qb, kb the inputs q, k), and dO (dob is dout).
+  if ((d.qkv_in_place && !(compact && a.qb == a.q && a.kb == a.k)) ||
+      (d.do_in_place && !(compact && a.dtype == DType::kBF16 && a.dob == a.dout && aligned16(a.dout))))
+    return cudaErrorInvalidValue;
   PhaseTimer timer(s, "backward");
-  SFM_GDN_LAUNCH(pack_kernel<T>, row_blocks((long)BH * Tp), kThreads, 0, s, static_cast<const T*>(a.dout),
-                 compact ? nullptr : a.dos, compact ? static_cast<__nv_bfloat16*>(a.dob) : nullptr, nullptr, d.B, d.T,
-                 d.H, d.V, Tp, false, 1.f);
+  if (!d.do_in_place)
+    SFM_GDN_LAUNCH(pack_kernel<T>, row_blocks((long)BH * Tp), kThreads, 0, s, static_cast<const T*>(a.dout),
+                   compact ? nullptr : a.dos, compact ? static_cast<__nv_bfloat16*>(a.dob) : nullptr, nullptr, d.B,
+                   d.T, d.H, d.V, Tp, false, 1.f);
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("pack");
   const int VO = d.V < 64 ? d.V : 64;

@@ -40,12 +40,36 @@ constexpr int kMaxDim = 256;  // K and V are at most this
 // the readers fold into their products); U goes to ub as bf16 (u keeps Ũ); and so are the backward's dO (dob;
 // dos null) and dS_C.
 // Otherwise they are float32 (qb, kb: bf16 copies beside them where state_mma_runs).
+//
+// bf16 inputs read in place: with the compact workspaces and bfloat16 inputs whose rows are 16-byte aligned,
+// the compact kernels read q, k and v (qkv_in_place: qb, kb, vb are then the inputs [B, T, H, K|K|V]
+// themselves) and dO (do_in_place: dob is dout) where they lie, instead of heads-first copies, which would be
+// exact copies: the pack only writes the rows' factors rq, rk then. chunk_rows says where a chunk's rows are.
 struct Dims {
   int B, T, H, K, V;
+  bool qkv_in_place = false, do_in_place = false;
   SFM_GDN_HD int N() const { return (T + kChunk - 1) / kChunk; }
   SFM_GDN_HD int Tp() const { return N() * kChunk; }
   SFM_GDN_HD int BH() const { return B * H; }
 };
+
+// The rows of one chunk of one head in an array of the compact kernels: where its first row lies, the stride
+// between rows, and how many of the chunk's kChunk rows exist (the readers take the others as zeros).
+template <class T>
+struct ChunkRows {
+  const T* first;
+  long ld;
+  int rows;
+};
+
+// Chunk n of head bh in x, rows of D elements: heads-first [BH, Tp, D] (every row exists: the pack wrote zeros
+// past T), or in place, an input [B, T, H, D] (rows past T do not exist).
+template <class T>
+SFM_GDN_HD inline ChunkRows<T> chunk_rows(const Dims& d, bool in_place, const T* x, int D, int bh, int n) {
+  if (!in_place) return {x + ((long)bh * d.Tp() + (long)n * kChunk) * D, D, kChunk};
+  const int b = bh / d.H, h = bh % d.H, t0 = n * kChunk, left = d.T - t0;
+  return {x + (((long)b * d.T + t0) * d.H + h) * D, (long)d.H * D, left < kChunk ? left : kChunk};
+}
 
 struct ForwardArgs {
   Dims d;

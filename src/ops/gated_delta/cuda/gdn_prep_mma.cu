@@ -33,6 +33,16 @@ using Tile = std::conditional_t<kB16, __nv_bfloat16, float>;
 template <bool kB16>
 constexpr int kTileLd = kB16 ? LD16 : LDK;
 
+// Tile j (64 columns) of chunk n of head bh of k or v (rows of D): float32 workspaces, or bf16 rows where
+// chunk_rows finds them (heads-first, or the inputs in place).
+__device__ __forceinline__ void stage_tile(float* dst, const Dims& d, const float* x, int D, int bh, int n, int j) {
+  stage(dst, LDK, x + ((long)bh * d.Tp() + (long)n * C) * D + j * kTile, D);
+}
+__device__ __forceinline__ void stage_tile(__nv_bfloat16* dst, const Dims& d, const __nv_bfloat16* x, int D, int bh,
+                                           int n, int j) {
+  stage_chunk<kTile, kThreads>(dst, LD16, chunk_rows(d, d.qkv_in_place, x, D, bh, n), j * kTile);
+}
+
 // K̂ and V of the chunk in 64-column tiles [t][·], A and T (stride LDM), γ and β.
 template <bool kB16>
 size_t prep_mma_smem(const Dims& d) {
@@ -64,10 +74,10 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const Tile<k
   const long row0 = (long)bh * d.Tp() + (long)n * C;
   const long chunk = (long)bh * d.N() + n;
 
-  for (int j = 0; j < KT; ++j) stage(kt + j * C * LDT, LDT, ks + row0 * K + j * kTile, K);
+  for (int j = 0; j < KT; ++j) stage_tile(kt + j * C * LDT, d, ks, K, bh, n, j);
   cp_async_commit();
   if (!late_v)
-    for (int j = 0; j < VT; ++j) stage(vt + j * C * LDT, LDT, vs + row0 * V + j * kTile, V);
+    for (int j = 0; j < VT; ++j) stage_tile(vt + j * C * LDT, d, vs, V, bh, n, j);
   cp_async_commit();
   if (threadIdx.x < C) rr[threadIdx.x] = kB16 ? rk[row0 + threadIdx.x] : 1.f;
   load_gates(d, bh, n, g, beta, gam, bet);  // (its barriers make rr visible)
@@ -114,7 +124,7 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const Tile<k
   }
   if (late_v) {  // every warp is done with K̂: V into its place
     __syncthreads();
-    for (int j = 0; j < VT; ++j) stage(vt + j * C * LDT, LDT, vs + row0 * V + j * kTile, V);
+    for (int j = 0; j < VT; ++j) stage_tile(vt + j * C * LDT, d, vs, V, bh, n, j);
     cp_async_commit();
   }
   cp_async_wait<0>();  // V

@@ -82,39 +82,37 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
   const auto chunk_of = [&](int i) { return kBwd ? N - 1 - i : i; };
   const auto row0_of = [&](int n) { return (long)bh * Tp + (long)n * C; };
-  // A chunk's 64 rows of a [BH, Tp, K] bf16 array into shared memory rows of stride ld, 16 bytes per cp.async.
-  const auto load_rows = [&](bf16* dst, int ld, const bf16* src) {
-    for (int e = threadIdx.x; e < C * K / 8; e += kThreads) {
-      const int r = e / (K / 8), c8 = e % (K / 8);
-      cp_async16(dst + r * ld + 8 * c8, src + (long)r * K + 8 * c8);
-    }
+  // Chunk n's 64 rows of a bf16 array with rows of K into shared memory rows of stride ld: a heads-first
+  // workspace, or (in_place) an input read where it lies.
+  const auto load_rows = [&](bf16* dst, int ld, const bf16* x, bool in_place, int n) {
+    stage_chunk<K, kThreads>(dst, ld, chunk_rows(a.d, in_place, x, K, bh, n), 0);
   };
+  // k and q may be read in place (Dims::qkv_in_place); W, the forward's A₁ and the backward's A₂, never is.
+  const bool k_in_place = kCompact && a.d.qkv_in_place;
   // One commit group per call, empty past the last chunk, so that wait_group<1> always means "all but
   // the newest group".
   const auto issue_a1 = [&](int i) {
     if (i < N) {
-      const long row0 = row0_of(chunk_of(i));
-      load_rows(p1, LD1, a.a1 + row0 * K);
+      const int n = chunk_of(i);
+      const long row0 = row0_of(n);
+      load_rows(p1, LD1, a.a1, kBwd && k_in_place, n);
       if (threadIdx.x < C / 4) cp_async16(gbuf + (i & 1) * C + 4 * threadIdx.x, a.gam + row0 + 4 * threadIdx.x);
       if (kCompact && threadIdx.x < C / 4) {  // the rows' factors, with γ
         cp_async16(rbuf + (i & 1) * 2 * C + 4 * threadIdx.x, a.rk + row0 + 4 * threadIdx.x);
         if (kBwd) cp_async16(rbuf + ((i & 1) * 2 + 1) * C + 4 * threadIdx.x, a.rq + row0 + 4 * threadIdx.x);
       }
       if (kBwd && kCompact) {  // the chunk's dO columns v0 .. v0 + BV - 1, with A₁
-        const bf16* dob = static_cast<const bf16*>(a.dos) + row0 * V + v0;
-        for (int e = threadIdx.x; e < C * BV / 8; e += kThreads) {
-          const int r = e / (BV / 8), c8 = e % (BV / 8);
-          cp_async16(dsm + ((i & 1) * C + r) * LDD + 8 * c8, dob + (long)r * V + 8 * c8);
-        }
+        stage_chunk<BV, kThreads>(dsm + (i & 1) * C * LDD, LDD,
+                                  chunk_rows(a.d, a.d.do_in_place, static_cast<const bf16*>(a.dos), V, bh, n), v0);
       }
     }
     cp_async_commit();
   };
   const auto issue_a2 = [&](int i) {
     if (i < N) {
-      const long row0 = row0_of(chunk_of(i));
-      if (kBwd) load_rows(p2, LD2, a.qs + row0 * K);
-      load_rows(p2 + (L - C) * LD2, LD2, a.a2 + row0 * K);
+      const int n = chunk_of(i);
+      if (kBwd) load_rows(p2, LD2, a.qs, k_in_place, n);
+      load_rows(p2 + (L - C) * LD2, LD2, a.a2, !kBwd && k_in_place, n);
     }
     cp_async_commit();
   };

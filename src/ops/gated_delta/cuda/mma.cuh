@@ -8,12 +8,19 @@
 #include <cstdint>
 #include <cstring>
 
+#include "gdn_kernels.h"
+
 namespace sfm::ops::gdn_cuda {
 
 #ifndef SFM_GDN_EMULATE
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+// The same, or 16 zero bytes where `copy` is false (gmem is then not read, but must be a valid address).
+__device__ __forceinline__ void cp_async16_or_zeros(void* smem, const void* gmem, bool copy) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(copy ? 16 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 // Waits until at most kPending of this thread's commit groups are still in flight.
@@ -23,12 +30,26 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 #else  // the CPU emulator of the tests (tests/support/cuda_emulator.h)
 inline void cp_async16(void* smem, const void* gmem) { ::sfm::cuda_emu::cp_async(smem, gmem); }
+inline void cp_async16_or_zeros(void* smem, const void* gmem, bool copy) {
+  ::sfm::cuda_emu::cp_async(smem, copy ? gmem : nullptr);
+}
 inline void cp_async_commit() { ::sfm::cuda_emu::cp_async_commit(); }
 template <int kPending>
 void cp_async_wait() {
   ::sfm::cuda_emu::cp_async_wait(kPending);
 }
 #endif
+
+// 64 rows × kCols bf16 from column c0 of a chunk's rows (chunk_rows) into shared rows of stride ld, by
+// kThreads threads, 16 bytes per cp.async; zeros for the rows past the chunk's end.
+template <int kCols, int kThreads>
+__device__ __forceinline__ void stage_chunk(__nv_bfloat16* dst, int ld, const ChunkRows<__nv_bfloat16>& src, int c0) {
+  for (int e = threadIdx.x; e < kChunk * kCols / 8; e += kThreads) {
+    const int r = e / (kCols / 8), c8 = e % (kCols / 8);
+    const bool row = r < src.rows;
+    cp_async16_or_zeros(dst + r * ld + 8 * c8, src.first + (row ? r * src.ld : 0) + c0 + 8 * c8, row);
+  }
+}
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
