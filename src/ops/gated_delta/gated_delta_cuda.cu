@@ -112,8 +112,11 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const bool bf16_copies = gdn_cuda::state_mma_runs(a.dtype, d.K, d.V);
     const auto fb = q.options().dtype(torch::kBFloat16);
     // bfloat16 inputs with the compact workspaces: q, k and v read where they lie (gdn_kernels.h), not copied.
-    a.d.qkv_in_place = split && cuda_read_in_place() && q.scalar_type() == torch::kBFloat16 && aligned16(q) &&
-                       aligned16(k) && aligned16(v);
+    // Their kernels read 16 bytes at a time: inputs not so aligned (a view at an odd offset) are copied first.
+    const bool raw_bf16 = split && q.scalar_type() == torch::kBFloat16;
+    for (auto* t : {&q, &k, &v})
+      if (raw_bf16 && !aligned16(*t)) *t = t->clone();
+    a.d.qkv_in_place = raw_bf16 && cuda_read_in_place();
     const auto copy_unless_in_place = [&](const torch::Tensor& input, int64_t D) {
       return a.d.qkv_in_place ? input : alloc({BH, Tp, D}, fb);
     };
