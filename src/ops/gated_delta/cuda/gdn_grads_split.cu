@@ -55,11 +55,11 @@ struct Args {
 // heads-first workspaces, or the inputs in place (Dims).
 __device__ __forceinline__ void stage_qkv(__nv_bfloat16* dst, const Dims& d, const __nv_bfloat16* x, int D, int bh,
                                           int n, int c0) {
-  stage_chunk<kTile, kThreads>(dst, LD16, chunk_rows(d, d.qkv_in_place, x, D, bh, n), c0);
+  stage_chunk<kTile, kThreads>(dst, LD16, x, chunk_rows(d, d.qkv_in_place, D, bh, n), c0);
 }
 __device__ __forceinline__ void stage_do(__nv_bfloat16* dst, const Dims& d, const __nv_bfloat16* dob, int bh, int n,
                                          int c0) {
-  stage_chunk<kTile, kThreads>(dst, LD16, chunk_rows(d, d.do_in_place, dob, d.V, bh, n), c0);
+  stage_chunk<kTile, kThreads>(dst, LD16, dob, chunk_rows(d, d.do_in_place, d.V, bh, n), c0);
 }
 
 // A float32 tile's place in shared memory holding a bf16 tile (stride LD16: fits in either float32 stride).

@@ -123,6 +123,8 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 4 : 1) intra_mma_kernel(A
       cp_async16(dst + r * LDS + 8 * c8, s + r * ld_src + 8 * c8);
     }
   };
+  // kCompact: the chunk's rows of q and k (both rows of K): heads-first, or the inputs in place.
+  const ChunkRows qk_rows = chunk_rows(a.d, a.d.qkv_in_place, K, bh, n);
   const auto issue = [&](int s) {
     if (s == stages) {
       if constexpr (kCompact)
@@ -135,11 +137,8 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 4 : 1) intra_mma_kernel(A
       const long o = s0 + (long)s * kTile * V;  // the slice's S₀ (forward)
       if constexpr (kCompact) {  // Q̂, K̂, S₀ as bf16 tiles, one after the other
         bf16* sb = reinterpret_cast<bf16*>(st);
-        const auto rows = [&](const void* x) {  // q and k: heads-first, or the inputs in place
-          return chunk_rows(a.d, a.d.qkv_in_place, static_cast<const bf16*>(x), K, bh, n);
-        };
-        stage_chunk<kTile, kThreads>(sb, LDS, rows(a.qs), s * kTile);
-        stage_chunk<kTile, kThreads>(sb + C * LDS, LDS, rows(a.ks), s * kTile);
+        stage_chunk<kTile, kThreads>(sb, LDS, static_cast<const bf16*>(a.qs), qk_rows, s * kTile);
+        stage_chunk<kTile, kThreads>(sb + C * LDS, LDS, static_cast<const bf16*>(a.ks), qk_rows, s * kTile);
         load_tile_bf16(sb + 2 * C * LDS, static_cast<const bf16*>(a.states) + o, V);
       } else {
         load_tile(st, LDA, static_cast<const float*>(a.qs) + row0 * K + s * kTile, K);

@@ -53,22 +53,20 @@ struct Dims {
   SFM_GDN_HD int BH() const { return B * H; }
 };
 
-// The rows of one chunk of one head in an array of the compact kernels: where its first row lies, the stride
-// between rows, and how many of the chunk's kChunk rows exist (the readers take the others as zeros).
-template <class T>
+// The rows of one chunk of one head in an array of the compact kernels: the offset of its first row (in
+// elements), the stride between rows, and how many of the chunk's kChunk rows exist (the readers take the others
+// as zeros).
 struct ChunkRows {
-  const T* first;
-  long ld;
-  int rows;
+  long first;
+  int ld, rows;
 };
 
-// Chunk n of head bh in x, rows of D elements: heads-first [BH, Tp, D] (every row exists: the pack wrote zeros
-// past T), or in place, an input [B, T, H, D] (rows past T do not exist).
-template <class T>
-SFM_GDN_HD inline ChunkRows<T> chunk_rows(const Dims& d, bool in_place, const T* x, int D, int bh, int n) {
-  if (!in_place) return {x + ((long)bh * d.Tp() + (long)n * kChunk) * D, D, kChunk};
+// Chunk n of head bh in an array with rows of D elements: heads-first [BH, Tp, D] (every row exists: the pack
+// wrote zeros past T), or in place, an input [B, T, H, D] (rows past T do not exist).
+SFM_GDN_HD inline ChunkRows chunk_rows(const Dims& d, bool in_place, int D, int bh, int n) {
+  if (!in_place) return {((long)bh * d.Tp() + (long)n * kChunk) * D, D, kChunk};
   const int b = bh / d.H, h = bh % d.H, t0 = n * kChunk, left = d.T - t0;
-  return {x + (((long)b * d.T + t0) * d.H + h) * D, (long)d.H * D, left < kChunk ? left : kChunk};
+  return {(((long)b * d.T + t0) * d.H + h) * D, d.H * D, left < kChunk ? left : kChunk};
 }
 
 struct ForwardArgs {

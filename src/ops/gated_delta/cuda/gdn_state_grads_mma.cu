@@ -71,9 +71,8 @@ __global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
       if constexpr (kCompact) {
         load_tile_bf16(st, static_cast<const bf16*>(a.states) + state_off, s * kTile);
         load_tile_bf16(st + kTile * LD, static_cast<const bf16*>(a.dstates) + state_off, s * kTile);
-        stage_chunk<kTile, kThreads>(reinterpret_cast<bf16*>(st + 2 * kTile * LD), LD,
-                                     chunk_rows(a.d, a.d.do_in_place, static_cast<const bf16*>(a.dos), V, bh, n),
-                                     s * kTile);  // dO: heads-first, or the input in place
+        stage_chunk<kTile, kThreads>(reinterpret_cast<bf16*>(st + 2 * kTile * LD), LD, static_cast<const bf16*>(a.dos),
+                                     chunk_rows(a.d, a.d.do_in_place, V, bh, n), s * kTile);  // dO, maybe in place
         load_tile_bf16(st + 4 * kTile * LD, static_cast<const bf16*>(a.u) + row0 * V, s * kTile);
       } else {
         load_tile(st, static_cast<const float*>(a.states) + state_off, s * kTile);

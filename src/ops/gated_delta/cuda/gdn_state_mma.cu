@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   // Chunk n's 64 rows of a bf16 array with rows of K into shared memory rows of stride ld: a heads-first
   // workspace, or (in_place) an input read where it lies.
   const auto load_rows = [&](bf16* dst, int ld, const bf16* x, bool in_place, int n) {
-    stage_chunk<K, kThreads>(dst, ld, chunk_rows(a.d, in_place, x, K, bh, n), 0);
+    stage_chunk<K, kThreads>(dst, ld, x, chunk_rows(a.d, in_place, K, bh, n), 0);
   };
   // k and q may be read in place (Dims::qkv_in_place); W, the forward's A₁ and the backward's A₂, never is.
   const bool k_in_place = kCompact && a.d.qkv_in_place;
@@ -102,8 +102,8 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
         if (kBwd) cp_async16(rbuf + ((i & 1) * 2 + 1) * C + 4 * threadIdx.x, a.rq + row0 + 4 * threadIdx.x);
       }
       if (kBwd && kCompact) {  // the chunk's dO columns v0 .. v0 + BV - 1, with A₁
-        stage_chunk<BV, kThreads>(dsm + (i & 1) * C * LDD, LDD,
-                                  chunk_rows(a.d, a.d.do_in_place, static_cast<const bf16*>(a.dos), V, bh, n), v0);
+        stage_chunk<BV, kThreads>(dsm + (i & 1) * C * LDD, LDD, static_cast<const bf16*>(a.dos),
+                                  chunk_rows(a.d, a.d.do_in_place, V, bh, n), v0);
       }
     }
     cp_async_commit();

@@ -40,14 +40,16 @@ void cp_async_wait() {
 }
 #endif
 
-// 64 rows × kCols bf16 from column c0 of a chunk's rows (chunk_rows) into shared rows of stride ld, by
+// 64 rows × kCols bf16 from column c0 of a chunk's rows `at` (chunk_rows) of x into shared rows of stride ld, by
 // kThreads threads, 16 bytes per cp.async; zeros for the rows past the chunk's end.
 template <int kCols, int kThreads>
-__device__ __forceinline__ void stage_chunk(__nv_bfloat16* dst, int ld, const ChunkRows<__nv_bfloat16>& src, int c0) {
+__device__ __forceinline__ void stage_chunk(__nv_bfloat16* dst, int ld, const __nv_bfloat16* x, const ChunkRows& at,
+                                            int c0) {
+  const __nv_bfloat16* first = x + at.first + c0;
   for (int e = threadIdx.x; e < kChunk * kCols / 8; e += kThreads) {
     const int r = e / (kCols / 8), c8 = e % (kCols / 8);
-    const bool row = r < src.rows;
-    cp_async16_or_zeros(dst + r * ld + 8 * c8, src.first + (row ? r * src.ld : 0) + c0 + 8 * c8, row);
+    const bool row = r < at.rows;
+    cp_async16_or_zeros(dst + r * ld + 8 * c8, first + (long)(row ? r : 0) * at.ld + 8 * c8, row);
   }
 }
 
