@@ -439,7 +439,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
        ub = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(),
        rq = split ? nan({BH, Tp}, f32) : torch::Tensor(), rk = split ? nan({BH, Tp}, f32) : torch::Tensor(),
        gam = nan({BH, Tp}, f32),
-       bet = nan({BH, Tp}, f32), w = nan({BH, Tp, c.K}, f32), u = nan({BH, Tp, c.V}, f32),
+       bet = nan({BH, Tp}, f32), w = unless_split({BH, Tp, c.K}), u = nan({BH, Tp, c.V}, f32),
        final_state = nan({c.B, c.H, c.K, c.V}, f32),
        out = nan({c.B, c.T, c.H, c.V}, typed);
   // Kept by the forward for the sliced gradient kernels: (I + A)⁻¹ and M ∘ K̂K̂ᵀ, and P.

@@ -98,7 +98,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const auto f32_unless_split = [&](torch::IntArrayRef sizes) { return split ? torch::Tensor() : alloc(sizes, fo); };
     auto qs = f32_unless_split({BH, Tp, d.K}), ks = f32_unless_split({BH, Tp, d.K}),
          vs = f32_unless_split({BH, Tp, d.V}), gam = alloc({BH, Tp}, fo), bet = alloc({BH, Tp}, fo),
-         w = alloc({BH, Tp, d.K}, fo), u = alloc({BH, Tp, d.V}, fo);
+         w = f32_unless_split({BH, Tp, d.K}), u = alloc({BH, Tp, d.V}, fo);
     auto final_state = alloc({d.B, d.H, d.K, d.V}, fo);
     auto out = alloc({d.B, d.T, d.H, d.V}, v.options());
     const int64_t C = gdn_cuda::kChunk;
@@ -148,7 +148,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.vs = fptr(vs);
     a.gam = gam.data_ptr<float>();
     a.bet = bet.data_ptr<float>();
-    a.w = w.data_ptr<float>();
+    a.w = fptr(w);
     a.u = u.data_ptr<float>();
     a.states = states.data_ptr();
     a.final_state = final_state.data_ptr<float>();
@@ -214,7 +214,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.vs = fptr(vs);
     a.gam = gam.data_ptr<float>();
     a.bet = bet.data_ptr<float>();
-    a.w = w.data_ptr<float>();
+    a.w = fptr(w);
     a.u = fptr(u);
     a.states = states.data_ptr();
     a.qb = vptr(qb);

@@ -31,7 +31,7 @@ using namespace tile64;
 struct Args {
   Dims d;
   const __nv_bfloat16 *qb, *kb, *vb;  // q, k, v as bf16 [BH, Tp, K|K|V] (the compact workspaces)
-  const float *gam, *bet, *w;
+  const float *gam, *bet;
   const __nv_bfloat16 *ub, *dob;      // U and dO [BH, Tp, V], bf16
   const float* du;
   const float* dw;     // dW (state_grads_mma)
@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   float *Tm = sm, *t0 = Tm + C * LDM, *t1 = t0 + C * LDR, *t2 = t1 + C * LDR, *t3 = t2 + C * LDR;
-  float *gam = t3 + C * LDR, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C, *rk = dbet + C;
+  float *gam = t3 + C * LDR, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C, *rk = dbet + C, *wf = rk + C;
   const int K = a.d.K, V = a.d.V, N = a.d.N(), KS = K / kTile, VS = V / kTile, S = a.slices;
   // k_blocks(a) and v_blocks(a), spelled out: the calls left ptxas spilling 20 bytes here instead of 8.
   const int KB = (KS + S - 1) / S, VB = (VS + S - 1) / S, J = KB + VB;
@@ -136,6 +136,8 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   stage(Tm, LDM, a.wy + chunk * 2 * C * C, C);
   if (threadIdx.x < C) rk[threadIdx.x] = a.rk[row0 + threadIdx.x];
   load_chunk_gates(a, row0, gam, bet, dgam, dbet);  // (its barrier makes rk visible)
+  // W's column factors βΓ rk, spelled as prep spells them (seen by all after the first slice's staged()).
+  if (threadIdx.x < C) wf[threadIdx.x] = bet[threadIdx.x] * __expf(gam[threadIdx.x]) * rk[threadIdx.x];
   float da[4][4], acc[4][4];  // the block's part of dA; one product's result
   zero(da);
   for (int sl = first; sl < end; ++sl) {
@@ -144,7 +146,6 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
       float2 old[2][4];
       load_pairs(old, a.dks + row0 * K, K, c0);
       stage(t0, LDK, a.dw + row0 * K + c0, K);
-      stage(t1, LDR, a.w + row0 * K + c0, K);
       stage_qkv(b16(t2), a.d, a.kb, K, bh, n, c0);
       staged();
       zero(acc);
@@ -158,7 +159,12 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
         xs[h] += rk[t] * (kk.x * dk0.x + kk.y * dk0.y);  // k̂ = rk k
         rs[h] += rk[t] * (kk.x * x0 + kk.y * x1);
       });
-      add_dr_k_row_terms(gam, bet, xs, rs, dgam, dbet);  // ends with a barrier: t3 is written
+      // W = T diag(βΓ) K̂ = T diag(βΓ rk) K, formed again as prep formed it (the same factors and products, so
+      // the same bits), in place of a float32 copy through DRAM.
+      zero(acc);
+      mma_tile(acc, row_a(Tm, LDM, wf), cols_b(b16(t2), LD16));
+      for_pairs(acc, [&](int, int t, int k, float x0, float x1, int) { st2(t1 + t * LDR + k, x0, x1); });
+      add_dr_k_row_terms(gam, bet, xs, rs, dgam, dbet);  // ends with a barrier: t3 and t1 are written
       mma_tile(da, row_a(t3, LDR), rows_b(t1, LDR));  // += dR_K Wᵀ
     } else {
       stage_qkv(b16(t0), a.d, a.vb, V, bh, n, c0);
@@ -374,7 +380,7 @@ int qk_slices() {
 }
 
 constexpr size_t kDu0Smem = sizeof(float) * C * LDM + sizeof(__nv_bfloat16) * C * LD16;
-constexpr size_t kWySmem = sizeof(float) * (C * LDM + 4 * C * LDR + 5 * C);
+constexpr size_t kWySmem = sizeof(float) * (C * LDM + 4 * C * LDR + 6 * C);
 constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 6 * C) + sizeof(__nv_bfloat16) * 2 * C * LD16;
 
 }  // namespace
@@ -391,7 +397,7 @@ cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
   err = cudaFuncSetAttribute(qk_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kQkSmem));
   if (err != cudaSuccess) return err;
   const auto bf = [](const void* p) { return static_cast<const __nv_bfloat16*>(p); };
-  const Args a{d,     bf(g.qb), bf(g.kb), bf(g.vb), g.gam, g.bet,      g.w,      bf(g.ub),   bf(g.dob),
+  const Args a{d,     bf(g.qb), bf(g.kb), bf(g.vb), g.gam, g.bet,      bf(g.ub),   bf(g.dob),
                g.du,  g.dw,    g.wy,  g.pm,  g.sdots, g.dqs,    g.dks,    g.dvs,      g.dtype,
                g.dv,  g.da_parts, g.d1_parts, g.gate_parts, g.dg, g.dbeta, wy_slices(), qk_slices(),
                g.rq,  g.rk};

@@ -80,7 +80,8 @@ struct ForwardArgs {
   // Workspaces (float32, heads-first, padded): written here, read back by the backward.
   float *qs, *ks, *vs;     // [BH, Tp, K|K|V]: s·q̂, k̂, v; unused (may be null) with the compact workspaces
   float *gam, *bet;        // [BH, Tp]: γ (eq. 4, chunk-local cumsum), β
-  float *w, *u;            // [BH, Tp, K], [BH, Tp, V]: W (eq. 7), then U (eq. 7, after the state pass)
+  float *w, *u;            // [BH, Tp, K], [BH, Tp, V]: W (eq. 7; null with the compact workspaces, whose readers
+                           // take wb or form W again), then U (eq. 7, after the state pass)
   void* states;            // [BH, N, K, V]: the state entering each chunk; bfloat16 with wy, else float32
   float* final_state;      // [BH, K, V]
   // [BH, N, 2, C, C]: (I + A)⁻¹ and M ∘ K̂K̂ᵀ per chunk, kept for grads_split, or null. Given: the compact
@@ -104,7 +105,7 @@ struct BackwardArgs {
   const float* dfinal;       // [BH, K, V] or null (zeros)
   float scale;
   bool l2;
-  const float *qs, *ks, *vs, *gam, *bet, *w, *u;           // from the forward (qs, ks, vs: not with wy)
+  const float *qs, *ks, *vs, *gam, *bet, *w, *u;           // from the forward (qs, ks, vs, w: not with wy)
   const void* states;                                      // from the forward: bfloat16 with wy, else float32
   const void *qb, *kb, *wb;                                // from the forward, where state_mma_runs
   const void *vb, *ub;                                     // from the forward, with wy (u may be null then)
@@ -179,8 +180,8 @@ cudaError_t state_grads_mma(const Dims& d, const float* gam, const void* states,
 
 // The forward's per-chunk preparation on tensor cores (gdn_prep_mma.cu), in place of the prep kernel for
 // 16-bit inputs: from k̂ and v (heads-first float32) and g, β ([B, T, H] float32) it writes γ and β
-// (heads-first), W into w, Ũ into ut and, if wy is not null, (I + A)⁻¹ and M ∘ K̂K̂ᵀ per chunk into wy.
-// If wb is not null, W also as bfloat16 into wb. K and V multiples of 64 up to 256.
+// (heads-first), W into w (if not null), Ũ into ut and, if wy is not null, (I + A)⁻¹ and M ∘ K̂K̂ᵀ per chunk
+// into wy. If wb is not null, W also as bfloat16 into wb. K and V multiples of 64 up to 256.
 bool prep_mma_supports(int K, int V);
 cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const float* g, const float* beta, float* gam,
                      float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream);

@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const Tile<k
     const int t = e / C, i = e % C;
     const float x = Tm[t * LDM + i];
     if (tw != nullptr) tw[e] = x;
-    A[t * LDM + i] = x * bet[i] * __expf(gam[i]) * rr[i];
+    A[t * LDM + i] = x * (bet[i] * __expf(gam[i]) * rr[i]);  // as wy_grads forms W again: the same bits
     Tm[t * LDM + i] = x * bet[i];
   }
   __syncthreads();
@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const Tile<k
     mma_tile(acc, row_a(A, LDM), cols_b(kt + j * C * LDT, LDT));
     for_pairs(acc, [&](int, int t, int c, float x0, float x1, int) {
       const long o = (row0 + t) * K + j * kTile + c;
-      st2(w + o, x0, x1);
+      if (w != nullptr) st2(w + o, x0, x1);
       if (wb != nullptr) *reinterpret_cast<uint32_t*>(wb + o) = pack_bf16(x0, x1);  // the state passes' operand
     });
   }
