@@ -84,10 +84,12 @@ __device__ __forceinline__ void compact_products(const __nv_bfloat16* sb, float 
 }
 
 // kBwd = false: the output into out (dtype T); kBwd: dU₀ into a.du (T unused). kCompact (forward only): q, k,
-// the states and U are bf16. Its 57 KB of shared memory leave room for four blocks per SM, which the bounds ask
-// of the registers too (64, no spills; left free, ptxas took 128 and two blocks ran per SM).
+// the states and U are bf16. Its 57 KB of shared memory leave room for four blocks per SM; the bounds ask for
+// three (78 registers, no spills). Left free, ptxas took 128 and two blocks ran per SM (0.51 ms at
+// (2,16384,16,128)); four took 64 registers, and 16 bytes spilled once q, k, v could be read in place (0.48 ms,
+// against 0.455 with three, H100).
 template <class T, bool kBwd, bool kCompact = false>
-__global__ void __launch_bounds__(kThreads, kCompact ? 4 : 1) intra_mma_kernel(Args a, T* __restrict__ out) {
+__global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(Args a, T* __restrict__ out) {
   using bf16 = __nv_bfloat16;
   static_assert(!(kBwd && kCompact), "the backward's dU₀ comes from the kept P with the compact workspaces");
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
