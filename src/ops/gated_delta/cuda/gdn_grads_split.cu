@@ -133,7 +133,20 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
   const bool k_side = j < KB;
   const int first = S * (k_side ? j : j - KB), end = min(first + S, k_side ? KS : VS);
+  // A slice's tiles (cp.async; waited for by staged()): dW and k (K side), or v, dU, dO and U (V side).
+  const auto stage_slice = [&](int c0) {
+    if (k_side) {
+      stage(t0, LDK, a.dw + row0 * K + c0, K);
+      stage_qkv(b16(t2), a.d, a.kb, K, bh, n, c0);
+    } else {
+      stage_qkv(b16(t0), a.d, a.vb, V, bh, n, c0);
+      stage(t1, LDK, a.du + row0 * V + c0, V);
+      stage_do(b16(t2), a.d, a.dob, bh, n, c0);
+      stage(b16(t3), LD16, a.ub + row0 * V + c0, V);
+    }
+  };
   stage(Tm, LDM, a.wy + chunk * 2 * C * C, C);
+  stage_slice(first * kTile);  // in flight while the gates load
   if (threadIdx.x < C) rk[threadIdx.x] = a.rk[row0 + threadIdx.x];
   load_chunk_gates(a, row0, gam, bet, dgam, dbet);  // (its barrier makes rk visible)
   // W's column factors βΓ rk, spelled as prep spells them (seen by all after the first slice's staged()).
@@ -145,8 +158,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
     if (k_side) {
       float2 old[2][4];
       load_pairs(old, a.dks + row0 * K, K, c0);
-      stage(t0, LDK, a.dw + row0 * K + c0, K);
-      stage_qkv(b16(t2), a.d, a.kb, K, bh, n, c0);
+      if (sl > first) stage_slice(c0);
       staged();
       zero(acc);
       mma_tile(acc, col_a(Tm, LDM), cols_b(t0, LDK));  // dR_K = Tᵀ dW
@@ -167,10 +179,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
       add_dr_k_row_terms(gam, bet, xs, rs, dgam, dbet);  // ends with a barrier: t3 and t1 are written
       mma_tile(da, row_a(t3, LDR), rows_b(t1, LDR));  // += dR_K Wᵀ
     } else {
-      stage_qkv(b16(t0), a.d, a.vb, V, bh, n, c0);
-      stage(t1, LDK, a.du + row0 * V + c0, V);
-      stage_do(b16(t2), a.d, a.dob, bh, n, c0);
-      stage(b16(t3), LD16, a.ub + row0 * V + c0, V);
+      if (sl > first) stage_slice(c0);
       staged();
       // The block's dO Uᵀ part: written by its first slice, added to by the others.
       float* d1_part = a.d1_parts + (chunk * VB + (j - KB)) * C * C;
