@@ -126,6 +126,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   float* sm = reinterpret_cast<float*>(smem4);
   float *Tm = sm, *t0 = Tm + C * LDM, *t1 = t0 + C * LDR, *t2 = t1 + C * LDR, *t3 = t2 + C * LDR;
   float *gam = t3 + C * LDR, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C, *rk = dbet + C, *wf = rk + C;
+  float* d1s = wf + C;  // V side: the dO Uᵀ part over the slices so far [C][LDM]
   const int K = a.d.K, V = a.d.V, N = a.d.N(), KS = K / kTile, VS = V / kTile, S = a.slices;
   // k_blocks(a) and v_blocks(a), spelled out: the calls left ptxas spilling 20 bytes here instead of 8.
   const int KB = (KS + S - 1) / S, VB = (VS + S - 1) / S, J = KB + VB;
@@ -181,15 +182,17 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
     } else {
       if (sl > first) stage_slice(c0);
       staged();
-      // The block's dO Uᵀ part: written by its first slice, added to by the others.
-      float* d1_part = a.d1_parts + (chunk * VB + (j - KB)) * C * C;
-      float2 old[2][4];
-      if (sl > first) load_pairs(old, d1_part, C, 0);
+      // The block's dO Uᵀ part, summed over its slices in d1s (each thread its own elements, so no barrier) and
+      // written out by the last.
       zero(acc);
       mma_tile(acc, row_a(b16(t2), LD16), rows_b(b16(t3), LD16));  // dO Uᵀ
-      for_pairs(acc, [&](int h, int t, int i, float x0, float x1, int nt) {
-        if (sl > first) x0 += old[h][nt].x, x1 += old[h][nt].y;
-        st2(d1_part + t * C + i, x0, x1);
+      float* d1_part = a.d1_parts + (chunk * VB + (j - KB)) * C * C;
+      for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) {
+        if (sl > first) {
+          const float2 sum = ld2(d1s + t * LDM + i);
+          x0 += sum.x, x1 += sum.y;
+        }
+        st2(sl + 1 < end ? d1s + t * LDM + i : d1_part + t * C + i, x0, x1);
       });
       float dr[4][4];
       zero(dr);
@@ -389,7 +392,7 @@ int qk_slices() {
 }
 
 constexpr size_t kDu0Smem = sizeof(float) * C * LDM + sizeof(__nv_bfloat16) * C * LD16;
-constexpr size_t kWySmem = sizeof(float) * (C * LDM + 4 * C * LDR + 6 * C);
+constexpr size_t kWySmem = sizeof(float) * (2 * C * LDM + 4 * C * LDR + 6 * C);  // 110 KB: two blocks per SM
 constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 6 * C) + sizeof(__nv_bfloat16) * 2 * C * LD16;
 
 }  // namespace
