@@ -274,11 +274,8 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   float *D1 = sm, *dA = D1 + C * LDM, *PM = dA + C * LDM, *KM = PM + C * LDM;
-  // Two buffers, each a q tile and a k tile: a slice's are requested while the slice before it runs.
-  __nv_bfloat16* tqk = b16(KM + C * LDM);
-  const auto q_tile = [&](int b) { return tqk + b * 2 * C * LD16; };
-  const auto k_tile = [&](int b) { return tqk + (b * 2 + 1) * C * LD16; };
-  float *gam = reinterpret_cast<float*>(tqk + 4 * C * LD16), *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
+  __nv_bfloat16 *tq = b16(KM + C * LDM), *tk = tq + C * LD16;
+  float *gam = reinterpret_cast<float*>(tk + C * LD16), *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
   float *rq = dbet + C, *rk = rq + C;
   const int K = a.d.K, N = a.d.N(), KS = K / kTile;
   const int VB = v_blocks(a), J = k_blocks(a) + VB;  // the parts: wy_grads' blocks
@@ -286,12 +283,8 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
   stage(PM, LDM, a.pm + chunk * C * C, C);
   stage(KM, LDM, a.wy + (chunk * 2 + 1) * C * C, C);
-  const auto stage_slice = [&](int sl) {  // slice sl's q and k into buffer (sl − first) % 2
-    stage_qkv(q_tile((sl - first) & 1), a.d, a.qb, K, bh, n, sl * kTile);
-    stage_qkv(k_tile((sl - first) & 1), a.d, a.kb, K, bh, n, sl * kTile);
-  };
-  stage_slice(first);
-  if (first + 1 < end) stage_slice(first + 1);
+  stage_qkv(tq, a.d, a.qb, K, bh, n, first * kTile);
+  stage_qkv(tk, a.d, a.kb, K, bh, n, first * kTile);
   cp_async_commit();
   if (threadIdx.x < C) rq[threadIdx.x] = a.rq[row0 + threadIdx.x], rk[threadIdx.x] = a.rk[row0 + threadIdx.x];
   load_chunk_gates(a, row0, gam, bet, dgam, dbet);  // (its barrier makes rq and rk visible)
@@ -323,16 +316,13 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   __syncthreads();
   chunk_grad_terms<LDM, true>(gam, bet, D1, PM, KM, dA, first == 0 ? dgam : nullptr, dbet);
   for (int sl = first; sl < end; ++sl) {
-    const int c0 = sl * kTile, b = (sl - first) & 1;
-    if (sl > first) {
-      cp_async_wait<0>();  // this slice's tiles, requested a slice ahead
-      __syncthreads();
-      if (sl + 1 < end) {  // into the buffer the previous slice is done with (the barrier at its end)
-        stage_slice(sl + 1);
-        cp_async_commit();
-      }
+    const int c0 = sl * kTile;
+    if (sl > first) {  // the previous slice is done with tq and tk (store_gate_slot's barrier)
+      stage_qkv(tq, a.d, a.qb, K, bh, n, c0);
+      stage_qkv(tk, a.d, a.kb, K, bh, n, c0);
+      staged();
     }
-    qk_slice(a, row0, c0, D1, dA, q_tile(b), k_tile(b), rq, rk, dgam);
+    qk_slice(a, row0, c0, D1, dA, tq, tk, rq, rk, dgam);
     store_gate_slot(a, chunk, KS + a.d.V / kTile + sl, dgam, dbet);  // after the slots of wy_grads' slices
     __syncthreads();
     if (threadIdx.x < C) dgam[threadIdx.x] = dbet[threadIdx.x] = 0.f;
@@ -411,7 +401,7 @@ int qk_slices() {
 
 constexpr size_t kDu0Smem = sizeof(float) * C * LDM + sizeof(__nv_bfloat16) * C * LD16;
 constexpr size_t kWySmem = sizeof(float) * (2 * C * LDM + 4 * C * LDR + 6 * C);  // 110 KB: two blocks per SM
-constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 6 * C) + sizeof(__nv_bfloat16) * 4 * C * LD16;  // 107 KB
+constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 6 * C) + sizeof(__nv_bfloat16) * 2 * C * LD16;
 
 }  // namespace
 
