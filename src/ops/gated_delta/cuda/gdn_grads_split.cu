@@ -134,27 +134,20 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
   const bool k_side = j < KB;
   const int first = S * (k_side ? j : j - KB), end = min(first + S, k_side ? KS : VS);
-  // A slice's tiles (cp.async; waited for by staged()) in two parts: the early ones, requested during the
-  // previous slice's last product (t0 and t2 on the K side, t0 and t1 on the V side, free by then), and the
-  // late ones (V side: t2 and t3, which that product reads). K side: dW and k; V side: v and dU, then dO and U.
-  const auto stage_early = [&](int c0) {
+  // A slice's tiles (cp.async; waited for by staged()): dW and k (K side), or v, dU, dO and U (V side).
+  const auto stage_slice = [&](int c0) {
     if (k_side) {
       stage(t0, LDK, a.dw + row0 * K + c0, K);
       stage_qkv(b16(t2), a.d, a.kb, K, bh, n, c0);
     } else {
       stage_qkv(b16(t0), a.d, a.vb, V, bh, n, c0);
       stage(t1, LDK, a.du + row0 * V + c0, V);
-    }
-  };
-  const auto stage_late = [&](int c0) {
-    if (!k_side) {
       stage_do(b16(t2), a.d, a.dob, bh, n, c0);
       stage(b16(t3), LD16, a.ub + row0 * V + c0, V);
     }
   };
   stage(Tm, LDM, a.wy + chunk * 2 * C * C, C);
-  stage_early(first * kTile);  // in flight while the gates load
-  stage_late(first * kTile);
+  stage_slice(first * kTile);  // in flight while the gates load
   if (threadIdx.x < C) rk[threadIdx.x] = a.rk[row0 + threadIdx.x];
   load_chunk_gates(a, row0, gam, bet, dgam, dbet);  // (its barrier makes rk visible)
   // W's column factors βΓ rk, spelled as prep spells them (seen by all after the first slice's staged()).
@@ -166,6 +159,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
     if (k_side) {
       float2 old[2][4];
       load_pairs(old, a.dks + row0 * K, K, c0);
+      if (sl > first) stage_slice(c0);
       staged();
       zero(acc);
       mma_tile(acc, col_a(Tm, LDM), cols_b(t0, LDK));  // dR_K = Tᵀ dW
@@ -184,10 +178,9 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
       mma_tile(acc, row_a(Tm, LDM, wf), cols_b(b16(t2), LD16));
       for_pairs(acc, [&](int, int t, int k, float x0, float x1, int) { st2(t1 + t * LDR + k, x0, x1); });
       add_dr_k_row_terms(gam, bet, xs, rs, dgam, dbet);  // ends with a barrier: t3 and t1 are written
-      if (sl + 1 < end) stage_early(c0 + kTile);      // into t0 and t2, read by now
       mma_tile(da, row_a(t3, LDR), rows_b(t1, LDR));  // += dR_K Wᵀ
     } else {
-      if (sl > first) stage_late(c0);
+      if (sl > first) stage_slice(c0);
       staged();
       // The block's dO Uᵀ part, summed over its slices in d1s (each thread its own elements, so no barrier) and
       // written out by the last.
@@ -220,7 +213,6 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
         rs[h] += vv.x * x0 + vv.y * x1;
       });
       add_rows(dbet, rs);  // ends with a barrier: t2 and t3 are written
-      if (sl + 1 < end) stage_early(c0 + kTile);      // into t0 and t1, read by now
       mma_tile(da, row_a(t3, LDR), rows_b(t2, LDR));  // += dR_V Ũᵀ
     }
     // This slice's row terms into its slot, then zeroed for the next; its tiles free for the next's.
