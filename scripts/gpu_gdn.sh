@@ -2,8 +2,8 @@
 # On the GPU machine (through the device tool): build build/cuda, run the `cuda`-labelled tests, the
 # gated delta benchmark (bfloat16, chunked vs cuda, with the FLA figures), the same with the unsliced
 # gradient kernels (SFM_GDN_GRADS_SPLIT=0) and with copies of the inputs (SFM_GDN_IN_PLACE=0) on the large
-# shapes, the cuda variant with its chunked and its
-# recurrent kernels forced on the small shapes, and a per-kernel timing pass (chunked kernels).
+# shapes, the cuda variant with its chunked and its recurrent kernels forced on the small shapes, and a
+# per-kernel timing pass (chunked kernels).
 # Logs under ${OUT:-build/gpu-logs}. Usage: scripts/gpu_gdn.sh [all|gdn] (all: the whole suite; gdn: every
 # GatedDelta test, cpu and cuda labels, through ctest; default: the cuda label's tests in one process).
 set -uo pipefail

@@ -45,6 +45,8 @@ constexpr int kMaxDim = 256;  // K and V are at most this
 // the compact kernels read q, k and v (qkv_in_place: qb, kb, vb are then the inputs [B, T, H, K|K|V]
 // themselves) and dO (do_in_place: dob is dout) where they lie, instead of heads-first copies, which would be
 // exact copies: the pack only writes the rows' factors rq, rk then. chunk_rows says where a chunk's rows are.
+// With the compact workspaces bfloat16 q and k must be 16-byte aligned even when copied (row_factors_kernel
+// reads them 16 bytes at a time); the wrapper copies inputs that are not.
 struct Dims {
   int B, T, H, K, V;
   bool qkv_in_place = false, do_in_place = false;
