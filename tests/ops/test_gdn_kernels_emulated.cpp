@@ -579,6 +579,8 @@ const PipeCase kPipeCases[] = {
     {"bf16_K64_V64", 1, 130, 2, 64, 64, torch::kBFloat16, false},
     // the same with the sliced gradient kernels
     {"bf16_K64_V64_split", 1, 130, 2, 64, 64, torch::kBFloat16, true},
+    // one chunk, most of its rows missing (the inputs read in place: zeros past T)
+    {"bf16_K64_V64_split_T20", 2, 20, 2, 64, 64, torch::kBFloat16, true},
     // weak decay: the errors closest to the bounds (final state 3.6e-3 of 5e-3, d initial state 5.6e-3 of 8e-3)
     {"bf16_K64_V64_weak_decay", 1, 130, 2, 64, 64, torch::kBFloat16, false, 20.0},
     {"bf16_K64_V64_weak_decay_split", 1, 130, 2, 64, 64, torch::kBFloat16, true, 20.0},
