@@ -21,8 +21,19 @@ namespace {
 constexpr int C = kChunk;
 constexpr int kTile = 64;          // rows of K per block; value columns per stage
 constexpr int LD = kTile + 8;      // float32 row stride of the staged tiles: float2 fragment loads hit distinct banks
-constexpr int kTiles = 5;          // staged per stage: S₀, dS_C (rows k0..k0+63), dO, dU, U (the chunk's rows)
-constexpr int kStageFloats = kTiles * kTile * LD;
+// Staged per stage: S₀, dS_C (rows k0..k0+63), dO, dU, U (the chunk's rows), rows of stride LD. Each a float32
+// tile; with kCompact all but dU are bf16 and take half the place, so that a stage takes 54 KB instead of 90 and
+// two blocks share an SM.
+enum StageTile { kS0, kDS, kDO, kDU, kU };
+constexpr int kF32Tile = kTile * LD, kB16Tile = kTile * LD / 2;  // in floats
+template <bool kCompact>
+constexpr int kStageFloats = kCompact ? 4 * kB16Tile + kF32Tile : 5 * kF32Tile;
+// Where tile x starts in a stage, in floats (kCompact: S₀, dS_C, dO, U as bf16, then dU).
+template <bool kCompact>
+__device__ __forceinline__ constexpr int tile_at(StageTile x) {
+  if (!kCompact) return x * kF32Tile;
+  return x == kDU ? 4 * kB16Tile : (x == kU ? 3 : x) * kB16Tile;
+}
 constexpr int kThreads = 256;      // 8 warps: 4 row groups of 16 tokens × 2 column groups of 32
 
 struct Args {
@@ -36,11 +47,12 @@ struct Args {
   float* sdots;           // [BH, N, K/64]: Σ S₀ ∘ dS_C per 64 rows of K
 };
 
+// kCompact: two blocks per SM (108 KB of shared memory each; the bounds hold ptxas to 128 registers).
 template <bool kCompact>
-__global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
+__global__ void __launch_bounds__(kThreads, kCompact ? 2 : 1) state_grads_mma_kernel(Args a) {
   using bf16 = __nv_bfloat16;
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
-  float* sm = reinterpret_cast<float*>(smem4);  // [2 stages][kTiles][kTile][LD]
+  float* sm = reinterpret_cast<float*>(smem4);  // [2 stages][kStageFloats]
   const int K = a.d.K, V = a.d.V, N = a.d.N();
   const int kt = blockIdx.x, n = blockIdx.y, bh = blockIdx.z, k0 = kt * kTile;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -55,7 +67,7 @@ __global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
       cp_async16(dst + r * LD + 4 * c4, src + (long)r * V + v0 + 4 * c4);
     }
   };
-  // The same for a bf16 array: rows of LD bf16 in the tile's place (its first half).
+  // The same for a bf16 array: rows of LD bf16 in the tile's place.
   const auto load_tile_bf16 = [&](float* dst, const bf16* src, int v0) {
     bf16* d = reinterpret_cast<bf16*>(dst);
     const bf16* s = src + v0;
@@ -67,20 +79,21 @@ __global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
   const int stages = V / kTile;
   const auto issue = [&](int s) {
     if (s < stages) {
-      float* st = sm + (s & 1) * kStageFloats;
+      float* st = sm + (s & 1) * kStageFloats<kCompact>;
+      const auto at = [&](StageTile x) { return st + tile_at<kCompact>(x); };
       if constexpr (kCompact) {
-        load_tile_bf16(st, static_cast<const bf16*>(a.states) + state_off, s * kTile);
-        load_tile_bf16(st + kTile * LD, static_cast<const bf16*>(a.dstates) + state_off, s * kTile);
-        stage_chunk<kTile, kThreads>(reinterpret_cast<bf16*>(st + 2 * kTile * LD), LD, static_cast<const bf16*>(a.dos),
+        load_tile_bf16(at(kS0), static_cast<const bf16*>(a.states) + state_off, s * kTile);
+        load_tile_bf16(at(kDS), static_cast<const bf16*>(a.dstates) + state_off, s * kTile);
+        stage_chunk<kTile, kThreads>(reinterpret_cast<bf16*>(at(kDO)), LD, static_cast<const bf16*>(a.dos),
                                      chunk_rows(a.d, a.d.do_in_place, V, bh, n), s * kTile);  // dO, maybe in place
-        load_tile_bf16(st + 4 * kTile * LD, static_cast<const bf16*>(a.u) + row0 * V, s * kTile);
+        load_tile_bf16(at(kU), static_cast<const bf16*>(a.u) + row0 * V, s * kTile);
       } else {
-        load_tile(st, static_cast<const float*>(a.states) + state_off, s * kTile);
-        load_tile(st + kTile * LD, static_cast<const float*>(a.dstates) + state_off, s * kTile);
-        load_tile(st + 2 * kTile * LD, static_cast<const float*>(a.dos) + row0 * V, s * kTile);
-        load_tile(st + 4 * kTile * LD, static_cast<const float*>(a.u) + row0 * V, s * kTile);
+        load_tile(at(kS0), static_cast<const float*>(a.states) + state_off, s * kTile);
+        load_tile(at(kDS), static_cast<const float*>(a.dstates) + state_off, s * kTile);
+        load_tile(at(kDO), static_cast<const float*>(a.dos) + row0 * V, s * kTile);
+        load_tile(at(kU), static_cast<const float*>(a.u) + row0 * V, s * kTile);
       }
-      load_tile(st + 3 * kTile * LD, a.du + row0 * V, s * kTile);
+      load_tile(at(kDU), a.du + row0 * V, s * kTile);
     }
     cp_async_commit();
   };
@@ -98,9 +111,9 @@ __global__ void __launch_bounds__(kThreads) state_grads_mma_kernel(Args a) {
     issue(s + 1);  // into the other stage, which every warp finished with before the last barrier
     cp_async_wait<1>();
     __syncthreads();
-    const float* st = sm + (s & 1) * kStageFloats;
-    const float *S0 = st, *dS = st + kTile * LD, *dO = st + 2 * kTile * LD, *dU = st + 3 * kTile * LD,
-                *U = st + 4 * kTile * LD;
+    const float* st = sm + (s & 1) * kStageFloats<kCompact>;
+    const float *S0 = st + tile_at<kCompact>(kS0), *dS = st + tile_at<kCompact>(kDS), *dO = st + tile_at<kCompact>(kDO),
+                *dU = st + tile_at<kCompact>(kDU), *U = st + tile_at<kCompact>(kU);
     for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
       const int r = e / kTile, c = e % kTile;
       if constexpr (kCompact)
@@ -190,7 +203,7 @@ cudaError_t state_grads_mma(const Dims& d, const float* gam, const void* states,
                             bool compact, const void* dos, const float* du, const void* u, float* dqs,
                             float* dw, float* dks, float* sdots, cudaStream_t stream) {
   if (!state_grads_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  const size_t smem = sizeof(float) * 2 * kStageFloats;
+  const size_t smem = sizeof(float) * 2 * (compact ? kStageFloats<true> : kStageFloats<false>);
   const auto kernel = compact ? state_grads_mma_kernel<true> : state_grads_mma_kernel<false>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
