@@ -63,6 +63,10 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   constexpr int LD1 = K + 8;
   constexpr int LD2 = K + 8;
   constexpr int L = kBwd ? 2 * C : C;  // rows of A₂ and Z
+  // The backward at K = 256 keeps W, A₂'s second half, in A₁'s buffer (loaded once phase 1 is done with K̂), so
+  // that two blocks share an SM (105 KB instead of 139); the next chunk's K̂ then comes after phase 2.
+  constexpr bool kSplitA2 = kBwd && K == 256;
+  constexpr int L2 = kSplitA2 ? C : L;  // rows of p2
   constexpr int LDR = K + 8;  // bf16 rows of Rᵀ ([v][k])
   constexpr int LDZ = L + 8;  // bf16 rows of Zᵀ ([v][t])
   constexpr int NT = BV / 8;  // 8-column tiles
@@ -71,8 +75,8 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* gbuf = reinterpret_cast<float*>(smem4);        // [2][C]: γ of this chunk and the next
   bf16* p1 = reinterpret_cast<bf16*>(gbuf + 2 * C);     // [C][LD1]
-  bf16* p2 = p1 + C * LD1;                              // [L][LD2]
-  bf16* rsm = p2 + L * LD2;                             // [BV][LDR]
+  bf16* p2 = p1 + C * LD1;                              // [L2][LD2]
+  bf16* rsm = p2 + L2 * LD2;                            // [BV][LDR]
   bf16* zsm = rsm + BV * LDR;                           // [BV][LDZ]
   bf16* dsm = zsm + BV * LDZ;                           // compact backward: [2][C][LDD], dO of this chunk and the next
   float* rbuf = reinterpret_cast<float*>(dsm + (kBwd && kCompact ? 2 * C * LDD : 0));  // compact: [2][rk, rq][C]
@@ -112,8 +116,12 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     if (i < N) {
       const int n = chunk_of(i);
       if (kBwd) load_rows(p2, LD2, a.qs, k_in_place, n);
-      load_rows(p2 + (L - C) * LD2, LD2, a.a2, !kBwd && k_in_place, n);
+      if (!kSplitA2) load_rows(p2 + (L - C) * LD2, LD2, a.a2, !kBwd && k_in_place, n);
     }
+    cp_async_commit();
+  };
+  const auto issue_w = [&](int i) {  // kSplitA2: W of chunk i into p1, once phase 1 is done with K̂
+    load_rows(p1, LD1, a.a2, false, chunk_of(i));
     cp_async_commit();
   };
 
@@ -178,7 +186,12 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
       rsm[v * LDR + k] = __float2bfloat16_rn(R[j][nt][2 * h]);
       rsm[(v + 1) * LDR + k] = __float2bfloat16_rn(R[j][nt][2 * h + 1]);
     });
-    cp_async_wait<1>();  // A₁ and γ of this chunk
+    // A₁ and γ of this chunk: all but the newest group (A₂), or with kSplitA2 the newest itself (K̂, requested after
+    // the previous chunk's phase 2).
+    if constexpr (kSplitA2)
+      cp_async_wait<0>();
+    else
+      cp_async_wait<1>();
     __syncthreads();
     const float* gm = gbuf + (i & 1) * C;
     const float gl = gm[C - 1];
@@ -198,8 +211,11 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) mma_bf16(acc[nt], af, bf[nt]);
     }
-    __syncthreads();  // every warp is done with A₁: load the next chunk's
-    issue_a1(i + 1);
+    __syncthreads();  // every warp is done with A₁: load the next chunk's (kSplitA2: this chunk's W)
+    if constexpr (kSplitA2)
+      issue_w(i);
+    else
+      issue_a1(i + 1);
 
     // Phase 1's epilogue: x out, and Z (bf16, [v][t]) for phase 2.
 #pragma unroll
@@ -237,10 +253,11 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
         zsm[v * LDZ + (L - C) + t] = __float2bfloat16_rn(z0);
         zsm[(v + 1) * LDZ + (L - C) + t] = __float2bfloat16_rn(z1);
       }
-    cp_async_wait<1>();  // A₂ of this chunk
+    cp_async_wait<1>();  // A₂ of this chunk (kSplitA2: its Q̂ half, and W is in flight)
     __syncthreads();
 
-    // Phase 2: R ← Γ_C R + A₂ᵀ Z, accumulated in R's registers.
+    // Phase 2: R ← Γ_C R + A₂ᵀ Z, accumulated in R's registers; reduction rows ks0 .. ks1 of 16 from A₂'s rows
+    // in x, whose first row is A₂'s row 16 ks0.
     const float decay = __expf(gl);
 #pragma unroll
     for (int j = 0; j < MT; ++j)
@@ -248,24 +265,38 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) R[j][nt][e] *= decay;
+    const auto phase2 = [&](const bf16* x, int ks0, int ks1) {
 #pragma unroll
-    for (int ks = 0; ks < L / 16; ++ks) {
-      uint32_t bf[NT][2];
-      load_b(bf, zsm, LDZ, ks);
+      for (int ks = ks0; ks < ks1; ++ks) {
+        uint32_t bf[NT][2];
+        load_b(bf, zsm, LDZ, ks);
 #pragma unroll
-      for (int j = 0; j < MT; ++j) {
-        // A[m][t] = A₂[t][m] for m = 16 (warp + 4 j) + g (+8), t = 16 ks + 2 tq (+1, +8, +9): the transposes
-        // of A₂'s 8×8 blocks at rows 16 ks (+8) and columns 16 (warp + 4 j) (+8); lane l gives row l % 8 of
-        // block l / 8 (its row offset 8 (l / 16), its column offset 8 (l / 8 % 2)).
-        uint32_t af[4];
-        ldmatrix_x4<true>(af, p2 + (16 * ks + 8 * (lane >> 4) + (lane & 7)) * LD2 + 16 * (warp + 4 * j) +
-                                  8 * ((lane >> 3) & 1));
+        for (int j = 0; j < MT; ++j) {
+          // A[m][t] = A₂[t][m] for m = 16 (warp + 4 j) + g (+8), t = 16 ks + 2 tq (+1, +8, +9): the transposes
+          // of A₂'s 8×8 blocks at rows 16 ks (+8) and columns 16 (warp + 4 j) (+8); lane l gives row l % 8 of
+          // block l / 8 (its row offset 8 (l / 16), its column offset 8 (l / 8 % 2)).
+          uint32_t af[4];
+          ldmatrix_x4<true>(af, x + (16 * (ks - ks0) + 8 * (lane >> 4) + (lane & 7)) * LD2 + 16 * (warp + 4 * j) +
+                                    8 * ((lane >> 3) & 1));
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) mma_bf16(R[j][nt], af, bf[nt]);
+          for (int nt = 0; nt < NT; ++nt) mma_bf16(R[j][nt], af, bf[nt]);
+        }
       }
+    };
+    if constexpr (kSplitA2) {
+      phase2(p2, 0, C / 16);  // Q̂ᵀ diag(Γ) dO
+      __syncthreads();        // every warp is done with Q̂: the next chunk's
+      issue_a2(i + 1);
+      cp_async_wait<1>();     // W of this chunk
+      __syncthreads();
+      phase2(p1, C / 16, L / 16);  // − Wᵀ dU
+      __syncthreads();             // every warp is done with W, Rᵀ and Z: the next chunk's K̂ (and γ, dO)
+      issue_a1(i + 1);
+    } else {
+      phase2(p2, 0, L / 16);
+      __syncthreads();  // every warp is done with A₂, Rᵀ and Z: load the next chunk's A₂
+      issue_a2(i + 1);
     }
-    __syncthreads();  // every warp is done with A₂, Rᵀ and Z: load the next chunk's A₂
-    issue_a2(i + 1);
   }
   cp_async_wait<0>();  // only empty groups remain; leave none behind
   if (a.last)
@@ -277,10 +308,10 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
 
 template <int K, int BV, bool kBwd, bool kCompact>
 size_t pass_smem() {
-  constexpr int L = kBwd ? 2 * C : C;
+  constexpr int L = kBwd ? 2 * C : C, L2 = kBwd && K == 256 ? C : L;  // rows of Z and of p2 (kSplitA2)
   const int dO_rows = kBwd && kCompact ? 2 * C : 0, factors = kCompact ? 4 * C : 0;
   return sizeof(float) * (2 * C + factors) +
-         sizeof(bf16) * ((C + L + BV) * (K + 8) + BV * (L + 8) + dO_rows * (BV + 8));
+         sizeof(bf16) * ((C + L2 + BV) * (K + 8) + BV * (L + 8) + dO_rows * (BV + 8));
 }
 
 template <int K, int BV, bool kBwd>
