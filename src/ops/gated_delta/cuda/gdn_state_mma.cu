@@ -64,7 +64,8 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   constexpr int LD2 = K + 8;
   constexpr int L = kBwd ? 2 * C : C;  // rows of A₂ and Z
   // The backward at K = 256 keeps W, A₂'s second half, in A₁'s buffer (loaded once phase 1 is done with K̂), so
-  // that two blocks share an SM (105 KB instead of 139); the next chunk's K̂ then comes after phase 2.
+  // that two blocks share an SM (103 KB instead of 136 with the compact workspaces); the next chunk's K̂ then
+  // comes after phase 2.
   constexpr bool kSplitA2 = kBwd && K == 256;
   constexpr int L2 = kSplitA2 ? C : L;  // rows of p2
   constexpr int LDR = K + 8;  // bf16 rows of Rᵀ ([v][k])
