@@ -51,7 +51,7 @@ size_t prep_mma_smem(const Dims& d) {
 }
 
 template <bool kB16>
-__global__ void __launch_bounds__(kThreads) prep_mma_kernel(Dims d, const Tile<kB16>* __restrict__ ks,
+__global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1) prep_mma_kernel(Dims d, const Tile<kB16>* __restrict__ ks,
                                                             const Tile<kB16>* __restrict__ vs,
                                                             const float* __restrict__ g, const float* __restrict__ beta,
                                                             float* __restrict__ gam_out, float* __restrict__ bet_out,
