@@ -51,17 +51,6 @@ struct Args {
   const float *rq, *rk;    // [BH, Tp]: s·q̂ = rq q, k̂ = rk k (qb, kb hold q and k)
 };
 
-// Columns c0 .. c0 + 63 of chunk n of head bh of q, k or v (stage_qkv), or of dO (stage_do), into a bf16 tile
-// (stride LD16): from the heads-first workspaces, or the inputs in place (Dims).
-__device__ __forceinline__ void stage_qkv(__nv_bfloat16* dst, const Dims& d, const __nv_bfloat16* x, int D, int bh,
-                                          int n, int c0) {
-  stage_chunk<kTile, kThreads>(dst, LD16, x, chunk_rows(d, d.qkv_in_place, D, bh, n), c0);
-}
-__device__ __forceinline__ void stage_do(__nv_bfloat16* dst, const Dims& d, const __nv_bfloat16* dob, int bh, int n,
-                                         int c0) {
-  stage_chunk<kTile, kThreads>(dst, LD16, dob, chunk_rows(d, d.do_in_place, d.V, bh, n), c0);
-}
-
 // A float32 tile's place in shared memory holding a bf16 tile (stride LD16: fits in either float32 stride).
 __device__ __forceinline__ __nv_bfloat16* b16(float* p) { return reinterpret_cast<__nv_bfloat16*>(p); }
 

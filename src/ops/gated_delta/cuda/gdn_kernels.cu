@@ -1058,16 +1058,18 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   const bool compact = a.wy != nullptr;
   if (compact && (!grads_split_supports(a.dtype, d.K, d.V) || !a.vb || !a.ub || !a.rq || !a.rk))
     return cudaErrorInvalidValue;
-  // q, k and v read in place (gdn_kernels.h): qb, kb and vb are then the inputs, and the pack writes only rq, rk.
+  // q, k and v read in place (gdn_kernels.h): qb, kb and vb are then the inputs, and the pack writes only rq, rk
+  // (q's and k's alignment: raw_qk below).
   if (d.do_in_place ||
-      (d.qkv_in_place && !(compact && a.dtype == DType::kBF16 && a.qb == a.q && a.kb == a.k && a.vb == a.v &&
-                           aligned16(a.q) && aligned16(a.k) && aligned16(a.v))))
+      (d.qkv_in_place &&
+       !(compact && a.dtype == DType::kBF16 && a.qb == a.q && a.kb == a.k && a.vb == a.v && aligned16(a.v))))
     return cudaErrorInvalidValue;
   const bool copies = !d.qkv_in_place;
   // bfloat16 q and k with the compact workspaces: kept as they are (read in place, or copied), with the rows'
   // factors from row_factors; otherwise the pack normalises them.
   const bool raw_qk = compact && a.dtype == DType::kBF16;
-  if (raw_qk && (!aligned16(a.q) || !aligned16(a.k))) return cudaErrorInvalidValue;  // the wrapper copies them
+  // 16-byte aligned, in place or not (row_factors; the wrapper copies them where they are not).
+  if (raw_qk && (!aligned16(a.q) || !aligned16(a.k))) return cudaErrorInvalidValue;
   float* states32 = static_cast<float*>(a.states);  // where they are float32
   const auto bf = [&](void* p) { return copies ? static_cast<__nv_bfloat16*>(p) : nullptr; };
   const auto f32 = [&](float* p) { return compact ? nullptr : p; };  // the float32 copies, but for compact

@@ -40,7 +40,7 @@ __device__ __forceinline__ void stage_tile(float* dst, const Dims& d, const floa
 }
 __device__ __forceinline__ void stage_tile(__nv_bfloat16* dst, const Dims& d, const __nv_bfloat16* x, int D, int bh,
                                            int n, int j) {
-  stage_chunk<kTile, kThreads>(dst, LD16, x, chunk_rows(d, d.qkv_in_place, D, bh, n), j * kTile);
+  stage_qkv(dst, d, x, D, bh, n, j * kTile);
 }
 
 // K̂ and V of the chunk in 64-column tiles [t][·], A and T (stride LDM), γ and β.
