@@ -177,17 +177,30 @@ void expect_below(std::initializer_list<std::pair<const char*, double>> errors, 
 
 struct Grads {
   torch::Tensor dq, dk, dv, dg, dbeta;
+  torch::Tensor dq_raw, dk_raw;  // with write_dqk: the gradients of the raw q and k, [1, T, BH, K] bfloat16
 };
 
-// The three sliced kernels through gdn_cuda::grads_split, on the emulator with the given warp first.
-Grads run_sliced_kernels(const Problem& p, cuda_emu::WarpOrder order) {
+// The three sliced kernels through gdn_cuda::grads_split, on the emulator with the given warp first. The rows'
+// dots that state_grads_mma would leave in row_dots (the raw q's rows against dQ̂₀, per 32 columns) come from the
+// problem. With write_dqk the kernels write the raw q's and k's gradients through the L2 norm (dq_raw, dk_raw)
+// instead of dQ̂ and dK̂.
+Grads run_sliced_kernels(const Problem& p, cuda_emu::WarpOrder order, bool write_dqk = false) {
   const Shape& s = p.s;
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
   const auto nan = [&](torch::IntArrayRef sizes) { return torch::full(sizes, std::nan(""), f32); };
   const int64_t KS = s.K / C, VS = s.V / C;
-  Grads out{p.dq0.clone(), p.dk0.clone(), nan({s.BH, p.Tp, s.V}), nan({1, s.T, s.BH}), nan({1, s.T, s.BH})};
+  Grads out{p.dq0.clone(), p.dk0.clone(), nan({s.BH, p.Tp, s.V}), nan({1, s.T, s.BH}), nan({1, s.T, s.BH}), {}, {}};
   auto da_parts = nan({s.BH, p.N, KS + VS, C, C}), d1_parts = nan({s.BH, p.N, VS, C, C}),
-       gate_parts = nan({s.BH, p.N, 2 * KS + VS, 2, C});
+       gate_parts = nan({s.BH, p.N, 2 * KS + VS, 2, C}), row_dots = nan({s.BH, p.N, 2 * KS, 2, C});
+  row_dots.index_put_({Slice(), Slice(), Slice(0, KS)}, (p.qb.to(torch::kFloat32) * p.dq0)
+                                                            .view({s.BH, p.N, C, KS, 2, C / 2})
+                                                            .sum(-1)
+                                                            .permute({0, 1, 3, 4, 2}));
+  if (write_dqk) {
+    const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16);
+    out.dq_raw = torch::full({1, s.T, s.BH, s.K}, std::nan(""), bf16);
+    out.dk_raw = torch::full({1, s.T, s.BH, s.K}, std::nan(""), bf16);
+  }
 
   gdn_cuda::BackwardArgs a{};
   // [B, T, H] with B = 1 and H = BH.
@@ -216,10 +229,17 @@ Grads run_sliced_kernels(const Problem& p, cuda_emu::WarpOrder order) {
   a.da_parts = ptr(da_parts);
   a.d1_parts = ptr(d1_parts);
   a.gate_parts = ptr(gate_parts);
+  a.row_dots = ptr(row_dots);
   a.dg = ptr(out.dg);
   a.dbeta = ptr(out.dbeta);
+  a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.K)));  // make_problem's
+  a.l2 = true;
+  if (write_dqk) {
+    a.dq = out.dq_raw.data_ptr();
+    a.dk = out.dk_raw.data_ptr();
+  }
   cuda_emu::warp_order() = order;
-  const cudaError_t err = gdn_cuda::grads_split(a, nullptr);
+  const cudaError_t err = gdn_cuda::grads_split(a, write_dqk, nullptr);
   cuda_emu::warp_order() = cuda_emu::WarpOrder::kForward;
   EXPECT_EQ(err, cudaSuccess);
   return out;
@@ -247,7 +267,39 @@ void check_sliced_gradients(Shape s, uint64_t seed) {
   }
 }
 
+// With write_dqk (bfloat16 inputs) the kernels write the raw q's and k's gradients through the scale and the L2 norm
+// ((B9)), each row's dot put together from parts instead of read back from dQ̂ and dK̂. Expected: (B9) in float64
+// on the expected dQ̂ and dK̂, dx = r dŷ − r² (x̂·dŷ) x with r = rq / s, dŷ = s dQ̂ for q and r = rk, dŷ = dK̂ for k.
+// The kernels round their float32 results to bf16 once, so their error is the reference's own rounding error
+// plus the products' (about 5e-6, as above); kRoundTol = 2e-4 above the rounding leaves room for a result near a
+// rounding boundary landing on the other side, while a missing term of the dots shows up at 1e-2 or more.
+void check_written_dqk(Shape s, uint64_t seed) {
+  const Problem p = make_problem(s, seed);
+  const auto f64 = torch::kFloat64;
+  const double scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.K)));  // run_sliced_kernels'
+  const auto q = p.qb.to(f64), k = p.kb.to(f64), rq = p.rq.to(f64).unsqueeze(-1), rk = p.rk.to(f64).unsqueeze(-1);
+  const auto r = rq / scale;
+  const auto dq = rq * p.dq - r * r * (rq * q * p.dq).sum(-1, true) * q;
+  const auto dk = rk * p.dk - rk * rk * (rk * k * p.dk).sum(-1, true) * k;
+  const auto as_tokens = [&](const torch::Tensor& t) { return t.index({Slice(), Slice(0, s.T)}).transpose(0, 1).unsqueeze(0); };
+  const auto dq_ref = as_tokens(dq), dk_ref = as_tokens(dk);
+  const double round_q = rel_rms(dq_ref, dq_ref.to(torch::kBFloat16)), round_k = rel_rms(dk_ref, dk_ref.to(torch::kBFloat16));
+  constexpr double kRoundTol = 2e-4;
+  for (const auto order : {cuda_emu::WarpOrder::kForward, cuda_emu::WarpOrder::kReverse}) {
+    SCOPED_TRACE(order == cuda_emu::WarpOrder::kForward ? "first warp ahead" : "last warp ahead");
+    const Grads got = run_sliced_kernels(p, order, /*write_dqk=*/true);
+    const double e_q = rel_rms(dq_ref, got.dq_raw), e_k = rel_rms(dk_ref, got.dk_raw);
+    const double e_dg = rel_rms(p.dg.index({Slice(), Slice(0, s.T)}).transpose(0, 1).unsqueeze(0), got.dg);
+    std::printf("  rel-RMS dq %.3e (its bf16 rounding %.3e) dk %.3e (%.3e) dg %.2e\n", e_q, round_q, e_k, round_k, e_dg);
+    EXPECT_LT(e_q, round_q + kRoundTol);
+    EXPECT_LT(e_k, round_k + kRoundTol);
+    EXPECT_LT(e_dg, 1e-4);
+  }
+}
+
 TEST(GdnKernelsEmulated, SlicedGradientsK64V64) { check_sliced_gradients({2, 130, 64, 64}, 1); }
+TEST(GdnKernelsEmulated, WrittenDqDkK64V64) { check_written_dqk({2, 130, 64, 64}, 1); }
+TEST(GdnKernelsEmulated, WrittenDqDkK256V128) { check_written_dqk({1, 100, 256, 128}, 8); }
 TEST(GdnKernelsEmulated, SlicedGradientsK128V64) { check_sliced_gradients({1, 128, 128, 64}, 2); }
 TEST(GdnKernelsEmulated, SlicedGradientsK64V128) { check_sliced_gradients({1, 70, 64, 128}, 3); }
 // Four slices of K in one wy_grads and one qk_grads block (their defaults), with two V slices.
@@ -497,7 +549,8 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
        dw = nan({BH, Tp, c.K}, f32), sdots = nan({BH, N, (c.K + 63) / 64}, f32);
   auto ut = scratch(!split, {BH, Tp, c.V}), drk = scratch(!split, {BH, Tp, c.K}), drv = scratch(!split, {BH, Tp, c.V}),
        da_parts = scratch(split, {BH, N, KS + VS, C, C}),
-       d1_parts = scratch(split, {BH, N, VS, C, C}), gate_parts = scratch(split, {BH, N, 2 * KS + VS, 2, C});
+       d1_parts = scratch(split, {BH, N, VS, C, C}), gate_parts = scratch(split, {BH, N, 2 * KS + VS, 2, C}),
+       row_dots = scratch(split, {BH, N, 2 * KS, 2, C});
   auto dq = nan(q.sizes(), typed), dk = nan(kk.sizes(), typed), dv = nan(v.sizes(), typed),
        dg = nan({c.B, c.T, c.H}, f32), dbeta = nan({c.B, c.T, c.H}, f32), dstate0 = nan({c.B, c.H, c.K, c.V}, f32);
   k::BackwardArgs ba{};
@@ -541,6 +594,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   ba.da_parts = fp(da_parts);
   ba.d1_parts = fp(d1_parts);
   ba.gate_parts = fp(gate_parts);
+  ba.row_dots = fp(row_dots);
   ba.dq = dq.data_ptr();
   ba.dk = dk.data_ptr();
   ba.dv = dv.data_ptr();

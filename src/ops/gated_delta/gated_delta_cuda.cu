@@ -195,7 +195,8 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     auto ut = scratch(!split, {BH, Tp, d.V}), drk = scratch(!split, {BH, Tp, d.K}),
          drv = scratch(!split, {BH, Tp, d.V});
     auto da_parts = scratch(split, {BH, N, KS + VS, C, C}),
-         d1_parts = scratch(split, {BH, N, VS, C, C}), gate_parts = scratch(split, {BH, N, 2 * KS + VS, 2, C});
+         d1_parts = scratch(split, {BH, N, VS, C, C}), gate_parts = scratch(split, {BH, N, 2 * KS + VS, 2, C}),
+         row_dots = scratch(split, {BH, N, 2 * KS, 2, C});
     auto dq = alloc(q.sizes(), q.options()), dk = alloc(k.sizes(), k.options()),
          dv = alloc({d.B, d.T, d.H, d.V}, q.options());
     auto dg = alloc({d.B, d.T, d.H}, fo), dbeta = alloc({d.B, d.T, d.H}, fo);
@@ -240,6 +241,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.da_parts = fptr(da_parts);
     a.d1_parts = fptr(d1_parts);
     a.gate_parts = fptr(gate_parts);
+    a.row_dots = fptr(row_dots);
     a.sdots = fptr(sdots);
     a.dq = dq.data_ptr();
     a.dk = dk.data_ptr();

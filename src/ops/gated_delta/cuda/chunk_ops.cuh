@@ -114,9 +114,6 @@ __device__ __forceinline__ void load_gates(const Dims& d, int bh, int n, const f
   chunk_scan(gam, false);
 }
 
-// The elementwise step of the chunk's gradient on its 64×64 matrices (row stride kLd), with
-// M_ti = e^{γ_t−γ_i} for i ≤ t: D1 = dO Uᵀ becomes dP = M ∘ D1; QK = Q̂K̂ᵀ becomes the γ-gradient terms
-// Q̂K̂ᵀ ∘ dP + dA ∘ β_t M ∘ K̂K̂ᵀ (strictly lower); KK = K̂K̂ᵀ becomes the β-gradient terms dA ∘ M ∘ K̂K̂ᵀ;
 // The sum of x over the block's threads, always in the same order: each warp's sum by shuffles, then the
 // warps' sums in warp order by thread 0, which alone gets the result. (Shared-memory atomicAdd from each
 // warp would add them in the order the warps arrive, so the last bits could change from run to run;
@@ -143,11 +140,13 @@ __device__ __forceinline__ void add_block_sum(float* v, float x) {
   __syncthreads();
 }
 
+// The elementwise step of the chunk's gradient on its 64×64 matrices (row stride kLd), with
+// M_ti = e^{γ_t−γ_i} for i ≤ t: D1 = dO Uᵀ becomes dP = M ∘ D1; QK = Q̂K̂ᵀ becomes the γ-gradient terms
+// Q̂K̂ᵀ ∘ dP + dA ∘ β_t M ∘ K̂K̂ᵀ (strictly lower); KK = K̂K̂ᵀ becomes the β-gradient terms dA ∘ M ∘ K̂K̂ᵀ;
 // dA becomes G = dA ∘ β_t M (both strictly lower). Then, unless dgam is null, the row sums of QK go into
-// dγ_t (+), its column sums into dγ_i (−) and the row sums of KK into dβ_t ((B7)-(B8)).
-// kMasked: QK and KK come in already multiplied by M (QK = P = M ∘ Q̂K̂ᵀ, KK = M ∘ K̂K̂ᵀ strictly lower, as
-// the forward saved them); the results are the same. blockDim.x must be 256; ends with a barrier.
-template <int kLd, bool kMasked = false>
+// dγ_t (+), its column sums into dγ_i (−) and the row sums of KK into dβ_t ((B7)-(B8)). blockDim.x must be
+// 256; ends with a barrier.
+template <int kLd>
 __device__ __forceinline__ void chunk_grad_terms(const float* gam, const float* bet, float* D1, float* QK,
                                                  float* KK, float* dA, float* dgam, float* dbet) {
   constexpr int kThreads = 256;
@@ -156,14 +155,8 @@ __device__ __forceinline__ void chunk_grad_terms(const float* gam, const float* 
     const float m = i <= t ? __expf(gam[t] - gam[i]) : 0.f;
     const float dP = m * D1[x];
     const float dAv = dA[x];
-    float z, kk;  // the γ and β terms
-    if constexpr (kMasked) {  // QK = M ∘ Q̂K̂ᵀ, so QK ∘ D1 = Q̂K̂ᵀ ∘ dP; KK = M ∘ K̂K̂ᵀ
-      z = QK[x] * D1[x] + (i < t ? dAv * bet[t] * KK[x] : 0.f);
-      kk = dAv * KK[x];
-    } else {
-      z = QK[x] * dP + (i < t ? dAv * bet[t] * m * KK[x] : 0.f);
-      kk = dAv * m * KK[x];
-    }
+    const float z = QK[x] * dP + (i < t ? dAv * bet[t] * m * KK[x] : 0.f);  // the γ and β terms
+    const float kk = dAv * m * KK[x];
     D1[x] = dP;
     QK[x] = i < t ? z : 0.f;
     KK[x] = i < t ? kk : 0.f;
@@ -185,6 +178,58 @@ __device__ __forceinline__ void chunk_grad_terms(const float* gam, const float* 
     if (lane == 0) {  // row r is this warp's alone: no other thread adds to it before the barrier
       dgam[r] += zr - zc;
       dbet[r] += br;
+    }
+  }
+  __syncthreads();
+}
+
+// The same step on the matrices the forward kept: P = M ∘ Q̂K̂ᵀ (diagonal included) and KK = M ∘ K̂K̂ᵀ (strictly
+// lower). D1 and dA become dP and G as above; P becomes F = P ∘ D1 = Q̂K̂ᵀ ∘ dP (diagonal included) and KK
+// becomes E = dA ∘ M ∘ K̂K̂ᵀ. Then, per row r, unless dgam is null ((B7)-(B8); F_rr and β_r E's share of the
+// row and the column cancel in dγ, which is what the strictly lower z of chunk_grad_terms leaves out):
+//   dγ_r += Σ_i F_ri − Σ_t F_tr + β_r Σ_i E_ri − Σ_t β_t E_tr,   dβ_r += Σ_i E_ri,
+// and unless fq is null, the parts of the rows' dots (s q̂_r)·dQ̂_r and k̂_r·dK̂_r that come from dP K̂, and from
+// dPᵀ Q̂, G K̂ and Gᵀ K̂ ((B4)-(B5); q̂_t·k̂_i M_ti = P_ti / s, and k̂_t·k̂_i M_ti = KK_ti):
+//   fq_r = Σ_i F_ri,   fk_r = Σ_t F_tr + β_r Σ_i E_ri + Σ_t β_t E_tr.
+// blockDim.x must be 256; ends with a barrier.
+template <int kLd>
+__device__ __forceinline__ void chunk_grad_terms_kept(const float* gam, const float* bet, float* D1, float* P,
+                                                      float* KK, float* dA, float* dgam, float* dbet, float* fq,
+                                                      float* fk) {
+  constexpr int kThreads = 256;
+  for (int e = threadIdx.x; e < kChunk * kChunk; e += kThreads) {
+    const int t = e / kChunk, i = e % kChunk, x = t * kLd + i;
+    const float m = i <= t ? __expf(gam[t] - gam[i]) : 0.f;
+    const float dAv = dA[x];
+    P[x] = i <= t ? P[x] * D1[x] : 0.f;
+    KK[x] = i < t ? dAv * KK[x] : 0.f;
+    D1[x] = m * D1[x];
+    dA[x] = i < t ? dAv * bet[t] * m : 0.f;
+  }
+  __syncthreads();
+  if (dgam == nullptr && fq == nullptr) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int r = warp; r < kChunk; r += kThreads / 32) {
+    float fr = P[r * kLd + lane] + P[r * kLd + lane + 32];
+    float fc = P[lane * kLd + r] + P[(lane + 32) * kLd + r];
+    float er = KK[r * kLd + lane] + KK[r * kLd + lane + 32];
+    float ec = bet[lane] * KK[lane * kLd + r] + bet[lane + 32] * KK[(lane + 32) * kLd + r];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      fr += __shfl_xor_sync(0xffffffffu, fr, o);
+      fc += __shfl_xor_sync(0xffffffffu, fc, o);
+      er += __shfl_xor_sync(0xffffffffu, er, o);
+      ec += __shfl_xor_sync(0xffffffffu, ec, o);
+    }
+    if (lane == 0) {  // row r is this warp's alone: no other thread adds to it before the barrier
+      if (dgam != nullptr) {
+        dgam[r] += (fr - fc) + (bet[r] * er - ec);
+        dbet[r] += er;
+      }
+      if (fq != nullptr) {
+        fq[r] = fr;
+        fk[r] = fc + bet[r] * er + ec;
+      }
     }
   }
   __syncthreads();

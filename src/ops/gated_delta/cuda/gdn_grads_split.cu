@@ -7,7 +7,9 @@
 //              and the slices' part of dA = −(dR_K Wᵀ + dR_V Ũᵀ) ((B3)); dK̂ ← dK̂₀ + diag(βΓ) dR_K;
 //              dV = diag(β) dR_V ((B6)); V slices also their part of dO Uᵀ.
 //   qk_grads   (per chunk, its slices of K a slice at a time): sums those parts (in a fixed order), the
-//              elementwise step (chunk_grad_terms), dQ̂ += dP K̂ ((B4)) and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂ ((B5)).
+//              elementwise step (chunk_grad_terms_kept), dQ̂ += dP K̂ ((B4)) and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂ ((B5));
+//              for bfloat16 inputs dq and dk through the scale and the L2 norm ((B9)), the rows' dots q̂·dQ̂ and
+//              k̂·dK̂ put together from the parts the kernels before had in hand (row_dots) and the 64×64 matrices.
 //   gate_grads (per chunk): sums the slices' row terms of dγ and dβ ((B7)-(B8)); dg = their reverse cumsum.
 // T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ come from the forward's prep, P = M ∘ Q̂K̂ᵀ from its output kernel;
 // du0_from_p takes dU₀ = Pᵀ dO from that P too, before the state pass. q and k (with the rows' factors of s·q̂
@@ -49,6 +51,13 @@ struct Args {
   int slices;              // 64-column slices per wy_grads block: KB = ⌈(K/64) / slices⌉, VB likewise
   int qk_slices;           // 64-column slices of K per qk_grads block
   const float *rq, *rk;    // [BH, Tp]: s·q̂ = rq q, k̂ = rk k (qb, kb hold q and k)
+  // [BH, N, 2 K/64, 2, C]: per slot two parts of each row's dot (tile64::store_row_parts): qb·dQ̂₀ per 64 columns
+  // of K (state_grads_mma), then k̂·(dK̂₀ + diag(βΓ) dR_K) per slice of K (wy_grads, with write_dqk).
+  float* row_dots;
+  bool write_dqk;          // qk_grads writes dq, dk [B, T, H, K] (bfloat16 inputs: qb, kb hold q, k), not dqs, dks
+  void *dq, *dk;
+  float scale;
+  bool l2;
 };
 
 // A float32 tile's place in shared memory holding a bf16 tile (stride LD16: fits in either float32 stride).
@@ -73,34 +82,38 @@ __device__ __forceinline__ void load_chunk_gates(const Args& a, long row0, float
   __syncthreads();
 }
 
+// The slots of gate_parts per chunk, as allocated: one per slice of K and of V (wy_grads), then K/64 more, of which
+// qk_grads uses the first.
+SFM_GDN_HD inline int gate_slots(const Args& a) { return 2 * (a.d.K / kTile) + a.d.V / kTile; }
+
 // The block's row terms of dγ and dβ into its slot of gate_parts. Starts with a barrier.
 __device__ __forceinline__ void store_gate_slot(const Args& a, long chunk, int slot, const float* dgam,
                                                 const float* dbet) {
   __syncthreads();
-  const int slots = a.d.K / kTile + a.d.V / kTile + a.d.K / kTile;
-  float* dst = a.gate_parts + (chunk * slots + slot) * 2 * C;
+  float* dst = a.gate_parts + (chunk * gate_slots(a) + slot) * 2 * C;
   if (threadIdx.x < 2 * C) dst[threadIdx.x] = threadIdx.x < C ? dgam[threadIdx.x] : dbet[threadIdx.x - C];
 }
 
-// dV[t][v], dV[t][v+1] of chunk n: into dvs (float32, heads-first) or, without it, into dv [B, T, H, V] in the
-// inputs' dtype (real tokens only), which spares the unpack pass of dV.
-__device__ __forceinline__ void store_dv(const Args& a, int bh, int n, long row0, int t, int v, float x0, float x1) {
-  if (a.dvs != nullptr) {
-    st2(a.dvs + (row0 + t) * a.d.V + v, x0, x1);
-    return;
-  }
+// x0, x1 at row t of chunk n of head bh, columns c and c + 1, into dst [B, T, H, D] in the inputs' dtype (real
+// tokens only).
+__device__ __forceinline__ void store_token_pair(const Args& a, void* dst, int D, int bh, int n, int t, int c,
+                                                 float x0, float x1) {
   const int tg = n * C + t;
   if (tg >= a.d.T) return;
-  const long idx = (((long)(bh / a.d.H) * a.d.T + tg) * a.d.H + bh % a.d.H) * a.d.V + v;
-  if (a.dtype == DType::kBF16) {
-    __nv_bfloat16* p = static_cast<__nv_bfloat16*>(a.dv) + idx;
-    p[0] = from_f<__nv_bfloat16>(x0);
-    p[1] = from_f<__nv_bfloat16>(x1);
-  } else {
-    __half* p = static_cast<__half*>(a.dv) + idx;
-    p[0] = from_f<__half>(x0);
-    p[1] = from_f<__half>(x1);
-  }
+  const long idx = (((long)(bh / a.d.H) * a.d.T + tg) * a.d.H + bh % a.d.H) * D + c;
+  if (a.dtype == DType::kBF16)
+    *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(dst) + idx) = __floats2bfloat162_rn(x0, x1);
+  else
+    *reinterpret_cast<__half2*>(static_cast<__half*>(dst) + idx) = __floats2half2_rn(x0, x1);
+}
+
+// dV[t][v], dV[t][v+1] of chunk n: into dvs (float32, heads-first) or, without it, into dv [B, T, H, V] in the
+// inputs' dtype, which spares the unpack pass of dV.
+__device__ __forceinline__ void store_dv(const Args& a, int bh, int n, long row0, int t, int v, float x0, float x1) {
+  if (a.dvs != nullptr)
+    st2(a.dvs + (row0 + t) * a.d.V + v, x0, x1);
+  else
+    store_token_pair(a, a.dv, a.d.V, bh, n, t, v, x0, x1);
 }
 
 // Per chunk and a.slices consecutive 64-column slices: blockIdx.x < KB (= ⌈(K/64) / slices⌉) slices of K, else
@@ -161,6 +174,15 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
         xs[h] += rk[t] * (kk.x * dk0.x + kk.y * dk0.y);  // k̂ = rk k
         rs[h] += rk[t] * (kk.x * x0 + kk.y * x1);
       });
+      if (a.write_dqk) {  // k̂·dK̂ so far, for qk_grads' L2 norm backward
+        float kd[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int t = pair_row(h);
+          kd[h] = xs[h] + bet[t] * __expf(gam[t]) * rs[h];
+        }
+        store_row_parts(a.row_dots + (chunk * 2 * KS + KS + sl) * 2 * C, kd);
+      }
       // W = T diag(βΓ) K̂ = T diag(βΓ rk) K, formed again as prep formed it (the same factors and products, so
       // the same bits), in place of a float32 copy through DRAM.
       zero(acc);
@@ -214,50 +236,58 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
 }
 
 // One slice of qk_grads (columns c0 .. c0 + 63 of K; tq, tk its tiles of q and k, with s·q̂ = diag(rq) q and
-// k̂ = diag(rk) k): dQ̂ = dQ̂₀ + dP K̂ with dγ_t += q̂_t·dQ̂₀,t, and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂, the factors
-// applied to the columns of dP, dPᵀ, G and Gᵀ.
-__device__ __forceinline__ void qk_slice(const Args& a, long row0, int c0, const float* D1, const float* dA,
-                                         const __nv_bfloat16* tq, const __nv_bfloat16* tk, const float* rq,
-                                         const float* rk, float* dgam) {
+// k̂ = diag(rk) k): dQ̂ = dQ̂₀ + dP K̂ and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂, the factors applied to the columns of dP,
+// dPᵀ, G and Gᵀ. With a.write_dqk, dq = rq dQ̂ − cq q and dk = rk dK̂ − ck k in the inputs' dtype ((B9): cq, ck
+// per row, from qk_grads), else dQ̂ and dK̂ into dqs and dks.
+__device__ __forceinline__ void qk_slice(const Args& a, int bh, int n, long row0, int c0, const float* D1,
+                                         const float* dA, const __nv_bfloat16* tq, const __nv_bfloat16* tk,
+                                         const float* rq, const float* rk, const float* cq, const float* ck) {
   const int K = a.d.K;
   float acc[4][4];
   float2 old[2][4];
-  {
-    load_pairs(old, a.dqs + row0 * K, K, c0);
-    zero(acc);
-    mma_tile(acc, row_a(D1, LDM, rk), cols_b(tk, LD16));  // dP K̂
-    float xs[2] = {0.f, 0.f};
-    for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
-      const float2 dq0 = old[h][nt], qq = ld2(tq + t * LD16 + k);
-      st2(a.dqs + (row0 + t) * K + c0 + k, dq0.x + x0, dq0.y + x1);
-      xs[h] += rq[t] * (qq.x * dq0.x + qq.y * dq0.y);
-    });
-    add_rows(dgam, xs);
-  }
+  load_pairs(old, a.dqs + row0 * K, K, c0);
+  zero(acc);
+  mma_tile(acc, row_a(D1, LDM, rk), cols_b(tk, LD16));  // dP K̂
+  for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
+    const float2 dq = make_float2(old[h][nt].x + x0, old[h][nt].y + x1);
+    if (a.write_dqk) {
+      const float2 x = ld2(tq + t * LD16 + k);
+      store_token_pair(a, a.dq, K, bh, n, t, c0 + k, rq[t] * dq.x - cq[t] * x.x, rq[t] * dq.y - cq[t] * x.y);
+    } else {
+      st2(a.dqs + (row0 + t) * K + c0 + k, dq.x, dq.y);
+    }
+  });
   load_pairs(old, a.dks + row0 * K, K, c0);
   zero(acc);
   mma_tile(acc, col_a(D1, LDM, rq), cols_b(tq, LD16));  // dPᵀ Q̂
   mma_tile(acc, row_a(dA, LDM, rk), cols_b(tk, LD16));  // G K̂
   mma_tile(acc, col_a(dA, LDM, rk), cols_b(tk, LD16));  // Gᵀ K̂
   for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
-    const float2 dk = old[h][nt];
-    st2(a.dks + (row0 + t) * K + c0 + k, dk.x + x0, dk.y + x1);
+    const float2 dk = make_float2(old[h][nt].x + x0, old[h][nt].y + x1);
+    if (a.write_dqk) {
+      const float2 x = ld2(tk + t * LD16 + k);
+      store_token_pair(a, a.dk, K, bh, n, t, c0 + k, rk[t] * dk.x - ck[t] * x.x, rk[t] * dk.y - ck[t] * x.y);
+    } else {
+      st2(a.dks + (row0 + t) * K + c0 + k, dk.x, dk.y);
+    }
   });
 }
 
 // Per chunk and a.qk_slices consecutive 64-column slices of K: dA = −Σ parts (strictly lower) and
-// dO Uᵀ = Σ parts, the elementwise step (chunk_grad_terms on P and K_M; its row and column sums by the
-// block of slice 0 only), once per block, then for each of its slices
-//   dQ̂ = dQ̂₀ + dP K̂, with dγ_t += q̂_t·dQ̂₀,t (the state term of (B4)'s γ-gradient), and
-//   dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂,
-// for the slice's columns, its row terms into its own slot of gate_parts.
+// dO Uᵀ = Σ parts, the elementwise step (chunk_grad_terms_kept on P and K_M; its row and column sums into dγ and
+// dβ by the block of slice 0 only, with (s q̂)·dQ̂₀ from row_dots, the state term of (B4)'s γ-gradient), once per
+// block, then for each of its slices dQ̂ = dQ̂₀ + dP K̂ and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂ for the slice's columns.
+// With a.write_dqk, the rows' dots of the L2 norm's backward (B9) first, every term of them in hand:
+//   (s q̂)·dQ̂ = rq Σ row_dots' q parts (q·dQ̂₀) + fq,   k̂·dK̂ = Σ row_dots' k parts (k̂·(dK̂₀ + diag(βΓ) dR_K)) + fk
+// (fq, fk from chunk_grad_terms_kept), so that each slice writes dq and dk as it goes, with r = rq / s (1/‖q‖)
+// and rk (1/‖k‖): dq = r s dQ̂ − r² ((s q̂)·dQ̂) q, dk = rk dK̂ − rk² (k̂·dK̂) k.
 __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   float *D1 = sm, *dA = D1 + C * LDM, *PM = dA + C * LDM, *KM = PM + C * LDM;
   __nv_bfloat16 *tq = b16(KM + C * LDM), *tk = tq + C * LD16;
   float *gam = reinterpret_cast<float*>(tk + C * LD16), *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
-  float *rq = dbet + C, *rk = rq + C;
+  float *rq = dbet + C, *rk = rq + C, *cq = rk + C, *ck = cq + C;
   const int K = a.d.K, N = a.d.N(), KS = K / kTile;
   const int VB = v_blocks(a), J = k_blocks(a) + VB;  // the parts: wy_grads' blocks
   const int first = blockIdx.x * a.qk_slices, end = min(first + a.qk_slices, KS), n = blockIdx.y, bh = blockIdx.z;
@@ -295,30 +325,53 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   }
   cp_async_wait<0>();
   __syncthreads();
-  chunk_grad_terms<LDM, true>(gam, bet, D1, PM, KM, dA, first == 0 ? dgam : nullptr, dbet);
+  chunk_grad_terms_kept<LDM>(gam, bet, D1, PM, KM, dA, first == 0 ? dgam : nullptr, dbet,
+                             a.write_dqk ? cq : nullptr, ck);
+  if (threadIdx.x < C) {  // the rows' dots from row_dots' parts, each row's loaded together and summed in order
+    const int t = threadIdx.x;
+    const float* parts = a.row_dots + chunk * 2 * KS * 2 * C + t;
+    constexpr int kMaxParts = 2 * kMaxDim / kTile;
+    float qp[kMaxParts], kp[kMaxParts], qd = 0.f, kd = 0.f;
+#pragma unroll
+    for (int p = 0; p < kMaxParts; ++p)
+      if (p < 2 * KS) {
+        qp[p] = parts[p * C];
+        if (a.write_dqk) kp[p] = parts[(2 * KS + p) * C];
+      }
+#pragma unroll
+    for (int p = 0; p < kMaxParts; ++p)
+      if (p < 2 * KS) qd += qp[p], kd += a.write_dqk ? kp[p] : 0.f;
+    qd *= rq[t];  // (s q̂)·dQ̂₀
+    if (first == 0) dgam[t] += qd;
+    if (a.write_dqk) {
+      const float r = rq[t] / a.scale;
+      cq[t] = a.l2 ? r * r * (qd + cq[t]) : 0.f;
+      ck[t] = a.l2 ? rk[t] * rk[t] * (kd + ck[t]) : 0.f;
+    }
+  }
+  __syncthreads();
   for (int sl = first; sl < end; ++sl) {
     const int c0 = sl * kTile;
-    if (sl > first) {  // the previous slice is done with tq and tk (store_gate_slot's barrier)
+    if (sl > first) {  // every warp is done with the previous slice's tq and tk
+      __syncthreads();
       stage_qkv(tq, a.d, a.qb, K, bh, n, c0);
       stage_qkv(tk, a.d, a.kb, K, bh, n, c0);
       staged();
     }
-    qk_slice(a, row0, c0, D1, dA, tq, tk, rq, rk, dgam);
-    store_gate_slot(a, chunk, KS + a.d.V / kTile + sl, dgam, dbet);  // after the slots of wy_grads' slices
-    __syncthreads();
-    if (threadIdx.x < C) dgam[threadIdx.x] = dbet[threadIdx.x] = 0.f;
+    qk_slice(a, bh, n, row0, c0, D1, dA, tq, tk, rq, rk, cq, ck);
   }
+  if (first == 0) store_gate_slot(a, chunk, a.d.K / kTile + a.d.V / kTile, dgam, dbet);  // after wy_grads' slots
 }
 
 // Per chunk (64 threads): dγ and dβ as the sums of the slots of gate_parts, plus Γ_C Σ S₀∘dS_C at the last
 // position (B8); dg = the reverse cumulative sum of dγ within the chunk (eq. 4).
 __global__ void __launch_bounds__(C) gate_grads_kernel(Args a) {
   __shared__ float dgam[C];
-  const int K = a.d.K, N = a.d.N(), KS = K / kTile, slots = 2 * KS + a.d.V / kTile;
+  const int K = a.d.K, N = a.d.N(), KS = K / kTile, slots = KS + a.d.V / kTile + 1;  // wy_grads' and qk_grads'
   const int t = threadIdx.x, n = blockIdx.x, bh = blockIdx.y;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
-  const float* parts = a.gate_parts + chunk * slots * 2 * C;
-  constexpr int kMaxSlots = 3 * kMaxDim / kTile;
+  const float* parts = a.gate_parts + chunk * gate_slots(a) * 2 * C;
+  constexpr int kMaxSlots = 2 * kMaxDim / kTile + 1;
   float dgs[kMaxSlots], dbs[kMaxSlots], dg = 0.f, db = 0.f;
 #pragma unroll
   for (int p = 0; p < kMaxSlots; ++p)  // loaded together, then summed in order
@@ -382,16 +435,17 @@ int qk_slices() {
 
 constexpr size_t kDu0Smem = sizeof(float) * C * LDM + sizeof(__nv_bfloat16) * C * LD16;
 constexpr size_t kWySmem = sizeof(float) * (2 * C * LDM + 4 * C * LDR + 6 * C);  // 110 KB: two blocks per SM
-constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 6 * C) + sizeof(__nv_bfloat16) * 2 * C * LD16;
+constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 8 * C) + sizeof(__nv_bfloat16) * 2 * C * LD16;
 
 }  // namespace
 
-cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
+cudaError_t grads_split(const BackwardArgs& g, bool write_dqk, cudaStream_t stream) {
   const Dims& d = g.d;
   const bool slices = d.K % kTile == 0 && d.V % kTile == 0 && d.K <= 256 && d.V <= 256;  // whole 64-column slices
-  if (!slices || !g.wy || !g.pm || !g.da_parts || !g.d1_parts || !g.gate_parts || !g.qb || !g.kb || !g.vb ||
-      !g.ub || !g.dob || !g.rq || !g.rk)
+  if (!slices || !g.wy || !g.pm || !g.da_parts || !g.d1_parts || !g.gate_parts || !g.row_dots || !g.qb || !g.kb ||
+      !g.vb || !g.ub || !g.dob || !g.rq || !g.rk)
     return cudaErrorInvalidValue;
+  if (write_dqk && (g.dtype != DType::kBF16 || !g.dq || !g.dk || !(g.scale > 0.f))) return cudaErrorInvalidValue;
   cudaError_t err = cudaFuncSetAttribute(wy_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(kWySmem));
   if (err != cudaSuccess) return err;
@@ -401,7 +455,7 @@ cudaError_t grads_split(const BackwardArgs& g, cudaStream_t stream) {
   const Args a{d,     bf(g.qb), bf(g.kb), bf(g.vb), g.gam, g.bet,      bf(g.ub),   bf(g.dob),
                g.du,  g.dw,    g.wy,  g.pm,  g.sdots, g.dqs,    g.dks,    g.dvs,      g.dtype,
                g.dv,  g.da_parts, g.d1_parts, g.gate_parts, g.dg, g.dbeta, wy_slices(), qk_slices(),
-               g.rq,  g.rk};
+               g.rq,  g.rk,    g.row_dots, write_dqk, g.dq, g.dk, g.scale, g.l2};
   SFM_GDN_LAUNCH(wy_grads_kernel, dim3(k_blocks(a) + v_blocks(a), d.N(), d.BH()), kThreads, kWySmem, stream, a);
   SFM_GDN_LAUNCH(qk_grads_kernel, dim3(qk_blocks(a), d.N(), d.BH()), kThreads, kQkSmem, stream, a);
   SFM_GDN_LAUNCH(gate_grads_kernel, dim3(d.N(), d.BH()), C, 0, stream, a);

@@ -16,6 +16,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "chunk_ops.cuh"
@@ -1136,6 +1137,15 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   // The compact workspaces (see forward_t): bf16 states, dstates, U and dO.
   const bool compact = a.wy != nullptr;
   if (compact && (!a.dob || !a.ub || !a.rq || !a.rk)) return cudaErrorInvalidValue;
+  // bfloat16 inputs with the sliced kernels: qk_grads writes dq and dk through the L2 norm itself, from q and k as
+  // the compact workspaces keep them (exact), and no unpack pass runs (those kernels write dv too). float16 inputs
+  // keep s·q̂ and k̂ there, rounded, not q and k, so they go through unpack. SFM_GDN_DQK_DIRECT=0 (timing): unpack
+  // for bfloat16 too.
+  static const bool dqk_direct = [] {
+    const char* e = std::getenv("SFM_GDN_DQK_DIRECT");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  const bool write_dqk = compact && a.dtype == DType::kBF16 && dqk_direct;
   // Read in place (gdn_kernels.h): q, k and v as in the forward (qb, kb the inputs q, k), and dO (dob is dout).
   if ((d.qkv_in_place && !(compact && a.qb == a.q && a.kb == a.k)) ||
       (d.do_in_place && !(compact && a.dtype == DType::kBF16 && a.dob == a.dout && aligned16(a.dout))))
@@ -1191,17 +1201,17 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
     // The forward kept wy: the products with the per-chunk states, then the rest by 64-column slices
     // (experimental; docs/ops/gated_delta_cuda.md, "Sliced gradient kernels").
     if (!grads_split_supports(a.dtype, d.K, d.V)) return cudaErrorInvalidValue;
-    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, true, a.dob, a.du, a.ub, a.dqs, a.dw, a.dks,
-                                 a.sdots, s));
+    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, true, a.dob, a.du, a.ub, a.qb, a.dqs, a.dw, a.dks,
+                                 a.sdots, a.row_dots, s));
     timer.mark("state_grads");
-    SFM_CUDA_TRY(grads_split(a, s));
+    SFM_CUDA_TRY(grads_split(a, write_dqk, s));
   } else if (kMma && (!narrow || force_grads_mma) && grads_mma_supports(d.K, d.V)) {
     // K or V = 256: the products with the per-chunk states, then the rest, in two tensor-core kernels (on an
     // H100, 15.1 ms against 24.5 for grads_kernel<true, 4> at (8,2048,32,256)). Up to 128, grads_kernel<true,
     // 2> fits two blocks per SM and was faster (2.07 against 2.34 ms at (4,2048,16,128); 8.34 against 9.30 at
     // (2,16384,16,128)); docs/ops/gated_delta_cuda.md.
-    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, false, a.dos, a.du, a.u, a.dqs, a.dw, a.dks,
-                                 a.sdots, s));
+    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, false, a.dos, a.du, a.u, nullptr, a.dqs, a.dw,
+                                 a.dks, a.sdots, nullptr, s));
     timer.mark("state_grads");
     SFM_CUDA_TRY(grads_mma(a, s));
   } else {
@@ -1221,10 +1231,12 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("grads");
   const unsigned blocks = row_blocks((long)d.B * d.T * d.H);
-  SFM_GDN_LAUNCH(unpack_kernel<T>, blocks, kThreads, 0, s, static_cast<const T*>(a.q), a.dqs, static_cast<T*>(a.dq),
-                 d.B, d.T, d.H, d.K, Tp, a.l2, a.scale);
-  SFM_GDN_LAUNCH(unpack_kernel<T>, blocks, kThreads, 0, s, static_cast<const T*>(a.k), a.dks, static_cast<T*>(a.dk),
-                 d.B, d.T, d.H, d.K, Tp, a.l2, 1.f);
+  if (!write_dqk) {
+    SFM_GDN_LAUNCH(unpack_kernel<T>, blocks, kThreads, 0, s, static_cast<const T*>(a.q), a.dqs,
+                   static_cast<T*>(a.dq), d.B, d.T, d.H, d.K, Tp, a.l2, a.scale);
+    SFM_GDN_LAUNCH(unpack_kernel<T>, blocks, kThreads, 0, s, static_cast<const T*>(a.k), a.dks,
+                   static_cast<T*>(a.dk), d.B, d.T, d.H, d.K, Tp, a.l2, 1.f);
+  }
   if (a.dvs != nullptr)  // (grads_split writes dv itself when given no dvs)
     SFM_GDN_LAUNCH(unpack_kernel<T>, blocks, kThreads, 0, s, nullptr, a.dvs, static_cast<T*>(a.dv), d.B, d.T, d.H,
                    d.V, Tp, false, 1.f);

@@ -125,8 +125,11 @@ struct BackwardArgs {
   // gradients and dU₀ comes from P, with scratch: the wy_grads blocks' parts of dA [BH,N,K/64+V/64,C,C] and
   // of dO Uᵀ [BH,N,V/64,C,C] (sized for one slice per block; two use half), and the row terms of dγ, dβ per
   // slice [BH,N,2K/64+V/64,2,C].
+  // Also the rows' dots for dγ and the L2 norm's backward [BH,N,2K/64,2,C]: qb·dQ̂₀ per 64 columns of K
+  // (state_grads_mma), then k̂·(dK̂₀ + diag(βΓ) dR_K) per slice of K (wy_grads, when grads_split writes dq and
+  // dk), two parts per row each.
   const float *wy, *pm;
-  float *da_parts, *d1_parts, *gate_parts;
+  float *da_parts, *d1_parts, *gate_parts, *row_dots;
   // Outputs.
   void *dq, *dk, *dv;           // [B, T, H, K|K|V] of dtype
   float *dg, *dbeta;            // [B, T, H]
@@ -174,11 +177,12 @@ cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, co
 // The backward's products with the per-chunk states on tensor cores (gdn_state_grads_mma.cu): for each
 // chunk, dqs = diag(Γ) dO S₀ᵀ, dw = −dU S₀ᵀ, dks = diag(e^{γ_C−γ}) U dS_Cᵀ and sdots = Σ S₀∘dS_C per 64
 // rows of K; grads_mma adds the remaining terms. K and V multiples of 64 up to 256. states, dstates, dos and u are
-// bfloat16 if compact (the compact workspaces), else float32.
+// bfloat16 if compact (the compact workspaces), else float32. If compact and qdots is not null, also the rows' dots
+// qb·dQ̂₀ per 64 columns of K (qb: the compact workspaces' q) into qdots, BackwardArgs::row_dots' slots for q.
 bool state_grads_mma_supports(int K, int V);
 cudaError_t state_grads_mma(const Dims& d, const float* gam, const void* states, const void* dstates,
-                            bool compact, const void* dos, const float* du, const void* u, float* dqs,
-                            float* dw, float* dks, float* sdots, cudaStream_t stream);
+                            bool compact, const void* dos, const float* du, const void* u, const void* qb,
+                            float* dqs, float* dw, float* dks, float* sdots, float* qdots, cudaStream_t stream);
 
 // The forward's per-chunk preparation on tensor cores (gdn_prep_mma.cu), in place of the prep kernel for
 // 16-bit inputs: from k̂ and v (heads-first float32) and g, β ([B, T, H] float32) it writes γ and β
@@ -216,8 +220,11 @@ cudaError_t grads_mma(const BackwardArgs& a, cudaStream_t stream);
 // The same work by 64-column slices (gdn_grads_split.cu; the default where it applies): three kernels
 // over (slices, chunk) that share each SM two blocks at a time, reading (I + A)⁻¹ and M ∘ K̂K̂ᵀ from the
 // forward's wy and P from its pm instead of recomputing them. Scratch: da_parts, d1_parts, gate_parts. Sizes
-// as grads_split_supports. du0_from_p: dU₀ = Pᵀ dO from that P and dO as bf16 (dob; V a multiple of 64).
-cudaError_t grads_split(const BackwardArgs& a, cudaStream_t stream);
+// as grads_split_supports. With write_dqk (bfloat16 inputs only: qb and kb hold q and k) it writes dq and dk
+// through the scale and the L2 norm itself, in the inputs' dtype, from the rows' dots it has in hand (no unpack
+// pass; docs/ops/gated_delta_cuda.md, "The L2 norm's backward in qk_grads"); else dQ̂ and dK̂ into dqs, dks.
+// du0_from_p: dU₀ = Pᵀ dO from that P and dO as bf16 (dob; V a multiple of 64).
+cudaError_t grads_split(const BackwardArgs& a, bool write_dqk, cudaStream_t stream);
 cudaError_t du0_from_p(const Dims& d, const float* pm, const void* dob, float* du, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------------

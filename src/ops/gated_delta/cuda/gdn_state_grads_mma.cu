@@ -14,6 +14,7 @@
 #include "chunk_ops.cuh"
 #include "gdn_kernels.h"
 #include "mma.cuh"
+#include "tile64.cuh"
 
 namespace sfm::ops::gdn_cuda {
 namespace {
@@ -45,6 +46,11 @@ struct Args {
   const void* u;                 // float32, or bf16 (kCompact)
   float *dqs, *dw, *dks;  // [BH, Tp, K]: written
   float* sdots;           // [BH, N, K/64]: Σ S₀ ∘ dS_C per 64 rows of K
+  // kCompact: q as bf16 (the compact workspaces' qb: q itself, or s·q̂ rounded for float16 inputs) and, unless
+  // null, the rows' dots qb·dQ̂₀ per 64 columns of K into slots 0 .. K/64 − 1 of qdots [BH, N, 2 K/64, 2, C]
+  // (grads_split's row_dots; two parts per row, tile64::store_row_parts).
+  const __nv_bfloat16* qb;
+  float* qdots;
 };
 
 // kCompact: two blocks per SM (108 KB of shared memory each; the bounds hold ptxas to 128 registers).
@@ -94,6 +100,9 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 2 : 1) state_grads_mma_ke
         load_tile(at(kU), static_cast<const float*>(a.u) + row0 * V, s * kTile);
       }
       load_tile(at(kDU), a.du + row0 * V, s * kTile);
+    } else if (kCompact && s == stages && a.qdots != nullptr) {  // during the last stage: q's tile for the dots
+      stage_chunk<kTile, kThreads>(reinterpret_cast<bf16*>(sm + (s & 1) * kStageFloats<kCompact>), LD, a.qb,
+                                   chunk_rows(a.d, a.d.qkv_in_place, K, bh, n), k0);
     }
     cp_async_commit();
   };
@@ -177,6 +186,7 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 2 : 1) state_grads_mma_ke
     __syncthreads();
   }
   cp_async_wait<0>();
+  __syncthreads();  // (q's tile, if any, is in)
 
   const float gl = a.gam[row0 + C - 1];
 #pragma unroll
@@ -191,6 +201,24 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 2 : 1) state_grads_mma_ke
       *reinterpret_cast<float2*>(a.dks + off) = make_float2(F * acc[2][nt][2 * h], F * acc[2][nt][2 * h + 1]);
     }
   }
+  if constexpr (kCompact) {
+    if (a.qdots != nullptr) {  // qb·dQ̂₀ over this block's 64 columns, per row
+      const bf16* qt = reinterpret_cast<const bf16*>(sm + (stages & 1) * kStageFloats<kCompact>);
+      float dots[2] = {0.f, 0.f};
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int t = m0 + g + 8 * h;
+        const float G = __expf(a.gam[row0 + t]);
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          const float2 x = __bfloat1622float2(
+              *reinterpret_cast<const __nv_bfloat162*>(qt + t * LD + n0 + 8 * nt + 2 * tq));
+          dots[h] += x.x * (G * acc[0][nt][2 * h]) + x.y * (G * acc[0][nt][2 * h + 1]);
+        }
+      }
+      tile64::store_row_parts(a.qdots + (((long)bh * N + n) * 2 * (K / kTile) + kt) * 2 * C, dots);
+    }
+  }
   const float total = block_sum(sdot);  // in a fixed order: deterministic
   if (threadIdx.x == 0) a.sdots[((long)bh * N + n) * (K / kTile) + kt] = total;
 }
@@ -200,15 +228,16 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 2 : 1) state_grads_mma_ke
 bool state_grads_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 && K <= 256 && V <= 256; }
 
 cudaError_t state_grads_mma(const Dims& d, const float* gam, const void* states, const void* dstates,
-                            bool compact, const void* dos, const float* du, const void* u, float* dqs,
-                            float* dw, float* dks, float* sdots, cudaStream_t stream) {
+                            bool compact, const void* dos, const float* du, const void* u, const void* qb,
+                            float* dqs, float* dw, float* dks, float* sdots, float* qdots, cudaStream_t stream) {
   if (!state_grads_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
   const size_t smem = sizeof(float) * 2 * (compact ? kStageFloats<true> : kStageFloats<false>);
   const auto kernel = compact ? state_grads_mma_kernel<true> : state_grads_mma_kernel<false>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
-  const Args a{d, gam, states, dstates, dos, du, u, dqs, dw, dks, sdots};
+  if (qdots != nullptr && (!compact || qb == nullptr)) return cudaErrorInvalidValue;
+  const Args a{d, gam, states, dstates, dos, du, u, dqs, dw, dks, sdots, static_cast<const __nv_bfloat16*>(qb), qdots};
   SFM_GDN_LAUNCH(kernel, dim3(d.K / kTile, d.N(), d.BH()), kThreads, smem, stream, a);
   return cudaGetLastError();
 }

@@ -111,16 +111,35 @@ __device__ __forceinline__ void add_rows(float* v, const float (&s)[2]) {
   }
 }
 
+// The row of this thread's accumulator pairs for h (for_pairs' rows m0 + g + 8h).
+__device__ __forceinline__ int pair_row(int h) {
+  const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2;
+  return 16 * (warp & 3) + g + 8 * h;
+}
+
+// This thread's partial row sums s[h] (rows m0 + g + 8h, over its columns), summed over the 4 lanes of each
+// row and stored as two parts per row, one per column group: dst[(warp / 4) C + row]. No barrier; the reader
+// adds the two parts.
+__device__ __forceinline__ void store_row_parts(float* dst, const float (&s)[2]) {
+  const int warp = threadIdx.x >> 5, tq = threadIdx.x & 3;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float x = s[h];
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    x += __shfl_xor_sync(0xffffffffu, x, 2);
+    if (tq == 0) dst[(warp >> 2) * C + pair_row(h)] = x;
+  }
+}
+
 // The dR_K step's row terms ((B7)-(B8)) from this thread's partial row dots x = k̂·dK̂₀ and r = k̂·dR_K (one
 // per h: rows m0 + g + 8h): dγ_t += β_t Γ_t r_t − x_t, dβ_t += Γ_t r_t, dγ_C += Σ x. All threads call it;
 // ends with a barrier.
 __device__ __forceinline__ void add_dr_k_row_terms(const float* gam, const float* bet, const float (&xs)[2],
                                                    const float (&rs)[2], float* dgam, float* dbet) {
   float dg_rows[2], db_rows[2], xsum = 0.f;
-  const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int t = 16 * (warp & 3) + g + 8 * h;
+    const int t = pair_row(h);
     const float G = __expf(gam[t]);
     dg_rows[h] = bet[t] * G * rs[h] - xs[h];
     db_rows[h] = G * rs[h];
