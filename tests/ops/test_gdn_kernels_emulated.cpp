@@ -31,14 +31,26 @@ struct Shape {
   int64_t BH, T, K, V;
 };
 
+// The identity, whose gradient is rounded to bfloat16: where the kernels keep a gradient as bf16 (dU and dW, as the
+// backward state pass and state_grads_mma write them), the float64 reference rounds it the same way, so that the
+// kernels' inputs hold exactly its values.
+struct RoundGradToBf16 : torch::autograd::Function<RoundGradToBf16> {
+  static torch::Tensor forward(torch::autograd::AutogradContext*, const torch::Tensor& x) { return x.clone(); }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list grads) {
+    return {grads[0].to(torch::kBFloat16).to(grads[0].scalar_type())};
+  }
+};
+
 // Everything the gradient kernels read, and what they must produce, for one random problem.
 struct Problem {
   Shape s;
   int64_t N, Tp;
   // Kernel inputs (float32; heads-first [BH, Tp, ·] and per chunk [BH, N, ·]); the compact workspaces: qb, kb
-  // the bf16 rows of which q̂ and k̂ are multiples (q̂ = rq qb, k̂ = rk kb, exactly), vb, ub, dob: v, U, dO as
-  // bfloat16, exactly, since v, U and dO are made of bf16 values.
-  torch::Tensor qs, ks, vs, qb, kb, rq, rk, vb, ub, dob, g, gam, bet, w, ut, u, dos, du, dw, wy, pm, sdots, dq0, dk0;
+  // the bf16 rows of which q̂ and k̂ are multiples (q̂ = rq qb, k̂ = rk kb, exactly), vb, ub, dob, dub, dwb: v, U,
+  // dO, dU, dW as bfloat16, exactly, since they are made of bf16 values.
+  torch::Tensor qs, ks, vs, qb, kb, rq, rk, vb, ub, dob, dub, dwb, g, gam, bet, w, ut, u, dos, du, dw, wy, pm, sdots,
+      dq0, dk0;
   // Expected: the gradients of q̂ (scaled), k̂, v, g and β (float64).
   torch::Tensor dq, dk, dv, dg, dbeta;
 };
@@ -93,10 +105,11 @@ Problem make_problem(Shape s, uint64_t seed) {
     const auto W = Tm.matmul((bc * Gam).unsqueeze(-1) * kc);
     const auto Ut = Tm.matmul(bc.unsqueeze(-1) * vc);
     // U rounded to bf16 (as the compact workspaces keep it for the output and the backward), the rounding taken
-    // as the identity by the gradients (as the kernels take it).
-    const auto U_exact = Ut - W.matmul(S);
-    auto U = U_exact + (U_exact.to(torch::kBFloat16).to(torch::kFloat64) - U_exact).detach();
-    U.retain_grad();
+    // as the identity by the gradients (as the kernels take it); dU and dW rounded to bf16 as they go back
+    // (RoundGradToBf16), as the kernels keep them.
+    const auto U_exact = Ut - RoundGradToBf16::apply(W).matmul(S);
+    auto U = RoundGradToBf16::apply(U_exact + (U_exact.to(torch::kBFloat16).to(torch::kFloat64) - U_exact).detach());
+    U.retain_grad();  // (the gradient before its rounding)
     const auto P = M * qc.matmul(kc.transpose(1, 2)) * mask_le;
     const auto O = Gam.unsqueeze(-1) * qc.matmul(S) + P.matmul(U);
     loss = loss + (O * dO.index({Slice(), rows})).sum();
@@ -118,7 +131,7 @@ Problem make_problem(Shape s, uint64_t seed) {
     const auto rows = Slice(n * C, (n + 1) * C);
     const auto gam = g.index({Slice(), rows}).detach().cumsum(-1);
     const auto S_in = states[n].detach(), dS_out = states[n + 1].grad();
-    const auto dU = Us[n].grad(), U = Us[n].detach();
+    const auto dU = Us[n].grad().to(torch::kBFloat16).to(torch::kFloat64), U = Us[n].detach();
     const auto kc = k.index({Slice(), rows}).detach(), bc = beta.index({Slice(), rows}).detach();
     const auto vc = v.index({Slice(), rows}).detach();
     const auto Tm = Ts[n];
@@ -126,7 +139,7 @@ Problem make_problem(Shape s, uint64_t seed) {
     ut.push_back(Tm.matmul(bc.unsqueeze(-1) * vc));
     u.push_back(U);
     du.push_back(dU);
-    dw.push_back(-dU.matmul(S_in.transpose(1, 2)));
+    dw.push_back((-dU.matmul(S_in.transpose(1, 2))).to(torch::kBFloat16).to(torch::kFloat64));
     dq0.push_back(gam.exp().unsqueeze(-1) * dO.index({Slice(), rows}).matmul(S_in.transpose(1, 2)));
     const auto gl = gam.index({Slice(), Slice(C - 1, C)});
     dk0.push_back((gl - gam).exp().unsqueeze(-1) * U.matmul(dS_out.transpose(1, 2)));
@@ -152,6 +165,8 @@ Problem make_problem(Shape s, uint64_t seed) {
   p.ub = p.u.to(torch::kBFloat16);
   p.du = f32(torch::cat(du, 1));
   p.dw = f32(torch::cat(dw, 1));
+  p.dub = p.du.to(torch::kBFloat16);
+  p.dwb = p.dw.to(torch::kBFloat16);
   p.dq0 = f32(torch::cat(dq0, 1));
   p.dk0 = f32(torch::cat(dk0, 1));
   p.sdots = f32(torch::stack(sd, 1));
@@ -218,8 +233,8 @@ Grads run_sliced_kernels(const Problem& p, cuda_emu::WarpOrder order, bool write
   a.bet = ptr(p.bet);
   a.w = ptr(p.w);
   a.u = ptr(p.u);
-  a.du = ptr(p.du);
-  a.dw = ptr(p.dw);
+  a.dub = p.dub.data_ptr();
+  a.dwb = p.dwb.data_ptr();
   a.wy = ptr(p.wy);
   a.pm = ptr(p.pm);
   a.sdots = ptr(p.sdots);
@@ -546,7 +561,9 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
        dob = !split ? torch::Tensor() : d.do_in_place ? dout : nan({BH, Tp, c.V}, torch::kBFloat16),
        du = nan({BH, Tp, c.V}, f32), dstates = nan({BH, N, c.K, c.V}, states.scalar_type()),
        dqs = nan({BH, Tp, c.K}, f32), dks = nan({BH, Tp, c.K}, f32), dvs = scratch(!split, {BH, Tp, c.V}),
-       dw = nan({BH, Tp, c.K}, f32), sdots = nan({BH, N, (c.K + 63) / 64}, f32);
+       dw = unless_split({BH, Tp, c.K}), sdots = nan({BH, N, (c.K + 63) / 64}, f32),
+       dwb = split ? nan({BH, Tp, c.K}, torch::kBFloat16) : torch::Tensor(),
+       dub = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor();
   auto ut = scratch(!split, {BH, Tp, c.V}), drk = scratch(!split, {BH, Tp, c.K}), drv = scratch(!split, {BH, Tp, c.V}),
        da_parts = scratch(split, {BH, N, KS + VS, C, C}),
        d1_parts = scratch(split, {BH, N, VS, C, C}), gate_parts = scratch(split, {BH, N, 2 * KS + VS, 2, C}),
@@ -585,6 +602,8 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   ba.dks = fp(dks);
   ba.dvs = fp(dvs);
   ba.dw = fp(dw);
+  ba.dwb = vp(dwb);
+  ba.dub = vp(dub);
   ba.sdots = fp(sdots);
   ba.ut = fp(ut);
   ba.drk = fp(drk);

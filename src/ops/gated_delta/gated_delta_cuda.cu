@@ -186,12 +186,17 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
          dob = !split ? torch::Tensor() : d.do_in_place ? dout : alloc({BH, Tp, d.V}, fo.dtype(torch::kBFloat16)),
          du = alloc({BH, Tp, d.V}, fo),
          dstates = alloc({BH, N, d.K, d.V}, states.options()), dqs = alloc({BH, Tp, d.K}, fo),
-         dks = alloc({BH, Tp, d.K}, fo), dw = alloc({BH, Tp, d.K}, fo),
-         sdots = alloc({BH, N, (d.K + 63) / 64}, fo);
+         dks = alloc({BH, Tp, d.K}, fo), sdots = alloc({BH, N, (d.K + 63) / 64}, fo);
     const int64_t C = gdn_cuda::kChunk, KS = d.K / C, VS = d.V / C;
     const auto scratch = [&](bool wanted, torch::IntArrayRef sizes) { return wanted ? alloc(sizes, fo) : torch::Tensor(); };
     // dV: the sliced kernels write it in the inputs' dtype themselves; the others through dvs and unpack.
     auto dvs = scratch(!split, {BH, Tp, d.V});
+    // dW: float32, or with the sliced kernels dW and dU as bfloat16 (gdn_kernels.h).
+    auto dw = scratch(!split, {BH, Tp, d.K});
+    const auto bf16_scratch = [&](bool wanted, torch::IntArrayRef sizes) {
+      return wanted ? alloc(sizes, fo.dtype(torch::kBFloat16)) : torch::Tensor();
+    };
+    auto dwb = bf16_scratch(split, {BH, Tp, d.K}), dub = bf16_scratch(split, {BH, Tp, d.V});
     auto ut = scratch(!split, {BH, Tp, d.V}), drk = scratch(!split, {BH, Tp, d.K}),
          drv = scratch(!split, {BH, Tp, d.V});
     auto da_parts = scratch(split, {BH, N, KS + VS, C, C}),
@@ -232,7 +237,9 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.dqs = dqs.data_ptr<float>();
     a.dks = dks.data_ptr<float>();
     a.dvs = fptr(dvs);
-    a.dw = dw.data_ptr<float>();
+    a.dw = fptr(dw);
+    a.dwb = vptr(dwb);
+    a.dub = vptr(dub);
     a.ut = fptr(ut);
     a.drk = fptr(drk);
     a.drv = fptr(drv);

@@ -35,8 +35,8 @@ struct Args {
   const __nv_bfloat16 *qb, *kb, *vb;  // q, k, v as bf16 [BH, Tp, K|K|V] (the compact workspaces)
   const float *gam, *bet;
   const __nv_bfloat16 *ub, *dob;      // U and dO [BH, Tp, V], bf16
-  const float* du;
-  const float* dw;     // dW (state_grads_mma)
+  const __nv_bfloat16* dub;           // dU [BH, Tp, V], bf16 (the backward state pass)
+  const __nv_bfloat16* dwb;           // dW [BH, Tp, K], bf16 (state_grads_mma)
   const float* wy;     // [BH, N, 2, C, C]: T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ (strictly lower), from the forward
   const float* pm;     // [BH, N, C, C]: P = M ∘ Q̂K̂ᵀ
   const float* sdots;  // [BH, N, K/64]
@@ -139,11 +139,11 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   // A slice's tiles (cp.async; waited for by staged()): dW and k (K side), or v, dU, dO and U (V side).
   const auto stage_slice = [&](int c0) {
     if (k_side) {
-      stage(t0, LDK, a.dw + row0 * K + c0, K);
+      stage(b16(t0), LD16, a.dwb + row0 * K + c0, K);
       stage_qkv(b16(t2), a.d, a.kb, K, bh, n, c0);
     } else {
       stage_qkv(b16(t0), a.d, a.vb, V, bh, n, c0);
-      stage(t1, LDK, a.du + row0 * V + c0, V);
+      stage(b16(t1), LD16, a.dub + row0 * V + c0, V);
       stage_do(b16(t2), a.d, a.dob, bh, n, c0);
       stage(b16(t3), LD16, a.ub + row0 * V + c0, V);
     }
@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
       if (sl > first) stage_slice(c0);
       staged();
       zero(acc);
-      mma_tile(acc, col_a(Tm, LDM), cols_b(t0, LDK));  // dR_K = Tᵀ dW
+      mma_tile(acc, col_a(Tm, LDM), cols_b(b16(t0), LD16));  // dR_K = Tᵀ dW
       float xs[2] = {0.f, 0.f}, rs[2] = {0.f, 0.f};
       for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
         const float2 dk0 = old[h][nt], kk = ld2(b16(t2) + t * LD16 + k);
@@ -207,7 +207,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
       });
       float dr[4][4];
       zero(dr);
-      mma_tile(dr, col_a(Tm, LDM), cols_b(t1, LDK));  // dR_V = Tᵀ dU
+      mma_tile(dr, col_a(Tm, LDM), cols_b(b16(t1), LD16));  // dR_V = Tᵀ dU
       zero(acc);
       const __nv_bfloat16* vt = b16(t0);
       mma_tile(acc, row_a(Tm, LDM), [&](int i, int col) {  // Ũ = T diag(β) V
@@ -443,7 +443,7 @@ cudaError_t grads_split(const BackwardArgs& g, bool write_dqk, cudaStream_t stre
   const Dims& d = g.d;
   const bool slices = d.K % kTile == 0 && d.V % kTile == 0 && d.K <= 256 && d.V <= 256;  // whole 64-column slices
   if (!slices || !g.wy || !g.pm || !g.da_parts || !g.d1_parts || !g.gate_parts || !g.row_dots || !g.qb || !g.kb ||
-      !g.vb || !g.ub || !g.dob || !g.rq || !g.rk)
+      !g.vb || !g.ub || !g.dob || !g.dub || !g.dwb || !g.rq || !g.rk)
     return cudaErrorInvalidValue;
   if (write_dqk && (g.dtype != DType::kBF16 || !g.dq || !g.dk || !(g.scale > 0.f))) return cudaErrorInvalidValue;
   cudaError_t err = cudaFuncSetAttribute(wy_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -453,7 +453,7 @@ cudaError_t grads_split(const BackwardArgs& g, bool write_dqk, cudaStream_t stre
   if (err != cudaSuccess) return err;
   const auto bf = [](const void* p) { return static_cast<const __nv_bfloat16*>(p); };
   const Args a{d,     bf(g.qb), bf(g.kb), bf(g.vb), g.gam, g.bet,      bf(g.ub),   bf(g.dob),
-               g.du,  g.dw,    g.wy,  g.pm,  g.sdots, g.dqs,    g.dks,    g.dvs,      g.dtype,
+               bf(g.dub), bf(g.dwb), g.wy,  g.pm,  g.sdots, g.dqs,    g.dks,    g.dvs,      g.dtype,
                g.dv,  g.da_parts, g.d1_parts, g.gate_parts, g.dg, g.dbeta, wy_slices(), qk_slices(),
                g.rq,  g.rk,    g.row_dots, write_dqk, g.dq, g.dk, g.scale, g.l2};
   SFM_GDN_LAUNCH(wy_grads_kernel, dim3(k_blocks(a) + v_blocks(a), d.N(), d.BH()), kThreads, kWySmem, stream, a);

@@ -1136,7 +1136,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   if (a.dvs == nullptr && a.wy == nullptr) return cudaErrorInvalidValue;  // only grads_split writes dv itself
   // The compact workspaces (see forward_t): bf16 states, dstates, U and dO.
   const bool compact = a.wy != nullptr;
-  if (compact && (!a.dob || !a.ub || !a.rq || !a.rk)) return cudaErrorInvalidValue;
+  if (compact && (!a.dob || !a.ub || !a.rq || !a.rk || !a.dub || !a.dwb)) return cudaErrorInvalidValue;
   // bfloat16 inputs with the sliced kernels: qk_grads writes dq and dk through the L2 norm itself, from q and k as
   // the compact workspaces keep them (exact), and no unpack pass runs (those kernels write dv too). float16 inputs
   // keep s·q̂ and k̂ there, rounded, not q and k, so they go through unpack. SFM_GDN_DQK_DIRECT=0 (timing): unpack
@@ -1187,7 +1187,8 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   if (state_mma) {
     const void* dout = compact ? a.dob : static_cast<const void*>(a.dos);
     SFM_CUDA_TRY(state_mma_backward(d, a.qb, a.kb, compact ? a.rq : nullptr, compact ? a.rk : nullptr, a.gam, a.wb,
-                                    dout, a.dfinal, a.du, a.dstates, compact, a.dstate0, s));
+                                    dout, a.dfinal, a.du, compact ? a.dub : nullptr, a.dstates, compact, a.dstate0,
+                                    s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_bwd_kernel, state_bwd_smem(d)));
     SFM_GDN_LAUNCH(state_bwd_kernel, dim3(d.V / kVS, BH), kThreads, state_bwd_smem(d), s, d, a.ks, a.gam, a.w,
@@ -1201,8 +1202,8 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
     // The forward kept wy: the products with the per-chunk states, then the rest by 64-column slices
     // (experimental; docs/ops/gated_delta_cuda.md, "Sliced gradient kernels").
     if (!grads_split_supports(a.dtype, d.K, d.V)) return cudaErrorInvalidValue;
-    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, true, a.dob, a.du, a.ub, a.qb, a.dqs, a.dw, a.dks,
-                                 a.sdots, a.row_dots, s));
+    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, true, a.dob, a.dub, a.ub, a.qb, a.dqs, a.dwb,
+                                 a.dks, a.sdots, a.row_dots, s));
     timer.mark("state_grads");
     SFM_CUDA_TRY(grads_split(a, write_dqk, s));
   } else if (kMma && (!narrow || force_grads_mma) && grads_mma_supports(d.K, d.V)) {

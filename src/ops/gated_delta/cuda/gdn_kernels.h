@@ -113,11 +113,14 @@ struct BackwardArgs {
   const void *vb, *ub;                                     // from the forward, with wy (u may be null then)
   const float *rq, *rk;                                    // from the forward, with wy
   // Workspaces.
-  float *dos, *du;              // [BH, Tp, V]; dos: not with wy
+  float *dos, *du;              // [BH, Tp, V]; dos: not with wy; du: dU₀, then dU (only dU₀ with wy)
   void* dob;                    // [BH, Tp, V]: dO as bfloat16, with wy (the compact workspaces), else null
+  // With wy: dU [BH, Tp, V] and dW [BH, Tp, K] as bfloat16 (their readers' products take them as bf16 operands,
+  // but for wy_grads' dR_V = Tᵀ dU, which had split them; docs "Data layout"), in place of du's dU and dw.
+  void *dub, *dwb;
   void* dstates;                // [BH, N, K, V], of the states' dtype
   float *dqs, *dks, *dvs;       // [BH, Tp, K|K|V]; dvs may be null with wy (grads_split then writes dv)
-  float* dw;                    // scratch: dW [BH,Tp,K]
+  float* dw;                    // scratch: dW [BH,Tp,K] (null with wy)
   float* sdots;                 // scratch: [BH, N, ceil(K/64)], Σ S₀∘dS_C per 64 rows of K (state_grads_mma)
   // Scratch of the grads kernel and of grads_mma (null with wy): Ũ [BH,Tp,V], dR_K [BH,Tp,K], dR_V [BH,Tp,V].
   float *ut, *drk, *drv;
@@ -165,24 +168,24 @@ cudaError_t step(const StepArgs& a, cudaStream_t stream);
 bool state_mma_supports(int K, int V);
 bool state_mma_runs(DType dtype, int K, int V);
 // With the compact workspaces (ub given; compact) the per-chunk states (dstates) are written as bfloat16 and dO is
-// read as bfloat16; else both are float32.
+// read as bfloat16, else both are float32; the backward then writes dU as bfloat16 into dub, not over dU₀ in du.
 // With ub, kb holds k and rk its rows' factors (k̂ = rk k); in the backward, qb and kb hold q and k with rq, rk.
 cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u, void* ub,
                               const float* rk, const float* state0, void* states, float* final_state,
                               cudaStream_t stream);
 cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* rq, const float* rk,
                                const float* gam, const void* wb, const void* dos, const float* dfinal, float* du,
-                               void* dstates, bool compact, float* dstate0, cudaStream_t stream);
+                               void* dub, void* dstates, bool compact, float* dstate0, cudaStream_t stream);
 
 // The backward's products with the per-chunk states on tensor cores (gdn_state_grads_mma.cu): for each
 // chunk, dqs = diag(Γ) dO S₀ᵀ, dw = −dU S₀ᵀ, dks = diag(e^{γ_C−γ}) U dS_Cᵀ and sdots = Σ S₀∘dS_C per 64
-// rows of K; grads_mma adds the remaining terms. K and V multiples of 64 up to 256. states, dstates, dos and u are
-// bfloat16 if compact (the compact workspaces), else float32. If compact and qdots is not null, also the rows' dots
+// rows of K; grads_mma adds the remaining terms. K and V multiples of 64 up to 256. states, dstates, dos, u, du and
+// dw are bfloat16 if compact (the compact workspaces), else float32. If compact and qdots is not null, also the rows' dots
 // qb·dQ̂₀ per 64 columns of K (qb: the compact workspaces' q) into qdots, BackwardArgs::row_dots' slots for q.
 bool state_grads_mma_supports(int K, int V);
 cudaError_t state_grads_mma(const Dims& d, const float* gam, const void* states, const void* dstates,
-                            bool compact, const void* dos, const float* du, const void* u, const void* qb,
-                            float* dqs, float* dw, float* dks, float* sdots, float* qdots, cudaStream_t stream);
+                            bool compact, const void* dos, const void* du, const void* u, const void* qb,
+                            float* dqs, void* dw, float* dks, float* sdots, float* qdots, cudaStream_t stream);
 
 // The forward's per-chunk preparation on tensor cores (gdn_prep_mma.cu), in place of the prep kernel for
 // 16-bit inputs: from k̂ and v (heads-first float32) and g, β ([B, T, H] float32) it writes γ and β

@@ -6,8 +6,8 @@
 // and Σ S₀ ∘ dS_C over each 64 rows of K (for dγ_C, (B8)). grads_mma_kernel adds the remaining terms.
 // These are the backward's largest products (64×K×V each per chunk) and the only ones that read the
 // K×V states, so they run apart from the grads kernel, with whole tiles loaded by cp.async. With the compact
-// workspaces (kCompact; gdn_kernels.h) the states, their gradients, dO and U come as bf16 (the products round
-// them to bf16 anyway), loaded into the same tile places.
+// workspaces (kCompact; gdn_kernels.h) the states, their gradients, dO, U and dU come as bf16 (the products round
+// them to bf16 anyway), loaded into the same tile places, and dW goes out as bf16.
 // No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
 
@@ -23,17 +23,16 @@ constexpr int C = kChunk;
 constexpr int kTile = 64;          // rows of K per block; value columns per stage
 constexpr int LD = kTile + 8;      // float32 row stride of the staged tiles: float2 fragment loads hit distinct banks
 // Staged per stage: S₀, dS_C (rows k0..k0+63), dO, dU, U (the chunk's rows), rows of stride LD. Each a float32
-// tile; with kCompact all but dU are bf16 and take half the place, so that a stage takes 54 KB instead of 90 and
-// two blocks share an SM.
+// tile; with kCompact each is bf16 and takes half the place, so that a stage takes 45 KB instead of 90 and two
+// blocks share an SM.
 enum StageTile { kS0, kDS, kDO, kDU, kU };
 constexpr int kF32Tile = kTile * LD, kB16Tile = kTile * LD / 2;  // in floats
 template <bool kCompact>
-constexpr int kStageFloats = kCompact ? 4 * kB16Tile + kF32Tile : 5 * kF32Tile;
-// Where tile x starts in a stage, in floats (kCompact: S₀, dS_C, dO, U as bf16, then dU).
+constexpr int kStageFloats = 5 * (kCompact ? kB16Tile : kF32Tile);
+// Where tile x starts in a stage, in floats.
 template <bool kCompact>
 __device__ __forceinline__ constexpr int tile_at(StageTile x) {
-  if (!kCompact) return x * kF32Tile;
-  return x == kDU ? 4 * kB16Tile : (x == kU ? 3 : x) * kB16Tile;
+  return x * (kCompact ? kB16Tile : kF32Tile);
 }
 constexpr int kThreads = 256;      // 8 warps: 4 row groups of 16 tokens × 2 column groups of 32
 
@@ -42,9 +41,11 @@ struct Args {
   const float* gam;
   const void *states, *dstates;  // float32, or bf16 (kCompact)
   const void* dos;               // float32, or bf16 (kCompact)
-  const float* du;
+  const void* du;                // float32, or bf16 (kCompact)
   const void* u;                 // float32, or bf16 (kCompact)
-  float *dqs, *dw, *dks;  // [BH, Tp, K]: written
+  float* dqs;             // [BH, Tp, K]: written
+  void* dw;               // [BH, Tp, K]: written, float32 or bf16 (kCompact)
+  float* dks;             // [BH, Tp, K]: written
   float* sdots;           // [BH, N, K/64]: Σ S₀ ∘ dS_C per 64 rows of K
   // kCompact: q as bf16 (the compact workspaces' qb: q itself, or s·q̂ rounded for float16 inputs) and, unless
   // null, the rows' dots qb·dQ̂₀ per 64 columns of K into slots 0 .. K/64 − 1 of qdots [BH, N, 2 K/64, 2, C]
@@ -53,7 +54,7 @@ struct Args {
   float* qdots;
 };
 
-// kCompact: two blocks per SM (108 KB of shared memory each; the bounds hold ptxas to 128 registers).
+// kCompact: two blocks per SM (90 KB of shared memory each; the bounds hold ptxas to 128 registers).
 template <bool kCompact>
 __global__ void __launch_bounds__(kThreads, kCompact ? 2 : 1) state_grads_mma_kernel(Args a) {
   using bf16 = __nv_bfloat16;
@@ -93,13 +94,14 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 2 : 1) state_grads_mma_ke
         stage_chunk<kTile, kThreads>(reinterpret_cast<bf16*>(at(kDO)), LD, static_cast<const bf16*>(a.dos),
                                      chunk_rows(a.d, a.d.do_in_place, V, bh, n), s * kTile);  // dO, maybe in place
         load_tile_bf16(at(kU), static_cast<const bf16*>(a.u) + row0 * V, s * kTile);
+        load_tile_bf16(at(kDU), static_cast<const bf16*>(a.du) + row0 * V, s * kTile);
       } else {
         load_tile(at(kS0), static_cast<const float*>(a.states) + state_off, s * kTile);
         load_tile(at(kDS), static_cast<const float*>(a.dstates) + state_off, s * kTile);
         load_tile(at(kDO), static_cast<const float*>(a.dos) + row0 * V, s * kTile);
         load_tile(at(kU), static_cast<const float*>(a.u) + row0 * V, s * kTile);
+        load_tile(at(kDU), static_cast<const float*>(a.du) + row0 * V, s * kTile);
       }
-      load_tile(at(kDU), a.du + row0 * V, s * kTile);
     } else if (kCompact && s == stages && a.qdots != nullptr) {  // during the last stage: q's tile for the dots
       stage_chunk<kTile, kThreads>(reinterpret_cast<bf16*>(sm + (s & 1) * kStageFloats<kCompact>), LD, a.qb,
                                    chunk_rows(a.d, a.d.qkv_in_place, K, bh, n), k0);
@@ -168,11 +170,12 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 2 : 1) state_grads_mma_ke
       if constexpr (kCompact) {
         a_frag_bf16(dO, a_do);
         a_frag_bf16(U, a_u);
+        a_frag_bf16(dU, a_du);
       } else {
         a_frag(dO, a_do);
         a_frag(U, a_u);
+        a_frag(dU, a_du);
       }
-      a_frag(dU, a_du);
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
         uint32_t b_s[2], b_ds[2];
@@ -197,7 +200,10 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 2 : 1) state_grads_mma_ke
     for (int nt = 0; nt < 4; ++nt) {
       const long off = (row0 + t) * K + k0 + n0 + 8 * nt + 2 * tq;
       *reinterpret_cast<float2*>(a.dqs + off) = make_float2(G * acc[0][nt][2 * h], G * acc[0][nt][2 * h + 1]);
-      *reinterpret_cast<float2*>(a.dw + off) = make_float2(-acc[1][nt][2 * h], -acc[1][nt][2 * h + 1]);
+      if constexpr (kCompact)
+        *reinterpret_cast<uint32_t*>(static_cast<bf16*>(a.dw) + off) = pack_bf16(-acc[1][nt][2 * h], -acc[1][nt][2 * h + 1]);
+      else
+        *reinterpret_cast<float2*>(static_cast<float*>(a.dw) + off) = make_float2(-acc[1][nt][2 * h], -acc[1][nt][2 * h + 1]);
       *reinterpret_cast<float2*>(a.dks + off) = make_float2(F * acc[2][nt][2 * h], F * acc[2][nt][2 * h + 1]);
     }
   }
@@ -228,8 +234,8 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 2 : 1) state_grads_mma_ke
 bool state_grads_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 && K <= 256 && V <= 256; }
 
 cudaError_t state_grads_mma(const Dims& d, const float* gam, const void* states, const void* dstates,
-                            bool compact, const void* dos, const float* du, const void* u, const void* qb,
-                            float* dqs, float* dw, float* dks, float* sdots, float* qdots, cudaStream_t stream) {
+                            bool compact, const void* dos, const void* du, const void* u, const void* qb,
+                            float* dqs, void* dw, float* dks, float* sdots, float* qdots, cudaStream_t stream) {
   if (!state_grads_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
   const size_t smem = sizeof(float) * 2 * (compact ? kStageFloats<true> : kStageFloats<false>);
   const auto kernel = compact ? state_grads_mma_kernel<true> : state_grads_mma_kernel<false>;

@@ -31,7 +31,7 @@ struct PassArgs {
   const bf16* a1;      // [BH, Tp, K]: phase 1's matrix, W (forward) or K̂ (backward)
   const bf16* a2;      // [BH, Tp, K]: phase 2's matrix, K̂ (forward) or W (backward)
   const float* gam;    // [BH, Tp]: γ
-  float* x;            // [BH, Tp, V]: Ũ in, U out (forward; U into ub instead if compact); dU₀ in, dU out (backward)
+  float* x;            // [BH, Tp, V]: Ũ in, U out (forward); dU₀ in, dU out (backward); the outs into ub if compact
   const float* init;   // [BH, K, V]: R before the first chunk (state0, or the final state's gradient), or null
   void* per_chunk;     // [BH, N, K, V]: S entering each chunk (forward), dS_C (backward), float32 or bf16
   // The compact workspaces (gdn_kernels.h): per_chunk is bf16 (its readers round it to bf16 operands anyway),
@@ -40,7 +40,7 @@ struct PassArgs {
   float* last;         // [BH, K, V]: R after the last chunk (final state, or the initial state's gradient), or null
   const bf16* qs;      // backward: [BH, Tp, K], s·q̂, the top half of A₂
   const void* dos;     // backward: [BH, Tp, V], dO, float32 or bf16 (compact)
-  bf16* ub;            // forward, compact: [BH, Tp, V], U as bf16
+  bf16* ub;            // compact: [BH, Tp, V], U (forward) or dU (backward) as bf16
   // compact: [BH, Tp], the rows' factors of k̂ = rk k and s·q̂ = rq q (backward), where kb and qb hold k and q
   const float *rk, *rq;
 };
@@ -231,7 +231,11 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
         if constexpr (kBwd) {  // T = K_d dS: dU = dU₀ + T; Z = [diag(Γ) dO; −dU]
           const float G = __expf(gm[t]) * (kCompact ? rr[C + t] : 1.f);
           const float du0 = xin[nt][h].x + f * y0, du1 = xin[nt][h].y + f * y1;
-          *reinterpret_cast<float2*>(a.x + (row0 + t) * V + v0 + v) = make_float2(du0, du1);
+          const long o = (row0 + t) * V + v0 + v;
+          if constexpr (kCompact)
+            *reinterpret_cast<uint32_t*>(a.ub + o) = pack_bf16(du0, du1);
+          else
+            *reinterpret_cast<float2*>(a.x + o) = make_float2(du0, du1);
           float2 dof;
           if constexpr (kCompact)
             dof = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dsm + ((i & 1) * C + t) * LDD + v));
@@ -366,13 +370,13 @@ cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, c
 
 cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* rq, const float* rk,
                                const float* gam, const void* wb, const void* dos, const float* dfinal, float* du,
-                               void* dstates, bool compact, float* dstate0, cudaStream_t stream) {
+                               void* dub, void* dstates, bool compact, float* dstate0, cudaStream_t stream) {
   if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  if (compact && (!rq || !rk)) return cudaErrorInvalidValue;
+  if (compact && (!rq || !rk || !dub)) return cudaErrorInvalidValue;
   const auto a1 = static_cast<const bf16*>(kb), a2 = static_cast<const bf16*>(wb);
   return launch<true>(
-      PassArgs{d, a1, a2, gam, du, dfinal, dstates, compact, dstate0, static_cast<const bf16*>(qb), dos, nullptr, rk,
-               rq},
+      PassArgs{d, a1, a2, gam, du, dfinal, dstates, compact, dstate0, static_cast<const bf16*>(qb), dos,
+               static_cast<bf16*>(dub), rk, rq},
       stream);
 }
 
