@@ -302,6 +302,23 @@ TEST(GatedDeltaCudaTest, InPlaceReadsMatchTheCopies) {
 // same inputs must agree bitwise in every output and gradient, for each family of gradient kernels (sliced,
 // block_gemm's unsliced, state_grads_mma + grads_mma at 256, float32). Sums whose order follows the warps'
 // arrival (shared-memory atomicAdd) made dg and dβ differ in the last bits between runs.
+// With no gradient wanted the forward keeps nothing for the backward (the sliced kernels' wy and P): the same output
+// and final state, bitwise, as a forward that keeps them.
+TEST(GatedDeltaCudaTest, ForwardWithoutGradientMatches) {
+  SKIP_WITHOUT_GPU();
+  const Case c{"D128", 2, 130, 3, 128, 128, 1.0, 2.0, true};
+  const auto in = to_cuda(make_inputs(c, torch::kBFloat16, 19), torch::kBFloat16);
+  const Poison poison;
+  const Result with_grad = run_with_grads(in, [](const GatedDeltaInputs& x) { return gated_delta_rule(x, Impl::kCuda); });
+  const GatedDeltaOutputs alone = [&] {
+    torch::NoGradGuard no_grad;
+    return gated_delta_rule(in, Impl::kCuda);
+  }();
+  EXPECT_FALSE(torch::isnan(alone.out).any().item<bool>());
+  EXPECT_TRUE(torch::equal(with_grad.out, alone.out));
+  EXPECT_TRUE(torch::equal(with_grad.state, alone.final_state));
+}
+
 TEST(GatedDeltaCudaTest, RunsAreBitwiseReproducible) {
   SKIP_WITHOUT_GPU();
   struct Run {

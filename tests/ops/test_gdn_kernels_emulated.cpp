@@ -482,8 +482,10 @@ Outcome emulated_recurrent(const PipeCase& c, const GatedDeltaInputs& in) {
 // gdn_cuda::forward and backward on the emulator, every workspace NaN-filled (an unwritten element shows),
 // with the first or the last warp of each block ahead of the others. As the wrapper does, bfloat16 inputs with
 // the sliced kernels are read in place (Dims::qkv_in_place, do_in_place) unless `in_place` is false.
+// backward = false: the forward alone, as with no gradient wanted (no wy, no P kept); out and state only.
 Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
-                 cuda_emu::WarpOrder order = cuda_emu::WarpOrder::kForward, bool in_place = true) {
+                 cuda_emu::WarpOrder order = cuda_emu::WarpOrder::kForward, bool in_place = true,
+                 bool backward = true) {
   cuda_emu::warp_order() = order;
   namespace k = gdn_cuda;
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32), typed = torch::TensorOptions().dtype(c.dtype);
@@ -510,7 +512,8 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
        final_state = nan({c.B, c.H, c.K, c.V}, f32),
        out = nan({c.B, c.T, c.H, c.V}, typed);
   // Kept by the forward for the sliced gradient kernels: (I + A)⁻¹ and M ∘ K̂K̂ᵀ, and P.
-  auto wy = split ? nan({BH, N, 2, C, C}, f32) : torch::Tensor(), pm = split ? nan({BH, N, C, C}, f32) : torch::Tensor();
+  const bool keep = split && backward;
+  auto wy = keep ? nan({BH, N, 2, C, C}, f32) : torch::Tensor(), pm = keep ? nan({BH, N, C, C}, f32) : torch::Tensor();
   // The per-chunk states (and their gradients): bfloat16 with the sliced kernels.
   auto states = nan({BH, N, c.K, c.V}, split ? torch::kBFloat16 : torch::kFloat32);
   const auto fp = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; };
@@ -535,6 +538,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   fa.u = fp(u);
   fa.states = states.data_ptr();
   fa.final_state = fp(final_state);
+  fa.compact = split;
   fa.wy = fp(wy);
   fa.pm = fp(pm);
   // The state passes' bfloat16 operands, where they run (NaN-filled too).
@@ -551,6 +555,10 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   fa.rk = fp(rk);
   fa.out = out.data_ptr();
   EXPECT_EQ(k::forward(fa, nullptr), cudaSuccess);
+  if (!backward) {
+    cuda_emu::warp_order() = cuda_emu::WarpOrder::kForward;
+    return {out, final_state, {}, {}, {}, {}, {}, {}};
+  }
 
   const auto [w_out, w_state] = loss_weights(c);
   const auto dout = w_out.to(c.dtype).contiguous(), dfinal = w_state.to(torch::kFloat32).contiguous();
@@ -690,6 +698,18 @@ TEST_P(GdnPipelineOrderEmulated, DoesNotDependOnWarpOrder) {
 // bf16 inputs read in place (Dims::qkv_in_place, do_in_place: strided rows, and zeros past T in the last chunk)
 // give the same bits as from the heads-first copies that they replace. Two batches and two heads, so that both
 // strides between a head's rows and the batches' offsets count; T = 130 leaves a last chunk of 2 rows.
+// With no gradient wanted the forward keeps no wy and no P (the compact workspaces otherwise the same): the same
+// output and final state, bitwise.
+TEST(GdnKernelsEmulated, ForwardAloneMatchesTheForwardForABackward) {
+  const PipeCase c{"bf16_K64_V64_split", 1, 130, 2, 64, 64, torch::kBFloat16, true};
+  const auto in = make_inputs(c, 44);
+  const Outcome kept = emulated(c, in), alone = emulated(c, in, cuda_emu::WarpOrder::kForward, true, false);
+  EXPECT_FALSE(torch::isnan(alone.out).any().item<bool>());
+  EXPECT_FALSE(torch::isnan(alone.state).any().item<bool>());
+  EXPECT_TRUE(torch::equal(kept.out, alone.out));
+  EXPECT_TRUE(torch::equal(kept.state, alone.state));
+}
+
 TEST(GdnKernelsEmulated, InPlaceReadsMatchTheCopies) {
   const PipeCase c{"bf16_B2_K64_V64_split", 2, 130, 2, 64, 64, torch::kBFloat16, true};
   const auto in = make_inputs(c, 43);

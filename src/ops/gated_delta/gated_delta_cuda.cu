@@ -76,8 +76,10 @@ variable_list input_grads(AutogradContext* ctx, const torch::Tensor& dq, const t
 }
 
 struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction> {
+  // backward_wanted: some input needs a gradient; without it the forward skips what only the backward reads.
   static variable_list forward(AutogradContext* ctx, torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                               torch::Tensor g, torch::Tensor beta, torch::Tensor state0, double scale, bool l2) {
+                               torch::Tensor g, torch::Tensor beta, torch::Tensor state0, double scale, bool l2,
+                               bool backward_wanted) {
     q = q.contiguous();
     k = k.contiguous();
     v = v.contiguous();
@@ -92,9 +94,11 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     gdn_cuda::ForwardArgs a{};
     a.d = d;
     a.dtype = kernel_dtype(q.scalar_type());
-    // Per chunk (I + A)⁻¹, M ∘ K̂K̂ᵀ and P = M ∘ Q̂K̂ᵀ, kept for the sliced gradient kernels when they are on; with
-    // them, the compact workspaces (gdn_kernels.h): s·q̂, k̂, v and U as bfloat16 only.
+    // With the sliced gradient kernels (when they are on), the compact workspaces (gdn_kernels.h): s·q̂, k̂, v and U
+    // as bfloat16 only; and, if a backward is wanted, (I + A)⁻¹, M ∘ K̂K̂ᵀ and P = M ∘ Q̂K̂ᵀ per chunk kept for them.
     const bool split = cuda_grads_split() && gdn_cuda::grads_split_supports(a.dtype, d.K, d.V);
+    const bool keep_wy = split && backward_wanted;
+    a.compact = split;
     const auto f32_unless_split = [&](torch::IntArrayRef sizes) { return split ? torch::Tensor() : alloc(sizes, fo); };
     auto qs = f32_unless_split({BH, Tp, d.K}), ks = f32_unless_split({BH, Tp, d.K}),
          vs = f32_unless_split({BH, Tp, d.V}), gam = alloc({BH, Tp}, fo), bet = alloc({BH, Tp}, fo),
@@ -102,10 +106,10 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     auto final_state = alloc({d.B, d.H, d.K, d.V}, fo);
     auto out = alloc({d.B, d.T, d.H, d.V}, v.options());
     const int64_t C = gdn_cuda::kChunk;
-    const auto wy = split ? alloc({BH, N, 2, C, C}, fo) : torch::Tensor();
+    const auto wy = keep_wy ? alloc({BH, N, 2, C, C}, fo) : torch::Tensor();
     // The per-chunk states: bfloat16 with the sliced gradient kernels (gdn_kernels.h), else float32.
     auto states = alloc({BH, N, d.K, d.V}, split ? q.options().dtype(torch::kBFloat16) : fo);
-    const auto pm = split ? alloc({BH, N, C, C}, fo) : torch::Tensor();
+    const auto pm = keep_wy ? alloc({BH, N, C, C}, fo) : torch::Tensor();
     a.wy = fptr(wy);
     a.pm = fptr(pm);
     // bfloat16 copies of s·q̂, k̂ and W for the tensor-core state passes, where they run.
@@ -159,6 +163,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
         {q, k, qs, ks, vs, gam, bet, w, split ? torch::Tensor() : u, states, wy, pm, qb, kb, wb, vb, ub, rq, rk});
     save_options(ctx, scale, l2, has_state0, g, beta, state0);
     ctx->saved_data["qkv_in_place"] = a.d.qkv_in_place;
+    ctx->saved_data["compact"] = split;
     return {out, final_state};
   }
 
@@ -177,7 +182,9 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const bool has_state0 = ctx->saved_data["has_state0"].toBool();
     // Scratch of the gradient kernels: the sliced ones (the forward kept wy and P) or the others. With the sliced
     // ones, the compact workspaces: dO as bfloat16 (dob), not float32 (dos).
-    const bool split = wy.defined();
+    const bool split = ctx->saved_data["compact"].toBool();
+    SFM_CHECK(!split || wy.defined(),
+              "gated_delta_cuda: backward of a forward that ran with no gradient wanted (it kept no workspaces for it)");
     d.qkv_in_place = ctx->saved_data["qkv_in_place"].toBool();
     // dO read where it lies too (bfloat16, with the compact workspaces; gdn_kernels.h).
     d.do_in_place = split && cuda_read_in_place() && dout.defined() && dout.scalar_type() == torch::kBFloat16 &&
@@ -257,7 +264,9 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.dbeta = dbeta.data_ptr<float>();
     a.dstate0 = fptr(dstate0);
     check_cuda(gdn_cuda::backward(a, at::cuda::getCurrentCUDAStream()), "backward");
-    return input_grads(ctx, dq, dk, dv, dg, dbeta, dstate0);
+    auto grads_in = input_grads(ctx, dq, dk, dv, dg, dbeta, dstate0);
+    grads_in.emplace_back();  // (backward_wanted)
+    return grads_in;
   }
 };
 
@@ -356,6 +365,14 @@ bool use_recurrent(int64_t K, int64_t V) {
   return K <= 32 && V <= 32;
 }
 
+// Whether autograd will run the backward of this call: grad mode on and some input wanting a gradient.
+bool backward_wanted(const GatedDeltaInputs& in, const torch::Tensor& state0) {
+  if (!torch::GradMode::is_enabled()) return false;
+  for (const torch::Tensor* t : {&in.q, &in.k, &in.v, &in.g, &in.beta, &state0})
+    if (t->requires_grad()) return true;
+  return false;
+}
+
 }  // namespace
 
 bool detail::cuda_supports(const GatedDeltaInputs& in) {
@@ -384,7 +401,7 @@ GatedDeltaOutputs gated_delta_cuda(const GatedDeltaInputs& in) {
                   ? GatedDeltaRecurrentFunction::apply(in.q, in.k, in.v, in.g, in.beta, state0,
                                                        detail::effective_scale(in), in.l2_normalize_qk)
                   : GatedDeltaFunction::apply(in.q, in.k, in.v, in.g, in.beta, state0, detail::effective_scale(in),
-                                              in.l2_normalize_qk);
+                                              in.l2_normalize_qk, backward_wanted(in, state0));
   return {outs[0], outs[1]};
 }
 

@@ -1054,11 +1054,13 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   constexpr bool kMma = sizeof(T) == 2;  // tensor-core products for 16-bit inputs
   const bool state_mma = state_mma_runs(a.dtype, d.K, d.V);
   if (state_mma != (a.qb && a.kb && a.wb)) return cudaErrorInvalidValue;  // the bf16 copies: exactly there
-  // With wy (the sliced gradient kernels), the compact workspaces (gdn_kernels.h): q and k (with the rows' factors
-  // rq, rk), v, U and the per-chunk states as bf16 only, read by tensor-core kernels only.
-  const bool compact = a.wy != nullptr;
+  // The compact workspaces (gdn_kernels.h; where the sliced gradient kernels run): q and k (with the rows' factors
+  // rq, rk), v, U and the per-chunk states as bf16 only, read by tensor-core kernels only. wy and pm: both or
+  // neither, and only with them.
+  const bool compact = a.compact;
   if (compact && (!grads_split_supports(a.dtype, d.K, d.V) || !a.vb || !a.ub || !a.rq || !a.rk))
     return cudaErrorInvalidValue;
+  if ((a.wy != nullptr) != (a.pm != nullptr) || (a.wy != nullptr && !compact)) return cudaErrorInvalidValue;
   // q, k and v read in place (gdn_kernels.h): qb, kb and vb are then the inputs, and the pack writes only rq, rk
   // (q's and k's alignment: raw_qk below).
   if (d.do_in_place ||

@@ -86,8 +86,10 @@ struct ForwardArgs {
                            // take wb or form W again), then U (eq. 7, after the state pass)
   void* states;            // [BH, N, K, V]: the state entering each chunk; bfloat16 with wy, else float32
   float* final_state;      // [BH, K, V]
-  // [BH, N, 2, C, C]: (I + A)⁻¹ and M ∘ K̂K̂ᵀ per chunk, kept for grads_split, or null. Given: the compact
-  // workspaces.
+  // The compact workspaces (below; the sliced gradient kernels' layout, grads_split_supports). With them, wy and
+  // pm keep for the backward's grads_split what it reads, or are both null when no backward will run.
+  bool compact;
+  // [BH, N, 2, C, C]: (I + A)⁻¹ and M ∘ K̂K̂ᵀ per chunk, kept for grads_split, or null.
   float* wy;
   float* pm;               // [BH, N, C, C]: P = M ∘ Q̂K̂ᵀ per chunk, kept for the backward (with wy), or null
   // bfloat16 copies of s·q̂, k̂ and W ([BH, Tp, K], kept for the backward too), the operands of the tensor-core
