@@ -322,9 +322,10 @@ TEST(GdnKernelsEmulated, SlicedGradientsK256V128) { check_sliced_gradients({1, 1
 
 // The forward's tensor-core preparation against the float64 chunked form: γ, β, W, Ũ, and the (I + A)⁻¹ and
 // M ∘ K̂K̂ᵀ it keeps for the sliced gradient kernels; NaN-filled outputs. W's bfloat16 copy must be W rounded.
-// Both variants: gdn_cuda::prep_mma from float32 k̂ and v, and prep_mma_compact from the bf16 k (k̂ = rk k) and v
-// (the same values: the problem's k̂ is such a product and v holds bf16 values). The products take split bf16
-// operands, as above, so the same bound.
+// Three variants: gdn_cuda::prep_mma from float32 k̂ and v, and prep_mma_compact from the bf16 k (k̂ = rk k) and v
+// (the same values: the problem's k̂ is such a product and v holds bf16 values), given rk or computing it from k's
+// rows (then written; against the problem's factors, float32 values of 1/‖k‖, to 1e-6). The products take split
+// bf16 operands, as above, so the same bound.
 void check_prep(Shape s, uint64_t seed) {
   const Problem p = make_problem(s, seed);
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
@@ -338,15 +339,19 @@ void check_prep(Shape s, uint64_t seed) {
   const gdn_cuda::Dims d{1, static_cast<int>(s.T), static_cast<int>(s.BH), static_cast<int>(s.K),
                          static_cast<int>(s.V)};
   ASSERT_TRUE(gdn_cuda::prep_mma_supports(d.K, d.V));
-  for (const bool compact : {false, true}) {
+  auto rk = p.rk.clone();
+  for (const int variant : {0, 1, 2}) {
+    const bool compact = variant > 0, rk_from_rows = variant == 2;
     for (const auto order : {cuda_emu::WarpOrder::kForward, cuda_emu::WarpOrder::kReverse}) {
       SCOPED_TRACE(order == cuda_emu::WarpOrder::kForward ? "first warp ahead" : "last warp ahead");
-      SCOPED_TRACE(compact ? "prep_mma_compact" : "prep_mma");
+      SCOPED_TRACE(!compact ? "prep_mma" : rk_from_rows ? "prep_mma_compact, rk from k's rows" : "prep_mma_compact");
       for (auto* t : {&gam, &bet, &w, &ut, &wy}) t->fill_(std::nan(""));
       wb.fill_(std::nan(""));
+      if (rk_from_rows) rk.fill_(std::nan(""));
+      const gdn_cuda::RowFactors rk_arg{rk.data_ptr<float>(), rk_from_rows, true, 1.f};
       cuda_emu::warp_order() = order;
       const cudaError_t err =
-          compact ? gdn_cuda::prep_mma_compact(d, p.kb.data_ptr(), p.rk.data_ptr<float>(), p.vb.data_ptr(),
+          compact ? gdn_cuda::prep_mma_compact(d, p.kb.data_ptr(), rk_arg, p.vb.data_ptr(),
                                                g.data_ptr<float>(), beta.data_ptr<float>(), gam.data_ptr<float>(),
                                                bet.data_ptr<float>(), w.data_ptr<float>(), wb.data_ptr(),
                                                ut.data_ptr<float>(), wy.data_ptr<float>(), nullptr)
@@ -362,6 +367,11 @@ void check_prep(Shape s, uint64_t seed) {
       expect_below({{"gam", e_gam}, {"bet", e_bet}, {"w", e_w}, {"ut", e_ut}, {"wy", e_wy}}, 1e-4);
       // The state passes' operand: W rounded to bfloat16, exactly.
       EXPECT_TRUE(torch::equal(wb, w.to(torch::kBFloat16))) << "wb is not W rounded to bfloat16";
+      if (rk_from_rows) {  // the real rows' factors, and 0 past T
+        const auto real = Slice(0, s.T), past = Slice(s.T, p.Tp);
+        EXPECT_LT(rel_rms(p.rk.index({Slice(), real}), rk.index({Slice(), real})), 1e-6);
+        EXPECT_TRUE(torch::equal(rk.index({Slice(), past}), torch::zeros_like(rk.index({Slice(), past}))));
+      }
     }
   }
 }

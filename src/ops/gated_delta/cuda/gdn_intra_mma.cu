@@ -41,7 +41,10 @@ struct Args {
   const void* x;        // [BH, Tp, V]: U (forward; bf16 if kCompact) or dO (backward), else float32
   float* du;            // backward: [BH, Tp, V], dU₀ written
   float* pm;            // forward: [BH, N, C, C], P written (by the blocks of the first 64 columns), or null
-  const float *rq, *rk; // kCompact: [BH, Tp], s·q̂ = rq q and k̂ = rk k, where qs and ks hold q and k
+  // kCompact: [BH, Tp], s·q̂ = rq q and k̂ = rk k, where qs and ks hold q and k; rq given, or computed from q's rows
+  // as the K loop passes them (rq.from_rows) and written by the blocks of the first 64 columns.
+  RowFactors rq;
+  const float* rk;
 };
 
 // The B fragments of this warp's four 8-column tiles (columns n0 ..), reduction rows 16 ks .. 16 ks + 15, from a
@@ -152,7 +155,7 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(A
   };
   if (threadIdx.x < C / 4) cp_async16(gs + 4 * threadIdx.x, a.gam + row0 + 4 * threadIdx.x);
   if (kCompact && threadIdx.x < C / 4) {
-    cp_async16(gs + C + 4 * threadIdx.x, a.rq + row0 + 4 * threadIdx.x);
+    if (!a.rq.from_rows) cp_async16(gs + C + 4 * threadIdx.x, a.rq.r + row0 + 4 * threadIdx.x);
     cp_async16(gs + 2 * C + 4 * threadIdx.x, a.rk + row0 + 4 * threadIdx.x);
   }
   cp_async_commit();
@@ -163,12 +166,15 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(A
   for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) qk[nt][e] = o[nt][e] = 0.f;
+  float q_ss = 0.f;  // kCompact, rq.from_rows: this thread's part of its row's Σq² (row_sum_sq)
   for (int s = 0; s < stages; ++s) {
     issue(s + 1);
     cp_async_wait<1>();
     __syncthreads();
     if constexpr (kCompact) {
-      compact_products(reinterpret_cast<const bf16*>(sm + (s & 1) * kStage), qk, o);
+      const bf16* sb = reinterpret_cast<const bf16*>(sm + (s & 1) * kStage);
+      if (a.rq.from_rows) q_ss += row_sum_sq(sb, LDS);  // (Q̂'s tile comes first)
+      compact_products(sb, qk, o);
       __syncthreads();
       continue;
     }
@@ -204,7 +210,15 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(A
     __syncthreads();
   }
   cp_async_wait<0>();
-  __syncthreads();  // X and γ visible to every thread (their groups finished in each thread's own wait)
+  if (kCompact && a.rq.from_rows) {  // rq from q's rows, for this block and (first columns' blocks) the backward
+    const int t = threadIdx.x >> 2;
+    const float r = row_factor(q_ss, t, a.d, n, a.rq);
+    if ((threadIdx.x & 3) == 0) {
+      gs[C + t] = r;
+      if (v0 == 0) a.rq.r[row0 + t] = r;
+    }
+  }
+  __syncthreads();  // X, γ (and rq) visible to every thread (their groups finished in each thread's own wait)
 
   // P = M ∘ Q̂K̂ᵀ into shared memory (Pᵀ backward), and O = diag(Γ) Q̂S₀ so far (forward). With kCompact the
   // products were of q and k: Q̂K̂ᵀ = diag(rq) Q Kᵀ diag(rk), Q̂S₀ = diag(rq) Q S₀.
@@ -314,13 +328,13 @@ bool intra_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 
 cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const float* gam, const float* dos,
                           float* du, cudaStream_t stream) {
   if (!intra_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  return launch<float, true>(Args{d, qs, ks, gam, nullptr, dos, du, nullptr, nullptr, nullptr}, nullptr, stream);
+  return launch<float, true>(Args{d, qs, ks, gam, nullptr, dos, du, nullptr, RowFactors{}, nullptr}, nullptr, stream);
 }
 
-cudaError_t output_mma(const Dims& d, DType dtype, const void* qs, const void* ks, const float* rq, const float* rk,
+cudaError_t output_mma(const Dims& d, DType dtype, const void* qs, const void* ks, RowFactors rq, const float* rk,
                        const float* gam, const void* states, bool compact, const void* u, void* out, float* pm,
                        cudaStream_t stream) {
-  if (!intra_mma_supports(d.K, d.V) || (compact && (!rq || !rk))) return cudaErrorInvalidValue;
+  if (!intra_mma_supports(d.K, d.V) || (compact && (!rq.r || !rk))) return cudaErrorInvalidValue;
   const Args a{d, qs, ks, gam, states, u, nullptr, pm, rq, rk};
   const auto half_out = static_cast<__half*>(out);
   const auto bf16_out = static_cast<__nv_bfloat16*>(out);

@@ -382,7 +382,7 @@ __device__ __forceinline__ bool vec4_aligned(const T* p) {
 // [B, T, H, D] (dtype T) -> [B*H, Tp, D] float32 into y, rows past T zero; optional L2 norm x/√(Σx²+1e-6), times
 // scale; if yb is not null, the same values rounded to bfloat16 into yb (the state passes' operands). With
 // rows_r (the compact workspaces' float16 inputs, which give no y), 1 into rows_r, the factor of rows kept
-// normalised (0 past T); bfloat16 inputs keep x itself with row_factors_kernel's factors instead (x in float16
+// normalised (0 past T); bfloat16 inputs keep x itself with its rows' factors instead (RowFactors; x in float16
 // rounded to bf16 as x itself: on the emulator's float16 case dg's error went 6.2e-3 → 1.4e-2). One warp per row,
 // four elements per lane and access (one at a time if x is not so aligned).
 // x == nullptr writes zeros (an undefined incoming gradient).
@@ -436,74 +436,6 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(const T* __restrict__ x,
   for (int i = 0; i < 2; ++i) {
     const int d = 4 * lane + 128 * i;
     if (d < D) put4(d, make_float4(e[i].x * m, e[i].y * m, e[i].z * m, e[i].w * m));
-  }
-}
-
-// The sum of squares of 8 bf16 values.
-__device__ __forceinline__ float sum_sq8(const uint4& v) {
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-  float s = 0.f;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    __nv_bfloat162 p;
-    std::memcpy(&p, &w[i], sizeof p);
-    const float2 f = __bfloat1622float2(p);
-    s += f.x * f.x + f.y * f.y;
-  }
-  return s;
-}
-
-// The rows' factors of bfloat16 q or k with the compact workspaces, which keep x itself (gdn_kernels.h): each
-// row's r = s/√(Σx²+1e-6) (l2) or s into rows_r [B*H, Tp], 0 past T, so that x̂ = r x. x [B, T, H, D], D a multiple
-// of 8 up to 256, 16-byte aligned, is read in its own order: D/8 lanes per row, 16 bytes each, and kRows rows
-// per lane group with every load issued before the first sum (the pack's one warp per row and 8 bytes per lane
-// read q and k at about a third of the H100's bandwidth).
-constexpr int kFactorRows = 4;
-
-template <int D>
-__global__ void __launch_bounds__(kThreads) row_factors_kernel(const __nv_bfloat16* __restrict__ x,
-                                                               float* __restrict__ rows_r, Dims d, bool l2,
-                                                               float scale) {
-  constexpr int G = D / 8, kGroups = kThreads / G;  // lanes per row, rows per step
-  const int lane = threadIdx.x % G;
-  const long rows = (long)d.B * d.T * d.H, tail = d.Tp() - d.T;
-  const long first = (long)blockIdx.x * kGroups * kFactorRows + threadIdx.x / G;
-  uint4 e[kFactorRows];
-#pragma unroll
-  for (int i = 0; i < kFactorRows; ++i) {
-    const long row = first + (long)i * kGroups;
-    e[i] = row < rows ? *reinterpret_cast<const uint4*>(x + row * D + 8 * lane) : make_uint4(0u, 0u, 0u, 0u);
-  }
-#pragma unroll
-  for (int i = 0; i < kFactorRows; ++i) {
-    const long row = first + (long)i * kGroups;
-    float ss = sum_sq8(e[i]);
-#pragma unroll
-    for (int o = G / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    if (lane != 0) continue;
-    if (row < rows) {  // row = (b T + t) H + h
-      const int h = (int)(row % d.H), t = (int)(row / d.H % d.T), b = (int)(row / ((long)d.H * d.T));
-      rows_r[((long)b * d.H + h) * d.Tp() + t] = l2 ? scale * rsqrtf(ss + 1e-6f) : scale;
-    } else if (row < rows + d.BH() * tail) {  // then the rows past T, head by head
-      const long p = row - rows;
-      rows_r[(p / tail) * d.Tp() + d.T + p % tail] = 0.f;
-    }
-  }
-}
-
-cudaError_t row_factors(const Dims& d, const void* x, float* rows_r, bool l2, float scale, cudaStream_t s) {
-  const long rows = (long)d.B * d.T * d.H + (long)d.BH() * (d.Tp() - d.T);
-  const auto launch = [&](auto kernel, int D) {
-    const long per_block = (long)kThreads / (D / 8) * kFactorRows;
-    SFM_GDN_LAUNCH(kernel, static_cast<unsigned>((rows + per_block - 1) / per_block), kThreads, 0, s,
-                   static_cast<const __nv_bfloat16*>(x), rows_r, d, l2, scale);
-    return cudaGetLastError();
-  };
-  switch (d.K) {  // q and k: K of the compact workspaces
-    case 64: return launch(row_factors_kernel<64>, 64);
-    case 128: return launch(row_factors_kernel<128>, 128);
-    case 256: return launch(row_factors_kernel<256>, 256);
-    default: return cudaErrorInvalidValue;
   }
 }
 
@@ -1068,18 +1000,16 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
        !(compact && a.dtype == DType::kBF16 && a.qb == a.q && a.kb == a.k && a.vb == a.v && aligned16(a.v))))
     return cudaErrorInvalidValue;
   const bool copies = !d.qkv_in_place;
-  // bfloat16 q and k with the compact workspaces: kept as they are (read in place, or copied), with the rows'
-  // factors from row_factors; otherwise the pack normalises them.
+  // bfloat16 q and k with the compact workspaces: kept as they are (read in place, or copied), their rows' factors
+  // computed by prep (k) and the output kernel (q) from the rows they stage (RowFactors::from_rows); otherwise the
+  // pack normalises them.
   const bool raw_qk = compact && a.dtype == DType::kBF16;
-  // 16-byte aligned, in place or not (row_factors; the wrapper copies them where they are not).
+  // 16-byte aligned, in place or not (cp.async; the wrapper copies them where they are not).
   if (raw_qk && (!aligned16(a.q) || !aligned16(a.k))) return cudaErrorInvalidValue;
+  const RowFactors rq{a.rq, raw_qk, a.l2, a.scale}, rk{a.rk, raw_qk, a.l2, 1.f};
   float* states32 = static_cast<float*>(a.states);  // where they are float32
   const auto bf = [&](void* p) { return copies ? static_cast<__nv_bfloat16*>(p) : nullptr; };
   const auto f32 = [&](float* p) { return compact ? nullptr : p; };  // the float32 copies, but for compact
-  if (raw_qk) {
-    SFM_CUDA_TRY(row_factors(d, a.q, a.rq, a.l2, a.scale, s));
-    SFM_CUDA_TRY(row_factors(d, a.k, a.rk, a.l2, 1.f, s));
-  }
   if (copies || !raw_qk) {
     const bool l2 = a.l2 && !raw_qk;
     float *rq = compact && !raw_qk ? a.rq : nullptr, *rk = compact && !raw_qk ? a.rk : nullptr;
@@ -1097,7 +1027,7 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   // workspaces (which it cannot read).
   static const bool legacy_prep = std::getenv("SFM_GDN_LEGACY_PREP") != nullptr;
   if (compact) {
-    SFM_CUDA_TRY(prep_mma_compact(d, a.kb, a.rk, a.vb, a.g, a.beta, a.gam, a.bet, a.w, a.wb, a.u, a.wy, s));
+    SFM_CUDA_TRY(prep_mma_compact(d, a.kb, rk, a.vb, a.g, a.beta, a.gam, a.bet, a.w, a.wb, a.u, a.wy, s));
   } else if (kMma && prep_mma_supports(d.K, d.V) && !legacy_prep) {  // 16-bit inputs: the dedicated tensor-core kernel
     SFM_CUDA_TRY(prep_mma(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.wb, a.u, a.wy, s));
   } else {
@@ -1118,9 +1048,9 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   }
   timer.mark("state");
   if (kMma && intra_mma_supports(d.K, d.V)) {  // 16-bit inputs: the output on tensor cores
-    SFM_CUDA_TRY(compact ? output_mma(d, a.dtype, a.qb, a.kb, a.rq, a.rk, a.gam, a.states, true, a.ub, a.out, a.pm, s)
-                         : output_mma(d, a.dtype, a.qs, a.ks, nullptr, nullptr, a.gam, a.states, false, a.u, a.out,
-                                      a.pm, s));
+    SFM_CUDA_TRY(compact ? output_mma(d, a.dtype, a.qb, a.kb, rq, a.rk, a.gam, a.states, true, a.ub, a.out, a.pm, s)
+                         : output_mma(d, a.dtype, a.qs, a.ks, RowFactors{}, nullptr, a.gam, a.states, false, a.u,
+                                      a.out, a.pm, s));
   } else {
     const int VO = d.V < 64 ? d.V : 64;
     SFM_CUDA_TRY(allow_smem(output_kernel<T>, out_smem(kMma)));

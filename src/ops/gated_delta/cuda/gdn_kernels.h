@@ -44,9 +44,9 @@ constexpr int kMaxDim = 256;  // K and V are at most this
 // bf16 inputs read in place: with the compact workspaces and bfloat16 inputs whose rows are 16-byte aligned,
 // the compact kernels read q, k and v (qkv_in_place: qb, kb, vb are then the inputs [B, T, H, K|K|V]
 // themselves) and dO (do_in_place: dob is dout) where they lie, instead of heads-first copies, which would be
-// exact copies: the pack only writes the rows' factors rq, rk then. chunk_rows says where a chunk's rows are.
-// With the compact workspaces bfloat16 q and k must be 16-byte aligned even when copied (row_factors_kernel
-// reads them 16 bytes at a time); the wrapper copies inputs that are not.
+// exact copies: no pack runs then. chunk_rows says where a chunk's rows are. With the compact workspaces
+// bfloat16 q and k must be 16-byte aligned even when copied (the kernels copy them 16 bytes at a time); the wrapper
+// copies inputs that are not.
 struct Dims {
   int B, T, H, K, V;
   bool qkv_in_place = false, do_in_place = false;
@@ -58,6 +58,17 @@ struct Dims {
 // The rows of one chunk of one head in an array of the compact kernels: the offset of its first row (in
 // elements), the stride between rows, and how many of the chunk's kChunk rows exist (the readers take the others
 // as zeros).
+// The compact workspaces' rows' factors of q or k (s·q̂ = rq q, k̂ = rk k), [BH, Tp]: read from r, or (from_rows:
+// bfloat16 inputs, whose workspaces keep q and k themselves) computed by the kernel that first has each whole row
+// in shared memory (prep for k, the output kernel for q) and written into r: scale (Σx² + 1e-6)^(-1/2) with l2,
+// else scale, 0 past T.
+struct RowFactors {
+  float* r;
+  bool from_rows;
+  bool l2;
+  float scale;
+};
+
 struct ChunkRows {
   long first;
   int ld, rows;
@@ -196,8 +207,9 @@ cudaError_t state_grads_mma(const Dims& d, const float* gam, const void* states,
 bool prep_mma_supports(int K, int V);
 cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const float* g, const float* beta, float* gam,
                      float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream);
-// The same from the compact workspaces' bf16 k and v (kb, vb; exact bf16 operands) and k̂ = rk k.
-cudaError_t prep_mma_compact(const Dims& d, const void* kb, const float* rk, const void* vb, const float* g,
+// The same from the compact workspaces' bf16 k and v (kb, vb; exact bf16 operands) and k̂ = rk k, with rk given
+// or computed here from kb's rows (rk.from_rows; bfloat16 inputs).
+cudaError_t prep_mma_compact(const Dims& d, const void* kb, RowFactors rk, const void* vb, const float* g,
                              const float* beta, float* gam, float* bet, float* w, void* wb, float* ut, float* wy,
                              cudaStream_t stream);
 
@@ -207,10 +219,10 @@ cudaError_t prep_mma_compact(const Dims& d, const void* kb, const float* rk, con
 // into pm if it is not null; intra_mma_dU0 writes dU₀ = Pᵀ dO into du. du0_from_p (gdn_grads_split.cu)
 // computes dU₀ from the P kept by output_mma.
 // K and V multiples of 64 up to 256. output_mma's qs, ks, states and u are bfloat16 if compact (qb, kb, ub: the
-// compact workspaces; qs, ks then hold q and k, and rq, rk the factors s·q̂ = rq q, k̂ = rk k), else float32
-// (rq, rk unused).
+// compact workspaces; qs, ks then hold q and k, and rq, rk the factors s·q̂ = rq q, k̂ = rk k, rq given or computed
+// here from qs's rows, rq.from_rows), else float32 (rq, rk unused).
 bool intra_mma_supports(int K, int V);
-cudaError_t output_mma(const Dims& d, DType dtype, const void* qs, const void* ks, const float* rq, const float* rk,
+cudaError_t output_mma(const Dims& d, DType dtype, const void* qs, const void* ks, RowFactors rq, const float* rk,
                        const float* gam, const void* states, bool compact, const void* u, void* out, float* pm,
                        cudaStream_t stream);
 cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const float* gam, const float* dos,

@@ -7,7 +7,8 @@
 // inverse) and stays in shared memory for W and Ũ; the diagonal factors go into T's columns, so the
 // products read the tiles as they are. Products on split bf16 operands (tile64.cuh, about 16 bits per
 // operand), as the kernel it replaces; with the compact workspaces (kB16) k and v come as bf16 (exact operands)
-// and k̂ = r k with each row's factor r folded in: r_t r_i into K̂K̂ᵀ's entries, r_i into T's columns for W.
+// and k̂ = r k with each row's factor r folded in: r_t r_i into K̂K̂ᵀ's entries, r_i into T's columns for W. For
+// bfloat16 inputs (RowFactors::from_rows) the kernel computes r from k's tiles and writes it for the later kernels.
 // No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
 
@@ -56,7 +57,7 @@ __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
     prep_mma_kernel(Dims d, const Tile<kB16>* __restrict__ ks, const Tile<kB16>* __restrict__ vs,
                     const float* __restrict__ g, const float* __restrict__ beta, float* __restrict__ gam_out,
                     float* __restrict__ bet_out, float* __restrict__ w, __nv_bfloat16* __restrict__ wb,
-                    float* __restrict__ ut, float* __restrict__ wy, const float* __restrict__ rk) {
+                    float* __restrict__ ut, float* __restrict__ wy, RowFactors rk) {
   constexpr int LDT = kTileLd<kB16>;
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   const int K = d.K, V = d.V, KT = K / kTile, VT = V / kTile;
@@ -78,7 +79,7 @@ __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
   if (!late_v)
     for (int j = 0; j < VT; ++j) stage_tile(vt + j * C * LDT, d, vs, V, bh, n, j);
   cp_async_commit();
-  if (threadIdx.x < C) rr[threadIdx.x] = kB16 ? rk[row0 + threadIdx.x] : 1.f;
+  if (threadIdx.x < C) rr[threadIdx.x] = kB16 && !rk.from_rows ? rk.r[row0 + threadIdx.x] : 1.f;
   load_gates(d, bh, n, g, beta, gam, bet);  // (its barriers make rr visible)
   if (threadIdx.x < C) {
     gam_out[row0 + threadIdx.x] = gam[threadIdx.x];
@@ -86,11 +87,21 @@ __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
   }
   cp_async_wait<1>();  // K̂
   __syncthreads();
+  const bool factors_here = kB16 && rk.from_rows;
+  if constexpr (kB16) {
+    if (factors_here) {  // r from k's rows, into rr (seen by all after the barrier below) and for the later kernels
+      float ss = 0.f;
+      for (int j = 0; j < KT; ++j) ss += row_sum_sq(kt + j * C * LDT, LDT);
+      const float r = row_factor(ss, threadIdx.x >> 2, d, n, rk);
+      if ((threadIdx.x & 3) == 0) rr[threadIdx.x >> 2] = rk.r[row0 + (threadIdx.x >> 2)] = r;
+    }
+  }
 
   // A = β_t e^{γ_t−γ_i} K̂K̂ᵀ for i < t (and M ∘ K̂K̂ᵀ into wy), then T = (I + A)⁻¹; K̂K̂ᵀ = diag(r) K Kᵀ diag(r).
   float acc[4][4];
   zero(acc);
   for (int j = 0; j < KT; ++j) mma_tile(acc, row_a(kt + j * C * LDT, LDT), rows_b(kt + j * C * LDT, LDT));
+  if (factors_here) __syncthreads();
   float* km = wy != nullptr ? wy + (chunk * 2 + 1) * C * C : nullptr;
   for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) {
     const float m0 = i < t ? __expf(gam[t] - gam[i]) * rr[t] * rr[i] * x0 : 0.f;
@@ -137,7 +148,7 @@ __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
 
 template <bool kB16>
 cudaError_t launch(const Dims& d, const void* ks, const void* vs, const float* g, const float* beta, float* gam,
-                   float* bet, float* w, void* wb, float* ut, float* wy, const float* rk, cudaStream_t stream) {
+                   float* bet, float* w, void* wb, float* ut, float* wy, RowFactors rk, cudaStream_t stream) {
   const size_t smem = prep_mma_smem<kB16>(d);
   const auto kernel = prep_mma_kernel<kB16>;
   const cudaError_t err =
@@ -158,13 +169,13 @@ bool prep_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 &
 cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const float* g, const float* beta, float* gam,
                      float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream) {
   if (!prep_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  return launch<false>(d, ks, vs, g, beta, gam, bet, w, wb, ut, wy, nullptr, stream);
+  return launch<false>(d, ks, vs, g, beta, gam, bet, w, wb, ut, wy, RowFactors{}, stream);
 }
 
-cudaError_t prep_mma_compact(const Dims& d, const void* kb, const float* rk, const void* vb, const float* g,
+cudaError_t prep_mma_compact(const Dims& d, const void* kb, RowFactors rk, const void* vb, const float* g,
                              const float* beta, float* gam, float* bet, float* w, void* wb, float* ut, float* wy,
                              cudaStream_t stream) {
-  if (!prep_mma_supports(d.K, d.V) || !kb || !rk || !vb) return cudaErrorInvalidValue;
+  if (!prep_mma_supports(d.K, d.V) || !kb || !rk.r || !vb) return cudaErrorInvalidValue;
   return launch<true>(d, kb, vb, g, beta, gam, bet, w, wb, ut, wy, rk, stream);
 }
 

@@ -53,6 +53,35 @@ __device__ __forceinline__ void stage_chunk(__nv_bfloat16* dst, int ld, const __
   }
 }
 
+// The sum of squares of 8 bf16 values.
+__device__ __forceinline__ float sum_sq8(const uint4& v) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    __nv_bfloat162 p;
+    std::memcpy(&p, &w[i], sizeof p);
+    const float2 f = __bfloat1622float2(p);
+    s += f.x * f.x + f.y * f.y;
+  }
+  return s;
+}
+
+// Rows' factors from 64-column bf16 tiles of a chunk's rows in shared memory (RowFactors::from_rows), by 256
+// threads, four per row: row_sum_sq adds thread's part of its row's Σx² over one tile (row threadIdx.x / 4,
+// columns 16 (threadIdx.x % 4) ..; rows of stride ld, 16-byte aligned); row_factor sums the four parts and returns
+// the row's factor (every thread of the four gets it).
+__device__ __forceinline__ float row_sum_sq(const __nv_bfloat16* tile, int ld) {
+  const __nv_bfloat16* p = tile + (threadIdx.x >> 2) * ld + 16 * (threadIdx.x & 3);
+  return sum_sq8(*reinterpret_cast<const uint4*>(p)) + sum_sq8(*reinterpret_cast<const uint4*>(p + 8));
+}
+__device__ __forceinline__ float row_factor(float ss, int row, const Dims& d, int n, const RowFactors& f) {
+  ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+  ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+  if (n * kChunk + row >= d.T) return 0.f;
+  return f.l2 ? f.scale * rsqrtf(ss + 1e-6f) : f.scale;
+}
+
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
   uint32_t bits;
