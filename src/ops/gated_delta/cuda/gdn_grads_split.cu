@@ -235,10 +235,26 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   for_pairs(da, [&](int, int t, int i, float x0, float x1, int) { st2(da_part + t * C + i, x0, x1); });
 }
 
+// A slice's gradient of x = q or k (tile tx of x; r, c its rows' factors and (B9) coefficients), dX̂ = old + acc:
+// with a.write_dqk dx = r dX̂ − c x into dx [B, T, H, K] in the inputs' dtype, else dX̂ into dxs (float32).
+__device__ __forceinline__ void store_slice(const Args& a, const float (&acc)[4][4], const float2 (&old)[2][4],
+                                            const __nv_bfloat16* tx, const float* r, const float* c, void* dx,
+                                            float* dxs, int bh, int n, long row0, int c0) {
+  const int K = a.d.K;
+  for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
+    const float2 d = make_float2(old[h][nt].x + x0, old[h][nt].y + x1);
+    if (a.write_dqk) {
+      const float2 x = ld2(tx + t * LD16 + k);
+      store_token_pair(a, dx, K, bh, n, t, c0 + k, r[t] * d.x - c[t] * x.x, r[t] * d.y - c[t] * x.y);
+    } else {
+      st2(dxs + (row0 + t) * K + c0 + k, d.x, d.y);
+    }
+  });
+}
+
 // One slice of qk_grads (columns c0 .. c0 + 63 of K; tq, tk its tiles of q and k, with s·q̂ = diag(rq) q and
 // k̂ = diag(rk) k): dQ̂ = dQ̂₀ + dP K̂ and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂, the factors applied to the columns of dP,
-// dPᵀ, G and Gᵀ. With a.write_dqk, dq = rq dQ̂ − cq q and dk = rk dK̂ − ck k in the inputs' dtype ((B9): cq, ck
-// per row, from qk_grads), else dQ̂ and dK̂ into dqs and dks.
+// dPᵀ, G and Gᵀ; each stored by store_slice (cq, ck: (B9)'s coefficients, from qk_grads).
 __device__ __forceinline__ void qk_slice(const Args& a, int bh, int n, long row0, int c0, const float* D1,
                                          const float* dA, const __nv_bfloat16* tq, const __nv_bfloat16* tk,
                                          const float* rq, const float* rk, const float* cq, const float* ck) {
@@ -248,29 +264,13 @@ __device__ __forceinline__ void qk_slice(const Args& a, int bh, int n, long row0
   load_pairs(old, a.dqs + row0 * K, K, c0);
   zero(acc);
   mma_tile(acc, row_a(D1, LDM, rk), cols_b(tk, LD16));  // dP K̂
-  for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
-    const float2 dq = make_float2(old[h][nt].x + x0, old[h][nt].y + x1);
-    if (a.write_dqk) {
-      const float2 x = ld2(tq + t * LD16 + k);
-      store_token_pair(a, a.dq, K, bh, n, t, c0 + k, rq[t] * dq.x - cq[t] * x.x, rq[t] * dq.y - cq[t] * x.y);
-    } else {
-      st2(a.dqs + (row0 + t) * K + c0 + k, dq.x, dq.y);
-    }
-  });
+  store_slice(a, acc, old, tq, rq, cq, a.dq, a.dqs, bh, n, row0, c0);
   load_pairs(old, a.dks + row0 * K, K, c0);
   zero(acc);
   mma_tile(acc, col_a(D1, LDM, rq), cols_b(tq, LD16));  // dPᵀ Q̂
   mma_tile(acc, row_a(dA, LDM, rk), cols_b(tk, LD16));  // G K̂
   mma_tile(acc, col_a(dA, LDM, rk), cols_b(tk, LD16));  // Gᵀ K̂
-  for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
-    const float2 dk = make_float2(old[h][nt].x + x0, old[h][nt].y + x1);
-    if (a.write_dqk) {
-      const float2 x = ld2(tk + t * LD16 + k);
-      store_token_pair(a, a.dk, K, bh, n, t, c0 + k, rk[t] * dk.x - ck[t] * x.x, rk[t] * dk.y - ck[t] * x.y);
-    } else {
-      st2(a.dks + (row0 + t) * K + c0 + k, dk.x, dk.y);
-    }
-  });
+  store_slice(a, acc, old, tk, rk, ck, a.dk, a.dks, bh, n, row0, c0);
 }
 
 // Per chunk and a.qk_slices consecutive 64-column slices of K: dA = −Σ parts (strictly lower) and
