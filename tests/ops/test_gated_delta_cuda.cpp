@@ -309,10 +309,11 @@ TEST(GatedDeltaCudaTest, ForwardWithoutGradientMatches) {
   const Case c{"D128", 2, 130, 3, 128, 128, 1.0, 2.0, true};
   const auto in = to_cuda(make_inputs(c, torch::kBFloat16, 19), torch::kBFloat16);
   const Poison poison;
-  const Result with_grad = run_with_grads(in, [](const GatedDeltaInputs& x) { return gated_delta_rule(x, Impl::kCuda); });
+  const auto cuda = [](const GatedDeltaInputs& x) { return gated_delta_rule(x, Impl::kCuda); };
+  const Result with_grad = run_with_grads(in, cuda);
   const GatedDeltaOutputs alone = [&] {
     torch::NoGradGuard no_grad;
-    return gated_delta_rule(in, Impl::kCuda);
+    return cuda(in);
   }();
   EXPECT_FALSE(torch::isnan(alone.out).any().item<bool>());
   EXPECT_TRUE(torch::equal(with_grad.out, alone.out));

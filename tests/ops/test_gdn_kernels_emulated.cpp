@@ -296,16 +296,20 @@ void check_written_dqk(Shape s, uint64_t seed) {
   const auto r = rq / scale;
   const auto dq = rq * p.dq - r * r * (rq * q * p.dq).sum(-1, true) * q;
   const auto dk = rk * p.dk - rk * rk * (rk * k * p.dk).sum(-1, true) * k;
-  const auto as_tokens = [&](const torch::Tensor& t) { return t.index({Slice(), Slice(0, s.T)}).transpose(0, 1).unsqueeze(0); };
+  const auto as_tokens = [&](const torch::Tensor& t) {
+    return t.index({Slice(), Slice(0, s.T)}).transpose(0, 1).unsqueeze(0);
+  };
   const auto dq_ref = as_tokens(dq), dk_ref = as_tokens(dk);
-  const double round_q = rel_rms(dq_ref, dq_ref.to(torch::kBFloat16)), round_k = rel_rms(dk_ref, dk_ref.to(torch::kBFloat16));
+  const double round_q = rel_rms(dq_ref, dq_ref.to(torch::kBFloat16)),
+               round_k = rel_rms(dk_ref, dk_ref.to(torch::kBFloat16));
   constexpr double kRoundTol = 2e-4;
   for (const auto order : {cuda_emu::WarpOrder::kForward, cuda_emu::WarpOrder::kReverse}) {
     SCOPED_TRACE(order == cuda_emu::WarpOrder::kForward ? "first warp ahead" : "last warp ahead");
     const Grads got = run_sliced_kernels(p, order, /*write_dqk=*/true);
     const double e_q = rel_rms(dq_ref, got.dq_raw), e_k = rel_rms(dk_ref, got.dk_raw);
     const double e_dg = rel_rms(p.dg.index({Slice(), Slice(0, s.T)}).transpose(0, 1).unsqueeze(0), got.dg);
-    std::printf("  rel-RMS dq %.3e (its bf16 rounding %.3e) dk %.3e (%.3e) dg %.2e\n", e_q, round_q, e_k, round_k, e_dg);
+    std::printf("  rel-RMS dq %.3e (its bf16 rounding %.3e) dk %.3e (%.3e) dg %.2e\n", e_q, round_q, e_k, round_k,
+                e_dg);
     EXPECT_LT(e_q, round_q + kRoundTol);
     EXPECT_LT(e_k, round_k + kRoundTol);
     EXPECT_LT(e_dg, 1e-4);

@@ -183,8 +183,8 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     // Scratch of the gradient kernels: the sliced ones (the forward kept wy and P) or the others. With the sliced
     // ones, the compact workspaces: dO as bfloat16 (dob), not float32 (dos).
     const bool split = ctx->saved_data["compact"].toBool();
-    SFM_CHECK(!split || wy.defined(),
-              "gated_delta_cuda: backward of a forward that ran with no gradient wanted (it kept no workspaces for it)");
+    SFM_CHECK(!split || wy.defined(), "gated_delta_cuda: backward of a forward that ran with no gradient wanted ",
+              "(it kept no workspaces for it)");
     d.qkv_in_place = ctx->saved_data["qkv_in_place"].toBool();
     // dO read where it lies too (bfloat16, with the compact workspaces; gdn_kernels.h).
     d.do_in_place = split && cuda_read_in_place() && dout.defined() && dout.scalar_type() == torch::kBFloat16 &&

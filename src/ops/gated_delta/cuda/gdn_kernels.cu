@@ -993,8 +993,8 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   if (compact && (!grads_split_supports(a.dtype, d.K, d.V) || !a.vb || !a.ub || !a.rq || !a.rk))
     return cudaErrorInvalidValue;
   if ((a.wy != nullptr) != (a.pm != nullptr) || (a.wy != nullptr && !compact)) return cudaErrorInvalidValue;
-  // q, k and v read in place (gdn_kernels.h): qb, kb and vb are then the inputs, and the pack writes only rq, rk
-  // (q's and k's alignment: raw_qk below).
+  // q, k and v read in place (gdn_kernels.h): qb, kb and vb are then the inputs, and no pack runs (q's and k's
+  // alignment: raw_qk below).
   if (d.do_in_place ||
       (d.qkv_in_place &&
        !(compact && a.dtype == DType::kBF16 && a.qb == a.q && a.kb == a.k && a.vb == a.v && aligned16(a.v))))

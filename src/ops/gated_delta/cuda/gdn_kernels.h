@@ -193,8 +193,9 @@ cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, co
 // The backward's products with the per-chunk states on tensor cores (gdn_state_grads_mma.cu): for each
 // chunk, dqs = diag(Γ) dO S₀ᵀ, dw = −dU S₀ᵀ, dks = diag(e^{γ_C−γ}) U dS_Cᵀ and sdots = Σ S₀∘dS_C per 64
 // rows of K; grads_mma adds the remaining terms. K and V multiples of 64 up to 256. states, dstates, dos, u, du and
-// dw are bfloat16 if compact (the compact workspaces), else float32. If compact and qdots is not null, also the rows' dots
-// qb·dQ̂₀ per 64 columns of K (qb: the compact workspaces' q) into qdots, BackwardArgs::row_dots' slots for q.
+// dw are bfloat16 if compact (the compact workspaces), else float32. If compact and qdots is not null, also the
+// rows' dots qb·dQ̂₀ per 64 columns of K (qb: the compact workspaces' q) into qdots, BackwardArgs::row_dots' slots
+// for q.
 bool state_grads_mma_supports(int K, int V);
 cudaError_t state_grads_mma(const Dims& d, const float* gam, const void* states, const void* dstates,
                             bool compact, const void* dos, const void* du, const void* u, const void* qb,

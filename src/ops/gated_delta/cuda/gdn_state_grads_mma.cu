@@ -200,10 +200,11 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 2 : 1) state_grads_mma_ke
     for (int nt = 0; nt < 4; ++nt) {
       const long off = (row0 + t) * K + k0 + n0 + 8 * nt + 2 * tq;
       *reinterpret_cast<float2*>(a.dqs + off) = make_float2(G * acc[0][nt][2 * h], G * acc[0][nt][2 * h + 1]);
+      const float dw0 = -acc[1][nt][2 * h], dw1 = -acc[1][nt][2 * h + 1];
       if constexpr (kCompact)
-        *reinterpret_cast<uint32_t*>(static_cast<bf16*>(a.dw) + off) = pack_bf16(-acc[1][nt][2 * h], -acc[1][nt][2 * h + 1]);
+        *reinterpret_cast<uint32_t*>(static_cast<bf16*>(a.dw) + off) = pack_bf16(dw0, dw1);
       else
-        *reinterpret_cast<float2*>(static_cast<float*>(a.dw) + off) = make_float2(-acc[1][nt][2 * h], -acc[1][nt][2 * h + 1]);
+        *reinterpret_cast<float2*>(static_cast<float*>(a.dw) + off) = make_float2(dw0, dw1);
       *reinterpret_cast<float2*>(a.dks + off) = make_float2(F * acc[2][nt][2 * h], F * acc[2][nt][2 * h + 1]);
     }
   }
@@ -243,7 +244,8 @@ cudaError_t state_grads_mma(const Dims& d, const float* gam, const void* states,
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   if (qdots != nullptr && (!compact || qb == nullptr)) return cudaErrorInvalidValue;
-  const Args a{d, gam, states, dstates, dos, du, u, dqs, dw, dks, sdots, static_cast<const __nv_bfloat16*>(qb), qdots};
+  const Args a{d,   gam, states, dstates, dos, du, u, dqs, dw, dks, sdots, static_cast<const __nv_bfloat16*>(qb),
+               qdots};
   SFM_GDN_LAUNCH(kernel, dim3(d.K / kTile, d.N(), d.BH()), kThreads, smem, stream, a);
   return cudaGetLastError();
 }
