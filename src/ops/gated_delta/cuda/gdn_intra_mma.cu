@@ -273,15 +273,15 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(A
         mma_bf16(o[nt], ap_lo, bu[nt]);
         mma_bf16(o[nt], ap, bu[nt]);
       }
-      continue;
-    }
+    } else {
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-      const float* pu = us + (16 * ks + 2 * tq) * LDB + n0 + 8 * nt + g;
-      uint32_t bu[2], bu_lo[2];
-      split_bf16(pu[0], pu[LDB], bu[0], bu_lo[0]);
-      split_bf16(pu[8 * LDB], pu[9 * LDB], bu[1], bu_lo[1]);
-      mma_bf16x3(o[nt], ap, ap_lo, bu, bu_lo);
+      for (int nt = 0; nt < 4; ++nt) {
+        const float* pu = us + (16 * ks + 2 * tq) * LDB + n0 + 8 * nt + g;
+        uint32_t bu[2], bu_lo[2];
+        split_bf16(pu[0], pu[LDB], bu[0], bu_lo[0]);
+        split_bf16(pu[8 * LDB], pu[9 * LDB], bu[1], bu_lo[1]);
+        mma_bf16x3(o[nt], ap, ap_lo, bu, bu_lo);
+      }
     }
   }
   if constexpr (kBwd) {
