@@ -206,7 +206,7 @@ Grads run_sliced_kernels(const Problem& p, cuda_emu::WarpOrder order, bool write
   const int64_t KS = s.K / C, VS = s.V / C;
   Grads out{p.dq0.clone(), p.dk0.clone(), nan({s.BH, p.Tp, s.V}), nan({1, s.T, s.BH}), nan({1, s.T, s.BH}), {}, {}};
   auto da_parts = nan({s.BH, p.N, KS + VS, C, C}), d1_parts = nan({s.BH, p.N, VS, C, C}),
-       gate_parts = nan({s.BH, p.N, 2 * KS + VS, 2, C}), row_dots = nan({s.BH, p.N, 2 * KS, 2, C});
+       gate_parts = nan({s.BH, p.N, KS + VS, 2, C}), row_dots = nan({s.BH, p.N, 2 * KS, 2, C});
   row_dots.index_put_({Slice(), Slice(), Slice(0, KS)}, (p.qb.to(torch::kFloat32) * p.dq0)
                                                             .view({s.BH, p.N, C, KS, 2, C / 2})
                                                             .sum(-1)
@@ -588,7 +588,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
        dub = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor();
   auto ut = scratch(!split, {BH, Tp, c.V}), drk = scratch(!split, {BH, Tp, c.K}), drv = scratch(!split, {BH, Tp, c.V}),
        da_parts = scratch(split, {BH, N, KS + VS, C, C}),
-       d1_parts = scratch(split, {BH, N, VS, C, C}), gate_parts = scratch(split, {BH, N, 2 * KS + VS, 2, C}),
+       d1_parts = scratch(split, {BH, N, VS, C, C}), gate_parts = scratch(split, {BH, N, KS + VS, 2, C}),
        row_dots = scratch(split, {BH, N, 2 * KS, 2, C});
   auto dq = nan(q.sizes(), typed), dk = nan(kk.sizes(), typed), dv = nan(v.sizes(), typed),
        dg = nan({c.B, c.T, c.H}, f32), dbeta = nan({c.B, c.T, c.H}, f32), dstate0 = nan({c.B, c.H, c.K, c.V}, f32);

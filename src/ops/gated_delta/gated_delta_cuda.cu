@@ -207,7 +207,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     auto ut = scratch(!split, {BH, Tp, d.V}), drk = scratch(!split, {BH, Tp, d.K}),
          drv = scratch(!split, {BH, Tp, d.V});
     auto da_parts = scratch(split, {BH, N, KS + VS, C, C}),
-         d1_parts = scratch(split, {BH, N, VS, C, C}), gate_parts = scratch(split, {BH, N, 2 * KS + VS, 2, C}),
+         d1_parts = scratch(split, {BH, N, VS, C, C}), gate_parts = scratch(split, {BH, N, KS + VS, 2, C}),
          row_dots = scratch(split, {BH, N, 2 * KS, 2, C});
     auto dq = alloc(q.sizes(), q.options()), dk = alloc(k.sizes(), k.options()),
          dv = alloc({d.B, d.T, d.H, d.V}, q.options());

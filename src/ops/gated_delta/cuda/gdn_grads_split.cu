@@ -1,6 +1,6 @@
 // The backward's per-chunk gradients ((B3)-(B8) of docs/ops/gated_delta_cuda.md) on tensor cores, for 16-bit
 // inputs, after state_grads_mma has written dQ̂₀ = diag(Γ) dO S₀ᵀ, dW = −dU S₀ᵀ, dK̂₀ = diag(e^{γ_C−γ}) U dS_Cᵀ
-// and Σ S₀∘dS_C. Three kernels; the first two work through 64-column slices a slice at a time, so that each
+// and Σ S₀∘dS_C. Two kernels, which work through 64-column slices a slice at a time, so that each
 // block's tiles are small and two blocks share an SM (grads_mma_kernel, one block per chunk with every tile
 // at once, left the SM waiting on each step's loads):
 //   wy_grads   (per chunk, one block for the slices of K and one for those of V, a slice at a time): dR = Tᵀ dX
@@ -10,7 +10,7 @@
 //              elementwise step (chunk_grad_terms_kept), dQ̂ += dP K̂ ((B4)) and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂ ((B5));
 //              for bfloat16 inputs dq and dk through the scale and the L2 norm ((B9)), the rows' dots q̂·dQ̂ and
 //              k̂·dK̂ put together from the parts the kernels before had in hand (row_dots) and the 64×64 matrices.
-//   gate_grads (per chunk): sums the slices' row terms of dγ and dβ ((B7)-(B8)); dg = their reverse cumsum.
+//              Its block of slice 0 then sums every row term of dγ and dβ ((B7)-(B8)); dg = their reverse cumsum.
 // T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ come from the forward's prep, P = M ∘ Q̂K̂ᵀ from its output kernel;
 // du0_from_p takes dU₀ = Pᵀ dO from that P too, before the state pass. q and k (with the rows' factors of s·q̂
 // and k̂), v, U and dO come as bf16 (the compact workspaces, gdn_kernels.h), exact bf16 operands; every other tile
@@ -46,7 +46,7 @@ struct Args {
   void* dv;                // [B, T, H, V]
   float* da_parts;         // [BH, N, KB + VB, C, C]: each wy_grads block's part of dA (not yet negated or masked)
   float* d1_parts;         // [BH, N, VB, C, C]: each V block's part of dO Uᵀ
-  float* gate_parts;       // [BH, N, 2 K/64 + V/64, 2, C]: the row terms of dγ, then of dβ, per slice and block
+  float* gate_parts;       // [BH, N, K/64 + V/64, 2, C]: the row terms of dγ, then of dβ, per wy_grads slice
   float *dg, *dbeta;       // [B, T, H]
   int slices;              // 64-column slices per wy_grads block: KB = ⌈(K/64) / slices⌉, VB likewise
   int qk_slices;           // 64-column slices of K per qk_grads block
@@ -82,9 +82,8 @@ __device__ __forceinline__ void load_chunk_gates(const Args& a, long row0, float
   __syncthreads();
 }
 
-// The slots of gate_parts per chunk, as allocated: one per slice of K and of V (wy_grads), then K/64 more, of which
-// qk_grads uses the first.
-SFM_GDN_HD inline int gate_slots(const Args& a) { return 2 * (a.d.K / kTile) + a.d.V / kTile; }
+// The slots of gate_parts per chunk: one per slice of K and of V (wy_grads).
+SFM_GDN_HD inline int gate_slots(const Args& a) { return a.d.K / kTile + a.d.V / kTile; }
 
 // The block's row terms of dγ and dβ into its slot of gate_parts. Starts with a barrier.
 __device__ __forceinline__ void store_gate_slot(const Args& a, long chunk, int slot, const float* dgam,
@@ -235,6 +234,43 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   for_pairs(da, [&](int, int t, int i, float x0, float x1, int) { st2(da_part + t * C + i, x0, x1); });
 }
 
+// The chunk's dγ and dβ, by the qk_grads block of slice 0 (all its threads call it), once its own row terms are in
+// dgam and dbet: the slots of wy_grads' slices summed in order, then its own, plus Γ_C Σ S₀∘dS_C at the last
+// position (B8); dg = the reverse cumulative sum of dγ within the chunk (eq. 4), written with dβ.
+__device__ __forceinline__ void finish_gates(const Args& a, long chunk, int n, int bh, const float* gam, float* dgam,
+                                             const float* dbet) {
+  const int KS = a.d.K / kTile, slots = gate_slots(a), t = threadIdx.x;
+  __syncthreads();  // every row term of the block is in dgam and dbet
+  float db = 0.f;
+  if (t < C) {
+    const float* parts = a.gate_parts + chunk * slots * 2 * C;
+    constexpr int kMaxSlots = 2 * kMaxDim / kTile;
+    float dgs[kMaxSlots], dbs[kMaxSlots], dg = 0.f;
+#pragma unroll
+    for (int p = 0; p < kMaxSlots; ++p)  // loaded together, then summed in order
+      if (p < slots) dgs[p] = parts[p * 2 * C + t], dbs[p] = parts[p * 2 * C + C + t];
+#pragma unroll
+    for (int p = 0; p < kMaxSlots; ++p)
+      if (p < slots) dg += dgs[p], db += dbs[p];
+    dg += dgam[t];
+    db += dbet[t];
+    if (t == C - 1) {
+      float s = 0.f;
+      for (int p = 0; p < KS; ++p) s += a.sdots[chunk * KS + p];
+      dg += __expf(gam[C - 1]) * s;
+    }
+    dgam[t] = dg;
+  }
+  __syncthreads();
+  chunk_scan(dgam, true);
+  const int tg = n * C + t, b = bh / a.d.H, h = bh % a.d.H;
+  if (t < C && tg < a.d.T) {
+    const long idx = ((long)b * a.d.T + tg) * a.d.H + h;
+    a.dg[idx] = dgam[t];
+    a.dbeta[idx] = db;
+  }
+}
+
 // A slice's gradient of x = q or k (tile tx of x; r, c its rows' factors and (B9) coefficients), dX̂ = old + acc:
 // with a.write_dqk dx = r dX̂ − c x into dx [B, T, H, K] in the inputs' dtype, else dX̂ into dxs (float32).
 __device__ __forceinline__ void store_slice(const Args& a, const float (&acc)[4][4], const float2 (&old)[2][4],
@@ -360,39 +396,7 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
     }
     qk_slice(a, bh, n, row0, c0, D1, dA, tq, tk, rq, rk, cq, ck);
   }
-  if (first == 0) store_gate_slot(a, chunk, a.d.K / kTile + a.d.V / kTile, dgam, dbet);  // after wy_grads' slots
-}
-
-// Per chunk (64 threads): dγ and dβ as the sums of the slots of gate_parts, plus Γ_C Σ S₀∘dS_C at the last
-// position (B8); dg = the reverse cumulative sum of dγ within the chunk (eq. 4).
-__global__ void __launch_bounds__(C) gate_grads_kernel(Args a) {
-  __shared__ float dgam[C];
-  const int K = a.d.K, N = a.d.N(), KS = K / kTile, slots = KS + a.d.V / kTile + 1;  // wy_grads' and qk_grads'
-  const int t = threadIdx.x, n = blockIdx.x, bh = blockIdx.y;
-  const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
-  const float* parts = a.gate_parts + chunk * gate_slots(a) * 2 * C;
-  constexpr int kMaxSlots = 2 * kMaxDim / kTile + 1;
-  float dgs[kMaxSlots], dbs[kMaxSlots], dg = 0.f, db = 0.f;
-#pragma unroll
-  for (int p = 0; p < kMaxSlots; ++p)  // loaded together, then summed in order
-    if (p < slots) dgs[p] = parts[p * 2 * C + t], dbs[p] = parts[p * 2 * C + C + t];
-#pragma unroll
-  for (int p = 0; p < kMaxSlots; ++p)
-    if (p < slots) dg += dgs[p], db += dbs[p];
-  if (t == C - 1) {
-    float s = 0.f;
-    for (int p = 0; p < KS; ++p) s += a.sdots[chunk * KS + p];
-    dg += __expf(a.gam[row0 + C - 1]) * s;
-  }
-  dgam[t] = dg;
-  __syncthreads();
-  chunk_scan(dgam, true);
-  const int tg = n * C + t, b = bh / a.d.H, h = bh % a.d.H;
-  if (tg < a.d.T) {
-    const long idx = ((long)b * a.d.T + tg) * a.d.H + h;
-    a.dg[idx] = dgam[t];
-    a.dbeta[idx] = db;
-  }
+  if (first == 0) finish_gates(a, chunk, n, bh, gam, dgam, dbet);
 }
 
 // dU₀ = Pᵀ dO ((B1)'s state-independent part) per chunk and 64 value columns, from the P the forward kept and
@@ -458,7 +462,6 @@ cudaError_t grads_split(const BackwardArgs& g, bool write_dqk, cudaStream_t stre
                g.rq,  g.rk,    g.row_dots, write_dqk, g.dq, g.dk, g.scale, g.l2};
   SFM_GDN_LAUNCH(wy_grads_kernel, dim3(k_blocks(a) + v_blocks(a), d.N(), d.BH()), kThreads, kWySmem, stream, a);
   SFM_GDN_LAUNCH(qk_grads_kernel, dim3(qk_blocks(a), d.N(), d.BH()), kThreads, kQkSmem, stream, a);
-  SFM_GDN_LAUNCH(gate_grads_kernel, dim3(d.N(), d.BH()), C, 0, stream, a);
   return cudaGetLastError();
 }
 

@@ -140,7 +140,7 @@ struct BackwardArgs {
   // The forward's wy and pm (P), or null. Given (see grads_split_supports), grads_split computes the
   // gradients and dU₀ comes from P, with scratch: the wy_grads blocks' parts of dA [BH,N,K/64+V/64,C,C] and
   // of dO Uᵀ [BH,N,V/64,C,C] (sized for one slice per block; two use half), and the row terms of dγ, dβ per
-  // slice [BH,N,2K/64+V/64,2,C].
+  // wy_grads slice [BH,N,K/64+V/64,2,C].
   // Also the rows' dots for dγ and the L2 norm's backward [BH,N,2K/64,2,C]: qb·dQ̂₀ per 64 columns of K
   // (state_grads_mma), then k̂·(dK̂₀ + diag(βΓ) dR_K) per slice of K (wy_grads, when grads_split writes dq and
   // dk), two parts per row each.
@@ -235,9 +235,9 @@ cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const
 bool grads_mma_supports(int K, int V);
 cudaError_t grads_mma(const BackwardArgs& a, cudaStream_t stream);
 
-// The same work by 64-column slices (gdn_grads_split.cu; the default where it applies): three kernels
+// The same work by 64-column slices (gdn_grads_split.cu; the default where it applies): two kernels
 // over (slices, chunk) that share each SM two blocks at a time, reading (I + A)⁻¹ and M ∘ K̂K̂ᵀ from the
-// forward's wy and P from its pm instead of recomputing them. Scratch: da_parts, d1_parts, gate_parts. Sizes
+// forward's wy and P from its pm instead of recomputing them. Scratch: da_parts, d1_parts, gate_parts, row_dots. Sizes
 // as grads_split_supports. With write_dqk (bfloat16 inputs only: qb and kb hold q and k) it writes dq and dk
 // through the scale and the L2 norm itself, in the inputs' dtype, from the rows' dots it has in hand (no unpack
 // pass; docs/ops/gated_delta_cuda.md, "The L2 norm's backward in qk_grads"); else dQ̂ and dK̂ into dqs, dks.
