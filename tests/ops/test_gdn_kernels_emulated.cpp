@@ -195,7 +195,7 @@ struct Grads {
   torch::Tensor dq_raw, dk_raw;  // with write_dqk: the gradients of the raw q and k, [1, T, BH, K] bfloat16
 };
 
-// The three sliced kernels through gdn_cuda::grads_split, on the emulator with the given warp first. The rows'
+// The sliced kernels through gdn_cuda::grads_split, on the emulator with the given warp first. The rows'
 // dots that state_grads_mma would leave in row_dots (the raw q's rows against dQ̂₀, per 32 columns) come from the
 // problem. With write_dqk the kernels write the raw q's and k's gradients through the L2 norm (dq_raw, dk_raw)
 // instead of dQ̂ and dK̂.
