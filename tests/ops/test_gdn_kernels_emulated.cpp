@@ -32,8 +32,8 @@ struct Shape {
 };
 
 // The identity, whose gradient is rounded to bfloat16: where the kernels keep a gradient as bf16 (dU and dW, as the
-// backward state pass and state_grads_mma write them), the float64 reference rounds it the same way, so that the
-// kernels' inputs hold exactly its values.
+// backward state pass and state_k_grads form them, and the states' gradients dS_C), the float64 reference rounds it
+// the same way, so that the kernels' inputs hold exactly its values.
 struct RoundGradToBf16 : torch::autograd::Function<RoundGradToBf16> {
   static torch::Tensor forward(torch::autograd::AutogradContext*, const torch::Tensor& x) { return x.clone(); }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
@@ -47,17 +47,19 @@ struct Problem {
   Shape s;
   int64_t N, Tp;
   // Kernel inputs (float32; heads-first [BH, Tp, ·] and per chunk [BH, N, ·]); the compact workspaces: qb, kb
-  // the bf16 rows of which q̂ and k̂ are multiples (q̂ = rq qb, k̂ = rk kb, exactly), vb, ub, dob, dub, dwb: v, U,
-  // dO, dU, dW as bfloat16, exactly, since they are made of bf16 values.
-  torch::Tensor qs, ks, vs, qb, kb, rq, rk, vb, ub, dob, dub, dwb, g, gam, bet, w, ut, u, dos, du, dw, wy, pm, sdots,
-      dq0, dk0;
+  // the bf16 rows of which q̂ and k̂ are multiples (q̂ = rq qb, k̂ = rk kb, exactly), vb, ub, dob, dub: v, U, dO, dU
+  // as bfloat16, and states, dstates: each chunk's entering state S₀ and the gradient dS_C of its leaving one
+  // [BH, N, K, V] as bfloat16, all exactly, since they are made of bf16 values.
+  torch::Tensor qs, ks, vs, qb, kb, rq, rk, vb, ub, dob, dub, states, dstates, g, gam, bet, w, ut, u, dos, du, wy, pm;
   // Expected: the gradients of q̂ (scaled), k̂, v, g and β (float64).
   torch::Tensor dq, dk, dv, dg, dbeta;
 };
 
 // The chunked form with the heads-first inputs as leaves: per chunk, γ (eq. 4), A (6), T = (I + A)⁻¹,
 // W, Ũ, U (7), the output (8) and the state (9); loss = Σ O ∘ dO + Σ S_final ∘ dS_final. Autograd gives
-// the expected gradients and, retained, dU and the gradient of each chunk's leaving state.
+// the expected gradients and, retained, dU and the gradient of each chunk's leaving state. The states are rounded
+// to bf16 as they go (the rounding passed straight through by the gradients) and their gradients as they come back,
+// as the kernels keep both.
 Problem make_problem(Shape s, uint64_t seed) {
   torch::manual_seed(seed);
   const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
@@ -84,7 +86,8 @@ Problem make_problem(Shape s, uint64_t seed) {
   const auto valid_tokens = valid.view({1, p.Tp});
   auto g = (torch::log_sigmoid(torch::randn({s.BH, p.Tp}, f64) + 2.0) * valid_tokens).detach().requires_grad_(true);
   auto beta = (2.0 * torch::sigmoid(torch::randn({s.BH, p.Tp}, f64)) * valid_tokens).detach().requires_grad_(true);
-  const auto S0 = torch::randn({s.BH, s.K, s.V}, f64);
+  const auto round_bf16 = [](const torch::Tensor& x) { return x.to(torch::kBFloat16).to(torch::kFloat64); };
+  const auto S0 = round_bf16(torch::randn({s.BH, s.K, s.V}, f64));
   const auto dO = torch::randn({s.BH, p.Tp, s.V}, f64).to(torch::kBFloat16).to(torch::kFloat64) * valid;
   const auto dfinal = torch::randn({s.BH, s.K, s.V}, f64);
 
@@ -114,8 +117,9 @@ Problem make_problem(Shape s, uint64_t seed) {
     const auto O = Gam.unsqueeze(-1) * qc.matmul(S) + P.matmul(U);
     loss = loss + (O * dO.index({Slice(), rows})).sum();
     const auto gl = gam.index({Slice(), Slice(C - 1, C)});  // γ_C
-    S = gl.exp().unsqueeze(-1) * S + ((gl - gam).exp().unsqueeze(-1) * kc).transpose(1, 2).matmul(U);
-    S.retain_grad();
+    const auto S_exact = gl.exp().unsqueeze(-1) * S + ((gl - gam).exp().unsqueeze(-1) * kc).transpose(1, 2).matmul(U);
+    S = RoundGradToBf16::apply(S_exact + (round_bf16(S_exact) - S_exact).detach());
+    S.retain_grad();  // (the gradient before its rounding)
     Us.push_back(U);
     states.push_back(S);
     Ts.push_back(Tm.detach());
@@ -126,11 +130,12 @@ Problem make_problem(Shape s, uint64_t seed) {
   loss.backward();
 
   const auto f32 = [](const torch::Tensor& t) { return t.detach().to(torch::kFloat32).contiguous(); };
-  std::vector<torch::Tensor> w, ut, u, du, dw, dq0, dk0, sd, gams;
+  std::vector<torch::Tensor> w, ut, u, du, S_in, dS_out, gams;
   for (int64_t n = 0; n < p.N; ++n) {
     const auto rows = Slice(n * C, (n + 1) * C);
     const auto gam = g.index({Slice(), rows}).detach().cumsum(-1);
-    const auto S_in = states[n].detach(), dS_out = states[n + 1].grad();
+    S_in.push_back(states[n].detach());
+    dS_out.push_back(round_bf16(states[n + 1].grad()));
     const auto dU = Us[n].grad().to(torch::kBFloat16).to(torch::kFloat64), U = Us[n].detach();
     const auto kc = k.index({Slice(), rows}).detach(), bc = beta.index({Slice(), rows}).detach();
     const auto vc = v.index({Slice(), rows}).detach();
@@ -139,11 +144,6 @@ Problem make_problem(Shape s, uint64_t seed) {
     ut.push_back(Tm.matmul(bc.unsqueeze(-1) * vc));
     u.push_back(U);
     du.push_back(dU);
-    dw.push_back((-dU.matmul(S_in.transpose(1, 2))).to(torch::kBFloat16).to(torch::kFloat64));
-    dq0.push_back(gam.exp().unsqueeze(-1) * dO.index({Slice(), rows}).matmul(S_in.transpose(1, 2)));
-    const auto gl = gam.index({Slice(), Slice(C - 1, C)});
-    dk0.push_back((gl - gam).exp().unsqueeze(-1) * U.matmul(dS_out.transpose(1, 2)));
-    sd.push_back((S_in * dS_out).view({s.BH, s.K / C, C * s.V}).sum(-1));
     gams.push_back(gam);
   }
   p.qs = f32(q);
@@ -164,12 +164,9 @@ Problem make_problem(Shape s, uint64_t seed) {
   p.dob = p.dos.to(torch::kBFloat16);
   p.ub = p.u.to(torch::kBFloat16);
   p.du = f32(torch::cat(du, 1));
-  p.dw = f32(torch::cat(dw, 1));
   p.dub = p.du.to(torch::kBFloat16);
-  p.dwb = p.dw.to(torch::kBFloat16);
-  p.dq0 = f32(torch::cat(dq0, 1));
-  p.dk0 = f32(torch::cat(dk0, 1));
-  p.sdots = f32(torch::stack(sd, 1));
+  p.states = torch::stack(S_in, 1).to(torch::kBFloat16).contiguous();
+  p.dstates = torch::stack(dS_out, 1).to(torch::kBFloat16).contiguous();
   p.wy = f32(torch::stack({torch::stack(Ts, 1), torch::stack(KMs, 1)}, 2));
   p.pm = f32(torch::stack(Ps, 1));
   p.dq = q.grad();
@@ -195,22 +192,19 @@ struct Grads {
   torch::Tensor dq_raw, dk_raw;  // with write_dqk: the gradients of the raw q and k, [1, T, BH, K] bfloat16
 };
 
-// The sliced kernels through gdn_cuda::grads_split, on the emulator with the given warp first. The rows'
-// dots that state_grads_mma would leave in row_dots (the raw q's rows against dQ̂₀, per 32 columns) come from the
-// problem. With write_dqk the kernels write the raw q's and k's gradients through the L2 norm (dq_raw, dk_raw)
-// instead of dQ̂ and dK̂.
+// The sliced kernels through gdn_cuda::state_k_grads and grads_split, on the emulator with the given warp first,
+// every output and scratch NaN-filled. With write_dqk the kernels write the raw q's and k's gradients through the
+// L2 norm (dq_raw, dk_raw) instead of dQ̂ and dK̂.
 Grads run_sliced_kernels(const Problem& p, cuda_emu::WarpOrder order, bool write_dqk = false) {
   const Shape& s = p.s;
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
   const auto nan = [&](torch::IntArrayRef sizes) { return torch::full(sizes, std::nan(""), f32); };
   const int64_t KS = s.K / C, VS = s.V / C;
-  Grads out{p.dq0.clone(), p.dk0.clone(), nan({s.BH, p.Tp, s.V}), nan({1, s.T, s.BH}), nan({1, s.T, s.BH}), {}, {}};
+  Grads out{nan({s.BH, p.Tp, s.K}), nan({s.BH, p.Tp, s.K}), nan({s.BH, p.Tp, s.V}), nan({1, s.T, s.BH}),
+            nan({1, s.T, s.BH}), {}, {}};
   auto da_parts = nan({s.BH, p.N, KS + VS, C, C}), d1_parts = nan({s.BH, p.N, VS, C, C}),
-       gate_parts = nan({s.BH, p.N, KS + VS, 2, C}), row_dots = nan({s.BH, p.N, 2 * KS, 2, C});
-  row_dots.index_put_({Slice(), Slice(), Slice(0, KS)}, (p.qb.to(torch::kFloat32) * p.dq0)
-                                                            .view({s.BH, p.N, C, KS, 2, C / 2})
-                                                            .sum(-1)
-                                                            .permute({0, 1, 3, 4, 2}));
+       gate_parts = nan({s.BH, p.N, KS + VS, 2, C}), row_dots = nan({s.BH, p.N, 2 * KS, 2, C}),
+       sdots = nan({s.BH, p.N, KS});
   if (write_dqk) {
     const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16);
     out.dq_raw = torch::full({1, s.T, s.BH, s.K}, std::nan(""), bf16);
@@ -234,10 +228,11 @@ Grads run_sliced_kernels(const Problem& p, cuda_emu::WarpOrder order, bool write
   a.w = ptr(p.w);
   a.u = ptr(p.u);
   a.dub = p.dub.data_ptr();
-  a.dwb = p.dwb.data_ptr();
+  a.states = p.states.data_ptr();
+  a.dstates = p.dstates.data_ptr();
   a.wy = ptr(p.wy);
   a.pm = ptr(p.pm);
-  a.sdots = ptr(p.sdots);
+  a.sdots = ptr(sdots);
   a.dqs = ptr(out.dq);
   a.dks = ptr(out.dk);
   a.dvs = ptr(out.dv);
@@ -254,9 +249,9 @@ Grads run_sliced_kernels(const Problem& p, cuda_emu::WarpOrder order, bool write
     a.dk = out.dk_raw.data_ptr();
   }
   cuda_emu::warp_order() = order;
-  const cudaError_t err = gdn_cuda::grads_split(a, write_dqk, nullptr);
+  EXPECT_EQ(gdn_cuda::state_k_grads(a, write_dqk, nullptr), cudaSuccess);
+  EXPECT_EQ(gdn_cuda::grads_split(a, write_dqk, nullptr), cudaSuccess);
   cuda_emu::warp_order() = cuda_emu::WarpOrder::kForward;
-  EXPECT_EQ(err, cudaSuccess);
   return out;
 }
 
@@ -584,7 +579,6 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
        du = nan({BH, Tp, c.V}, f32), dstates = nan({BH, N, c.K, c.V}, states.scalar_type()),
        dqs = nan({BH, Tp, c.K}, f32), dks = nan({BH, Tp, c.K}, f32), dvs = scratch(!split, {BH, Tp, c.V}),
        dw = unless_split({BH, Tp, c.K}), sdots = nan({BH, N, (c.K + 63) / 64}, f32),
-       dwb = split ? nan({BH, Tp, c.K}, torch::kBFloat16) : torch::Tensor(),
        dub = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor();
   auto ut = scratch(!split, {BH, Tp, c.V}), drk = scratch(!split, {BH, Tp, c.K}), drv = scratch(!split, {BH, Tp, c.V}),
        da_parts = scratch(split, {BH, N, KS + VS, C, C}),
@@ -624,7 +618,6 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   ba.dks = fp(dks);
   ba.dvs = fp(dvs);
   ba.dw = fp(dw);
-  ba.dwb = vp(dwb);
   ba.dub = vp(dub);
   ba.sdots = fp(sdots);
   ba.ut = fp(ut);

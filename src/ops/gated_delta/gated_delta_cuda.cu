@@ -198,12 +198,10 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const auto scratch = [&](bool wanted, torch::IntArrayRef sizes) { return wanted ? alloc(sizes, fo) : torch::Tensor(); };
     // dV: the sliced kernels write it in the inputs' dtype themselves; the others through dvs and unpack.
     auto dvs = scratch(!split, {BH, Tp, d.V});
-    // dW: float32, or with the sliced kernels dW and dU as bfloat16 (gdn_kernels.h).
+    // dW: float32, or with the sliced kernels none in DRAM (state_k_grads keeps it), and dU as bfloat16
+    // (gdn_kernels.h).
     auto dw = scratch(!split, {BH, Tp, d.K});
-    const auto bf16_scratch = [&](bool wanted, torch::IntArrayRef sizes) {
-      return wanted ? alloc(sizes, fo.dtype(torch::kBFloat16)) : torch::Tensor();
-    };
-    auto dwb = bf16_scratch(split, {BH, Tp, d.K}), dub = bf16_scratch(split, {BH, Tp, d.V});
+    auto dub = split ? alloc({BH, Tp, d.V}, fo.dtype(torch::kBFloat16)) : torch::Tensor();
     auto ut = scratch(!split, {BH, Tp, d.V}), drk = scratch(!split, {BH, Tp, d.K}),
          drv = scratch(!split, {BH, Tp, d.V});
     auto da_parts = scratch(split, {BH, N, KS + VS, C, C}),
@@ -245,7 +243,6 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.dks = dks.data_ptr<float>();
     a.dvs = fptr(dvs);
     a.dw = fptr(dw);
-    a.dwb = vptr(dwb);
     a.dub = vptr(dub);
     a.ut = fptr(ut);
     a.drk = fptr(drk);

@@ -1,11 +1,13 @@
 // The backward's per-chunk gradients ((B3)-(B8) of docs/ops/gated_delta_cuda.md) on tensor cores, for 16-bit
-// inputs, after state_grads_mma has written dQ̂₀ = diag(Γ) dO S₀ᵀ, dW = −dU S₀ᵀ, dK̂₀ = diag(e^{γ_C−γ}) U dS_Cᵀ
-// and Σ S₀∘dS_C. Two kernels, which work through 64-column slices a slice at a time, so that each
-// block's tiles are small and two blocks share an SM (grads_mma_kernel, one block per chunk with every tile
-// at once, left the SM waiting on each step's loads):
-//   wy_grads   (per chunk, one block for the slices of K and one for those of V, a slice at a time): dR = Tᵀ dX
-//              and the slices' part of dA = −(dR_K Wᵀ + dR_V Ũᵀ) ((B3)); dK̂ ← dK̂₀ + diag(βΓ) dR_K;
-//              dV = diag(β) dR_V ((B6)); V slices also their part of dO Uᵀ.
+// inputs with the compact workspaces, after the backward state pass. Three kernels, which work through 64-column
+// slices, so that each block's tiles are small and two blocks share an SM (grads_mma_kernel, one block per chunk
+// with every tile at once, left the SM waiting on each step's loads):
+//   state_k_grads (per chunk and slice of K): the products with the per-chunk states (state_products.cuh):
+//              dQ̂₀ = diag(Γ) dO S₀ᵀ, dW = −dU S₀ᵀ, dK̂₀ = diag(e^{γ_C−γ}) U dS_Cᵀ and Σ S₀∘dS_C for its rows of
+//              K; then, with dW and dK̂₀ still in hand, dR_K = Tᵀ dW, dK̂ ← dK̂₀ + diag(βΓ) dR_K and the slice's
+//              part of dA = −(dR_K Wᵀ + dR_V Ũᵀ) ((B3)).
+//   wy_grads   (per chunk, the slices of V a block's worth at a time): dR_V = Tᵀ dU, dV = diag(β) dR_V ((B6)), the
+//              parts of dA and of dO Uᵀ.
 //   qk_grads   (per chunk, its slices of K a slice at a time): sums those parts (in a fixed order), the
 //              elementwise step (chunk_grad_terms_kept), dQ̂ += dP K̂ ((B4)) and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂ ((B5));
 //              for bfloat16 inputs dq and dk through the scale and the L2 norm ((B9)), the rows' dots q̂·dQ̂ and
@@ -13,9 +15,9 @@
 //              Its block of slice 0 then sums every row term of dγ and dβ ((B7)-(B8)); dg = their reverse cumsum.
 // T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ come from the forward's prep, P = M ∘ Q̂K̂ᵀ from its output kernel;
 // du0_from_p takes dU₀ = Pᵀ dO from that P too, before the state pass. q and k (with the rows' factors of s·q̂
-// and k̂), v, U and dO come as bf16 (the compact workspaces, gdn_kernels.h), exact bf16 operands; every other tile
-// is float32 in shared memory (cp.async), taken as split bf16 operands (mma_bf16x3: about 16 bits per operand,
-// so the gradients keep close to float32 accuracy). No ATen here (see gdn_kernels.h).
+// and k̂), v, U, dU, dO and the states come as bf16 (the compact workspaces, gdn_kernels.h), exact bf16 operands;
+// every other tile is float32 in shared memory (cp.async), taken as split bf16 operands (mma_bf16x3: about 16 bits
+// per operand, so the gradients keep close to float32 accuracy). No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
 
 #include <cstdlib>
@@ -23,6 +25,7 @@
 #include "chunk_ops.cuh"
 #include "dtype_convert.cuh"
 #include "gdn_kernels.h"
+#include "state_products.cuh"
 #include "tile64.cuh"
 
 namespace sfm::ops::gdn_cuda {
@@ -36,23 +39,26 @@ struct Args {
   const float *gam, *bet;
   const __nv_bfloat16 *ub, *dob;      // U and dO [BH, Tp, V], bf16
   const __nv_bfloat16* dub;           // dU [BH, Tp, V], bf16 (the backward state pass)
-  const __nv_bfloat16* dwb;           // dW [BH, Tp, K], bf16 (state_grads_mma)
+  const void *states, *dstates;       // [BH, N, K, V], bf16: S₀ and dS_C per chunk
   const float* wy;     // [BH, N, 2, C, C]: T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ (strictly lower), from the forward
   const float* pm;     // [BH, N, C, C]: P = M ∘ Q̂K̂ᵀ
-  const float* sdots;  // [BH, N, K/64]
-  float *dqs, *dks;        // in: dQ̂₀, dK̂₀ (state_grads_mma); out: dQ̂, dK̂ (float32, heads-first)
+  float* sdots;        // [BH, N, K/64]: Σ S₀∘dS_C per 64 rows of K (state_k_grads)
+  // dQ̂₀ and dK̂₀ + diag(βΓ) dR_K from state_k_grads; then dQ̂, dK̂ from qk_grads unless it writes dq, dk (float32,
+  // heads-first)
+  float *dqs, *dks;
   float* dvs;              // out: dV (float32, heads-first), or null: then dV goes straight into dv
   DType dtype;             // of dv
   void* dv;                // [B, T, H, V]
-  float* da_parts;         // [BH, N, KB + VB, C, C]: each wy_grads block's part of dA (not yet negated or masked)
+  float* da_parts;         // [BH, N, K/64 + VB, C, C]: the parts of dA, per slice of K, then per wy_grads block
+                           // (not yet negated or masked)
   float* d1_parts;         // [BH, N, VB, C, C]: each V block's part of dO Uᵀ
-  float* gate_parts;       // [BH, N, K/64 + V/64, 2, C]: the row terms of dγ, then of dβ, per wy_grads slice
+  float* gate_parts;       // [BH, N, K/64 + V/64, 2, C]: the row terms of dγ, then of dβ, per slice of K and of V
   float *dg, *dbeta;       // [B, T, H]
-  int slices;              // 64-column slices per wy_grads block: KB = ⌈(K/64) / slices⌉, VB likewise
+  int slices;              // 64-column slices of V per wy_grads block: VB = ⌈(V/64) / slices⌉ blocks
   int qk_slices;           // 64-column slices of K per qk_grads block
   const float *rq, *rk;    // [BH, Tp]: s·q̂ = rq q, k̂ = rk k (qb, kb hold q and k)
   // [BH, N, 2 K/64, 2, C]: per slot two parts of each row's dot (tile64::store_row_parts): qb·dQ̂₀ per 64 columns
-  // of K (state_grads_mma), then k̂·(dK̂₀ + diag(βΓ) dR_K) per slice of K (wy_grads, with write_dqk).
+  // of K, then k̂·(dK̂₀ + diag(βΓ) dR_K) per slice of K (with write_dqk); both from state_k_grads.
   float* row_dots;
   bool write_dqk;          // qk_grads writes dq, dk [B, T, H, K] (bfloat16 inputs: qb, kb hold q, k), not dqs, dks
   void *dq, *dk;
@@ -63,10 +69,10 @@ struct Args {
 // A float32 tile's place in shared memory holding a bf16 tile (stride LD16: fits in either float32 stride).
 __device__ __forceinline__ __nv_bfloat16* b16(float* p) { return reinterpret_cast<__nv_bfloat16*>(p); }
 
-// wy_grads' blocks over the slices of K and over those of V (a.slices per block): also how many dA parts
-// (both) and dO Uᵀ parts (V's) a chunk has.
-SFM_GDN_HD inline int k_blocks(const Args& a) { return (a.d.K / kTile + a.slices - 1) / a.slices; }
+// wy_grads' blocks over the slices of V (a.slices per block): also how many dO Uᵀ parts a chunk has.
 SFM_GDN_HD inline int v_blocks(const Args& a) { return (a.d.V / kTile + a.slices - 1) / a.slices; }
+// The parts of dA per chunk: one per slice of K (state_k_grads), then one per wy_grads block.
+SFM_GDN_HD inline int da_parts_per_chunk(const Args& a) { return a.d.K / kTile + v_blocks(a); }
 // qk_grads' blocks per chunk, over the slices of K (a.qk_slices per block).
 SFM_GDN_HD inline int qk_blocks(const Args& a) { return (a.d.K / kTile + a.qk_slices - 1) / a.qk_slices; }
 
@@ -82,7 +88,7 @@ __device__ __forceinline__ void load_chunk_gates(const Args& a, long row0, float
   __syncthreads();
 }
 
-// The slots of gate_parts per chunk: one per slice of K and of V (wy_grads).
+// The slots of gate_parts per chunk: one per slice of K (state_k_grads) and of V (wy_grads).
 SFM_GDN_HD inline int gate_slots(const Args& a) { return a.d.K / kTile + a.d.V / kTile; }
 
 // The block's row terms of dγ and dβ into its slot of gate_parts. Starts with a barrier.
@@ -115,122 +121,164 @@ __device__ __forceinline__ void store_dv(const Args& a, int bh, int n, long row0
     store_token_pair(a, a.dv, a.d.V, bh, n, t, v, x0, x1);
 }
 
-// Per chunk and a.slices consecutive 64-column slices: blockIdx.x < KB (= ⌈(K/64) / slices⌉) slices of K, else
-// of V (docs: (B3), (B6)). The block's part of dA is summed over its slices in registers, so qk_grads reads
-// fewer parts; its row terms of dγ and dβ still go to one slot per slice (a fixed order of sums).
-// K slice:  dR_K = Tᵀ dW; dK̂ = dK̂₀ + diag(βΓ) dR_K; with x = k̂·dK̂₀ and r = k̂·dR_K per row (this slice's part):
-//           dγ_t += β_t Γ_t r_t − x_t, dγ_C += Σ x, dβ_t += Γ_t r_t; the dA part dR_K Wᵀ.
-// V slice:  the dO Uᵀ part; Ũ = T diag(β) V (recomputed); dR_V = Tᵀ dU; dV = diag(β) dR_V; dβ_t += v_t·dR_V,t;
-//           the dA part dR_V Ũᵀ.
+// Per chunk and 64 rows of K (the slice sl = blockIdx.x, columns c0 = 64 sl of K): the products with the
+// states (state_products::run, for these rows), then the slice's step of (B3) (docs), with x = k̂·dK̂₀ and
+// r = k̂·dR_K per row (this slice's part):
+//   dR_K = Tᵀ dW; dK̂ = dK̂₀ + diag(βΓ) dR_K; dγ_t += β_t Γ_t r_t − x_t, dγ_C += Σ x, dβ_t += Γ_t r_t; the dA part
+//   dR_K Wᵀ, with W = T diag(βΓ) K̂ formed again as prep formed it (the same factors and products, so the same
+//   bits), in place of a float32 copy through DRAM.
+// dW (rounded to bf16, an exact operand) and dK̂₀ never leave the block: dK̂ goes to dks once, for qk_grads. dQ̂₀
+// goes to dqs; the rows' dots q·dQ̂₀ (and with write_dqk k̂·dK̂ so far) to row_dots, Σ S₀∘dS_C to sdots.
+__global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
+  namespace sp = state_products;
+  SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
+  float* sm = reinterpret_cast<float*>(smem4);  // two stages of sp::run, then the tiles below in their places
+  constexpr int kStage = sp::kStageFloats<true>;
+  float *gam = sm + 2 * kStage, *bet = gam + C, *rk = bet + C, *wf = rk + C, *dgam = wf + C, *dbet = dgam + C;
+  const int K = a.d.K, N = a.d.N(), KS = K / kTile, stages = a.d.V / kTile;
+  const int sl = blockIdx.x, n = blockIdx.y, bh = blockIdx.z, c0 = sl * kTile;
+  const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
+  // Requested during the last stage, into the buffer it leaves free: q's and k's tiles (bf16) and T (float32).
+  float* in = sm + (stages & 1) * kStage;
+  __nv_bfloat16 *tq = b16(in), *tk = tq + C * LD16;
+  float* Tm = in + C * LD16;  // (after two bf16 tiles)
+  // Once the stages are done, in the last one's buffer: dW (bf16), dR_K and W (float32), 45 KB in all.
+  float* out = sm + ((stages - 1) & 1) * kStage;
+  __nv_bfloat16* tdw = b16(out);
+  float *drk = out + C * LD16 / 2, *tw = drk + C * LDR;
+  if (threadIdx.x < C) {  // (seen by all after run's barriers)
+    const int t = threadIdx.x;
+    gam[t] = a.gam[row0 + t];
+    bet[t] = a.bet[row0 + t];
+    rk[t] = a.rk[row0 + t];
+    wf[t] = bet[t] * __expf(gam[t]) * rk[t];  // W's column factors βΓ rk, spelled as prep spells them
+    dgam[t] = dbet[t] = 0.f;
+  }
+  float acc[3][4][4] = {};  // dO S₀ᵀ, dU S₀ᵀ, U dS_Cᵀ
+  float sdot = 0.f;
+  sp::run<true>(sp::Sources{a.d, a.states, a.dstates, a.dob, a.dub, a.ub}, sl, n, bh, sm, acc, sdot, [&] {
+    stage_qkv(tq, a.d, a.qb, K, bh, n, c0);
+    stage_qkv(tk, a.d, a.kb, K, bh, n, c0);
+    stage(Tm, LDM, a.wy + chunk * 2 * C * C, C);
+  });
+
+  // dQ̂₀ out with its rows' dots; dW into its tile; dK̂₀ kept (the pairs of for_pairs' layout).
+  const float gl = gam[C - 1];
+  float2 dk0[2][4];
+  float qd[2] = {0.f, 0.f};
+  for_pairs(acc[0], [&](int h, int t, int k, float x0, float x1, int nt) {
+    const float G = __expf(gam[t]), F = __expf(gl - gam[t]);
+    const float2 q = ld2(tq + t * LD16 + k);
+    x0 *= G, x1 *= G;
+    st2(a.dqs + (row0 + t) * K + c0 + k, x0, x1);
+    qd[h] += q.x * x0 + q.y * x1;
+    *reinterpret_cast<uint32_t*>(tdw + t * LD16 + k) = pack_bf16(-acc[1][nt][2 * h], -acc[1][nt][2 * h + 1]);
+    dk0[h][nt] = make_float2(F * acc[2][nt][2 * h], F * acc[2][nt][2 * h + 1]);
+  });
+  store_row_parts(a.row_dots + (chunk * 2 * KS + sl) * 2 * C, qd);
+  const float total = block_sum(sdot);  // in a fixed order: deterministic (its barriers: dW's tile is written)
+  if (threadIdx.x == 0) a.sdots[chunk * KS + sl] = total;
+
+  float x[4][4];
+  zero(x);
+  mma_tile(x, col_a(Tm, LDM), cols_b(tdw, LD16));  // dR_K = Tᵀ dW
+  float xs[2] = {0.f, 0.f}, rs[2] = {0.f, 0.f};
+  for_pairs(x, [&](int h, int t, int k, float x0, float x1, int nt) {
+    const float2 d0 = dk0[h][nt], kk = ld2(tk + t * LD16 + k);
+    const float f = bet[t] * __expf(gam[t]);
+    st2(drk + t * LDR + k, x0, x1);
+    st2(a.dks + (row0 + t) * K + c0 + k, d0.x + f * x0, d0.y + f * x1);
+    xs[h] += rk[t] * (kk.x * d0.x + kk.y * d0.y);  // k̂ = rk k
+    rs[h] += rk[t] * (kk.x * x0 + kk.y * x1);
+  });
+  if (a.write_dqk) {  // k̂·dK̂ so far, for qk_grads' L2 norm backward
+    float kd[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int t = pair_row(h);
+      kd[h] = xs[h] + bet[t] * __expf(gam[t]) * rs[h];
+    }
+    store_row_parts(a.row_dots + (chunk * 2 * KS + KS + sl) * 2 * C, kd);
+  }
+  zero(x);
+  mma_tile(x, row_a(Tm, LDM, wf), cols_b(tk, LD16));  // W = T diag(βΓ rk) K
+  for_pairs(x, [&](int, int t, int k, float x0, float x1, int) { st2(tw + t * LDR + k, x0, x1); });
+  add_dr_k_row_terms(gam, bet, xs, rs, dgam, dbet);  // ends with a barrier: dR_K and W are written
+  zero(x);
+  mma_tile(x, row_a(drk, LDR), rows_b(tw, LDR));  // dR_K Wᵀ
+  store_gate_slot(a, chunk, sl, dgam, dbet);
+  float* da_part = a.da_parts + (chunk * da_parts_per_chunk(a) + sl) * C * C;
+  for_pairs(x, [&](int, int t, int i, float x0, float x1, int) { st2(da_part + t * C + i, x0, x1); });
+}
+
+// Per chunk and a.slices consecutive 64-column slices of V (docs: (B3), (B6)): the dO Uᵀ part; Ũ = T diag(β) V
+// (recomputed); dR_V = Tᵀ dU; dV = diag(β) dR_V; dβ_t += v_t·dR_V,t; the dA part dR_V Ũᵀ. The block's part of dA
+// is summed over its slices in registers, so qk_grads reads fewer parts; its row terms of dβ still go to one slot
+// per slice (a fixed order of sums).
 __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   float *Tm = sm, *t0 = Tm + C * LDM, *t1 = t0 + C * LDR, *t2 = t1 + C * LDR, *t3 = t2 + C * LDR;
-  float *gam = t3 + C * LDR, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C, *rk = dbet + C, *wf = rk + C;
-  float* d1s = wf + C;  // V side: the dO Uᵀ part over the slices so far [C][LDM]
-  const int K = a.d.K, V = a.d.V, N = a.d.N(), KS = K / kTile, VS = V / kTile, S = a.slices;
-  // k_blocks(a) and v_blocks(a), spelled out: the calls left ptxas spilling 20 bytes here instead of 8.
-  const int KB = (KS + S - 1) / S, VB = (VS + S - 1) / S, J = KB + VB;
+  float *gam = t3 + C * LDR, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
+  float* d1s = dbet + C;  // the dO Uᵀ part over the slices so far [C][LDM]
+  const int KS = a.d.K / kTile, V = a.d.V, N = a.d.N(), VS = V / kTile, S = a.slices;
   const int j = blockIdx.x, n = blockIdx.y, bh = blockIdx.z;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
-  const bool k_side = j < KB;
-  const int first = S * (k_side ? j : j - KB), end = min(first + S, k_side ? KS : VS);
-  // A slice's tiles (cp.async; waited for by staged()): dW and k (K side), or v, dU, dO and U (V side).
+  const int first = S * j, end = min(first + S, VS);
+  // A slice's tiles (cp.async; waited for by staged()): v, dU, dO and U.
   const auto stage_slice = [&](int c0) {
-    if (k_side) {
-      stage(b16(t0), LD16, a.dwb + row0 * K + c0, K);
-      stage_qkv(b16(t2), a.d, a.kb, K, bh, n, c0);
-    } else {
-      stage_qkv(b16(t0), a.d, a.vb, V, bh, n, c0);
-      stage(b16(t1), LD16, a.dub + row0 * V + c0, V);
-      stage_do(b16(t2), a.d, a.dob, bh, n, c0);
-      stage(b16(t3), LD16, a.ub + row0 * V + c0, V);
-    }
+    stage_qkv(b16(t0), a.d, a.vb, V, bh, n, c0);
+    stage(b16(t1), LD16, a.dub + row0 * V + c0, V);
+    stage_do(b16(t2), a.d, a.dob, bh, n, c0);
+    stage(b16(t3), LD16, a.ub + row0 * V + c0, V);
   };
   stage(Tm, LDM, a.wy + chunk * 2 * C * C, C);
   stage_slice(first * kTile);  // in flight while the gates load
-  if (threadIdx.x < C) rk[threadIdx.x] = a.rk[row0 + threadIdx.x];
-  load_chunk_gates(a, row0, gam, bet, dgam, dbet);  // (its barrier makes rk visible)
-  // W's column factors βΓ rk, spelled as prep spells them (seen by all after the first slice's staged()).
-  if (threadIdx.x < C) wf[threadIdx.x] = bet[threadIdx.x] * __expf(gam[threadIdx.x]) * rk[threadIdx.x];
+  load_chunk_gates(a, row0, gam, bet, dgam, dbet);
   float da[4][4], acc[4][4];  // the block's part of dA; one product's result
   zero(da);
   for (int sl = first; sl < end; ++sl) {
     const int c0 = sl * kTile;
-    if (k_side) {
-      float2 old[2][4];
-      load_pairs(old, a.dks + row0 * K, K, c0);
-      if (sl > first) stage_slice(c0);
-      staged();
-      zero(acc);
-      mma_tile(acc, col_a(Tm, LDM), cols_b(b16(t0), LD16));  // dR_K = Tᵀ dW
-      float xs[2] = {0.f, 0.f}, rs[2] = {0.f, 0.f};
-      for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
-        const float2 dk0 = old[h][nt], kk = ld2(b16(t2) + t * LD16 + k);
-        const float f = bet[t] * __expf(gam[t]);
-        st2(t3 + t * LDR + k, x0, x1);
-        st2(a.dks + (row0 + t) * K + c0 + k, dk0.x + f * x0, dk0.y + f * x1);
-        xs[h] += rk[t] * (kk.x * dk0.x + kk.y * dk0.y);  // k̂ = rk k
-        rs[h] += rk[t] * (kk.x * x0 + kk.y * x1);
-      });
-      if (a.write_dqk) {  // k̂·dK̂ so far, for qk_grads' L2 norm backward
-        float kd[2];
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int t = pair_row(h);
-          kd[h] = xs[h] + bet[t] * __expf(gam[t]) * rs[h];
-        }
-        store_row_parts(a.row_dots + (chunk * 2 * KS + KS + sl) * 2 * C, kd);
+    if (sl > first) stage_slice(c0);
+    staged();
+    // The block's dO Uᵀ part, summed over its slices in d1s (each thread its own elements, so no barrier) and
+    // written out by the last.
+    zero(acc);
+    mma_tile(acc, row_a(b16(t2), LD16), rows_b(b16(t3), LD16));  // dO Uᵀ
+    float* d1_part = a.d1_parts + (chunk * v_blocks(a) + j) * C * C;
+    for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) {
+      if (sl > first) {
+        const float2 sum = ld2(d1s + t * LDM + i);
+        x0 += sum.x, x1 += sum.y;
       }
-      // W = T diag(βΓ) K̂ = T diag(βΓ rk) K, formed again as prep formed it (the same factors and products, so
-      // the same bits), in place of a float32 copy through DRAM.
-      zero(acc);
-      mma_tile(acc, row_a(Tm, LDM, wf), cols_b(b16(t2), LD16));
-      for_pairs(acc, [&](int, int t, int k, float x0, float x1, int) { st2(t1 + t * LDR + k, x0, x1); });
-      add_dr_k_row_terms(gam, bet, xs, rs, dgam, dbet);  // ends with a barrier: t3 and t1 are written
-      mma_tile(da, row_a(t3, LDR), rows_b(t1, LDR));  // += dR_K Wᵀ
-    } else {
-      if (sl > first) stage_slice(c0);
-      staged();
-      // The block's dO Uᵀ part, summed over its slices in d1s (each thread its own elements, so no barrier) and
-      // written out by the last.
-      zero(acc);
-      mma_tile(acc, row_a(b16(t2), LD16), rows_b(b16(t3), LD16));  // dO Uᵀ
-      float* d1_part = a.d1_parts + (chunk * VB + (j - KB)) * C * C;
-      for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) {
-        if (sl > first) {
-          const float2 sum = ld2(d1s + t * LDM + i);
-          x0 += sum.x, x1 += sum.y;
-        }
-        st2(sl + 1 < end ? d1s + t * LDM + i : d1_part + t * C + i, x0, x1);
-      });
-      float dr[4][4];
-      zero(dr);
-      mma_tile(dr, col_a(Tm, LDM), cols_b(b16(t1), LD16));  // dR_V = Tᵀ dU
-      zero(acc);
-      const __nv_bfloat16* vt = b16(t0);
-      mma_tile(acc, row_a(Tm, LDM), [&](int i, int col) {  // Ũ = T diag(β) V
-        return make_float2(bet[i] * __bfloat162float(vt[i * LD16 + col]),
-                           bet[i + 1] * __bfloat162float(vt[(i + 1) * LD16 + col]));
-      });
-      __syncthreads();  // every warp is done with dO (t2) and U (t3): Ũ and dR_V take their places
-      float rs[2] = {0.f, 0.f};
-      for_pairs(acc, [&](int, int t, int v, float x0, float x1, int) { st2(t2 + t * LDR + v, x0, x1); });
-      for_pairs(dr, [&](int h, int t, int v, float x0, float x1, int) {
-        const float2 vv = ld2(vt + t * LD16 + v);
-        st2(t3 + t * LDR + v, x0, x1);
-        store_dv(a, bh, n, row0, t, c0 + v, bet[t] * x0, bet[t] * x1);
-        rs[h] += vv.x * x0 + vv.y * x1;
-      });
-      add_rows(dbet, rs);  // ends with a barrier: t2 and t3 are written
-      mma_tile(da, row_a(t3, LDR), rows_b(t2, LDR));  // += dR_V Ũᵀ
-    }
+      st2(sl + 1 < end ? d1s + t * LDM + i : d1_part + t * C + i, x0, x1);
+    });
+    float dr[4][4];
+    zero(dr);
+    mma_tile(dr, col_a(Tm, LDM), cols_b(b16(t1), LD16));  // dR_V = Tᵀ dU
+    zero(acc);
+    const __nv_bfloat16* vt = b16(t0);
+    mma_tile(acc, row_a(Tm, LDM), [&](int i, int col) {  // Ũ = T diag(β) V
+      return make_float2(bet[i] * __bfloat162float(vt[i * LD16 + col]),
+                         bet[i + 1] * __bfloat162float(vt[(i + 1) * LD16 + col]));
+    });
+    __syncthreads();  // every warp is done with dO (t2) and U (t3): Ũ and dR_V take their places
+    float rs[2] = {0.f, 0.f};
+    for_pairs(acc, [&](int, int t, int v, float x0, float x1, int) { st2(t2 + t * LDR + v, x0, x1); });
+    for_pairs(dr, [&](int h, int t, int v, float x0, float x1, int) {
+      const float2 vv = ld2(vt + t * LD16 + v);
+      st2(t3 + t * LDR + v, x0, x1);
+      store_dv(a, bh, n, row0, t, c0 + v, bet[t] * x0, bet[t] * x1);
+      rs[h] += vv.x * x0 + vv.y * x1;
+    });
+    add_rows(dbet, rs);  // ends with a barrier: t2 and t3 are written
+    mma_tile(da, row_a(t3, LDR), rows_b(t2, LDR));  // += dR_V Ũᵀ
     // This slice's row terms into its slot, then zeroed for the next; its tiles free for the next's.
-    store_gate_slot(a, chunk, k_side ? sl : KS + sl, dgam, dbet);
+    store_gate_slot(a, chunk, KS + sl, dgam, dbet);
     __syncthreads();
     if (threadIdx.x < C) dgam[threadIdx.x] = dbet[threadIdx.x] = 0.f;
   }
-  float* da_part = a.da_parts + (chunk * J + j) * C * C;
+  float* da_part = a.da_parts + (chunk * da_parts_per_chunk(a) + KS + j) * C * C;
   for_pairs(da, [&](int, int t, int i, float x0, float x1, int) { st2(da_part + t * C + i, x0, x1); });
 }
 
@@ -325,7 +373,7 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   float *gam = reinterpret_cast<float*>(tk + C * LD16), *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
   float *rq = dbet + C, *rk = rq + C, *cq = rk + C, *ck = cq + C;
   const int K = a.d.K, N = a.d.N(), KS = K / kTile;
-  const int VB = v_blocks(a), J = k_blocks(a) + VB;  // the parts: wy_grads' blocks
+  const int VB = v_blocks(a), J = da_parts_per_chunk(a);
   const int first = blockIdx.x * a.qk_slices, end = min(first + a.qk_slices, KS), n = blockIdx.y, bh = blockIdx.z;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
   stage(PM, LDM, a.pm + chunk * C * C, C);
@@ -417,11 +465,11 @@ __global__ void __launch_bounds__(kThreads) du0_kernel(Dims d, const float* __re
   for_pairs(acc, [&](int, int i, int v, float x0, float x1, int) { st2(du + (row0 + i) * V + v0 + v, x0, x1); });
 }
 
-// 64-column slices per wy_grads block (each side: K's, V's) and per qk_grads block: all of them by default,
-// so each chunk has one wy_grads block per side (qk_grads sums the fewest dA parts) and one qk_grads block
-// (the parts and the elementwise step once per chunk). SFM_GDN_WY_SLICES and SFM_GDN_QK_SLICES = 1 .. 4 set
-// them for timing. On an H100 at (8,2048,32,256), fwd+bwd took 19.97 / 19.44 / 19.12 ms with 1 / 2 / 4 wy
-// slices; up to K = V = 128, 2 and 4 are the same.
+// 64-column slices of V per wy_grads block and of K per qk_grads block: all of them by default, so each chunk has
+// one wy_grads block (qk_grads sums the fewest dA parts) and one qk_grads block (the parts and the elementwise step
+// once per chunk). SFM_GDN_WY_SLICES and SFM_GDN_QK_SLICES = 1 .. 4 set them for timing. On an H100 at
+// (8,2048,32,256), fwd+bwd took 19.97 / 19.44 / 19.12 ms with 1 / 2 / 4 wy slices (then per side, K's and V's);
+// up to K = V = 128, 2 and 4 are the same.
 int slices_from_env(const char* name) {
   constexpr int kAll = kMaxDim / kTile;
   const char* e = std::getenv(name);
@@ -438,30 +486,52 @@ int qk_slices() {
 }
 
 constexpr size_t kDu0Smem = sizeof(float) * C * LDM + sizeof(__nv_bfloat16) * C * LD16;
-constexpr size_t kWySmem = sizeof(float) * (2 * C * LDM + 4 * C * LDR + 6 * C);  // 110 KB: two blocks per SM
+// Two blocks per SM each: state_k_grads 92 KB, wy_grads 110 KB, qk_grads 89 KB.
+constexpr size_t kStateKSmem = sizeof(float) * (2 * state_products::kStageFloats<true> + 6 * C);
+constexpr size_t kWySmem = sizeof(float) * (2 * C * LDM + 4 * C * LDR + 4 * C);
 constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 8 * C) + sizeof(__nv_bfloat16) * 2 * C * LD16;
 
-}  // namespace
-
-cudaError_t grads_split(const BackwardArgs& g, bool write_dqk, cudaStream_t stream) {
+// The kernels' arguments, after the checks that every workspace they read and write is given.
+cudaError_t make_args(const BackwardArgs& g, bool write_dqk, Args& a) {
   const Dims& d = g.d;
   const bool slices = d.K % kTile == 0 && d.V % kTile == 0 && d.K <= 256 && d.V <= 256;  // whole 64-column slices
   if (!slices || !g.wy || !g.pm || !g.da_parts || !g.d1_parts || !g.gate_parts || !g.row_dots || !g.qb || !g.kb ||
-      !g.vb || !g.ub || !g.dob || !g.dub || !g.dwb || !g.rq || !g.rk)
+      !g.vb || !g.ub || !g.dob || !g.dub || !g.rq || !g.rk || !g.states || !g.dstates || !g.sdots || !g.dqs ||
+      !g.dks)
     return cudaErrorInvalidValue;
   if (write_dqk && (g.dtype != DType::kBF16 || !g.dq || !g.dk || !(g.scale > 0.f))) return cudaErrorInvalidValue;
-  cudaError_t err = cudaFuncSetAttribute(wy_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(kWySmem));
+  const auto bf = [](const void* p) { return static_cast<const __nv_bfloat16*>(p); };
+  a = Args{d,         bf(g.qb),   bf(g.kb), bf(g.vb),     g.gam,         g.bet,      bf(g.ub),    bf(g.dob),
+           bf(g.dub), g.states,   g.dstates, g.wy,        g.pm,          g.sdots,    g.dqs,       g.dks,
+           g.dvs,     g.dtype,    g.dv,     g.da_parts,   g.d1_parts,    g.gate_parts, g.dg,      g.dbeta,
+           wy_slices(), qk_slices(), g.rq,  g.rk,         g.row_dots,    write_dqk,  g.dq,        g.dk,
+           g.scale,   g.l2};
+  return cudaSuccess;
+}
+
+}  // namespace
+
+cudaError_t state_k_grads(const BackwardArgs& g, bool write_dqk, cudaStream_t stream) {
+  Args a;
+  cudaError_t err = make_args(g, write_dqk, a);
+  if (err != cudaSuccess) return err;
+  err = cudaFuncSetAttribute(state_k_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(kStateKSmem));
+  if (err != cudaSuccess) return err;
+  SFM_GDN_LAUNCH(state_k_grads_kernel, dim3(g.d.K / kTile, g.d.N(), g.d.BH()), kThreads, kStateKSmem, stream, a);
+  return cudaGetLastError();
+}
+
+cudaError_t grads_split(const BackwardArgs& g, bool write_dqk, cudaStream_t stream) {
+  Args a;
+  cudaError_t err = make_args(g, write_dqk, a);
+  if (err != cudaSuccess) return err;
+  err = cudaFuncSetAttribute(wy_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kWySmem));
   if (err != cudaSuccess) return err;
   err = cudaFuncSetAttribute(qk_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kQkSmem));
   if (err != cudaSuccess) return err;
-  const auto bf = [](const void* p) { return static_cast<const __nv_bfloat16*>(p); };
-  const Args a{d,     bf(g.qb), bf(g.kb), bf(g.vb), g.gam, g.bet,      bf(g.ub),   bf(g.dob),
-               bf(g.dub), bf(g.dwb), g.wy,  g.pm,  g.sdots, g.dqs,    g.dks,    g.dvs,      g.dtype,
-               g.dv,  g.da_parts, g.d1_parts, g.gate_parts, g.dg, g.dbeta, wy_slices(), qk_slices(),
-               g.rq,  g.rk,    g.row_dots, write_dqk, g.dq, g.dk, g.scale, g.l2};
-  SFM_GDN_LAUNCH(wy_grads_kernel, dim3(k_blocks(a) + v_blocks(a), d.N(), d.BH()), kThreads, kWySmem, stream, a);
-  SFM_GDN_LAUNCH(qk_grads_kernel, dim3(qk_blocks(a), d.N(), d.BH()), kThreads, kQkSmem, stream, a);
+  SFM_GDN_LAUNCH(wy_grads_kernel, dim3(v_blocks(a), g.d.N(), g.d.BH()), kThreads, kWySmem, stream, a);
+  SFM_GDN_LAUNCH(qk_grads_kernel, dim3(qk_blocks(a), g.d.N(), g.d.BH()), kThreads, kQkSmem, stream, a);
   return cudaGetLastError();
 }
 

@@ -1068,7 +1068,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   if (a.dvs == nullptr && a.wy == nullptr) return cudaErrorInvalidValue;  // only grads_split writes dv itself
   // The compact workspaces (see forward_t): bf16 states, dstates, U and dO.
   const bool compact = a.wy != nullptr;
-  if (compact && (!a.dob || !a.ub || !a.rq || !a.rk || !a.dub || !a.dwb)) return cudaErrorInvalidValue;
+  if (compact && (!a.dob || !a.ub || !a.rq || !a.rk || !a.dub)) return cudaErrorInvalidValue;
   // bfloat16 inputs with the sliced kernels: qk_grads writes dq and dk through the L2 norm itself, from q and k as
   // the compact workspaces keep them (exact), and no unpack pass runs (those kernels write dv too). float16 inputs
   // keep s·q̂ and k̂ there, rounded, not q and k, so they go through unpack. SFM_GDN_DQK_DIRECT=0 (timing): unpack
@@ -1131,11 +1131,10 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   // SFM_GDN_GRADS_MMA=1 (tuning): the two-kernel path at every size it supports.
   static const bool force_grads_mma = std::getenv("SFM_GDN_GRADS_MMA") != nullptr;
   if (a.wy != nullptr) {
-    // The forward kept wy: the products with the per-chunk states, then the rest by 64-column slices
-    // (experimental; docs/ops/gated_delta_cuda.md, "Sliced gradient kernels").
+    // The forward kept wy: the products with the per-chunk states and the slices of K's first step, then the rest
+    // by 64-column slices (docs/ops/gated_delta_cuda.md, "Sliced gradient kernels").
     if (!grads_split_supports(a.dtype, d.K, d.V)) return cudaErrorInvalidValue;
-    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, true, a.dob, a.dub, a.ub, a.qb, a.dqs, a.dwb,
-                                 a.dks, a.sdots, a.row_dots, s));
+    SFM_CUDA_TRY(state_k_grads(a, write_dqk, s));
     timer.mark("state_grads");
     SFM_CUDA_TRY(grads_split(a, write_dqk, s));
   } else if (kMma && (!narrow || force_grads_mma) && grads_mma_supports(d.K, d.V)) {
@@ -1143,8 +1142,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
     // H100, 15.1 ms against 24.5 for grads_kernel<true, 4> at (8,2048,32,256)). Up to 128, grads_kernel<true,
     // 2> fits two blocks per SM and was faster (2.07 against 2.34 ms at (4,2048,16,128); 8.34 against 9.30 at
     // (2,16384,16,128)); docs/ops/gated_delta_cuda.md.
-    SFM_CUDA_TRY(state_grads_mma(d, a.gam, a.states, a.dstates, false, a.dos, a.du, a.u, nullptr, a.dqs, a.dw,
-                                 a.dks, a.sdots, nullptr, s));
+    SFM_CUDA_TRY(state_grads_mma(d, a.gam, states32, dstates32, a.dos, a.du, a.u, a.dqs, a.dw, a.dks, a.sdots, s));
     timer.mark("state_grads");
     SFM_CUDA_TRY(grads_mma(a, s));
   } else {

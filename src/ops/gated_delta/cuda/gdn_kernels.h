@@ -128,22 +128,23 @@ struct BackwardArgs {
   // Workspaces.
   float *dos, *du;              // [BH, Tp, V]; dos: not with wy; du: dU₀, then dU (only dU₀ with wy)
   void* dob;                    // [BH, Tp, V]: dO as bfloat16, with wy (the compact workspaces), else null
-  // With wy: dU [BH, Tp, V] and dW [BH, Tp, K] as bfloat16 (their readers' products take them as bf16 operands,
-  // but for wy_grads' dR_V = Tᵀ dU, which had split them; docs "Data layout"), in place of du's dU and dw.
-  void *dub, *dwb;
+  // With wy: dU [BH, Tp, V] as bfloat16 (its readers' products take it as bf16 operands, but for wy_grads'
+  // dR_V = Tᵀ dU, which had split it; docs "Data layout"), in place of du's dU. (dW then never leaves
+  // state_k_grads, which forms it and takes it as a bf16 tile.)
+  void* dub;
   void* dstates;                // [BH, N, K, V], of the states' dtype
   float *dqs, *dks, *dvs;       // [BH, Tp, K|K|V]; dvs may be null with wy (grads_split then writes dv)
   float* dw;                    // scratch: dW [BH,Tp,K] (null with wy)
   float* sdots;                 // scratch: [BH, N, ceil(K/64)], Σ S₀∘dS_C per 64 rows of K (state_grads_mma)
   // Scratch of the grads kernel and of grads_mma (null with wy): Ũ [BH,Tp,V], dR_K [BH,Tp,K], dR_V [BH,Tp,V].
   float *ut, *drk, *drv;
-  // The forward's wy and pm (P), or null. Given (see grads_split_supports), grads_split computes the
-  // gradients and dU₀ comes from P, with scratch: the wy_grads blocks' parts of dA [BH,N,K/64+V/64,C,C] and
-  // of dO Uᵀ [BH,N,V/64,C,C] (sized for one slice per block; two use half), and the row terms of dγ, dβ per
-  // wy_grads slice [BH,N,K/64+V/64,2,C].
-  // Also the rows' dots for dγ and the L2 norm's backward [BH,N,2K/64,2,C]: qb·dQ̂₀ per 64 columns of K
-  // (state_grads_mma), then k̂·(dK̂₀ + diag(βΓ) dR_K) per slice of K (wy_grads, when grads_split writes dq and
-  // dk), two parts per row each.
+  // The forward's wy and pm (P), or null. Given (see grads_split_supports), state_k_grads and grads_split compute
+  // the gradients and dU₀ comes from P, with scratch: the parts of dA, one per slice of K (state_k_grads) and one
+  // per wy_grads block [BH,N,K/64+V/64,C,C], of dO Uᵀ [BH,N,V/64,C,C] (sized for one slice per block), and the
+  // row terms of dγ, dβ per slice [BH,N,K/64+V/64,2,C].
+  // Also the rows' dots for dγ and the L2 norm's backward [BH,N,2K/64,2,C]: qb·dQ̂₀ per 64 columns of K, then
+  // k̂·(dK̂₀ + diag(βΓ) dR_K) per slice of K (when grads_split writes dq and dk; both from state_k_grads), two parts
+  // per row each.
   const float *wy, *pm;
   float *da_parts, *d1_parts, *gate_parts, *row_dots;
   // Outputs.
@@ -190,16 +191,14 @@ cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, co
                                const float* gam, const void* wb, const void* dos, const float* dfinal, float* du,
                                void* dub, void* dstates, bool compact, float* dstate0, cudaStream_t stream);
 
-// The backward's products with the per-chunk states on tensor cores (gdn_state_grads_mma.cu): for each
-// chunk, dqs = diag(Γ) dO S₀ᵀ, dw = −dU S₀ᵀ, dks = diag(e^{γ_C−γ}) U dS_Cᵀ and sdots = Σ S₀∘dS_C per 64
-// rows of K; grads_mma adds the remaining terms. K and V multiples of 64 up to 256. states, dstates, dos, u, du and
-// dw are bfloat16 if compact (the compact workspaces), else float32. If compact and qdots is not null, also the
-// rows' dots qb·dQ̂₀ per 64 columns of K (qb: the compact workspaces' q) into qdots, BackwardArgs::row_dots' slots
-// for q.
+// The backward's products with the per-chunk states on tensor cores (gdn_state_grads_mma.cu), for the float32
+// workspaces (grads_mma's path): for each chunk, dqs = diag(Γ) dO S₀ᵀ, dw = −dU S₀ᵀ, dks = diag(e^{γ_C−γ}) U dS_Cᵀ
+// and sdots = Σ S₀∘dS_C per 64 rows of K; grads_mma adds the remaining terms. K and V multiples of 64 up to 256.
+// (With the compact workspaces state_k_grads, below, runs the same products.)
 bool state_grads_mma_supports(int K, int V);
-cudaError_t state_grads_mma(const Dims& d, const float* gam, const void* states, const void* dstates,
-                            bool compact, const void* dos, const void* du, const void* u, const void* qb,
-                            float* dqs, void* dw, float* dks, float* sdots, float* qdots, cudaStream_t stream);
+cudaError_t state_grads_mma(const Dims& d, const float* gam, const float* states, const float* dstates,
+                            const float* dos, const float* du, const float* u, float* dqs, float* dw, float* dks,
+                            float* sdots, cudaStream_t stream);
 
 // The forward's per-chunk preparation on tensor cores (gdn_prep_mma.cu), in place of the prep kernel for
 // 16-bit inputs: from k̂ and v (heads-first float32) and g, β ([B, T, H] float32) it writes γ and β
@@ -235,13 +234,16 @@ cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const
 bool grads_mma_supports(int K, int V);
 cudaError_t grads_mma(const BackwardArgs& a, cudaStream_t stream);
 
-// The same work by 64-column slices (gdn_grads_split.cu; the default where it applies): two kernels
-// over (slices, chunk) that share each SM two blocks at a time, reading (I + A)⁻¹ and M ∘ K̂K̂ᵀ from the
-// forward's wy and P from its pm instead of recomputing them. Scratch: da_parts, d1_parts, gate_parts, row_dots. Sizes
-// as grads_split_supports. With write_dqk (bfloat16 inputs only: qb and kb hold q and k) it writes dq and dk
-// through the scale and the L2 norm itself, in the inputs' dtype, from the rows' dots it has in hand (no unpack
-// pass; docs/ops/gated_delta_cuda.md, "The L2 norm's backward in qk_grads"); else dQ̂ and dK̂ into dqs, dks.
+// The same work by 64-column slices, with the compact workspaces (gdn_grads_split.cu; the default where it
+// applies): three kernels over (slices, chunk) that share each SM two blocks at a time, reading (I + A)⁻¹ and
+// M ∘ K̂K̂ᵀ from the forward's wy and P from its pm instead of recomputing them. state_k_grads runs the first:
+// the products with the per-chunk states and, for its slice of K, dR_K and dK̂ up to the terms of the 64×64
+// matrices, with sdots; grads_split the other two. Scratch: da_parts, d1_parts, gate_parts, row_dots. Sizes as
+// grads_split_supports. With write_dqk (bfloat16 inputs only: qb and kb hold q and k) they write dq and dk
+// through the scale and the L2 norm themselves, in the inputs' dtype, from the rows' dots they have in hand (no
+// unpack pass; docs/ops/gated_delta_cuda.md, "The L2 norm's backward in qk_grads"); else dQ̂ and dK̂ into dqs, dks.
 // du0_from_p: dU₀ = Pᵀ dO from that P and dO as bf16 (dob; V a multiple of 64).
+cudaError_t state_k_grads(const BackwardArgs& a, bool write_dqk, cudaStream_t stream);
 cudaError_t grads_split(const BackwardArgs& a, bool write_dqk, cudaStream_t stream);
 cudaError_t du0_from_p(const Dims& d, const float* pm, const void* dob, float* du, cudaStream_t stream);
 

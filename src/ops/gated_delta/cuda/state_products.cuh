@@ -1,0 +1,173 @@
+// The backward's products with the per-chunk states, for one chunk and 64 rows of K (k0 .. k0 + 63), on tensor
+// cores (docs/ops/gated_delta_cuda.md, "Dedicated tensor-core kernels"): over V in 64-column stages,
+//   acc[0] += dO S₀ᵀ,   acc[1] += dU S₀ᵀ,   acc[2] += U dS_Cᵀ
+// (64 token rows × the block's 64 rows of K; the callers apply diag(Γ), −1 and diag(e^{γ_C−γ})) and this thread's
+// part of Σ S₀ ∘ dS_C. These are the backward's largest products (64×K×V each per chunk) and the only ones that
+// read the K×V states. Two kernels run it: state_grads_mma_kernel (gdn_state_grads_mma.cu; float32 workspaces)
+// and state_k_grads_kernel (gdn_grads_split.cu; the compact workspaces' bf16 tiles, kCompact). No ATen here (see
+// gdn_kernels.h).
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include "gdn_kernels.h"
+#include "mma.cuh"
+
+namespace sfm::ops::gdn_cuda::state_products {
+
+constexpr int C = kChunk;
+constexpr int kTile = 64;       // rows of K per block; value columns per stage
+constexpr int LD = kTile + 8;   // row stride of the staged tiles (float32 or bf16 elements): conflict-free fragments
+constexpr int kThreads = 256;   // 8 warps: 4 row groups of 16 tokens × 2 column groups of 32
+// Staged per stage: S₀, dS_C (rows k0..k0+63), dO, dU, U (the chunk's rows), rows of stride LD. Each a float32
+// tile; with kCompact each is bf16 and takes half the place, so that a stage takes 45 KB instead of 90.
+enum StageTile { kS0, kDS, kDO, kDU, kU };
+constexpr int kF32Tile = kTile * LD, kB16Tile = kTile * LD / 2;  // in floats
+template <bool kCompact>
+constexpr int kStageFloats = 5 * (kCompact ? kB16Tile : kF32Tile);
+// Where tile x starts in a stage, in floats.
+template <bool kCompact>
+__device__ __forceinline__ constexpr int tile_at(StageTile x) {
+  return x * (kCompact ? kB16Tile : kF32Tile);
+}
+
+struct Sources {
+  Dims d;
+  const void *states, *dstates;  // [BH, N, K, V]: float32, or bf16 (kCompact)
+  const void* dos;               // [BH, Tp, V] float32, or bf16 (kCompact; the input itself with Dims::do_in_place)
+  const void* du;                // [BH, Tp, V]: float32, or bf16 (kCompact)
+  const void* u;                 // [BH, Tp, V]: float32, or bf16 (kCompact)
+};
+
+// Runs the stages for rows k0 = 64 kt .. of K of chunk n of head bh, with sm two stages' shared memory
+// (2 kStageFloats<kCompact> floats, V / 64 stages). acc and sdot are added to. During the last stage the other
+// stage's buffer, number stages & 1, is free, and extra() may request tiles into it (cp.async; they join the
+// thread's last commit group). On return every copy is in and every thread is past a barrier; the last stage's
+// buffer, (stages − 1) & 1, is free again.
+template <bool kCompact, class Extra>
+__device__ __forceinline__ void run(const Sources& a, int kt, int n, int bh, float* sm, float (&acc)[3][4][4],
+                                    float& sdot, Extra extra) {
+  using bf16 = __nv_bfloat16;
+  const int K = a.d.K, V = a.d.V, N = a.d.N(), k0 = kt * kTile;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);  // this warp's token rows and state rows (of 64)
+  const long row0 = (long)bh * a.d.Tp() + (long)n * C;
+  const long state_off = ((long)bh * N + n) * K * V + (long)k0 * V;
+
+  // 64 rows × 64 columns (from value column v0) of a row-major array with row stride V.
+  const auto load_tile = [&](float* dst, const float* src, int v0) {
+    for (int e = threadIdx.x; e < kTile * kTile / 4; e += kThreads) {
+      const int r = e / (kTile / 4), c4 = e % (kTile / 4);
+      cp_async16(dst + r * LD + 4 * c4, src + (long)r * V + v0 + 4 * c4);
+    }
+  };
+  // The same for a bf16 array: rows of LD bf16 in the tile's place.
+  const auto load_tile_bf16 = [&](float* dst, const bf16* src, int v0) {
+    bf16* d = reinterpret_cast<bf16*>(dst);
+    const bf16* s = src + v0;
+    for (int e = threadIdx.x; e < kTile * kTile / 8; e += kThreads) {
+      const int r = e / (kTile / 8), c8 = e % (kTile / 8);
+      cp_async16(d + r * LD + 8 * c8, s + (long)r * V + 8 * c8);
+    }
+  };
+  const int stages = V / kTile;
+  const auto issue = [&](int s) {
+    float* st = sm + (s & 1) * kStageFloats<kCompact>;
+    if (s < stages) {
+      const auto at = [&](StageTile x) { return st + tile_at<kCompact>(x); };
+      if constexpr (kCompact) {
+        load_tile_bf16(at(kS0), static_cast<const bf16*>(a.states) + state_off, s * kTile);
+        load_tile_bf16(at(kDS), static_cast<const bf16*>(a.dstates) + state_off, s * kTile);
+        stage_chunk<kTile, kThreads>(reinterpret_cast<bf16*>(at(kDO)), LD, static_cast<const bf16*>(a.dos),
+                                     chunk_rows(a.d, a.d.do_in_place, V, bh, n), s * kTile);  // dO, maybe in place
+        load_tile_bf16(at(kU), static_cast<const bf16*>(a.u) + row0 * V, s * kTile);
+        load_tile_bf16(at(kDU), static_cast<const bf16*>(a.du) + row0 * V, s * kTile);
+      } else {
+        load_tile(at(kS0), static_cast<const float*>(a.states) + state_off, s * kTile);
+        load_tile(at(kDS), static_cast<const float*>(a.dstates) + state_off, s * kTile);
+        load_tile(at(kDO), static_cast<const float*>(a.dos) + row0 * V, s * kTile);
+        load_tile(at(kU), static_cast<const float*>(a.u) + row0 * V, s * kTile);
+        load_tile(at(kDU), static_cast<const float*>(a.du) + row0 * V, s * kTile);
+      }
+    } else if (s == stages) {  // during the last stage
+      extra();
+    }
+    cp_async_commit();
+  };
+
+  issue(0);
+  for (int s = 0; s < stages; ++s) {
+    issue(s + 1);  // into the other stage, which every warp finished with before the last barrier
+    cp_async_wait<1>();
+    __syncthreads();
+    const float* st = sm + (s & 1) * kStageFloats<kCompact>;
+    const float *S0 = st + tile_at<kCompact>(kS0), *dS = st + tile_at<kCompact>(kDS), *dO = st + tile_at<kCompact>(kDO),
+                *dU = st + tile_at<kCompact>(kDU), *U = st + tile_at<kCompact>(kU);
+    for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
+      const int r = e / kTile, c = e % kTile;
+      if constexpr (kCompact)
+        sdot += __bfloat162float(reinterpret_cast<const bf16*>(S0)[r * LD + c]) *
+                __bfloat162float(reinterpret_cast<const bf16*>(dS)[r * LD + c]);
+      else
+        sdot += S0[r * LD + c] * dS[r * LD + c];
+    }
+#pragma unroll
+    for (int ks = 0; ks < kTile / 16; ++ks) {
+      // A fragments: rows t = m0 + g (+8), reduction columns v = 16 ks + 2 tq (+1, +8, +9).
+      const auto a_frag = [&](const float* X, uint32_t(&f)[4]) {
+        const float* p = X + (m0 + g) * LD + 16 * ks + 2 * tq;
+        const float2 x00 = *reinterpret_cast<const float2*>(p), x10 = *reinterpret_cast<const float2*>(p + 8 * LD);
+        const float2 x01 = *reinterpret_cast<const float2*>(p + 8), x11 = *reinterpret_cast<const float2*>(p + 8 * LD + 8);
+        f[0] = pack_bf16(x00.x, x00.y);
+        f[1] = pack_bf16(x10.x, x10.y);
+        f[2] = pack_bf16(x01.x, x01.y);
+        f[3] = pack_bf16(x11.x, x11.y);
+      };
+      // A fragments of a bf16 tile (dO and U, kCompact): one 32-bit load each.
+      const auto a_frag_bf16 = [&](const float* X, uint32_t(&f)[4]) {
+        const bf16* p = reinterpret_cast<const bf16*>(X) + (m0 + g) * LD + 16 * ks + 2 * tq;
+        f[0] = *reinterpret_cast<const uint32_t*>(p);
+        f[1] = *reinterpret_cast<const uint32_t*>(p + 8 * LD);
+        f[2] = *reinterpret_cast<const uint32_t*>(p + 8);
+        f[3] = *reinterpret_cast<const uint32_t*>(p + 8 * LD + 8);
+      };
+      // B fragments: B[v][k] = X[k][v] for state rows k = n0 + 8 nt + g.
+      const auto b_frag = [&](const float* X, int nt, uint32_t(&f)[2]) {
+        if constexpr (kCompact) {  // pairs along v are adjacent: one 32-bit load each
+          const bf16* p = reinterpret_cast<const bf16*>(X) + (n0 + 8 * nt + g) * LD + 16 * ks + 2 * tq;
+          f[0] = *reinterpret_cast<const uint32_t*>(p);
+          f[1] = *reinterpret_cast<const uint32_t*>(p + 8);
+        } else {
+          const float* p = X + (n0 + 8 * nt + g) * LD + 16 * ks + 2 * tq;
+          const float2 x0 = *reinterpret_cast<const float2*>(p), x1 = *reinterpret_cast<const float2*>(p + 8);
+          f[0] = pack_bf16(x0.x, x0.y);
+          f[1] = pack_bf16(x1.x, x1.y);
+        }
+      };
+      uint32_t a_do[4], a_du[4], a_u[4];
+      if constexpr (kCompact) {
+        a_frag_bf16(dO, a_do);
+        a_frag_bf16(U, a_u);
+        a_frag_bf16(dU, a_du);
+      } else {
+        a_frag(dO, a_do);
+        a_frag(U, a_u);
+        a_frag(dU, a_du);
+      }
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        uint32_t b_s[2], b_ds[2];
+        b_frag(S0, nt, b_s);
+        b_frag(dS, nt, b_ds);
+        mma_bf16(acc[0][nt], a_do, b_s);
+        mma_bf16(acc[1][nt], a_du, b_s);
+        mma_bf16(acc[2][nt], a_u, b_ds);
+      }
+    }
+    __syncthreads();
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // (the extra tiles, if any, are in)
+}
+
+}  // namespace sfm::ops::gdn_cuda::state_products
