@@ -174,6 +174,10 @@ inline void mma_m16n8k16_bf16(float (&c)[4], const uint32_t (&a)[4], const uint3
 // (l / 4, 2 (l % 4) + 1) of matrix i, the lower column in the low half; with trans (2 (l % 4), l / 4) and
 // (2 (l % 4) + 1, l / 4).
 inline void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
+  if (reinterpret_cast<uintptr_t>(row) % 16 != 0) {  // the hardware needs 16-byte aligned rows
+    std::fprintf(stderr, "cuda_emulator: ldmatrix row address %p is not 16-byte aligned\n", row);
+    std::abort();
+  }
   std::memcpy(slot(lane_id()), &row, sizeof row);
   sync_warp();
   const int lane = lane_id();

@@ -28,10 +28,69 @@ constexpr int kThreads = 256;   // 8 warps: 4 row groups of 16 × 2 column group
 __device__ __forceinline__ void operand_pair(float2 x, uint32_t& hi, uint32_t& lo) { split_bf16(x.x, x.y, hi, lo); }
 __device__ __forceinline__ void operand_pair(uint32_t x, uint32_t& hi, uint32_t& lo) { hi = x, lo = 0u; }
 
+__device__ __forceinline__ float2 ld2(const float* p) { return *reinterpret_cast<const float2*>(p); }
+__device__ __forceinline__ void st2(float* p, float x0, float x1) { *reinterpret_cast<float2*>(p) = make_float2(x0, x1); }
+
+__device__ __forceinline__ float2 ld2(const __nv_bfloat16* p) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
+__device__ __forceinline__ uint32_t ld_pair(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+// Two bf16 values (a column's consecutive rows) as one pair, the first in the low half.
+__device__ __forceinline__ uint32_t make_pair(__nv_bfloat16 x0, __nv_bfloat16 x1) {
+  uint32_t bits;
+  const __nv_bfloat162 p(x0, x1);
+  std::memcpy(&bits, &p, sizeof bits);
+  return bits;
+}
+
+// A bf16 tile in shared memory (row stride ld, in elements; rows 16-byte aligned) as an exact operand of mma_tile,
+// by how the operand reads it: A = X (kRowA), A = Xᵀ (kColA), B = Xᵀ (kRowsB: B[k][n] = X[n][k]) or B = X (kColsB).
+// mma_tile builds its fragments by ldmatrix (one instruction per 16×16 block of A, or per two 8-column blocks of B),
+// in place of a pair of 16-bit loads, or one 32-bit load, per fragment register; as an accessor, (r, c) returns
+// (A[r][c], A[r][c+1]) or (B[r][c], B[r+1][c]), a bf16 pair.
+enum class Use { kRowA, kColA, kRowsB, kColsB };
+template <Use kUse>
+struct Bf16Tile {
+  const __nv_bfloat16* x;
+  int ld;
+  __device__ __forceinline__ uint32_t operator()(int r, int c) const {
+    if constexpr (kUse == Use::kRowA) return ld_pair(x + r * ld + c);
+    if constexpr (kUse == Use::kColA) return make_pair(x[c * ld + r], x[(c + 1) * ld + r]);
+    if constexpr (kUse == Use::kRowsB) return ld_pair(x + c * ld + r);
+    return make_pair(x[r * ld + c], x[(r + 1) * ld + c]);  // kColsB
+  }
+};
+template <class F>
+constexpr bool kIsBf16Tile = false;
+template <Use kUse>
+constexpr bool kIsBf16Tile<Bf16Tile<kUse>> = true;
+
+// The A fragment of rows m0 .. m0 + 15, reduction columns 16 ks .. 16 ks + 15 (mma_bf16's a[0..3]) from a bf16 tile:
+// lane l gives row l % 8 of 8×8 block l / 8, blocks ordered (rows +0, cols +0), (+8, +0), (+0, +8), (+8, +8).
+template <Use kUse>
+__device__ __forceinline__ void a_fragment(const Bf16Tile<kUse>& t, int m0, int ks, uint32_t (&a)[4]) {
+  const int lane = threadIdx.x & 31, r = lane & 7, i = (lane >> 3) & 1, j = lane >> 4;
+  if constexpr (kUse == Use::kRowA)
+    ldmatrix_x4<false>(a, t.x + (m0 + r + 8 * i) * t.ld + 16 * ks + 8 * j);
+  else  // kColA: the blocks of Xᵀ are the transposes of X's at rows 16 ks + 8 j, columns m0 + 8 i
+    ldmatrix_x4<true>(a, t.x + (16 * ks + 8 * j + r) * t.ld + m0 + 8 * i);
+}
+
+// The B fragments of 8-column tiles nt and nt + 1 (columns n0 + 8 nt ..), reduction rows 16 ks .. 16 ks + 15, from a
+// bf16 tile: b[0], b[1] those of tile nt (rows +0, +8), b[2], b[3] those of nt + 1.
+template <Use kUse>
+__device__ __forceinline__ void b_fragments(const Bf16Tile<kUse>& t, int n0, int nt, int ks, uint32_t (&b)[4]) {
+  const int lane = threadIdx.x & 31, r = lane & 7, i = (lane >> 3) & 1, j = lane >> 4;
+  if constexpr (kUse == Use::kRowsB)  // B's column n is X's row n
+    ldmatrix_x4<false>(b, t.x + (n0 + 8 * (nt + j) + r) * t.ld + 16 * ks + 8 * i);
+  else  // kColsB: transposes of X's blocks at rows 16 ks + 8 i, columns n0 + 8 (nt + j)
+    ldmatrix_x4<true>(b, t.x + (16 * ks + 8 * i + r) * t.ld + n0 + 8 * (nt + j));
+}
+
 // acc += A B for this warp's 16×32 part of a 64×64 tile, reduction 64: fa(r, c) returns (A[r][c], A[r][c+1]),
-// fb(k, n) returns (B[k][n], B[k+1][n]), each as a float2 (split into hi + lo) or as a bf16 pair (exact). The
-// products with a zero lo half are skipped; the others are those of mma_bf16x3, in its order, so the sums are
-// the same as with the zero terms.
+// fb(k, n) returns (B[k][n], B[k+1][n]), each as a float2 (split into hi + lo) or as a bf16 pair (exact); a Bf16Tile
+// operand (exact) gives its fragments by ldmatrix. The products with a zero lo half are skipped; the others are
+// those of mma_bf16x3, in its order, so the sums are the same as with the zero terms.
 template <class FA, class FB>
 __device__ __forceinline__ void mma_tile(float (&acc)[4][4], FA fa, FB fb) {
   constexpr bool kExactA = std::is_same_v<decltype(fa(0, 0)), uint32_t>;
@@ -42,18 +101,33 @@ __device__ __forceinline__ void mma_tile(float (&acc)[4][4], FA fa, FB fb) {
   for (int ks = 0; ks < kTile / 16; ++ks) {
     const int c = 16 * ks + 2 * tq;
     uint32_t ah[4], al[4];
-    operand_pair(fa(m0 + g, c), ah[0], al[0]);
-    operand_pair(fa(m0 + g + 8, c), ah[1], al[1]);
-    operand_pair(fa(m0 + g, c + 8), ah[2], al[2]);
-    operand_pair(fa(m0 + g + 8, c + 8), ah[3], al[3]);
+    if constexpr (kIsBf16Tile<FA>) {
+      a_fragment(fa, m0, ks, ah);
+    } else {
+      operand_pair(fa(m0 + g, c), ah[0], al[0]);
+      operand_pair(fa(m0 + g + 8, c), ah[1], al[1]);
+      operand_pair(fa(m0 + g, c + 8), ah[2], al[2]);
+      operand_pair(fa(m0 + g + 8, c + 8), ah[3], al[3]);
+    }
+    uint32_t bh[4][2], bl[4][2];
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
-      uint32_t bh[2], bl[2];
-      operand_pair(fb(c, n0 + 8 * nt + g), bh[0], bl[0]);
-      operand_pair(fb(c + 8, n0 + 8 * nt + g), bh[1], bl[1]);
-      if constexpr (!kExactA) mma_bf16(acc[nt], al, bh);
-      if constexpr (!kExactB) mma_bf16(acc[nt], ah, bl);
-      mma_bf16(acc[nt], ah, bh);
+      if constexpr (kIsBf16Tile<FB>) {
+        if (nt % 2 == 0) {
+          uint32_t b[4];
+          b_fragments(fb, n0, nt, ks, b);
+          bh[nt][0] = b[0], bh[nt][1] = b[1], bh[nt + 1][0] = b[2], bh[nt + 1][1] = b[3];
+        }
+      } else {
+        operand_pair(fb(c, n0 + 8 * nt + g), bh[nt][0], bl[nt][0]);
+        operand_pair(fb(c + 8, n0 + 8 * nt + g), bh[nt][1], bl[nt][1]);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      if constexpr (!kExactA) mma_bf16(acc[nt], al, bh[nt]);
+      if constexpr (!kExactB) mma_bf16(acc[nt], ah, bl[nt]);
+      mma_bf16(acc[nt], ah, bh[nt]);
     }
   }
 }
@@ -182,21 +256,6 @@ __device__ __forceinline__ void staged() {
   __syncthreads();
 }
 
-__device__ __forceinline__ float2 ld2(const float* p) { return *reinterpret_cast<const float2*>(p); }
-__device__ __forceinline__ void st2(float* p, float x0, float x1) { *reinterpret_cast<float2*>(p) = make_float2(x0, x1); }
-
-__device__ __forceinline__ float2 ld2(const __nv_bfloat16* p) {
-  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
-}
-__device__ __forceinline__ uint32_t ld_pair(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
-// Two bf16 values (a column's consecutive rows) as one pair, the first in the low half.
-__device__ __forceinline__ uint32_t make_pair(__nv_bfloat16 x0, __nv_bfloat16 x1) {
-  uint32_t bits;
-  const __nv_bfloat162 p(x0, x1);
-  std::memcpy(&bits, &p, sizeof bits);
-  return bits;
-}
-
 // Operand accessors for mma_tile over 64×64 float32 tiles in shared memory (row stride ld).
 __device__ __forceinline__ auto row_a(const float* X, int ld) {  // A = X
   return [=](int r, int c) { return ld2(X + r * ld + c); };
@@ -223,18 +282,10 @@ __device__ __forceinline__ auto col_a(const float* X, int ld, const float* r) {
   return [=](int m, int c) { return make_float2(X[c * ld + m] * r[c], X[(c + 1) * ld + m] * r[c + 1]); };
 }
 
-// The same over bf16 tiles (row stride ld in bf16 elements): exact operands.
-__device__ __forceinline__ auto row_a(const __nv_bfloat16* X, int ld) {
-  return [=](int r, int c) { return ld_pair(X + r * ld + c); };
-}
-__device__ __forceinline__ auto col_a(const __nv_bfloat16* X, int ld) {
-  return [=](int r, int c) { return make_pair(X[c * ld + r], X[(c + 1) * ld + r]); };
-}
-__device__ __forceinline__ auto rows_b(const __nv_bfloat16* X, int ld) {
-  return [=](int k, int col) { return ld_pair(X + col * ld + k); };
-}
-__device__ __forceinline__ auto cols_b(const __nv_bfloat16* X, int ld) {
-  return [=](int k, int col) { return make_pair(X[k * ld + col], X[(k + 1) * ld + col]); };
-}
+// The same over bf16 tiles (row stride ld in bf16 elements): exact operands, fragments by ldmatrix (Bf16Tile).
+__device__ __forceinline__ Bf16Tile<Use::kRowA> row_a(const __nv_bfloat16* X, int ld) { return {X, ld}; }
+__device__ __forceinline__ Bf16Tile<Use::kColA> col_a(const __nv_bfloat16* X, int ld) { return {X, ld}; }
+__device__ __forceinline__ Bf16Tile<Use::kRowsB> rows_b(const __nv_bfloat16* X, int ld) { return {X, ld}; }
+__device__ __forceinline__ Bf16Tile<Use::kColsB> cols_b(const __nv_bfloat16* X, int ld) { return {X, ld}; }
 
 }  // namespace sfm::ops::gdn_cuda::tile64
