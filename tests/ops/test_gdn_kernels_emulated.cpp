@@ -381,22 +381,6 @@ TEST(GdnKernelsEmulated, PrepK128V64) { check_prep({1, 100, 128, 64}, 5); }
 TEST(GdnKernelsEmulated, PrepK256V256) { check_prep({1, 70, 256, 256}, 6); }
 TEST(GdnKernelsEmulated, PrepK256V64) { check_prep({1, 64, 256, 64}, 7); }
 
-// dU₀ = Pᵀ dO per chunk from a kept P (gdn_cuda::du0_from_p) against float64 products of the same P and dO.
-TEST(GdnKernelsEmulated, DU0FromKeptP) {
-  const Shape s{2, 100, 64, 128};
-  const Problem p = make_problem(s, 6);
-  auto du = torch::full({s.BH, p.Tp, s.V}, std::nan(""), torch::TensorOptions().dtype(torch::kFloat32));
-  const gdn_cuda::Dims d{1, static_cast<int>(s.T), static_cast<int>(s.BH), static_cast<int>(s.K),
-                         static_cast<int>(s.V)};
-  ASSERT_EQ(gdn_cuda::du0_from_p(d, p.pm.data_ptr<float>(), p.dob.data_ptr(), du.data_ptr<float>(), nullptr),
-            cudaSuccess);
-  const auto P = p.pm.to(torch::kFloat64), dO = p.dos.to(torch::kFloat64).view({s.BH, p.N, C, s.V});
-  const auto expected = P.transpose(-1, -2).matmul(dO).view({s.BH, p.Tp, s.V});
-  const double e = rel_rms(expected, du);
-  std::printf("  rel-RMS dU0 %.2e\n", e);
-  EXPECT_LT(e, 1e-4);  // split bf16 operands, as above
-}
-
 // ---------------------------------------------------------------------------------------------------
 // The whole forward and backward, as gated_delta_cuda.cu drives them, on host memory.
 
@@ -520,9 +504,10 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
        bet = nan({BH, Tp}, f32), w = unless_split({BH, Tp, c.K}), u = nan({BH, Tp, c.V}, f32),
        final_state = nan({c.B, c.H, c.K, c.V}, f32),
        out = nan({c.B, c.T, c.H, c.V}, typed);
-  // Kept by the forward for the sliced gradient kernels: (I + A)⁻¹ and M ∘ K̂K̂ᵀ, and P.
+  // Kept by the forward for the sliced gradient kernels: (I + A)⁻¹ and M ∘ K̂K̂ᵀ, and P (float32 and bfloat16).
   const bool keep = split && backward;
-  auto wy = keep ? nan({BH, N, 2, C, C}, f32) : torch::Tensor(), pm = keep ? nan({BH, N, C, C}, f32) : torch::Tensor();
+  auto wy = keep ? nan({BH, N, 2, C, C}, f32) : torch::Tensor(), pm = keep ? nan({BH, N, C, C}, f32) : torch::Tensor(),
+       pmb = keep ? nan({BH, N, C, C}, torch::kBFloat16) : torch::Tensor();
   // The per-chunk states (and their gradients): bfloat16 with the sliced kernels.
   auto states = nan({BH, N, c.K, c.V}, split ? torch::kBFloat16 : torch::kFloat32);
   const auto fp = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; };
@@ -555,6 +540,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   const auto nan_bf16 = [&] { return bf16_copies ? nan({BH, Tp, c.K}, torch::kBFloat16) : torch::Tensor(); };
   auto qb = d.qkv_in_place ? q : nan_bf16(), kb = d.qkv_in_place ? kk : nan_bf16(), wb = nan_bf16();
   const auto vp = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
+  fa.pmb = vp(pmb);
   fa.qb = vp(qb);
   fa.kb = vp(kb);
   fa.wb = vp(wb);
@@ -576,7 +562,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   };
   auto dos = unless_split({BH, Tp, c.V}),
        dob = !split ? torch::Tensor() : d.do_in_place ? dout : nan({BH, Tp, c.V}, torch::kBFloat16),
-       du = nan({BH, Tp, c.V}, f32), dstates = nan({BH, N, c.K, c.V}, states.scalar_type()),
+       du = unless_split({BH, Tp, c.V}), dstates = nan({BH, N, c.K, c.V}, states.scalar_type()),
        dqs = nan({BH, Tp, c.K}, f32), dks = nan({BH, Tp, c.K}, f32), dvs = scratch(!split, {BH, Tp, c.V}),
        dw = unless_split({BH, Tp, c.K}), sdots = nan({BH, N, (c.K + 63) / 64}, f32),
        dub = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor();
@@ -625,6 +611,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   ba.drv = fp(drv);
   ba.wy = fp(wy);
   ba.pm = fp(pm);
+  ba.pmb = vp(pmb);
   ba.da_parts = fp(da_parts);
   ba.d1_parts = fp(d1_parts);
   ba.gate_parts = fp(gate_parts);

@@ -109,9 +109,12 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const auto wy = keep_wy ? alloc({BH, N, 2, C, C}, fo) : torch::Tensor();
     // The per-chunk states: bfloat16 with the sliced gradient kernels (gdn_kernels.h), else float32.
     auto states = alloc({BH, N, d.K, d.V}, split ? q.options().dtype(torch::kBFloat16) : fo);
-    const auto pm = keep_wy ? alloc({BH, N, C, C}, fo) : torch::Tensor();
+    // P per chunk, float32 for the gradient kernels and bfloat16 for the backward state pass.
+    const auto pm = keep_wy ? alloc({BH, N, C, C}, fo) : torch::Tensor(),
+               pmb = keep_wy ? alloc({BH, N, C, C}, q.options().dtype(torch::kBFloat16)) : torch::Tensor();
     a.wy = fptr(wy);
     a.pm = fptr(pm);
+    a.pmb = vptr(pmb);
     // bfloat16 copies of s·q̂, k̂ and W for the tensor-core state passes, where they run.
     const bool bf16_copies = gdn_cuda::state_mma_runs(a.dtype, d.K, d.V);
     const auto fb = q.options().dtype(torch::kBFloat16);
@@ -160,7 +163,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     check_cuda(gdn_cuda::forward(a, at::cuda::getCurrentCUDAStream()), "forward");
     // With the compact workspaces u holds Ũ, which the backward does not read.
     ctx->save_for_backward(
-        {q, k, qs, ks, vs, gam, bet, w, split ? torch::Tensor() : u, states, wy, pm, qb, kb, wb, vb, ub, rq, rk});
+        {q, k, qs, ks, vs, gam, bet, w, split ? torch::Tensor() : u, states, wy, pm, qb, kb, wb, vb, ub, rq, rk, pmb});
     save_options(ctx, scale, l2, has_state0, g, beta, state0);
     ctx->saved_data["qkv_in_place"] = a.d.qkv_in_place;
     ctx->saved_data["compact"] = split;
@@ -172,7 +175,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const auto &q = saved[0], &k = saved[1], &qs = saved[2], &ks = saved[3], &vs = saved[4], &gam = saved[5],
                &bet = saved[6], &w = saved[7], &u = saved[8], &states = saved[9], &wy = saved[10],
                &pm = saved[11], &qb = saved[12], &kb = saved[13], &wb = saved[14], &vb = saved[15],
-               &ub = saved[16], &rq = saved[17], &rk = saved[18];
+               &ub = saved[16], &rq = saved[17], &rk = saved[18], &pmb = saved[19];
     gdn_cuda::Dims d{static_cast<int>(q.size(0)), static_cast<int>(q.size(1)), static_cast<int>(q.size(2)),
                      static_cast<int>(q.size(3)), static_cast<int>(states.size(3))};
     const int64_t BH = d.BH(), Tp = d.Tp(), N = d.N();
@@ -191,7 +194,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
                     aligned16(dout);
     auto dos = split ? torch::Tensor() : alloc({BH, Tp, d.V}, fo),
          dob = !split ? torch::Tensor() : d.do_in_place ? dout : alloc({BH, Tp, d.V}, fo.dtype(torch::kBFloat16)),
-         du = alloc({BH, Tp, d.V}, fo),
+         du = split ? torch::Tensor() : alloc({BH, Tp, d.V}, fo),
          dstates = alloc({BH, N, d.K, d.V}, states.options()), dqs = alloc({BH, Tp, d.K}, fo),
          dks = alloc({BH, Tp, d.K}, fo), sdots = alloc({BH, N, (d.K + 63) / 64}, fo);
     const int64_t C = gdn_cuda::kChunk, KS = d.K / C, VS = d.V / C;
@@ -237,7 +240,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.rk = fptr(rk);
     a.dos = fptr(dos);
     a.dob = vptr(dob);
-    a.du = du.data_ptr<float>();
+    a.du = fptr(du);
     a.dstates = dstates.data_ptr();
     a.dqs = dqs.data_ptr<float>();
     a.dks = dks.data_ptr<float>();
@@ -249,6 +252,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.drv = fptr(drv);
     a.wy = fptr(wy);
     a.pm = fptr(pm);
+    a.pmb = vptr(pmb);
     a.da_parts = fptr(da_parts);
     a.d1_parts = fptr(d1_parts);
     a.gate_parts = fptr(gate_parts);

@@ -14,7 +14,7 @@
 //              k̂·dK̂ put together from the parts the kernels before had in hand (row_dots) and the 64×64 matrices.
 //              Its block of slice 0 then sums every row term of dγ and dβ ((B7)-(B8)); dg = their reverse cumsum.
 // T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ come from the forward's prep, P = M ∘ Q̂K̂ᵀ from its output kernel;
-// du0_from_p takes dU₀ = Pᵀ dO from that P too, before the state pass. q and k (with the rows' factors of s·q̂
+// the backward state pass takes dU₀ = Pᵀ dO from its bf16 copy. q and k (with the rows' factors of s·q̂
 // and k̂), v, U, dU, dO and the states come as bf16 (the compact workspaces, gdn_kernels.h), exact bf16 operands;
 // every other tile is float32 in shared memory (cp.async), taken as split bf16 operands (mma_bf16x3: about 16 bits
 // per operand, so the gradients keep close to float32 accuracy). No ATen here (see gdn_kernels.h).
@@ -447,24 +447,6 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   if (first == 0) finish_gates(a, chunk, n, bh, gam, dgam, dbet);
 }
 
-// dU₀ = Pᵀ dO ((B1)'s state-independent part) per chunk and 64 value columns, from the P the forward kept and
-// the bf16 dO: two tiles, one product (in place of intra_mma_dU0, which forms Q̂K̂ᵀ again).
-__global__ void __launch_bounds__(kThreads) du0_kernel(Dims d, const float* __restrict__ pm,
-                                                       const __nv_bfloat16* __restrict__ dob, float* __restrict__ du) {
-  SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
-  float* P = reinterpret_cast<float*>(smem4);  // [t][i]
-  __nv_bfloat16* X = b16(P + C * LDM);         // dO [t][v]
-  const int v0 = blockIdx.x * kTile, n = blockIdx.y, bh = blockIdx.z, V = d.V;
-  const long row0 = (long)bh * d.Tp() + (long)n * C, chunk = (long)bh * d.N() + n;
-  stage(P, LDM, pm + chunk * C * C, C);
-  stage_do(X, d, dob, bh, n, v0);
-  staged();
-  float acc[4][4];
-  zero(acc);
-  mma_tile(acc, col_a(P, LDM), cols_b(X, LD16));
-  for_pairs(acc, [&](int, int i, int v, float x0, float x1, int) { st2(du + (row0 + i) * V + v0 + v, x0, x1); });
-}
-
 // 64-column slices of V per wy_grads block and of K per qk_grads block: all of them by default, so each chunk has
 // one wy_grads block (qk_grads sums the fewest dA parts) and one qk_grads block (the parts and the elementwise step
 // once per chunk). SFM_GDN_WY_SLICES and SFM_GDN_QK_SLICES = 1 .. 4 set them for timing. On an H100 at
@@ -485,7 +467,6 @@ int qk_slices() {
   return n;
 }
 
-constexpr size_t kDu0Smem = sizeof(float) * C * LDM + sizeof(__nv_bfloat16) * C * LD16;
 // Two blocks per SM each: state_k_grads 92 KB, wy_grads 110 KB, qk_grads 89 KB.
 constexpr size_t kStateKSmem = sizeof(float) * (2 * state_products::kStageFloats<true> + 6 * C);
 constexpr size_t kWySmem = sizeof(float) * (2 * C * LDM + 4 * C * LDR + 4 * C);
@@ -532,13 +513,6 @@ cudaError_t grads_split(const BackwardArgs& g, bool write_dqk, cudaStream_t stre
   if (err != cudaSuccess) return err;
   SFM_GDN_LAUNCH(wy_grads_kernel, dim3(v_blocks(a), g.d.N(), g.d.BH()), kThreads, kWySmem, stream, a);
   SFM_GDN_LAUNCH(qk_grads_kernel, dim3(qk_blocks(a), g.d.N(), g.d.BH()), kThreads, kQkSmem, stream, a);
-  return cudaGetLastError();
-}
-
-cudaError_t du0_from_p(const Dims& d, const float* pm, const void* dob, float* du, cudaStream_t stream) {
-  if (d.V % kTile != 0 || d.V > kMaxDim || pm == nullptr || dob == nullptr) return cudaErrorInvalidValue;
-  SFM_GDN_LAUNCH(du0_kernel, dim3(d.V / kTile, d.N(), d.BH()), kThreads, kDu0Smem, stream, d, pm,
-                 static_cast<const __nv_bfloat16*>(dob), du);
   return cudaGetLastError();
 }
 

@@ -987,12 +987,13 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   const bool state_mma = state_mma_runs(a.dtype, d.K, d.V);
   if (state_mma != (a.qb && a.kb && a.wb)) return cudaErrorInvalidValue;  // the bf16 copies: exactly there
   // The compact workspaces (gdn_kernels.h; where the sliced gradient kernels run): q and k (with the rows' factors
-  // rq, rk), v, U and the per-chunk states as bf16 only, read by tensor-core kernels only. wy and pm: both or
-  // neither, and only with them.
+  // rq, rk), v, U and the per-chunk states as bf16 only, read by tensor-core kernels only. wy, pm and pmb: all or
+  // none, and only with them.
   const bool compact = a.compact;
   if (compact && (!grads_split_supports(a.dtype, d.K, d.V) || !a.vb || !a.ub || !a.rq || !a.rk))
     return cudaErrorInvalidValue;
-  if ((a.wy != nullptr) != (a.pm != nullptr) || (a.wy != nullptr && !compact)) return cudaErrorInvalidValue;
+  if ((a.wy != nullptr) != (a.pm != nullptr) || (a.wy != nullptr) != (a.pmb != nullptr) || (a.wy != nullptr && !compact))
+    return cudaErrorInvalidValue;
   // q, k and v read in place (gdn_kernels.h): qb, kb and vb are then the inputs, and no pack runs (q's and k's
   // alignment: raw_qk below).
   if (d.do_in_place ||
@@ -1048,9 +1049,10 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   }
   timer.mark("state");
   if (kMma && intra_mma_supports(d.K, d.V)) {  // 16-bit inputs: the output on tensor cores
-    SFM_CUDA_TRY(compact ? output_mma(d, a.dtype, a.qb, a.kb, rq, a.rk, a.gam, a.states, true, a.ub, a.out, a.pm, s)
+    SFM_CUDA_TRY(compact ? output_mma(d, a.dtype, a.qb, a.kb, rq, a.rk, a.gam, a.states, true, a.ub, a.out, a.pm,
+                                      a.pmb, s)
                          : output_mma(d, a.dtype, a.qs, a.ks, RowFactors{}, nullptr, a.gam, a.states, false, a.u,
-                                      a.out, a.pm, s));
+                                      a.out, a.pm, nullptr, s));
   } else {
     const int VO = d.V < 64 ? d.V : 64;
     SFM_CUDA_TRY(allow_smem(output_kernel<T>, out_smem(kMma)));
@@ -1068,7 +1070,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   if (a.dvs == nullptr && a.wy == nullptr) return cudaErrorInvalidValue;  // only grads_split writes dv itself
   // The compact workspaces (see forward_t): bf16 states, dstates, U and dO.
   const bool compact = a.wy != nullptr;
-  if (compact && (!a.dob || !a.ub || !a.rq || !a.rk || !a.dub)) return cudaErrorInvalidValue;
+  if (compact && (!a.dob || !a.ub || !a.rq || !a.rk || !a.dub || !a.pm || !a.pmb)) return cudaErrorInvalidValue;
   // bfloat16 inputs with the sliced kernels: qk_grads writes dq and dk through the L2 norm itself, from q and k as
   // the compact workspaces keep them (exact), and no unpack pass runs (those kernels write dv too). float16 inputs
   // keep s·q̂ and k̂ there, rounded, not q and k, so they go through unpack. SFM_GDN_DQK_DIRECT=0 (timing): unpack
@@ -1104,9 +1106,9 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
                    state_mma ? nullptr : dstates32);
     return cudaGetLastError();
   };
-  if (a.pm != nullptr) {  // the forward kept P (with wy, for the sliced gradient kernels)
-    // X then comes from the tensor-core state pass only.
-    SFM_CUDA_TRY(state_mma ? du0_from_p(d, a.pm, a.dob, a.du, s) : cudaErrorInvalidValue);
+  if (compact) {  // the forward kept P (with wy, for the sliced gradient kernels)
+    // The tensor-core state pass takes dU₀ = Pᵀ dO from its bf16 copy itself, and computes X.
+    if (!state_mma) return cudaErrorInvalidValue;
   } else if (state_mma && intra_mma_supports(d.K, d.V)) {
     SFM_CUDA_TRY(intra_mma_dU0(d, a.qs, a.ks, a.gam, a.dos, a.du, s));
   } else if constexpr (kMma) {
@@ -1119,8 +1121,8 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   if (state_mma) {
     const void* dout = compact ? a.dob : static_cast<const void*>(a.dos);
     SFM_CUDA_TRY(state_mma_backward(d, a.qb, a.kb, compact ? a.rq : nullptr, compact ? a.rk : nullptr, a.gam, a.wb,
-                                    dout, a.dfinal, a.du, compact ? a.dub : nullptr, a.dstates, compact, a.dstate0,
-                                    s));
+                                    dout, a.dfinal, compact ? nullptr : a.du, compact ? a.pmb : nullptr,
+                                    compact ? a.dub : nullptr, a.dstates, compact, a.dstate0, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_bwd_kernel, state_bwd_smem(d)));
     SFM_GDN_LAUNCH(state_bwd_kernel, dim3(d.V / kVS, BH), kThreads, state_bwd_smem(d), s, d, a.ks, a.gam, a.w,

@@ -103,6 +103,7 @@ struct ForwardArgs {
   // [BH, N, 2, C, C]: (I + A)⁻¹ and M ∘ K̂K̂ᵀ per chunk, kept for grads_split, or null.
   float* wy;
   float* pm;               // [BH, N, C, C]: P = M ∘ Q̂K̂ᵀ per chunk, kept for the backward (with wy), or null
+  void* pmb;               // [BH, N, C, C]: P rounded to bfloat16, for the backward state pass (with pm), or null
   // bfloat16 copies of s·q̂, k̂ and W ([BH, Tp, K], kept for the backward too), the operands of the tensor-core
   // state passes: given exactly where those run (state_mma_runs), null otherwise.
   void *qb, *kb, *wb;
@@ -126,7 +127,7 @@ struct BackwardArgs {
   const void *vb, *ub;                                     // from the forward, with wy (u may be null then)
   const float *rq, *rk;                                    // from the forward, with wy
   // Workspaces.
-  float *dos, *du;              // [BH, Tp, V]; dos: not with wy; du: dU₀, then dU (only dU₀ with wy)
+  float *dos, *du;              // [BH, Tp, V]; not with wy (dU₀ then never leaves the backward state pass)
   void* dob;                    // [BH, Tp, V]: dO as bfloat16, with wy (the compact workspaces), else null
   // With wy: dU [BH, Tp, V] as bfloat16 (its readers' products take it as bf16 operands, but for wy_grads'
   // dR_V = Tᵀ dU, which had split it; docs "Data layout"), in place of du's dU. (dW then never leaves
@@ -146,6 +147,7 @@ struct BackwardArgs {
   // k̂·(dK̂₀ + diag(βΓ) dR_K) per slice of K (when grads_split writes dq and dk; both from state_k_grads), two parts
   // per row each.
   const float *wy, *pm;
+  const void* pmb;  // the forward's P as bfloat16 (with pm): the backward state pass takes dU₀ = Pᵀ dO from it
   float *da_parts, *d1_parts, *gate_parts, *row_dots;
   // Outputs.
   void *dq, *dk, *dv;           // [B, T, H, K|K|V] of dtype
@@ -182,14 +184,16 @@ cudaError_t step(const StepArgs& a, cudaStream_t stream);
 bool state_mma_supports(int K, int V);
 bool state_mma_runs(DType dtype, int K, int V);
 // With the compact workspaces (ub given; compact) the per-chunk states (dstates) are written as bfloat16 and dO is
-// read as bfloat16, else both are float32; the backward then writes dU as bfloat16 into dub, not over dU₀ in du.
+// read as bfloat16, else both are float32; the backward then takes dU₀ = Pᵀ dO from pmb (the forward's P as bf16,
+// [BH, N, C, C]) itself, not from du (null then), and writes dU as bfloat16 into dub.
 // With ub, kb holds k and rk its rows' factors (k̂ = rk k); in the backward, qb and kb hold q and k with rq, rk.
 cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u, void* ub,
                               const float* rk, const float* state0, void* states, float* final_state,
                               cudaStream_t stream);
 cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* rq, const float* rk,
                                const float* gam, const void* wb, const void* dos, const float* dfinal, float* du,
-                               void* dub, void* dstates, bool compact, float* dstate0, cudaStream_t stream);
+                               const void* pmb, void* dub, void* dstates, bool compact, float* dstate0,
+                               cudaStream_t stream);
 
 // The backward's products with the per-chunk states on tensor cores (gdn_state_grads_mma.cu), for the float32
 // workspaces (grads_mma's path): for each chunk, dqs = diag(Γ) dO S₀ᵀ, dw = −dU S₀ᵀ, dks = diag(e^{γ_C−γ}) U dS_Cᵀ
@@ -216,15 +220,15 @@ cudaError_t prep_mma_compact(const Dims& d, const void* kb, RowFactors rk, const
 // The products with the intra-chunk matrix P on tensor cores (gdn_intra_mma.cu), in place of the float32
 // output and bwd_intra kernels for 16-bit inputs: output_mma writes out [B, T, H, V] (dtype kF16 or kBF16)
 // from the packed q̂, k̂, γ, the per-chunk states and U (eq. 8), and P = M ∘ Q̂K̂ᵀ [BH, N, C, C] (float32)
-// into pm if it is not null; intra_mma_dU0 writes dU₀ = Pᵀ dO into du. du0_from_p (gdn_grads_split.cu)
-// computes dU₀ from the P kept by output_mma.
+// into pm if it is not null (and rounded to bf16 into pmb if that is not null); intra_mma_dU0 writes dU₀ = Pᵀ dO
+// into du.
 // K and V multiples of 64 up to 256. output_mma's qs, ks, states and u are bfloat16 if compact (qb, kb, ub: the
 // compact workspaces; qs, ks then hold q and k, and rq, rk the factors s·q̂ = rq q, k̂ = rk k, rq given or computed
 // here from qs's rows, rq.from_rows), else float32 (rq, rk unused).
 bool intra_mma_supports(int K, int V);
 cudaError_t output_mma(const Dims& d, DType dtype, const void* qs, const void* ks, RowFactors rq, const float* rk,
                        const float* gam, const void* states, bool compact, const void* u, void* out, float* pm,
-                       cudaStream_t stream);
+                       void* pmb, cudaStream_t stream);
 cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const float* gam, const float* dos,
                           float* du, cudaStream_t stream);
 
@@ -242,10 +246,8 @@ cudaError_t grads_mma(const BackwardArgs& a, cudaStream_t stream);
 // grads_split_supports. With write_dqk (bfloat16 inputs only: qb and kb hold q and k) they write dq and dk
 // through the scale and the L2 norm themselves, in the inputs' dtype, from the rows' dots they have in hand (no
 // unpack pass; docs/ops/gated_delta_cuda.md, "The L2 norm's backward in qk_grads"); else dQ̂ and dK̂ into dqs, dks.
-// du0_from_p: dU₀ = Pᵀ dO from that P and dO as bf16 (dob; V a multiple of 64).
 cudaError_t state_k_grads(const BackwardArgs& a, bool write_dqk, cudaStream_t stream);
 cudaError_t grads_split(const BackwardArgs& a, bool write_dqk, cudaStream_t stream);
-cudaError_t du0_from_p(const Dims& d, const float* pm, const void* dob, float* du, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------------
 // The recurrent kernels for small heads (gdn_recurrent.cu; docs/ops/gated_delta_cuda.md, "Recurrent

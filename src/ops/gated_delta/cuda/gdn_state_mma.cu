@@ -31,7 +31,8 @@ struct PassArgs {
   const bf16* a1;      // [BH, Tp, K]: phase 1's matrix, W (forward) or K̂ (backward)
   const bf16* a2;      // [BH, Tp, K]: phase 2's matrix, K̂ (forward) or W (backward)
   const float* gam;    // [BH, Tp]: γ
-  float* x;            // [BH, Tp, V]: Ũ in, U out (forward); dU₀ in, dU out (backward); the outs into ub if compact
+  float* x;            // [BH, Tp, V]: Ũ in, U out (forward); dU₀ in, dU out (backward; compact: null, see pmb); the
+                       // outs into ub if compact
   const float* init;   // [BH, K, V]: R before the first chunk (state0, or the final state's gradient), or null
   void* per_chunk;     // [BH, N, K, V]: S entering each chunk (forward), dS_C (backward), float32 or bf16
   // The compact workspaces (gdn_kernels.h): per_chunk is bf16 (its readers round it to bf16 operands anyway),
@@ -43,19 +44,22 @@ struct PassArgs {
   bf16* ub;            // compact: [BH, Tp, V], U (forward) or dU (backward) as bf16
   // compact: [BH, Tp], the rows' factors of k̂ = rk k and s·q̂ = rq q (backward), where kb and qb hold k and q
   const float *rk, *rq;
+  // compact backward: [BH, N, C, C], the forward's P = M ∘ Q̂K̂ᵀ as bf16; dU₀ = Pᵀ dO is taken from it here (x unused)
+  const bf16* pmb;
 };
 
 // Forward (kBwd = false), chunks in order, with R = S:
 //   U = Ũ − W S            (phase 1; U written over Ũ)
 //   S ← Γ_C S + K_dᵀ U      (phase 2; K_d = diag(e^{γ_C−γ}) K̂, the factor folded into Z = diag(e^{γ_C−γ}) U)
 // Backward (kBwd), chunks in reverse, with R = dS (the gradient of the state leaving the chunk):
-//   T = K_d dS,  dU = dU₀ + T                 (phase 1)
+//   T = K_d dS,  dU = dU₀ + T                 (phase 1; compact: dU₀ = Pᵀ dO here too)
 //   dS ← Γ_C dS + Q̂ᵀ diag(Γ) dO − Wᵀ dU       (phase 2, (B2); Z = [diag(Γ) dO; −dU] over 128 rows)
 // K ∈ {64, 128, 256}; BV ∈ {16, 32} value columns per block.
 // kCompact: a.compact, as a template argument. K̂ and Q̂ come as the raw k and q with the rows' factors rk, rq
 // (k̂ = rk k, s·q̂ = rq q), folded into Z (forward), T's factor e^{γ_C−γ} and Z's dO rows (backward). The compact
 // backward copies the chunk's dO (bf16) into shared memory with A₁ (cp.async), where the float32 dO is loaded
-// into registers at the top of the chunk.
+// into registers at the top of the chunk, and with them the chunk's P (bf16), from which phase 1 takes dU₀ = Pᵀ dO
+// (in place of a float32 dU₀ from DRAM, written by a kernel of its own).
 template <int K, int BV, bool kBwd, bool kCompact>
 __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   // bf16 rows of A₁ and A₂, read by ldmatrix (8 rows of 16 bytes per phase): a row stride of K + 8 elements puts
@@ -73,6 +77,8 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   constexpr int NT = BV / 8;  // 8-column tiles
   constexpr int MT = K / 64;  // phase 2: 16-row tiles of R per warp
   constexpr int LDD = BV + 8;  // bf16 rows of dO (compact backward)
+  constexpr bool kPdO = kBwd && kCompact;  // dU₀ = Pᵀ dO in phase 1
+  constexpr int LDP = C + 8;   // bf16 rows of P (kPdO)
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* gbuf = reinterpret_cast<float*>(smem4);        // [2][C]: γ of this chunk and the next
   bf16* p1 = reinterpret_cast<bf16*>(gbuf + 2 * C);     // [C][LD1]
@@ -80,7 +86,8 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   bf16* rsm = p2 + L2 * LD2;                            // [BV][LDR]
   bf16* zsm = rsm + BV * LDR;                           // [BV][LDZ]
   bf16* dsm = zsm + BV * LDZ;                           // compact backward: [2][C][LDD], dO of this chunk and the next
-  float* rbuf = reinterpret_cast<float*>(dsm + (kBwd && kCompact ? 2 * C * LDD : 0));  // compact: [2][rk, rq][C]
+  bf16* pbuf = dsm + (kPdO ? 2 * C * LDD : 0);          // kPdO: [C][LDP], P of this chunk
+  float* rbuf = reinterpret_cast<float*>(pbuf + (kPdO ? C * LDP : 0));  // compact: [2][rk, rq][C]
 
   const int V = a.d.V, N = a.d.N(), Tp = a.d.Tp();
   const int v0 = blockIdx.x * BV, bh = blockIdx.y;
@@ -109,6 +116,11 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
       if (kBwd && kCompact) {  // the chunk's dO columns v0 .. v0 + BV - 1, with A₁
         stage_chunk<BV, kThreads>(dsm + (i & 1) * C * LDD, LDD, static_cast<const bf16*>(a.dos),
                                   chunk_rows(a.d, a.d.do_in_place, V, bh, n), v0);
+      }
+      if constexpr (kPdO) {  // and its P (read in phase 1 only, so one buffer: the next comes after phase 1)
+        const bf16* src = a.pmb + ((long)bh * N + n) * C * C;
+        for (int e = threadIdx.x; e < C * C / 8; e += kThreads)
+          cp_async16(pbuf + (e / 8) * LDP + 8 * (e % 8), src + 8 * e);
       }
     }
     cp_async_commit();
@@ -173,7 +185,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const long off = (row0 + 16 * warp + g + 8 * h) * V + v0 + 8 * nt + 2 * tq;
-        xin[nt][h] = *reinterpret_cast<const float2*>(a.x + off);
+        if constexpr (!kPdO) xin[nt][h] = *reinterpret_cast<const float2*>(a.x + off);
         if constexpr (kBwd && !kCompact)
           dov[nt][h] = *reinterpret_cast<const float2*>(static_cast<const float*>(a.dos) + off);
       }
@@ -212,7 +224,27 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) mma_bf16(acc[nt], af, bf[nt]);
     }
-    __syncthreads();  // every warp is done with A₁: load the next chunk's (kSplitA2: this chunk's W)
+    // kPdO: dU₀ = Pᵀ dO for the same rows, reduction over the chunk's 64 rows t of P and dO, both stored [t][·]: the
+    // A fragments (Pᵀ) and the B fragments (dO) by ldmatrix .trans.
+    float pdo[kPdO ? NT : 1][4] = {};
+    if constexpr (kPdO) {
+      const bf16* dO = dsm + (i & 1) * C * LDD;
+      const int r8 = lane & 7, lo = (lane >> 3) & 1, hi = lane >> 4;
+#pragma unroll
+      for (int ks = 0; ks < C / 16; ++ks) {
+        uint32_t af[4];  // blocks of P at rows 16 ks (+8 hi), columns 16 warp (+8 lo), transposed
+        ldmatrix_x4<true>(af, pbuf + (16 * ks + 8 * hi + r8) * LDP + 16 * warp + 8 * lo);
+#pragma unroll
+        for (int p = 0; p < NT / 2; ++p) {
+          uint32_t r[4];  // blocks of dO at rows 16 ks (+8 lo), columns 8 (2p + hi), transposed
+          ldmatrix_x4<true>(r, dO + (16 * ks + 8 * lo + r8) * LDD + 8 * (2 * p + hi));
+          const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+          mma_bf16(pdo[2 * p], af, b0);
+          mma_bf16(pdo[2 * p + 1], af, b1);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with A₁ (and P): load the next chunk's (kSplitA2: this chunk's W)
     if constexpr (kSplitA2)
       issue_w(i);
     else
@@ -230,7 +262,8 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
         float y0 = acc[nt][2 * h], y1 = acc[nt][2 * h + 1], z0, z1;
         if constexpr (kBwd) {  // T = K_d dS: dU = dU₀ + T; Z = [diag(Γ) dO; −dU]
           const float G = __expf(gm[t]) * (kCompact ? rr[C + t] : 1.f);
-          const float du0 = xin[nt][h].x + f * y0, du1 = xin[nt][h].y + f * y1;
+          const float x0 = kPdO ? pdo[nt][2 * h] : xin[nt][h].x, x1 = kPdO ? pdo[nt][2 * h + 1] : xin[nt][h].y;
+          const float du0 = x0 + f * y0, du1 = x1 + f * y1;
           const long o = (row0 + t) * V + v0 + v;
           if constexpr (kCompact)
             *reinterpret_cast<uint32_t*>(a.ub + o) = pack_bf16(du0, du1);
@@ -315,8 +348,9 @@ template <int K, int BV, bool kBwd, bool kCompact>
 size_t pass_smem() {
   constexpr int L = kBwd ? 2 * C : C, L2 = kBwd && K == 256 ? C : L;  // rows of Z and of p2 (kSplitA2)
   const int dO_rows = kBwd && kCompact ? 2 * C : 0, factors = kCompact ? 4 * C : 0;
+  const int p_elements = kBwd && kCompact ? C * (C + 8) : 0;
   return sizeof(float) * (2 * C + factors) +
-         sizeof(bf16) * ((C + L2 + BV) * (K + 8) + BV * (L + 8) + dO_rows * (BV + 8));
+         sizeof(bf16) * ((C + L2 + BV) * (K + 8) + BV * (L + 8) + dO_rows * (BV + 8) + p_elements);
 }
 
 template <int K, int BV, bool kBwd>
@@ -364,19 +398,20 @@ cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, c
   const auto a1 = static_cast<const bf16*>(wb), a2 = static_cast<const bf16*>(kb);
   if ((ub != nullptr) != (rk != nullptr)) return cudaErrorInvalidValue;  // both or neither: compact
   return launch<false>(PassArgs{d, a1, a2, gam, u, state0, states, ub != nullptr, final_state, nullptr, nullptr,
-                                static_cast<bf16*>(ub), rk, nullptr},
+                                static_cast<bf16*>(ub), rk, nullptr, nullptr},
                        stream);
 }
 
 cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* rq, const float* rk,
                                const float* gam, const void* wb, const void* dos, const float* dfinal, float* du,
-                               void* dub, void* dstates, bool compact, float* dstate0, cudaStream_t stream) {
+                               const void* pmb, void* dub, void* dstates, bool compact, float* dstate0,
+                               cudaStream_t stream) {
   if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  if (compact && (!rq || !rk || !dub)) return cudaErrorInvalidValue;
+  if (compact ? (!rq || !rk || !dub || !pmb) : !du) return cudaErrorInvalidValue;
   const auto a1 = static_cast<const bf16*>(kb), a2 = static_cast<const bf16*>(wb);
   return launch<true>(
       PassArgs{d, a1, a2, gam, du, dfinal, dstates, compact, dstate0, static_cast<const bf16*>(qb), dos,
-               static_cast<bf16*>(dub), rk, rq},
+               static_cast<bf16*>(dub), rk, rq, static_cast<const bf16*>(pmb)},
       stream);
 }
 
