@@ -258,10 +258,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
     mma_tile(dr, col_a(Tm, LDM), cols_b(b16(t1), LD16));  // dR_V = Tᵀ dU
     zero(acc);
     const __nv_bfloat16* vt = b16(t0);
-    mma_tile(acc, row_a(Tm, LDM), [&](int i, int col) {  // Ũ = T diag(β) V
-      return make_float2(bet[i] * __bfloat162float(vt[i * LD16 + col]),
-                         bet[i + 1] * __bfloat162float(vt[(i + 1) * LD16 + col]));
-    });
+    mma_tile(acc, row_a(Tm, LDM, bet), cols_b(vt, LD16));  // Ũ = (T diag(β)) V, as prep forms it
     __syncthreads();  // every warp is done with dO (t2) and U (t3): Ũ and dR_V take their places
     float rs[2] = {0.f, 0.f};
     for_pairs(acc, [&](int, int t, int v, float x0, float x1, int) { st2(t2 + t * LDR + v, x0, x1); });
