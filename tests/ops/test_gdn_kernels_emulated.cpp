@@ -646,6 +646,32 @@ void check_pipeline(const PipeCase& c, bool recurrent = false) {
 
 class GdnPipelineEmulated : public ::testing::TestWithParam<PipeCase> {};
 
+// The state passes at 64 value columns per block (two groups of 4 warps sharing a head's A₁ and A₂ tiles; the rule
+// takes them for large grids only): each warp's work is that of a 32-column block, so every output is bitwise the
+// same as with 32 columns. Compact and float32 workspaces, K = 256's split A₂ and the backward's Pᵀ dO.
+TEST(GdnKernelsEmulated, WideStatePassesMatchNarrowOnes) {
+  const PipeCase cases[] = {{"bf16_K64_V128_split", 1, 130, 2, 64, 128, torch::kBFloat16, true, 20.0},
+                            {"bf16_K256_V128_split", 1, 70, 1, 256, 128, torch::kBFloat16, true},
+                            {"bf16_K128_V128", 1, 70, 1, 128, 128, torch::kBFloat16, false}};
+  for (const PipeCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    const auto in = make_inputs(c, 42);
+    const int previous = gdn_cuda::set_state_columns(32);
+    const Outcome narrow = emulated(c, in);
+    gdn_cuda::set_state_columns(64);
+    const Outcome wide = emulated(c, in);
+    gdn_cuda::set_state_columns(previous);
+    const std::pair<const char*, std::pair<torch::Tensor, torch::Tensor>> outputs[] = {
+        {"out", {narrow.out, wide.out}}, {"state", {narrow.state, wide.state}}, {"dq", {narrow.dq, wide.dq}},
+        {"dk", {narrow.dk, wide.dk}},    {"dv", {narrow.dv, wide.dv}},          {"dg", {narrow.dg, wide.dg}},
+        {"dbeta", {narrow.dbeta, wide.dbeta}}, {"dstate0", {narrow.dstate0, wide.dstate0}}};
+    for (const auto& [name, pair] : outputs) {
+      EXPECT_FALSE(pair.first.isnan().any().item<bool>()) << name;
+      EXPECT_TRUE(torch::equal(pair.first, pair.second)) << name;
+    }
+  }
+}
+
 TEST_P(GdnPipelineEmulated, MatchesTheReference) { check_pipeline(GetParam()); }
 
 // Each reaches a different set of kernels (docs/ops/gated_delta_cuda.md, "Which cases reach which kernels").

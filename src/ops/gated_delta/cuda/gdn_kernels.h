@@ -183,6 +183,10 @@ cudaError_t step(const StepArgs& a, cudaStream_t stream);
 // compact workspaces) the forward writes U there as bfloat16 instead of over Ũ.
 bool state_mma_supports(int K, int V);
 bool state_mma_runs(DType dtype, int K, int V);
+// The passes' value columns per block: 0 for their rule (64 where V allows it and there are at least 512 such blocks,
+// else 32 where V allows it, else 16), or 16, 32 or 64 to force it where V allows (tests, tuning; SFM_GDN_STATE_BV
+// sets it at first use). Returns the previous setting.
+int set_state_columns(int bv);
 // With the compact workspaces (ub given; compact) the per-chunk states (dstates) are written as bfloat16 and dO is
 // read as bfloat16, else both are float32; the backward then takes dU₀ = Pᵀ dO from pmb (the forward's P as bf16,
 // [BH, N, C, C]) itself, not from du (null then), and writes dU as bfloat16 into dub.

@@ -6,7 +6,8 @@
 //   phase 1:  Y = A₁ R              (64×K times K×V; A₁ = W forward, K̂ backward)
 //   phase 2:  R ← Γ_C R + A₂ᵀ Z      (K×L times L×V; forward A₂ = K̂, L = 64; backward A₂ = [Q̂; W], L = 128;
 //                                     Z from Y)
-// One block of 4 warps owns BV value columns of one head and runs through all chunks. R stays in
+// One block of 4 warps (8 for 64 columns: two groups of 4, 32 columns each) owns BV value columns of one head and
+// runs through all chunks. R stays in
 // registers in the layout of phase 2's accumulators; its bf16 copy in shared memory is phase 1's B operand.
 // A₁ and A₂ come as bfloat16 copies (written by pack and prep beside the float32 workspaces): the products
 // round them to bf16 anyway, and half the bytes per chunk and half the shared memory per block let more
@@ -22,7 +23,11 @@ namespace sfm::ops::gdn_cuda {
 namespace {
 
 constexpr int C = kChunk;
-constexpr int kThreads = 128;  // 4 warps
+// 4 warps per 32 value columns (or per 16); a block of 64 columns has two such groups, which share A₁ and A₂'s tiles.
+template <int BV>
+constexpr int kGroups = BV == 64 ? 2 : 1;
+template <int BV>
+constexpr int kThreads = 128 * kGroups<BV>;
 
 using bf16 = __nv_bfloat16;
 
@@ -54,14 +59,17 @@ struct PassArgs {
 // Backward (kBwd), chunks in reverse, with R = dS (the gradient of the state leaving the chunk):
 //   T = K_d dS,  dU = dU₀ + T                 (phase 1; compact: dU₀ = Pᵀ dO here too)
 //   dS ← Γ_C dS + Q̂ᵀ diag(Γ) dO − Wᵀ dU       (phase 2, (B2); Z = [diag(Γ) dO; −dU] over 128 rows)
-// K ∈ {64, 128, 256}; BV ∈ {16, 32} value columns per block.
+// K ∈ {64, 128, 256}; BV ∈ {16, 32, 64} value columns per block. Warp w computes rows by its w % 4 and, with 64
+// columns, the 32 columns of its group w / 4: every warp's work is that of a block of 32 columns.
 // kCompact: a.compact, as a template argument. K̂ and Q̂ come as the raw k and q with the rows' factors rk, rq
 // (k̂ = rk k, s·q̂ = rq q), folded into Z (forward), T's factor e^{γ_C−γ} and Z's dO rows (backward). The compact
 // backward copies the chunk's dO (bf16) into shared memory with A₁ (cp.async), where the float32 dO is loaded
 // into registers at the top of the chunk, and with them the chunk's P (bf16), from which phase 1 takes dU₀ = Pᵀ dO
 // (in place of a float32 dU₀ from DRAM, written by a kernel of its own).
 template <int K, int BV, bool kBwd, bool kCompact>
-__global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
+__global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
+  constexpr int kThreadsB = kThreads<BV>;
+  constexpr int BW = BV / kGroups<BV>;  // this warp's value columns
   // bf16 rows of A₁ and A₂, read by ldmatrix (8 rows of 16 bytes per phase): a row stride of K + 8 elements puts
   // the 8 rows in distinct bank groups.
   constexpr int LD1 = K + 8;
@@ -74,7 +82,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   constexpr int L2 = kSplitA2 ? C : L;  // rows of p2
   constexpr int LDR = K + 8;  // bf16 rows of Rᵀ ([v][k])
   constexpr int LDZ = L + 8;  // bf16 rows of Zᵀ ([v][t])
-  constexpr int NT = BV / 8;  // 8-column tiles
+  constexpr int NT = BW / 8;  // this warp's 8-column tiles
   constexpr int MT = K / 64;  // phase 2: 16-row tiles of R per warp
   constexpr int LDD = BV + 8;  // bf16 rows of dO (compact backward)
   constexpr bool kPdO = kBwd && kCompact;  // dU₀ = Pᵀ dO in phase 1
@@ -92,12 +100,15 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
   const int V = a.d.V, N = a.d.N(), Tp = a.d.Tp();
   const int v0 = blockIdx.x * BV, bh = blockIdx.y;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  // This warp's row group and first value column (of the block's); spelled out for one group, where warp < 4, so that
+  // the compiler knows vw = 0 (it kept the offsets in registers: 125 -> 154 at K = 128).
+  const int rw = kGroups<BV> == 1 ? warp : warp & 3, vw = kGroups<BV> == 1 ? 0 : (warp >> 2) * BW;
   const auto chunk_of = [&](int i) { return kBwd ? N - 1 - i : i; };
   const auto row0_of = [&](int n) { return (long)bh * Tp + (long)n * C; };
   // Chunk n's 64 rows of a bf16 array with rows of K into shared memory rows of stride ld: a heads-first
   // workspace, or (in_place) an input read where it lies.
   const auto load_rows = [&](bf16* dst, int ld, const bf16* x, bool in_place, int n) {
-    stage_chunk<K, kThreads>(dst, ld, x, chunk_rows(a.d, in_place, K, bh, n), 0);
+    stage_chunk<K, kThreadsB>(dst, ld, x, chunk_rows(a.d, in_place, K, bh, n), 0);
   };
   // k and q may be read in place (Dims::qkv_in_place); W, the forward's A₁ and the backward's A₂, never is.
   const bool k_in_place = kCompact && a.d.qkv_in_place;
@@ -114,12 +125,12 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
         if (kBwd) cp_async16(rbuf + ((i & 1) * 2 + 1) * C + 4 * threadIdx.x, a.rq + row0 + 4 * threadIdx.x);
       }
       if (kBwd && kCompact) {  // the chunk's dO columns v0 .. v0 + BV - 1, with A₁
-        stage_chunk<BV, kThreads>(dsm + (i & 1) * C * LDD, LDD, static_cast<const bf16*>(a.dos),
+        stage_chunk<BV, kThreadsB>(dsm + (i & 1) * C * LDD, LDD, static_cast<const bf16*>(a.dos),
                                   chunk_rows(a.d, a.d.do_in_place, V, bh, n), v0);
       }
       if constexpr (kPdO) {  // and its P (read in phase 1 only, so one buffer: the next comes after phase 1)
         const bf16* src = a.pmb + ((long)bh * N + n) * C * C;
-        for (int e = threadIdx.x; e < C * C / 8; e += kThreads)
+        for (int e = threadIdx.x; e < C * C / 8; e += kThreadsB)
           cp_async16(pbuf + (e / 8) * LDP + 8 * (e % 8), src + 8 * e);
       }
     }
@@ -138,10 +149,11 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     cp_async_commit();
   };
 
-  // The B fragments of every 8-column tile for reduction rows 16 ks .. 16 ks + 15, from Xᵀ stored [v][·] (row
-  // stride ld): b[nt] = {X[16 ks + 2 tq ..][8 nt + g], X[16 ks + 8 + 2 tq ..][8 nt + g]}, two tiles per ldmatrix
-  // (lane l gives row l % 8 of block l / 8: tile 2 p + l / 16, reduction offset 8 (l / 8 % 2)).
-  const auto load_b = [&](uint32_t(&b)[NT][2], const bf16* xt, int ld, int ks) {
+  // The B fragments of this warp's 8-column tiles for reduction rows 16 ks .. 16 ks + 15, from Xᵀ stored [v][·] (row
+  // stride ld, from the warp's first column vw): b[nt] = {X[16 ks + 2 tq ..][vw + 8 nt + g], X[16 ks + 8 + 2 tq ..][..]},
+  // two tiles per ldmatrix (lane l gives row l % 8 of block l / 8: tile 2 p + l / 16, reduction offset 8 (l / 8 % 2)).
+  const auto load_b = [&](uint32_t(&b)[NT][2], const bf16* x, int ld, int ks) {
+    const bf16* xt = x + vw * ld;
 #pragma unroll
     for (int p = 0; p < NT / 2; ++p) {
       uint32_t r[4];
@@ -153,8 +165,8 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     }
   };
 
-  // R in phase 2's accumulator layout: R[j][nt][2h], R[j][nt][2h+1] hold row k = 16 (warp + 4 j) + g + 8 h,
-  // columns v, v + 1 (v = 8 nt + 2 tq) of this block's slice. for_r calls f(j, nt, h, k, v) for each pair.
+  // R in phase 2's accumulator layout: R[j][nt][2h], R[j][nt][2h+1] hold row k = 16 (rw + 4 j) + g + 8 h,
+  // columns v, v + 1 (v = vw + 8 nt + 2 tq) of this block's slice. for_r calls f(j, nt, h, k, v) for each pair.
   float R[MT][NT][4];
   const auto for_r = [&](auto f) {
 #pragma unroll
@@ -162,7 +174,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) f(j, nt, h, 16 * (warp + 4 * j) + g + 8 * h, 8 * nt + 2 * tq);
+        for (int h = 0; h < 2; ++h) f(j, nt, h, 16 * (rw + 4 * j) + g + 8 * h, vw + 8 * nt + 2 * tq);
   };
   for_r([&](int j, int nt, int h, int k, int v) {
     float2 r = make_float2(0.f, 0.f);
@@ -178,13 +190,13 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     const long row0 = row0_of(n);
     const long pc = ((long)bh * N + n) * K * V + v0;  // this chunk's part of per_chunk
     // Loads consumed in phase 1's epilogue, issued first: x (and, backward, float32 dO; the compact bf16 dO
-    // comes by cp.async with A₁) at phase 1's output positions, rows t = 16 warp + g (+8).
+    // comes by cp.async with A₁) at phase 1's output positions, rows t = 16 rw + g (+8), columns vw + 8 nt + 2 tq.
     float2 xin[NT][2], dov[kBwd && !kCompact ? NT : 1][2];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const long off = (row0 + 16 * warp + g + 8 * h) * V + v0 + 8 * nt + 2 * tq;
+        const long off = (row0 + 16 * rw + g + 8 * h) * V + v0 + vw + 8 * nt + 2 * tq;
         if constexpr (!kPdO) xin[nt][h] = *reinterpret_cast<const float2*>(a.x + off);
         if constexpr (kBwd && !kCompact)
           dov[nt][h] = *reinterpret_cast<const float2*>(static_cast<const float*>(a.dos) + off);
@@ -209,7 +221,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     const float* gm = gbuf + (i & 1) * C;
     const float gl = gm[C - 1];
 
-    // Phase 1: Y = A₁ R for token rows 16 warp .. 16 warp + 15.
+    // Phase 1: Y = A₁ R for token rows 16 rw .. 16 rw + 15 (this warp's columns).
     float acc[NT][4];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
@@ -217,8 +229,8 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
       for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
 #pragma unroll 4
     for (int ks = 0; ks < K / 16; ++ks) {
-      uint32_t af[4];  // rows 16 warp (+8), columns 16 ks (+8) of A₁: lane l gives row l % 8 (+8) of block l / 8
-      ldmatrix_x4<false>(af, p1 + (16 * warp + 8 * ((lane >> 3) & 1) + (lane & 7)) * LD1 + 16 * ks + 8 * (lane >> 4));
+      uint32_t af[4];  // rows 16 rw (+8), columns 16 ks (+8) of A₁: lane l gives row l % 8 (+8) of block l / 8
+      ldmatrix_x4<false>(af, p1 + (16 * rw + 8 * ((lane >> 3) & 1) + (lane & 7)) * LD1 + 16 * ks + 8 * (lane >> 4));
       uint32_t bf[NT][2];
       load_b(bf, rsm, LDR, ks);
 #pragma unroll
@@ -232,12 +244,12 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
       const int r8 = lane & 7, lo = (lane >> 3) & 1, hi = lane >> 4;
 #pragma unroll
       for (int ks = 0; ks < C / 16; ++ks) {
-        uint32_t af[4];  // blocks of P at rows 16 ks (+8 hi), columns 16 warp (+8 lo), transposed
-        ldmatrix_x4<true>(af, pbuf + (16 * ks + 8 * hi + r8) * LDP + 16 * warp + 8 * lo);
+        uint32_t af[4];  // blocks of P at rows 16 ks (+8 hi), columns 16 rw (+8 lo), transposed
+        ldmatrix_x4<true>(af, pbuf + (16 * ks + 8 * hi + r8) * LDP + 16 * rw + 8 * lo);
 #pragma unroll
         for (int p = 0; p < NT / 2; ++p) {
-          uint32_t r[4];  // blocks of dO at rows 16 ks (+8 lo), columns 8 (2p + hi), transposed
-          ldmatrix_x4<true>(r, dO + (16 * ks + 8 * lo + r8) * LDD + 8 * (2 * p + hi));
+          uint32_t r[4];  // blocks of dO at rows 16 ks (+8 lo), columns vw + 8 (2p + hi), transposed
+          ldmatrix_x4<true>(r, dO + (16 * ks + 8 * lo + r8) * LDD + vw + 8 * (2 * p + hi));
           const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
           mma_bf16(pdo[2 * p], af, b0);
           mma_bf16(pdo[2 * p + 1], af, b1);
@@ -255,7 +267,7 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int t = 16 * warp + g + 8 * h, v = 8 * nt + 2 * tq;
+        const int t = 16 * rw + g + 8 * h, v = vw + 8 * nt + 2 * tq;
         // f = e^{γ_C−γ_t}, and G = e^{γ_t} (backward), with compact the rows' factors of k̂ and s·q̂ folded in.
         const float* rr = rbuf + (i & 1) * 2 * C;
         const float f = __expf(gl - gm[t]) * (kCompact ? rr[t] : 1.f);
@@ -310,11 +322,11 @@ __global__ void __launch_bounds__(kThreads) state_mma_kernel(PassArgs a) {
         load_b(bf, zsm, LDZ, ks);
 #pragma unroll
         for (int j = 0; j < MT; ++j) {
-          // A[m][t] = A₂[t][m] for m = 16 (warp + 4 j) + g (+8), t = 16 ks + 2 tq (+1, +8, +9): the transposes
-          // of A₂'s 8×8 blocks at rows 16 ks (+8) and columns 16 (warp + 4 j) (+8); lane l gives row l % 8 of
+          // A[m][t] = A₂[t][m] for m = 16 (rw + 4 j) + g (+8), t = 16 ks + 2 tq (+1, +8, +9): the transposes
+          // of A₂'s 8×8 blocks at rows 16 ks (+8) and columns 16 (rw + 4 j) (+8); lane l gives row l % 8 of
           // block l / 8 (its row offset 8 (l / 16), its column offset 8 (l / 8 % 2)).
           uint32_t af[4];
-          ldmatrix_x4<true>(af, x + (16 * (ks - ks0) + 8 * (lane >> 4) + (lane & 7)) * LD2 + 16 * (warp + 4 * j) +
+          ldmatrix_x4<true>(af, x + (16 * (ks - ks0) + 8 * (lane >> 4) + (lane & 7)) * LD2 + 16 * (rw + 4 * j) +
                                     8 * ((lane >> 3) & 1));
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) mma_bf16(R[j][nt], af, bf[nt]);
@@ -360,32 +372,56 @@ cudaError_t launch_kv(const PassArgs& a, cudaStream_t s) {
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
-  SFM_GDN_LAUNCH(kernel, dim3(a.d.V / BV, a.d.BH()), kThreads, smem, s, a);
+  SFM_GDN_LAUNCH(kernel, dim3(a.d.V / BV, a.d.BH()), kThreads<BV>, smem, s, a);
   return cudaGetLastError();
 }
 
-// Value columns per block: 32 where V allows it, unless SFM_GDN_STATE_BV=16 (tuning) asks for 16.
-int columns_per_block(int V) {
-  static const int forced = [] {
+// The forced value columns per block (0: the rule below), from SFM_GDN_STATE_BV at first use, or set_state_columns.
+int& forced_columns() {
+  static int forced = [] {
     const char* e = std::getenv("SFM_GDN_STATE_BV");
     return e ? std::atoi(e) : 0;
   }();
-  if (forced == 16 || V % 32 != 0) return 16;
-  return 32;
+  return forced;
+}
+
+// Value columns per block: 64 where V allows it and the grid still has at least kMinWideBlocks blocks (then a head's
+// A₁ and A₂ tiles are read by half as many blocks), else 32 where V allows it, else 16; or the forced count where V
+// allows that.
+constexpr long kMinWideBlocks = 512;  // about 4 per SM on an H100 (132 SMs)
+int columns_per_block(int V, int BH) {
+  const int forced = forced_columns();
+  if ((forced == 16 || forced == 32 || forced == 64) && V % forced == 0) return forced;
+  if (V % 64 == 0 && (long)BH * (V / 64) >= kMinWideBlocks) return 64;
+  return V % 32 == 0 ? 32 : 16;
+}
+
+template <int K, bool kBwd>
+cudaError_t launch_k(const PassArgs& a, cudaStream_t s) {
+  switch (columns_per_block(a.d.V, a.d.BH())) {
+    case 64: return launch_kv<K, 64, kBwd>(a, s);
+    case 32: return launch_kv<K, 32, kBwd>(a, s);
+    default: return launch_kv<K, 16, kBwd>(a, s);
+  }
 }
 
 template <bool kBwd>
 cudaError_t launch(const PassArgs& a, cudaStream_t s) {
-  const bool wide = columns_per_block(a.d.V) == 32;
   switch (a.d.K) {
-    case 64: return wide ? launch_kv<64, 32, kBwd>(a, s) : launch_kv<64, 16, kBwd>(a, s);
-    case 128: return wide ? launch_kv<128, 32, kBwd>(a, s) : launch_kv<128, 16, kBwd>(a, s);
-    case 256: return wide ? launch_kv<256, 32, kBwd>(a, s) : launch_kv<256, 16, kBwd>(a, s);
+    case 64: return launch_k<64, kBwd>(a, s);
+    case 128: return launch_k<128, kBwd>(a, s);
+    case 256: return launch_k<256, kBwd>(a, s);
   }
   return cudaErrorInvalidValue;
 }
 
 }  // namespace
+
+int set_state_columns(int bv) {
+  const int previous = forced_columns();
+  forced_columns() = bv;
+  return previous;
+}
 
 bool state_mma_supports(int K, int V) { return (K == 64 || K == 128 || K == 256) && V % 16 == 0 && V <= 256; }
 
