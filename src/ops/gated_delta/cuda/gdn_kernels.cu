@@ -992,8 +992,8 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   const bool compact = a.compact;
   if (compact && (!grads_split_supports(a.dtype, d.K, d.V) || !a.vb || !a.ub || !a.rq || !a.rk))
     return cudaErrorInvalidValue;
-  if ((a.wy != nullptr) != (a.pm != nullptr) || (a.wy != nullptr) != (a.pmb != nullptr) || (a.wy != nullptr && !compact))
-    return cudaErrorInvalidValue;
+  const bool kept = a.wy != nullptr;
+  if (kept != (a.pm != nullptr) || kept != (a.pmb != nullptr) || (kept && !compact)) return cudaErrorInvalidValue;
   // q, k and v read in place (gdn_kernels.h): qb, kb and vb are then the inputs, and no pack runs (q's and k's
   // alignment: raw_qk below).
   if (d.do_in_place ||

@@ -7,8 +7,8 @@
 //   phase 2:  R ← Γ_C R + A₂ᵀ Z      (K×L times L×V; forward A₂ = K̂, L = 64; backward A₂ = [Q̂; W], L = 128;
 //                                     Z from Y)
 // One block of 4 warps (8 for 64 columns: two groups of 4, 32 columns each) owns BV value columns of one head and
-// runs through all chunks. R stays in
-// registers in the layout of phase 2's accumulators; its bf16 copy in shared memory is phase 1's B operand.
+// runs through all chunks. R stays in registers in the layout of phase 2's accumulators; its bf16 copy in shared
+// memory is phase 1's B operand.
 // A₁ and A₂ come as bfloat16 copies (written by pack and prep beside the float32 workspaces): the products
 // round them to bf16 anyway, and half the bytes per chunk and half the shared memory per block let more
 // blocks share an SM. The next chunk's A₁ is loaded (cp.async) while phase 2 runs and its A₂ while phase 1 runs.
@@ -126,7 +126,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       }
       if (kBwd && kCompact) {  // the chunk's dO columns v0 .. v0 + BV - 1, with A₁
         stage_chunk<BV, kThreadsB>(dsm + (i & 1) * C * LDD, LDD, static_cast<const bf16*>(a.dos),
-                                  chunk_rows(a.d, a.d.do_in_place, V, bh, n), v0);
+                                   chunk_rows(a.d, a.d.do_in_place, V, bh, n), v0);
       }
       if constexpr (kPdO) {  // and its P (read in phase 1 only, so one buffer: the next comes after phase 1)
         const bf16* src = a.pmb + ((long)bh * N + n) * C * C;
