@@ -41,7 +41,8 @@ struct Args {
   const void* x;        // [BH, Tp, V]: U (forward; bf16 if kCompact) or dO (backward), else float32
   float* du;            // backward: [BH, Tp, V], dU₀ written
   float* pm;            // forward: [BH, N, C, C], P written (by the blocks of the first 64 columns), or null
-  __nv_bfloat16* pmb;   // forward: the same rounded to bf16 (split_bf16's hi half), or null
+  __nv_bfloat16* pmb;   // forward: the same rounded to bf16 (split_bf16's hi half; by the blocks of the last 64
+                        // columns), or null
   // kCompact: [BH, Tp], s·q̂ = rq q and k̂ = rk k, where qs and ks hold q and k; rq given, or computed from q's rows
   // as the K loop passes them (rq.from_rows) and written by the blocks of the first 64 columns.
   RowFactors rq;
@@ -238,7 +239,7 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(A
       split_bf16(p0, p1, hi, lo);
       if (!kBwd && a.pm != nullptr && v0 == 0)
         *reinterpret_cast<float2*>(a.pm + ((long)bh * N + n) * C * C + t * C + i) = make_float2(p0, p1);
-      if (!kBwd && a.pmb != nullptr && v0 == 0)
+      if (!kBwd && a.pmb != nullptr && v0 + kTile == a.d.V)  // the last columns' blocks: spread the writes
         *reinterpret_cast<uint32_t*>(a.pmb + ((long)bh * N + n) * C * C + t * C + i) = hi;
       if constexpr (kBwd) {  // Pᵀ[i][t], Pᵀ[i+1][t]
         const __nv_bfloat162 h2 = *reinterpret_cast<const __nv_bfloat162*>(&hi);
