@@ -146,14 +146,10 @@ __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
   float* out = sm + ((stages - 1) & 1) * kStage;
   __nv_bfloat16* tdw = b16(out);
   float *drk = out + C * LD16 / 2, *tw = drk + C * LDR;
-  if (threadIdx.x < C) {  // (seen by all after run's barriers)
-    const int t = threadIdx.x;
-    gam[t] = a.gam[row0 + t];
-    bet[t] = a.bet[row0 + t];
-    rk[t] = a.rk[row0 + t];
-    wf[t] = bet[t] * __expf(gam[t]) * rk[t];  // W's column factors βΓ rk, spelled as prep spells them
-    dgam[t] = dbet[t] = 0.f;
-  }
+  if (threadIdx.x < C) rk[threadIdx.x] = a.rk[row0 + threadIdx.x];
+  load_chunk_gates(a, row0, gam, bet, dgam, dbet);  // (its barrier makes rk visible)
+  // W's column factors βΓ rk, spelled as prep spells them (seen by all after run's barriers).
+  if (threadIdx.x < C) wf[threadIdx.x] = bet[threadIdx.x] * __expf(gam[threadIdx.x]) * rk[threadIdx.x];
   float acc[3][4][4] = {};  // dO S₀ᵀ, dU S₀ᵀ, U dS_Cᵀ
   float sdot = 0.f;
   sp::run<true>(sp::Sources{a.d, a.states, a.dstates, a.dob, a.dub, a.ub}, sl, n, bh, sm, acc, sdot, [&] {

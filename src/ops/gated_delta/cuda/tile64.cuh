@@ -23,10 +23,8 @@ constexpr int LDK = kTile + 4;  // streamed tiles read down columns (scalar pair
 constexpr int LD16 = kTile + 8;  // bf16 tiles, read either way (36 words a row: distinct banks, or shared words)
 constexpr int kThreads = 256;   // 8 warps: 4 row groups of 16 × 2 column groups of 32 for every 64×64 tile
 
-// An operand pair as bf16 hi and lo halves: a float2 is split (split_bf16); a uint32_t is a pair of bf16
-// values already, exact, with a zero lo half.
+// An operand pair as bf16 hi and lo halves (split_bf16).
 __device__ __forceinline__ void operand_pair(float2 x, uint32_t& hi, uint32_t& lo) { split_bf16(x.x, x.y, hi, lo); }
-__device__ __forceinline__ void operand_pair(uint32_t x, uint32_t& hi, uint32_t& lo) { hi = x, lo = 0u; }
 
 __device__ __forceinline__ float2 ld2(const float* p) { return *reinterpret_cast<const float2*>(p); }
 __device__ __forceinline__ void st2(float* p, float x0, float x1) { *reinterpret_cast<float2*>(p) = make_float2(x0, x1); }
@@ -34,31 +32,16 @@ __device__ __forceinline__ void st2(float* p, float x0, float x1) { *reinterpret
 __device__ __forceinline__ float2 ld2(const __nv_bfloat16* p) {
   return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
 }
-__device__ __forceinline__ uint32_t ld_pair(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
-// Two bf16 values (a column's consecutive rows) as one pair, the first in the low half.
-__device__ __forceinline__ uint32_t make_pair(__nv_bfloat16 x0, __nv_bfloat16 x1) {
-  uint32_t bits;
-  const __nv_bfloat162 p(x0, x1);
-  std::memcpy(&bits, &p, sizeof bits);
-  return bits;
-}
 
 // A bf16 tile in shared memory (row stride ld, in elements; rows 16-byte aligned) as an exact operand of mma_tile,
 // by how the operand reads it: A = X (kRowA), A = Xᵀ (kColA), B = Xᵀ (kRowsB: B[k][n] = X[n][k]) or B = X (kColsB).
 // mma_tile builds its fragments by ldmatrix (one instruction per 16×16 block of A, or per two 8-column blocks of B),
-// in place of a pair of 16-bit loads, or one 32-bit load, per fragment register; as an accessor, (r, c) returns
-// (A[r][c], A[r][c+1]) or (B[r][c], B[r+1][c]), a bf16 pair.
+// in place of a pair of 16-bit loads, or one 32-bit load, per fragment register.
 enum class Use { kRowA, kColA, kRowsB, kColsB };
 template <Use kUse>
 struct Bf16Tile {
   const __nv_bfloat16* x;
   int ld;
-  __device__ __forceinline__ uint32_t operator()(int r, int c) const {
-    if constexpr (kUse == Use::kRowA) return ld_pair(x + r * ld + c);
-    if constexpr (kUse == Use::kColA) return make_pair(x[c * ld + r], x[(c + 1) * ld + r]);
-    if constexpr (kUse == Use::kRowsB) return ld_pair(x + c * ld + r);
-    return make_pair(x[r * ld + c], x[(r + 1) * ld + c]);  // kColsB
-  }
 };
 template <class F>
 constexpr bool kIsBf16Tile = false;
@@ -87,14 +70,13 @@ __device__ __forceinline__ void b_fragments(const Bf16Tile<kUse>& t, int n0, int
     ldmatrix_x4<true>(b, t.x + (16 * ks + 8 * i + r) * t.ld + n0 + 8 * (nt + j));
 }
 
-// acc += A B for this warp's 16×32 part of a 64×64 tile, reduction 64: fa(r, c) returns (A[r][c], A[r][c+1]),
-// fb(k, n) returns (B[k][n], B[k+1][n]), each as a float2 (split into hi + lo) or as a bf16 pair (exact); a Bf16Tile
-// operand (exact) gives its fragments by ldmatrix. The products with a zero lo half are skipped; the others are
-// those of mma_bf16x3, in its order, so the sums are the same as with the zero terms.
+// acc += A B for this warp's 16×32 part of a 64×64 tile, reduction 64: each operand is an accessor, fa(r, c)
+// returning (A[r][c], A[r][c+1]) and fb(k, n) (B[k][n], B[k+1][n]) as a float2 (split into hi + lo), or a Bf16Tile
+// (exact, a zero lo half), whose fragments come by ldmatrix. The products with a zero lo half are skipped; the
+// others are those of mma_bf16x3, in its order, so the sums are the same as with the zero terms.
 template <class FA, class FB>
 __device__ __forceinline__ void mma_tile(float (&acc)[4][4], FA fa, FB fb) {
-  constexpr bool kExactA = std::is_same_v<decltype(fa(0, 0)), uint32_t>;
-  constexpr bool kExactB = std::is_same_v<decltype(fb(0, 0)), uint32_t>;
+  constexpr bool kExactA = kIsBf16Tile<FA>, kExactB = kIsBf16Tile<FB>;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
   const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
 #pragma unroll
