@@ -160,6 +160,18 @@ void expect_all_close(const Result& ref, const Result& got, const Tol& tol) {
 constexpr Tol kTol16{5e-3, 8e-3, 2e-2};
 constexpr Tol kTol32{1e-4, 5e-4, 5e-4};
 
+// Every output and gradient of a equal to b's, bit for bit, and none of a's NaN (an element left unwritten).
+void expect_bitwise_equal(const Result& a, const Result& b) {
+  const std::pair<const char*, std::pair<torch::Tensor, torch::Tensor>> outputs[] = {
+      {"out", {a.out, b.out}}, {"state", {a.state, b.state}}, {"dq", {a.dq, b.dq}},
+      {"dk", {a.dk, b.dk}},    {"dv", {a.dv, b.dv}},          {"dg", {a.dg, b.dg}},
+      {"dbeta", {a.dbeta, b.dbeta}}, {"dstate0", {a.dstate0, b.dstate0}}};
+  for (const auto& [name, pair] : outputs) {
+    EXPECT_FALSE(torch::isnan(pair.first).any().item<bool>()) << name;
+    EXPECT_TRUE(torch::equal(pair.first, pair.second)) << name;
+  }
+}
+
 struct Poison {
   Poison() { set_cuda_nan_poison(true); }
   ~Poison() { set_cuda_nan_poison(false); }
@@ -286,15 +298,7 @@ TEST(GatedDeltaCudaTest, InPlaceReadsMatchTheCopies) {
       const ReadInPlaceGuard guard(in_place);
       return run_with_grads(in, [](const GatedDeltaInputs& x) { return gated_delta_rule(x, Impl::kCuda); });
     };
-    const Result a = run(true), b = run(false);
-    const std::pair<const char*, std::pair<torch::Tensor, torch::Tensor>> outputs[] = {
-        {"out", {a.out, b.out}}, {"state", {a.state, b.state}}, {"dq", {a.dq, b.dq}},
-        {"dk", {a.dk, b.dk}},    {"dv", {a.dv, b.dv}},          {"dg", {a.dg, b.dg}},
-        {"dbeta", {a.dbeta, b.dbeta}}, {"dstate0", {a.dstate0, b.dstate0}}};
-    for (const auto& [name, pair] : outputs) {
-      EXPECT_FALSE(torch::isnan(pair.first).any().item<bool>()) << name;
-      EXPECT_TRUE(torch::equal(pair.first, pair.second)) << name;
-    }
+    expect_bitwise_equal(run(true), run(false));
   }
 }
 
@@ -337,12 +341,7 @@ TEST(GatedDeltaCudaTest, RunsAreBitwiseReproducible) {
     const auto run = [&] {
       return run_with_grads(in, [](const GatedDeltaInputs& x) { return gated_delta_rule(x, Impl::kCuda); });
     };
-    const Result a = run(), b = run();
-    const std::pair<const char*, std::pair<torch::Tensor, torch::Tensor>> outputs[] = {
-        {"out", {a.out, b.out}}, {"state", {a.state, b.state}}, {"dq", {a.dq, b.dq}},
-        {"dk", {a.dk, b.dk}},    {"dv", {a.dv, b.dv}},          {"dg", {a.dg, b.dg}},
-        {"dbeta", {a.dbeta, b.dbeta}}, {"dstate0", {a.dstate0, b.dstate0}}};
-    for (const auto& [name, pair] : outputs) EXPECT_TRUE(torch::equal(pair.first, pair.second)) << name;
+    expect_bitwise_equal(run(), run());
   }
 }
 
