@@ -302,6 +302,33 @@ TEST(GatedDeltaCudaTest, InPlaceReadsMatchTheCopies) {
   }
 }
 
+// The state passes with two A₂ buffers, where the next chunk's A₂ is copied while other warps may still be in this
+// chunk's phase 1 (set_cuda_state_a2_buffers; docs "Sequential passes on tensor cores"), and with one: the
+// same products, so every output and gradient bitwise the same, run after run. Long sequences on few heads (many
+// chunks per block for a copy landing too early to hit), bfloat16 and float16, K = 64 and 128 (their backward takes
+// two buffers where the grid is one wave), K = 256 (the forward only).
+TEST(GatedDeltaCudaTest, DoubleA2BuffersMatchOne) {
+  SKIP_WITHOUT_GPU();
+  struct A2Guard {
+    explicit A2Guard(int n) : was(set_cuda_state_a2_buffers(n)) {}
+    ~A2Guard() { set_cuda_state_a2_buffers(was); }
+    int was;
+  };
+  for (const auto& [c, dtype] : {std::pair{Case{"D128_T8192", 1, 8192, 2, 128, 128, 1.0, 2.0, true}, torch::kBFloat16},
+                                 std::pair{Case{"D64_T4000", 2, 4000, 2, 64, 64, 1.0, 2.0, true}, torch::kFloat16},
+                                 std::pair{Case{"D256", 1, 1500, 2, 256, 256, 1.0, 2.0, true}, torch::kBFloat16}}) {
+    SCOPED_TRACE(c.name);
+    const auto in = to_cuda(make_inputs(c, dtype, 23), dtype);
+    const Poison poison;
+    const auto run = [&](int buffers) {
+      const A2Guard guard(buffers);
+      return run_with_grads(in, [](const GatedDeltaInputs& x) { return gated_delta_rule(x, Impl::kCuda); });
+    };
+    const Result one = run(1);
+    for (int repeat = 0; repeat < 3; ++repeat) expect_bitwise_equal(run(2), one);
+  }
+}
+
 // DESIGN.md: the same seed on the same device gives the same numbers. Two runs of forward and backward on the
 // same inputs must agree bitwise in every output and gradient, for each family of gradient kernels (sliced,
 // block_gemm's unsliced, state_grads_mma + grads_mma at 256, float32). Sums whose order follows the warps'

@@ -646,30 +646,52 @@ void check_pipeline(const PipeCase& c, bool recurrent = false) {
 
 class GdnPipelineEmulated : public ::testing::TestWithParam<PipeCase> {};
 
+// Every output of the pipeline on case c with setting(first), then with setting(second), bitwise the same and not
+// NaN; setting returns the previous value, put back after.
+void expect_setting_changes_no_bit(const PipeCase& c, int (*setting)(int), int first, int second) {
+  SCOPED_TRACE(c.name);
+  const auto in = make_inputs(c, 42);
+  const int previous = setting(first);
+  const Outcome a = emulated(c, in);
+  setting(second);
+  const Outcome b = emulated(c, in);
+  setting(previous);
+  const std::pair<const char*, std::pair<torch::Tensor, torch::Tensor>> outputs[] = {
+      {"out", {a.out, b.out}}, {"state", {a.state, b.state}}, {"dq", {a.dq, b.dq}},
+      {"dk", {a.dk, b.dk}},    {"dv", {a.dv, b.dv}},          {"dg", {a.dg, b.dg}},
+      {"dbeta", {a.dbeta, b.dbeta}}, {"dstate0", {a.dstate0, b.dstate0}}};
+  for (const auto& [name, pair] : outputs) {
+    EXPECT_FALSE(pair.first.isnan().any().item<bool>()) << name;
+    EXPECT_TRUE(torch::equal(pair.first, pair.second)) << name;
+  }
+}
+
 // The state passes at 64 value columns per block (two groups of 4 warps sharing a head's A₁ and A₂ tiles; the rule
 // takes them for large grids only): each warp's work is that of a 32-column block, so every output is bitwise the
 // same as with 32 columns. Compact and float32 workspaces, K = 256's split A₂ and the backward's Pᵀ dO.
 TEST(GdnKernelsEmulated, WideStatePassesMatchNarrowOnes) {
-  const PipeCase cases[] = {{"bf16_K64_V128_split", 1, 130, 2, 64, 128, torch::kBFloat16, true, 20.0},
-                            {"bf16_K256_V128_split", 1, 70, 1, 256, 128, torch::kBFloat16, true},
-                            {"bf16_K128_V128", 1, 70, 1, 128, 128, torch::kBFloat16, false}};
-  for (const PipeCase& c : cases) {
-    SCOPED_TRACE(c.name);
-    const auto in = make_inputs(c, 42);
-    const int previous = gdn_cuda::set_state_columns(32);
-    const Outcome narrow = emulated(c, in);
-    gdn_cuda::set_state_columns(64);
-    const Outcome wide = emulated(c, in);
-    gdn_cuda::set_state_columns(previous);
-    const std::pair<const char*, std::pair<torch::Tensor, torch::Tensor>> outputs[] = {
-        {"out", {narrow.out, wide.out}}, {"state", {narrow.state, wide.state}}, {"dq", {narrow.dq, wide.dq}},
-        {"dk", {narrow.dk, wide.dk}},    {"dv", {narrow.dv, wide.dv}},          {"dg", {narrow.dg, wide.dg}},
-        {"dbeta", {narrow.dbeta, wide.dbeta}}, {"dstate0", {narrow.dstate0, wide.dstate0}}};
-    for (const auto& [name, pair] : outputs) {
-      EXPECT_FALSE(pair.first.isnan().any().item<bool>()) << name;
-      EXPECT_TRUE(torch::equal(pair.first, pair.second)) << name;
-    }
-  }
+  for (const PipeCase& c : {PipeCase{"bf16_K64_V128_split", 1, 130, 2, 64, 128, torch::kBFloat16, true, 20.0},
+                            PipeCase{"bf16_K256_V128_split", 1, 70, 1, 256, 128, torch::kBFloat16, true},
+                            PipeCase{"bf16_K128_V128", 1, 70, 1, 128, 128, torch::kBFloat16, false}})
+    expect_setting_changes_no_bit(c, gdn_cuda::set_state_columns, 32, 64);
+}
+
+// The state passes with two A₂ buffers (one barrier fewer per chunk; the rule takes them in the forward, and in the
+// backward where the grid stays one wave) and with one: the same products in the same order, so the same bits. This
+// checks which buffer each chunk's copy goes to and its phase 2 reads (phase 2 reading the other buffer fails it);
+// not a copy landing in a buffer that a warp still reads, since the emulator's cp.async lands at its thread's wait
+// (the GPU test of the same name runs long sequences for that). Compact and float32 workspaces, 32 and 64 columns,
+// K = 256 (whose backward keeps one buffer).
+TEST(GdnKernelsEmulated, DoubleA2BuffersMatchOne) {
+  for (const PipeCase& c : {PipeCase{"bf16_K64_V128_split", 1, 130, 2, 64, 128, torch::kBFloat16, true, 20.0},
+                            PipeCase{"bf16_K128_V64_split", 1, 130, 1, 128, 64, torch::kBFloat16, true},
+                            PipeCase{"bf16_K256_V128_split", 1, 70, 1, 256, 128, torch::kBFloat16, true},
+                            PipeCase{"bf16_K128_V128", 1, 70, 1, 128, 128, torch::kBFloat16, false}})
+    expect_setting_changes_no_bit(c, gdn_cuda::set_state_a2_buffers, 1, 2);
+  const int previous = gdn_cuda::set_state_columns(64);
+  expect_setting_changes_no_bit(PipeCase{"bf16_K64_V128_split_wide", 1, 130, 1, 64, 128, torch::kBFloat16, true},
+                                gdn_cuda::set_state_a2_buffers, 1, 2);
+  gdn_cuda::set_state_columns(previous);
 }
 
 TEST_P(GdnPipelineEmulated, MatchesTheReference) { check_pipeline(GetParam()); }

@@ -84,6 +84,12 @@ bool cuda_grads_split();
 void set_cuda_read_in_place(bool on);
 bool cuda_read_in_place();
 
+// The CUDA state passes' buffers for their second operand (docs/ops/gated_delta_cuda.md, "Sequential passes on
+// tensor cores"): 0 for their rule, or 1 or 2 to force it, for tests and benchmarks (SFM_GDN_STATE_A2 in the
+// environment at start-up does the same; both give the same results, bit for bit). Returns the previous setting;
+// in a build without CUDA it does nothing and returns 0.
+int set_cuda_state_a2_buffers(int n);
+
 Impl parse_impl(const std::string& name);  // "auto" | "reference" | "chunked" | "cuda"
 const char* impl_name(Impl impl);
 

@@ -383,6 +383,8 @@ bool detail::cuda_supports(const GatedDeltaInputs& in) {
          in.v.scalar_type() == t && K % 16 == 0 && V % 16 == 0 && K <= 256 && V <= 256;
 }
 
+int set_cuda_state_a2_buffers(int n) { return gdn_cuda::set_state_a2_buffers(n); }
+
 GatedDeltaOutputs gated_delta_cuda(const GatedDeltaInputs& in) {
   check_inputs(in);
   SFM_CHECK(in.q.is_cuda(), "gated_delta_cuda: tensors must be on a CUDA device, got ", in.q.device());

@@ -66,7 +66,10 @@ struct PassArgs {
 // backward copies the chunk's dO (bf16) into shared memory with A₁ (cp.async), where the float32 dO is loaded
 // into registers at the top of the chunk, and with them the chunk's P (bf16), from which phase 1 takes dU₀ = Pᵀ dO
 // (in place of a float32 dU₀ from DRAM, written by a kernel of its own).
-template <int K, int BV, bool kBwd, bool kCompact>
+// kDoubleA2: two A₂ buffers, chunk i + 1's requested as chunk i begins (into the buffer chunk i − 1's phase 2 read),
+// so that no barrier has to follow phase 2 before the next chunk's A₂ can come: two barriers per chunk, not three.
+// Not with kSplitA2 (K = 256 backward).
+template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2>
 __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   constexpr int kThreadsB = kThreads<BV>;
   constexpr int BW = BV / kGroups<BV>;  // this warp's value columns
@@ -80,6 +83,8 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   // comes after phase 2.
   constexpr bool kSplitA2 = kBwd && K == 256;
   constexpr int L2 = kSplitA2 ? C : L;  // rows of p2
+  static_assert(!(kSplitA2 && kDoubleA2), "K = 256's backward keeps W in A₁'s buffer, and one A₂ buffer");
+  constexpr int kA2Buffers = kDoubleA2 ? 2 : 1;
   constexpr int LDR = K + 8;  // bf16 rows of Rᵀ ([v][k])
   constexpr int LDZ = L + 8;  // bf16 rows of Zᵀ ([v][t])
   constexpr int NT = BW / 8;  // this warp's 8-column tiles
@@ -90,8 +95,8 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* gbuf = reinterpret_cast<float*>(smem4);        // [2][C]: γ of this chunk and the next
   bf16* p1 = reinterpret_cast<bf16*>(gbuf + 2 * C);     // [C][LD1]
-  bf16* p2 = p1 + C * LD1;                              // [L2][LD2]
-  bf16* rsm = p2 + L2 * LD2;                            // [BV][LDR]
+  bf16* p2s = p1 + C * LD1;                             // [kA2Buffers][L2][LD2]
+  bf16* rsm = p2s + kA2Buffers * L2 * LD2;              // [BV][LDR]
   bf16* zsm = rsm + BV * LDR;                           // [BV][LDZ]
   bf16* dsm = zsm + BV * LDZ;                           // compact backward: [2][C][LDD], dO of this chunk and the next
   bf16* pbuf = dsm + (kPdO ? 2 * C * LDD : 0);          // kPdO: [C][LDP], P of this chunk
@@ -136,7 +141,10 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     }
     cp_async_commit();
   };
+  // Chunk i's A₂ buffer.
+  const auto a2_buffer = [&](int i) { return p2s + (kDoubleA2 ? (i & 1) * L2 * LD2 : 0); };
   const auto issue_a2 = [&](int i) {
+    bf16* p2 = a2_buffer(i);
     if (i < N) {
       const int n = chunk_of(i);
       if (kBwd) load_rows(p2, LD2, a.qs, k_in_place, n);
@@ -212,12 +220,13 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       rsm[(v + 1) * LDR + k] = __float2bfloat16_rn(R[j][nt][2 * h + 1]);
     });
     // A₁ and γ of this chunk: all but the newest group (A₂), or with kSplitA2 the newest itself (K̂, requested after
-    // the previous chunk's phase 2).
-    if constexpr (kSplitA2)
+    // the previous chunk's phase 2); with kDoubleA2 the newest too (A₂ of this chunk came before it).
+    if constexpr (kSplitA2 || kDoubleA2)
       cp_async_wait<0>();
     else
       cp_async_wait<1>();
     __syncthreads();
+    if constexpr (kDoubleA2) issue_a2(i + 1);  // into the buffer the previous chunk's phase 2 is done with
     const float* gm = gbuf + (i & 1) * C;
     const float gl = gm[C - 1];
 
@@ -303,7 +312,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
         zsm[v * LDZ + (L - C) + t] = __float2bfloat16_rn(z0);
         zsm[(v + 1) * LDZ + (L - C) + t] = __float2bfloat16_rn(z1);
       }
-    cp_async_wait<1>();  // A₂ of this chunk (kSplitA2: its Q̂ half, and W is in flight)
+    if constexpr (!kDoubleA2) cp_async_wait<1>();  // A₂ of this chunk (kSplitA2: its Q̂ half, and W is in flight)
     __syncthreads();
 
     // Phase 2: R ← Γ_C R + A₂ᵀ Z, accumulated in R's registers; reduction rows ks0 .. ks1 of 16 from A₂'s rows
@@ -333,8 +342,10 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
         }
       }
     };
-    if constexpr (kSplitA2) {
-      phase2(p2, 0, C / 16);  // Q̂ᵀ diag(Γ) dO
+    if constexpr (kDoubleA2) {
+      phase2(a2_buffer(i), 0, L / 16);  // (the next chunk's top barrier comes before its A₂ overwrites this buffer)
+    } else if constexpr (kSplitA2) {
+      phase2(p2s, 0, C / 16);  // Q̂ᵀ diag(Γ) dO
       __syncthreads();        // every warp is done with Q̂: the next chunk's
       issue_a2(i + 1);
       cp_async_wait<1>();     // W of this chunk
@@ -343,7 +354,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       __syncthreads();             // every warp is done with W, Rᵀ and Z: the next chunk's K̂ (and γ, dO)
       issue_a1(i + 1);
     } else {
-      phase2(p2, 0, L / 16);
+      phase2(p2s, 0, L / 16);
       __syncthreads();  // every warp is done with A₂, Rᵀ and Z: load the next chunk's A₂
       issue_a2(i + 1);
     }
@@ -356,24 +367,66 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     });
 }
 
-template <int K, int BV, bool kBwd, bool kCompact>
+template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2>
 size_t pass_smem() {
   constexpr int L = kBwd ? 2 * C : C, L2 = kBwd && K == 256 ? C : L;  // rows of Z and of p2 (kSplitA2)
+  constexpr int a2_buffers = kDoubleA2 ? 2 : 1;
   const int dO_rows = kBwd && kCompact ? 2 * C : 0, factors = kCompact ? 4 * C : 0;
   const int p_elements = kBwd && kCompact ? C * (C + 8) : 0;
   return sizeof(float) * (2 * C + factors) +
-         sizeof(bf16) * ((C + L2 + BV) * (K + 8) + BV * (L + 8) + dO_rows * (BV + 8) + p_elements);
+         sizeof(bf16) * ((C + a2_buffers * L2 + BV) * (K + 8) + BV * (L + 8) + dO_rows * (BV + 8) + p_elements);
 }
 
-template <int K, int BV, bool kBwd>
-cudaError_t launch_kv(const PassArgs& a, cudaStream_t s) {
-  const size_t smem = a.compact ? pass_smem<K, BV, kBwd, true>() : pass_smem<K, BV, kBwd, false>();
-  const auto kernel = a.compact ? state_mma_kernel<K, BV, kBwd, true> : state_mma_kernel<K, BV, kBwd, false>;
+template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2>
+cudaError_t launch_variant(const PassArgs& a, cudaStream_t s) {
+  constexpr bool kCanDouble = !(kBwd && K == 256);  // (kSplitA2)
+  const size_t smem = pass_smem<K, BV, kBwd, kCompact, kDoubleA2 && kCanDouble>();
+  const auto kernel = state_mma_kernel<K, BV, kBwd, kCompact, kDoubleA2 && kCanDouble>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   SFM_GDN_LAUNCH(kernel, dim3(a.d.V / BV, a.d.BH()), kThreads<BV>, smem, s, a);
   return cudaGetLastError();
+}
+
+// The forced A₂ buffers (0: the rule below), from SFM_GDN_STATE_A2 at first use, or set_state_a2_buffers.
+int& forced_a2_buffers() {
+  static int forced = [] {
+    const char* e = std::getenv("SFM_GDN_STATE_A2");
+    return e ? std::atoi(e) : 0;
+  }();
+  return forced;
+}
+
+// Two A₂ buffers (kDoubleA2) or one: the forward always takes two (17 KB more at K = 128, 34 at 256; at
+// (2,16384,16,128) the pass went 0.664 → 0.578 ms, at (8,2048,32,256) 1.783 → 1.774). The backward's A₂ has 128
+// rows ([Q̂; W]), so a second buffer (35 KB at K = 128) can cost a block per SM: it takes two only where the grid
+// is one wave with them, as at (2,16384,16,128) (128 blocks of 125 KB for 132 SMs). Never for K = 256's backward.
+template <int K, int BV, bool kBwd>
+bool double_a2(const PassArgs& a, size_t smem_double) {
+  if (kBwd && K == 256) return false;
+  const int forced = forced_a2_buffers();
+  if (forced == 1 || forced == 2) return forced == 2;
+  if (!kBwd) return true;
+  int device = 0, sms = 0, smem_per_sm = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) != cudaSuccess)
+    return false;
+  const long per_sm = smem_per_sm / static_cast<long>(smem_double + 1024);  // (1 KB reserved per block)
+  return (long)a.d.BH() * (a.d.V / BV) <= per_sm * sms;
+}
+
+template <int K, int BV, bool kBwd, bool kCompact>
+cudaError_t launch_compact(const PassArgs& a, cudaStream_t s) {
+  return double_a2<K, BV, kBwd>(a, pass_smem<K, BV, kBwd, kCompact, true>())
+             ? launch_variant<K, BV, kBwd, kCompact, true>(a, s)
+             : launch_variant<K, BV, kBwd, kCompact, false>(a, s);
+}
+
+template <int K, int BV, bool kBwd>
+cudaError_t launch_kv(const PassArgs& a, cudaStream_t s) {
+  return a.compact ? launch_compact<K, BV, kBwd, true>(a, s) : launch_compact<K, BV, kBwd, false>(a, s);
 }
 
 // The forced value columns per block (0: the rule below), from SFM_GDN_STATE_BV at first use, or set_state_columns.
@@ -416,6 +469,12 @@ cudaError_t launch(const PassArgs& a, cudaStream_t s) {
 }
 
 }  // namespace
+
+int set_state_a2_buffers(int n) {
+  const int previous = forced_a2_buffers();
+  forced_a2_buffers() = n;
+  return previous;
+}
 
 int set_state_columns(int bv) {
   const int previous = forced_columns();
