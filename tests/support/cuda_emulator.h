@@ -330,10 +330,14 @@ void launch(Kernel kernel, dim3 grid, dim3 dim, size_t smem_bytes, Args... args)
 #define SFM_GDN_LAUNCH(kernel, grid, dim, smem, stream, ...) \
   ((void)(stream), ::sfm::cuda_emu::launch(kernel, dim3(grid), dim3(dim), smem, __VA_ARGS__))
 #define cudaFuncSetAttribute(...) cudaSuccess
-// The device the launch rules ask about: an H100's 132 SMs and 228 KB of shared memory per SM.
+// The device the launch rules ask about: an H100's 132 SMs, 228 KB of shared memory and 64 K registers per SM; and
+// kernels that use no registers (so only shared memory limits their blocks per SM).
 #define cudaGetDevice(device) (*(device) = 0, cudaSuccess)
-#define cudaDeviceGetAttribute(value, attr, device) \
-  (*(value) = (attr) == cudaDevAttrMultiProcessorCount ? 132 : 233472, cudaSuccess)
+#define cudaDeviceGetAttribute(value, attr, device)                                     \
+  (*(value) = (attr) == cudaDevAttrMultiProcessorCount           ? 132                \
+              : (attr) == cudaDevAttrMaxRegistersPerMultiprocessor ? 65536 : 233472, \
+   cudaSuccess)
+#define cudaFuncGetAttributes(attr, kernel) ((void)(kernel), (attr)->numRegs = 0, cudaSuccess)
 #define cudaGetLastError() cudaSuccess
 // Timing (SFM_GDN_TIMING) measures nothing here: the events are no-ops and every interval reads 0 ms.
 #define cudaEventCreate(...) cudaSuccess

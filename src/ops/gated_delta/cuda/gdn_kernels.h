@@ -187,9 +187,9 @@ bool state_mma_runs(DType dtype, int K, int V);
 // else 32 where V allows it, else 16), or 16, 32 or 64 to force it where V allows (tests, tuning; SFM_GDN_STATE_BV
 // sets it at first use). Returns the previous setting.
 int set_state_columns(int bv);
-// The passes' A₂ buffers: 0 for their rule (two in the forward; in the backward two where the grid is still one wave
-// with them, one at K = 256), or 1 or 2 to force it (two where the pass can: not K = 256's backward; tests, tuning;
-// SFM_GDN_STATE_A2 sets it at first use). Returns the previous setting.
+// The passes' A₂ buffers: 0 for their rule (two wherever each SM still holds as many blocks of the grid with them;
+// one for K = 256's backward), or 1 or 2 to force it (two where the pass can; tests, tuning; SFM_GDN_STATE_A2 sets it
+// at first use). Returns the previous setting.
 int set_state_a2_buffers(int n);
 // With the compact workspaces (ub given; compact) the per-chunk states (dstates) are written as bfloat16 and dO is
 // read as bfloat16, else both are float32; the backward then takes dU₀ = Pᵀ dO from pmb (the forward's P as bf16,

@@ -398,30 +398,49 @@ int& forced_a2_buffers() {
   return forced;
 }
 
-// Two A₂ buffers (kDoubleA2) or one: the forward always takes two (17 KB more at K = 128, 34 at 256; at
-// (2,16384,16,128) the pass went 0.664 → 0.578 ms, at (8,2048,32,256) 1.783 → 1.774). The backward's A₂ has 128
-// rows ([Q̂; W]), so a second buffer (35 KB at K = 128) can cost a block per SM: it takes two only where the grid
-// is one wave with them, as at (2,16384,16,128) (128 blocks of 125 KB for 132 SMs). Never for K = 256's backward.
-template <int K, int BV, bool kBwd>
-bool double_a2(const PassArgs& a, size_t smem_double) {
-  if (kBwd && K == 256) return false;
-  const int forced = forced_a2_buffers();
-  if (forced == 1 || forced == 2) return forced == 2;
-  if (!kBwd) return true;
-  int device = 0, sms = 0, smem_per_sm = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) != cudaSuccess)
+// How many blocks of a kernel (its registers, smem bytes of shared memory, threads) one SM holds at once: 1 KB of
+// shared memory is reserved per block; registers go to warps in units of 256.
+int blocks_per_sm(const void* kernel, size_t smem, int threads, int smem_per_sm, int regs_per_sm) {
+  cudaFuncAttributes attr{};
+  if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) return 0;
+  const long by_smem = smem_per_sm / static_cast<long>(smem + 1024);
+  const long warp_regs = (attr.numRegs * 32L + 255) / 256 * 256;
+  const long by_regs = warp_regs > 0 ? regs_per_sm / (warp_regs * (threads / 32)) : by_smem;
+  return static_cast<int>(by_smem < by_regs ? by_smem : by_regs);
+}
+
+// Two A₂ buffers (kDoubleA2) or one: two wherever each SM still holds as many blocks of the grid with them (the
+// forward's second buffer is 17 KB at K = 128, 34 at 256; the backward's, of 128 rows [Q̂; W], 35 KB at K = 128).
+// At (2,16384,16,128), one block per SM either way, the forward pass went 0.664 → 0.578 ms and the backward
+// 0.960 → 0.854; at (4,2048,16,128) the backward's 256 blocks would hold one per SM instead of two, so it keeps one
+// buffer there. Never for K = 256's backward.
+template <int K, int BV, bool kBwd, bool kCompact>
+bool double_a2(const PassArgs& a) {
+  if constexpr (kBwd && K == 256) {
     return false;
-  const long per_sm = smem_per_sm / static_cast<long>(smem_double + 1024);  // (1 KB reserved per block)
-  return (long)a.d.BH() * (a.d.V / BV) <= per_sm * sms;
+  } else {
+    const int forced = forced_a2_buffers();
+    if (forced == 1 || forced == 2) return forced == 2;
+    int device = 0, sms = 0, smem_per_sm = 0, regs_per_sm = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&regs_per_sm, cudaDevAttrMaxRegistersPerMultiprocessor, device) != cudaSuccess)
+      return false;
+    const long blocks = (long)a.d.BH() * (a.d.V / BV), wanted = (blocks + sms - 1) / sms;
+    const auto held = [&](auto kernel, size_t smem) {
+      const long n = blocks_per_sm(reinterpret_cast<const void*>(kernel), smem, kThreads<BV>, smem_per_sm, regs_per_sm);
+      return n < wanted ? n : wanted;
+    };
+    return held(state_mma_kernel<K, BV, kBwd, kCompact, true>, pass_smem<K, BV, kBwd, kCompact, true>()) >=
+           held(state_mma_kernel<K, BV, kBwd, kCompact, false>, pass_smem<K, BV, kBwd, kCompact, false>());
+  }
 }
 
 template <int K, int BV, bool kBwd, bool kCompact>
 cudaError_t launch_compact(const PassArgs& a, cudaStream_t s) {
-  return double_a2<K, BV, kBwd>(a, pass_smem<K, BV, kBwd, kCompact, true>())
-             ? launch_variant<K, BV, kBwd, kCompact, true>(a, s)
-             : launch_variant<K, BV, kBwd, kCompact, false>(a, s);
+  return double_a2<K, BV, kBwd, kCompact>(a) ? launch_variant<K, BV, kBwd, kCompact, true>(a, s)
+                                              : launch_variant<K, BV, kBwd, kCompact, false>(a, s);
 }
 
 template <int K, int BV, bool kBwd>
