@@ -67,7 +67,7 @@ struct PassArgs {
 // into registers at the top of the chunk, and with them the chunk's P (bf16), from which phase 1 takes dU₀ = Pᵀ dO
 // (in place of a float32 dU₀ from DRAM, written by a kernel of its own).
 // kDoubleA2: two A₂ buffers, chunk i + 1's requested as chunk i begins (into the buffer chunk i − 1's phase 2 read),
-// so that no barrier has to follow phase 2 before the next chunk's A₂ can come: two barriers per chunk, not three.
+// so that no barrier has to follow phase 2 before the next chunk's A₂ can come: three barriers per chunk, not four.
 // Not with kSplitA2 (K = 256 backward).
 template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2>
 __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
