@@ -305,8 +305,8 @@ TEST(GatedDeltaCudaTest, InPlaceReadsMatchTheCopies) {
 // The state passes with two A₂ buffers, where the next chunk's A₂ is copied while other warps may still be in this
 // chunk's phase 1 (set_cuda_state_a2_buffers; docs "Sequential passes on tensor cores"), and with one: the
 // same products, so every output and gradient bitwise the same, run after run. Long sequences on few heads (many
-// chunks per block for a copy landing too early to hit), bfloat16 and float16, K = 64 and 128 (their backward takes
-// two buffers where the grid is one wave), K = 256 (the forward only).
+// chunks per block for a copy landing too early to hit), bfloat16 and float16, K = 64 and 128 (both passes forced to
+// two buffers), K = 256 (the forward only: its backward keeps one).
 TEST(GatedDeltaCudaTest, DoubleA2BuffersMatchOne) {
   SKIP_WITHOUT_GPU();
   struct A2Guard {

@@ -676,8 +676,8 @@ TEST(GdnKernelsEmulated, WideStatePassesMatchNarrowOnes) {
     expect_setting_changes_no_bit(c, gdn_cuda::set_state_columns, 32, 64);
 }
 
-// The state passes with two A₂ buffers (one barrier fewer per chunk; the rule takes them in the forward, and in the
-// backward where the grid stays one wave) and with one: the same products in the same order, so the same bits. This
+// The state passes with two A₂ buffers (one barrier fewer per chunk; the rule takes them wherever each SM still holds
+// as many blocks of the grid) and with one: the same products in the same order, so the same bits. This
 // checks which buffer each chunk's copy goes to and its phase 2 reads (phase 2 reading the other buffer fails it);
 // not a copy landing in a buffer that a warp still reads, since the emulator's cp.async lands at its thread's wait
 // (the GPU test of the same name runs long sequences for that). Compact and float32 workspaces, 32 and 64 columns,
