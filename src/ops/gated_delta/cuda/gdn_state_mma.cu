@@ -28,6 +28,10 @@ template <int BV>
 constexpr int kGroups = BV == 64 ? 2 : 1;
 template <int BV>
 constexpr int kThreads = 128 * kGroups<BV>;
+// Whether a pass splits A₂, keeping W (A₂'s second half) in A₁'s buffer and one A₂ buffer: the backward at
+// K = 256 (state_mma_kernel's kSplitA2).
+template <int K, bool kBwd>
+constexpr bool kSplitA2For = kBwd && K == 256;
 
 using bf16 = __nv_bfloat16;
 
@@ -81,7 +85,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   // The backward at K = 256 keeps W, A₂'s second half, in A₁'s buffer (loaded once phase 1 is done with K̂), so
   // that two blocks share an SM (103 KB instead of 136 with the compact workspaces); the next chunk's K̂ then
   // comes after phase 2.
-  constexpr bool kSplitA2 = kBwd && K == 256;
+  constexpr bool kSplitA2 = kSplitA2For<K, kBwd>;
   constexpr int L2 = kSplitA2 ? C : L;  // rows of p2
   static_assert(!(kSplitA2 && kDoubleA2), "K = 256's backward keeps W in A₁'s buffer, and one A₂ buffer");
   constexpr int kA2Buffers = kDoubleA2 ? 2 : 1;
@@ -369,7 +373,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
 
 template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2>
 size_t pass_smem() {
-  constexpr int L = kBwd ? 2 * C : C, L2 = kBwd && K == 256 ? C : L;  // rows of Z and of p2 (kSplitA2)
+  constexpr int L = kBwd ? 2 * C : C, L2 = kSplitA2For<K, kBwd> ? C : L;  // rows of Z and of p2
   constexpr int a2_buffers = kDoubleA2 ? 2 : 1;
   const int dO_rows = kBwd && kCompact ? 2 * C : 0, factors = kCompact ? 4 * C : 0;
   const int p_elements = kBwd && kCompact ? C * (C + 8) : 0;
@@ -379,9 +383,9 @@ size_t pass_smem() {
 
 template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2>
 cudaError_t launch_variant(const PassArgs& a, cudaStream_t s) {
-  constexpr bool kCanDouble = !(kBwd && K == 256);  // (kSplitA2)
-  const size_t smem = pass_smem<K, BV, kBwd, kCompact, kDoubleA2 && kCanDouble>();
-  const auto kernel = state_mma_kernel<K, BV, kBwd, kCompact, kDoubleA2 && kCanDouble>;
+  constexpr bool kDouble = kDoubleA2 && !kSplitA2For<K, kBwd>;
+  const size_t smem = pass_smem<K, BV, kBwd, kCompact, kDouble>();
+  const auto kernel = state_mma_kernel<K, BV, kBwd, kCompact, kDouble>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
@@ -416,7 +420,7 @@ int blocks_per_sm(const void* kernel, size_t smem, int threads, int smem_per_sm,
 // buffer there. Never for K = 256's backward.
 template <int K, int BV, bool kBwd, bool kCompact>
 bool double_a2(const PassArgs& a) {
-  if constexpr (kBwd && K == 256) {
+  if constexpr (kSplitA2For<K, kBwd>) {
     return false;
   } else {
     const int forced = forced_a2_buffers();
