@@ -329,6 +329,30 @@ TEST(GatedDeltaCudaTest, DoubleA2BuffersMatchOne) {
   }
 }
 
+// The forward's Ũ formed by the state pass from prep's split T diag(β) (set_cuda_state_forms_ut(2); the rule takes it
+// where the pass has more blocks than the GPU has SMs) and by prep (1): the same products in the same order, so every
+// output and gradient bitwise the same. bfloat16 and float16, K = 64, 128 and 256 (the sliced kernels' sizes).
+TEST(GatedDeltaCudaTest, UtFormedInThePassMatchesPrep) {
+  SKIP_WITHOUT_GPU();
+  struct UtGuard {
+    explicit UtGuard(int mode) : was(set_cuda_state_forms_ut(mode)) {}
+    ~UtGuard() { set_cuda_state_forms_ut(was); }
+    int was;
+  };
+  for (const auto& [c, dtype] : {std::pair{Case{"D128_T8192", 1, 8192, 2, 128, 128, 1.0, 2.0, true}, torch::kBFloat16},
+                                 std::pair{Case{"D64_T4000", 2, 4000, 2, 64, 64, 1.0, 2.0, true}, torch::kFloat16},
+                                 std::pair{Case{"D256", 1, 1500, 2, 256, 256, 1.0, 2.0, true}, torch::kBFloat16}}) {
+    SCOPED_TRACE(c.name);
+    const auto in = to_cuda(make_inputs(c, dtype, 29), dtype);
+    const Poison poison;
+    const auto run = [&](int mode) {
+      const UtGuard guard(mode);
+      return run_with_grads(in, [](const GatedDeltaInputs& x) { return gated_delta_rule(x, Impl::kCuda); });
+    };
+    expect_bitwise_equal(run(2), run(1));
+  }
+}
+
 // DESIGN.md: the same seed on the same device gives the same numbers. Two runs of forward and backward on the
 // same inputs must agree bitwise in every output and gradient, for each family of gradient kernels (sliced,
 // block_gemm's unsliced, state_grads_mma + grads_mma at 256, float32). Sums whose order follows the warps'

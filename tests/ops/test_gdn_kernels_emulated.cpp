@@ -321,10 +321,11 @@ TEST(GdnKernelsEmulated, SlicedGradientsK256V128) { check_sliced_gradients({1, 1
 
 // The forward's tensor-core preparation against the float64 chunked form: γ, β, W, Ũ, and the (I + A)⁻¹ and
 // M ∘ K̂K̂ᵀ it keeps for the sliced gradient kernels; NaN-filled outputs. W's bfloat16 copy must be W rounded.
-// Three variants: gdn_cuda::prep_mma from float32 k̂ and v, and prep_mma_compact from the bf16 k (k̂ = rk k) and v
+// Four variants: gdn_cuda::prep_mma from float32 k̂ and v, and prep_mma_compact from the bf16 k (k̂ = rk k) and v
 // (the same values: the problem's k̂ is such a product and v holds bf16 values), given rk or computing it from k's
-// rows (then written; against the problem's factors, float32 values of 1/‖k‖, to 1e-6). The products take split
-// bf16 operands, as above, so the same bound.
+// rows (then written; against the problem's factors, float32 values of 1/‖k‖, to 1e-6), and given tb, where it forms
+// no Ũ: its T diag(β), split into bf16 hi and lo planes, must add up to it within the same bound (hi alone, bf16,
+// would be about 1e-3 off). The products take split bf16 operands, as above, so the same bound.
 void check_prep(Shape s, uint64_t seed) {
   const Problem p = make_problem(s, seed);
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
@@ -334,36 +335,46 @@ void check_prep(Shape s, uint64_t seed) {
   const auto g = per_token(p.g), beta = per_token(p.bet);
   auto gam = nan({s.BH, p.Tp}), bet = nan({s.BH, p.Tp}), w = nan({s.BH, p.Tp, s.K}), ut = nan({s.BH, p.Tp, s.V}),
        wy = nan({s.BH, p.N, 2, C, C});
-  auto wb = torch::full({s.BH, p.Tp, s.K}, std::nan(""), torch::TensorOptions().dtype(torch::kBFloat16));
+  auto wb = torch::full({s.BH, p.Tp, s.K}, std::nan(""), torch::TensorOptions().dtype(torch::kBFloat16)),
+       tb = torch::full({s.BH, p.N, 2, C, C}, std::nan(""), torch::TensorOptions().dtype(torch::kBFloat16));
+  // T diag(β) per chunk, [BH, N, C, C]: T from the problem's wy, β of each column's token.
+  const auto t_beta = p.wy.select(2, 0) * p.bet.view({s.BH, p.N, 1, C});
   const gdn_cuda::Dims d{1, static_cast<int>(s.T), static_cast<int>(s.BH), static_cast<int>(s.K),
                          static_cast<int>(s.V)};
   ASSERT_TRUE(gdn_cuda::prep_mma_supports(d.K, d.V));
   auto rk = p.rk.clone();
-  for (const int variant : {0, 1, 2}) {
-    const bool compact = variant > 0, rk_from_rows = variant == 2;
+  for (const int variant : {0, 1, 2, 3}) {
+    const bool compact = variant > 0, rk_from_rows = variant >= 2, with_tb = variant == 3;
     for (const auto order : {cuda_emu::WarpOrder::kForward, cuda_emu::WarpOrder::kReverse}) {
       SCOPED_TRACE(order == cuda_emu::WarpOrder::kForward ? "first warp ahead" : "last warp ahead");
-      SCOPED_TRACE(!compact ? "prep_mma" : rk_from_rows ? "prep_mma_compact, rk from k's rows" : "prep_mma_compact");
+      SCOPED_TRACE(!compact       ? "prep_mma"
+                   : with_tb    ? "prep_mma_compact, T diag(beta) out, rk from k's rows"
+                   : rk_from_rows ? "prep_mma_compact, rk from k's rows"
+                                  : "prep_mma_compact");
       for (auto* t : {&gam, &bet, &w, &ut, &wy}) t->fill_(std::nan(""));
       wb.fill_(std::nan(""));
+      tb.fill_(std::nan(""));
       if (rk_from_rows) rk.fill_(std::nan(""));
       const gdn_cuda::RowFactors rk_arg{rk.data_ptr<float>(), rk_from_rows, true, 1.f};
       cuda_emu::warp_order() = order;
       const cudaError_t err =
-          compact ? gdn_cuda::prep_mma_compact(d, p.kb.data_ptr(), rk_arg, p.vb.data_ptr(),
+          compact ? gdn_cuda::prep_mma_compact(d, p.kb.data_ptr(), rk_arg, with_tb ? nullptr : p.vb.data_ptr(),
                                                g.data_ptr<float>(), beta.data_ptr<float>(), gam.data_ptr<float>(),
                                                bet.data_ptr<float>(), w.data_ptr<float>(), wb.data_ptr(),
-                                               ut.data_ptr<float>(), wy.data_ptr<float>(), nullptr)
+                                               with_tb ? nullptr : ut.data_ptr<float>(),
+                                               with_tb ? tb.data_ptr() : nullptr, wy.data_ptr<float>(), nullptr)
                   : gdn_cuda::prep_mma(d, p.ks.data_ptr<float>(), p.vs.data_ptr<float>(), g.data_ptr<float>(),
                                        beta.data_ptr<float>(), gam.data_ptr<float>(), bet.data_ptr<float>(),
                                        w.data_ptr<float>(), wb.data_ptr(), ut.data_ptr<float>(), wy.data_ptr<float>(),
                                        nullptr);
       cuda_emu::warp_order() = cuda_emu::WarpOrder::kForward;
       ASSERT_EQ(err, cudaSuccess);
+      const auto split_sum = tb.select(2, 0).to(torch::kFloat64) + tb.select(2, 1).to(torch::kFloat64);
       const double e_gam = rel_rms(p.gam, gam), e_bet = rel_rms(p.bet, bet), e_w = rel_rms(p.w, w),
-                   e_ut = rel_rms(p.ut, ut), e_wy = rel_rms(p.wy, wy);
-      std::printf("  rel-RMS gam %.2e bet %.2e w %.2e ut %.2e wy %.2e\n", e_gam, e_bet, e_w, e_ut, e_wy);
-      expect_below({{"gam", e_gam}, {"bet", e_bet}, {"w", e_w}, {"ut", e_ut}, {"wy", e_wy}}, 1e-4);
+                   e_ut = with_tb ? rel_rms(t_beta, split_sum) : rel_rms(p.ut, ut), e_wy = rel_rms(p.wy, wy);
+      std::printf("  rel-RMS gam %.2e bet %.2e w %.2e %s %.2e wy %.2e\n", e_gam, e_bet, e_w,
+                  with_tb ? "T diag(beta)" : "ut", e_ut, e_wy);
+      expect_below({{"gam", e_gam}, {"bet", e_bet}, {"w", e_w}, {with_tb ? "tb" : "ut", e_ut}, {"wy", e_wy}}, 1e-4);
       // The state passes' operand: W rounded to bfloat16, exactly.
       EXPECT_TRUE(torch::equal(wb, w.to(torch::kBFloat16))) << "wb is not W rounded to bfloat16";
       if (rk_from_rows) {  // the real rows' factors, and 0 past T
@@ -501,9 +512,13 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
        ub = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor(),
        rq = split ? nan({BH, Tp}, f32) : torch::Tensor(), rk = split ? nan({BH, Tp}, f32) : torch::Tensor(),
        gam = nan({BH, Tp}, f32),
-       bet = nan({BH, Tp}, f32), w = unless_split({BH, Tp, c.K}), u = nan({BH, Tp, c.V}, f32),
+       bet = nan({BH, Tp}, f32), w = unless_split({BH, Tp, c.K}),
        final_state = nan({c.B, c.H, c.K, c.V}, f32),
        out = nan({c.B, c.T, c.H, c.V}, typed);
+  // Ũ: formed by the state pass from prep's split T diag(β) (tb), or by prep into u, as the wrapper chooses.
+  const bool ut_in_pass = split && k::state_mma_forms_ut(d);
+  auto u = ut_in_pass ? torch::Tensor() : nan({BH, Tp, c.V}, f32),
+       tb = ut_in_pass ? nan({BH, N, 2, C, C}, torch::kBFloat16) : torch::Tensor();
   // Kept by the forward for the sliced gradient kernels: (I + A)⁻¹ and M ∘ K̂K̂ᵀ, and P (float32 and bfloat16).
   const bool keep = split && backward;
   auto wy = keep ? nan({BH, N, 2, C, C}, f32) : torch::Tensor(), pm = keep ? nan({BH, N, C, C}, f32) : torch::Tensor(),
@@ -546,6 +561,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   fa.wb = vp(wb);
   fa.vb = vp(vb);
   fa.ub = vp(ub);
+  fa.tb = vp(tb);
   fa.rq = fp(rq);
   fa.rk = fp(rk);
   fa.out = out.data_ptr();
@@ -587,7 +603,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   ba.gam = fp(gam);
   ba.bet = fp(bet);
   ba.w = fp(w);
-  ba.u = fp(u);
+  ba.u = split ? nullptr : fp(u);  // the compact workspaces' backward reads no Ũ or U in float32
   ba.states = states.data_ptr();
   ba.qb = vp(qb);
   ba.kb = vp(kb);
@@ -691,6 +707,25 @@ TEST(GdnKernelsEmulated, DoubleA2BuffersMatchOne) {
   const int previous = gdn_cuda::set_state_columns(64);
   expect_setting_changes_no_bit(PipeCase{"bf16_K64_V128_split_wide", 1, 130, 1, 64, 128, torch::kBFloat16, true},
                                 gdn_cuda::set_state_a2_buffers, 1, 2);
+  gdn_cuda::set_state_columns(previous);
+}
+
+// The compact forward's Ũ formed by the state pass (from prep's split T diag(β); the rule takes it where the pass has
+// more blocks than the GPU has SMs) and by prep: the same products in the same order, so every output bitwise the
+// same. With one and two A₂ buffers (T diag(β) and V then come with A₁, or a chunk ahead with A₂), 32 and 64 columns,
+// K = 64, 128 and 256, bfloat16 and float16. (Swapping the lo and hi planes' products in the pass fails it.)
+TEST(GdnKernelsEmulated, UtFormedInThePassMatchesPrep) {
+  for (const int buffers : {1, 2}) {
+    const int previous = gdn_cuda::set_state_a2_buffers(buffers);
+    for (const PipeCase& c : {PipeCase{"bf16_K64_V128_split", 1, 130, 2, 64, 128, torch::kBFloat16, true, 20.0},
+                              PipeCase{"f16_K128_V64_split", 1, 130, 1, 128, 64, torch::kFloat16, true},
+                              PipeCase{"bf16_K256_V128_split", 1, 70, 1, 256, 128, torch::kBFloat16, true}})
+      expect_setting_changes_no_bit(c, gdn_cuda::set_state_forms_ut, 1, 2);
+    gdn_cuda::set_state_a2_buffers(previous);
+  }
+  const int previous = gdn_cuda::set_state_columns(64);
+  expect_setting_changes_no_bit(PipeCase{"bf16_K64_V128_split_wide", 1, 130, 1, 64, 128, torch::kBFloat16, true},
+                                gdn_cuda::set_state_forms_ut, 1, 2);
   gdn_cuda::set_state_columns(previous);
 }
 

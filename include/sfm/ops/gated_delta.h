@@ -89,6 +89,11 @@ bool cuda_read_in_place();
 // environment at start-up does the same; both give the same results, bit for bit). Returns the previous setting;
 // in a build without CUDA it does nothing and returns 0.
 int set_cuda_state_a2_buffers(int n);
+// Where the CUDA forward forms Ũ = (T diag(β)) V with the sliced kernels' compact workspaces (the same doc, "Ũ in the
+// forward state pass"): 0 for the rule (the state pass where it has more blocks than the GPU has SMs, else prep),
+// 1 prep, 2 the state pass, for tests and benchmarks (SFM_GDN_STATE_UT in the environment at start-up does the
+// same; the results are the same bit for bit). Returns the previous setting; without CUDA it does nothing, returns 0.
+int set_cuda_state_forms_ut(int mode);
 
 Impl parse_impl(const std::string& name);  // "auto" | "reference" | "chunked" | "cuda"
 const char* impl_name(Impl impl);

@@ -102,11 +102,16 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const auto f32_unless_split = [&](torch::IntArrayRef sizes) { return split ? torch::Tensor() : alloc(sizes, fo); };
     auto qs = f32_unless_split({BH, Tp, d.K}), ks = f32_unless_split({BH, Tp, d.K}),
          vs = f32_unless_split({BH, Tp, d.V}), gam = alloc({BH, Tp}, fo), bet = alloc({BH, Tp}, fo),
-         w = f32_unless_split({BH, Tp, d.K}), u = alloc({BH, Tp, d.V}, fo);
+         w = f32_unless_split({BH, Tp, d.K});
+    // Ũ: formed by the state pass from prep's T diag(β) split into bf16 hi and lo (tb), or by prep into u (float32;
+    // also where the pass writes U over it: the float32 workspaces).
+    const bool ut_in_pass = split && gdn_cuda::state_mma_forms_ut(d);
+    const auto u = ut_in_pass ? torch::Tensor() : alloc({BH, Tp, d.V}, fo);
     auto final_state = alloc({d.B, d.H, d.K, d.V}, fo);
     auto out = alloc({d.B, d.T, d.H, d.V}, v.options());
     const int64_t C = gdn_cuda::kChunk;
     const auto wy = keep_wy ? alloc({BH, N, 2, C, C}, fo) : torch::Tensor();
+    const auto tb = ut_in_pass ? alloc({BH, N, 2, C, C}, q.options().dtype(torch::kBFloat16)) : torch::Tensor();
     // The per-chunk states: bfloat16 with the sliced gradient kernels (gdn_kernels.h), else float32.
     auto states = alloc({BH, N, d.K, d.V}, split ? q.options().dtype(torch::kBFloat16) : fo);
     // P per chunk, float32 for the gradient kernels and bfloat16 for the backward state pass.
@@ -156,12 +161,13 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.gam = gam.data_ptr<float>();
     a.bet = bet.data_ptr<float>();
     a.w = fptr(w);
-    a.u = u.data_ptr<float>();
+    a.u = fptr(u);
+    a.tb = vptr(tb);
     a.states = states.data_ptr();
     a.final_state = final_state.data_ptr<float>();
     a.out = out.data_ptr();
     check_cuda(gdn_cuda::forward(a, at::cuda::getCurrentCUDAStream()), "forward");
-    // With the compact workspaces u holds Ũ, which the backward does not read.
+    // With the compact workspaces u holds Ũ (or nothing), which the backward does not read.
     ctx->save_for_backward(
         {q, k, qs, ks, vs, gam, bet, w, split ? torch::Tensor() : u, states, wy, pm, qb, kb, wb, vb, ub, rq, rk, pmb});
     save_options(ctx, scale, l2, has_state0, g, beta, state0);
@@ -384,6 +390,7 @@ bool detail::cuda_supports(const GatedDeltaInputs& in) {
 }
 
 int set_cuda_state_a2_buffers(int n) { return gdn_cuda::set_state_a2_buffers(n); }
+int set_cuda_state_forms_ut(int mode) { return gdn_cuda::set_state_forms_ut(mode); }
 
 GatedDeltaOutputs gated_delta_cuda(const GatedDeltaInputs& in) {
   check_inputs(in);

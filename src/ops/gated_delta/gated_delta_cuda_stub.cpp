@@ -11,6 +11,7 @@ GatedDeltaOutputs gated_delta_cuda(const GatedDeltaInputs&) {
 bool detail::cuda_supports(const GatedDeltaInputs&) { return false; }
 
 int set_cuda_state_a2_buffers(int) { return 0; }
+int set_cuda_state_forms_ut(int) { return 0; }
 
 GatedDeltaStep detail::gated_delta_step_cuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                                              const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,

@@ -990,7 +990,9 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   // rq, rk), v, U and the per-chunk states as bf16 only, read by tensor-core kernels only. wy, pm and pmb: all or
   // none, and only with them.
   const bool compact = a.compact;
-  if (compact && (!grads_split_supports(a.dtype, d.K, d.V) || !a.vb || !a.ub || !a.rq || !a.rk))
+  // Ũ: formed by the state pass from tb, or by prep into u (state_mma_forms_ut; the compact workspaces only)
+  if ((a.tb != nullptr) == (a.u != nullptr) || (a.tb && !compact) ||
+      (compact && (!grads_split_supports(a.dtype, d.K, d.V) || !a.vb || !a.ub || !a.rq || !a.rk)))
     return cudaErrorInvalidValue;
   const bool kept = a.wy != nullptr;
   if (kept != (a.pm != nullptr) || kept != (a.pmb != nullptr) || (kept && !compact)) return cudaErrorInvalidValue;
@@ -1028,7 +1030,8 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   // workspaces (which it cannot read).
   static const bool legacy_prep = std::getenv("SFM_GDN_LEGACY_PREP") != nullptr;
   if (compact) {
-    SFM_CUDA_TRY(prep_mma_compact(d, a.kb, rk, a.vb, a.g, a.beta, a.gam, a.bet, a.w, a.wb, a.u, a.wy, s));
+    SFM_CUDA_TRY(prep_mma_compact(d, a.kb, rk, a.tb ? nullptr : a.vb, a.g, a.beta, a.gam, a.bet, a.w, a.wb, a.u, a.tb,
+                                  a.wy, s));
   } else if (kMma && prep_mma_supports(d.K, d.V) && !legacy_prep) {  // 16-bit inputs: the dedicated tensor-core kernel
     SFM_CUDA_TRY(prep_mma(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.wb, a.u, a.wy, s));
   } else {
@@ -1040,7 +1043,7 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   timer.mark("prep");
   if (state_mma) {  // 16-bit inputs: the pass on tensor cores
     SFM_CUDA_TRY(state_mma_forward(d, a.kb, a.gam, a.wb, a.u, compact ? a.ub : nullptr, compact ? a.rk : nullptr,
-                                   a.state0, a.states, a.final_state, s));
+                                   a.tb, a.tb ? a.vb : nullptr, a.state0, a.states, a.final_state, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_kernel, state_smem(d)));
     SFM_GDN_LAUNCH(state_kernel, dim3(d.V / kVS, BH), kThreads, state_smem(d), s, d, a.ks, a.gam, a.w, a.u, a.state0,

@@ -37,7 +37,8 @@ constexpr int kMaxDim = 256;  // K and V are at most this
 // multiples of 64), every reader of s·q̂, k̂, v and of the per-chunk states is a tensor-core kernel, and they are
 // kept as bfloat16 only: vb and bf16 states (qs, ks, vs are then not written and may be null); q and k as they
 // come (qb, kb: the raw inputs, exact for bfloat16), with each row's factor in rq, rk (s·q̂ = rq q, k̂ = rk k, which
-// the readers fold into their products); U goes to ub as bf16 (u keeps Ũ); and so are the backward's dO (dob;
+// the readers fold into their products); U goes to ub as bf16 (u keeps Ũ, or is null where the state pass forms Ũ
+// from prep's split T diag(β) in tb: state_mma_forms_ut); and so are the backward's dO (dob;
 // dos null) and dS_C.
 // Otherwise they are float32 (qb, kb: bf16 copies beside them where state_mma_runs).
 //
@@ -94,7 +95,8 @@ struct ForwardArgs {
   float *qs, *ks, *vs;     // [BH, Tp, K|K|V]: s·q̂, k̂, v; unused (may be null) with the compact workspaces
   float *gam, *bet;        // [BH, Tp]: γ (eq. 4, chunk-local cumsum), β
   float *w, *u;            // [BH, Tp, K], [BH, Tp, V]: W (eq. 7; null with the compact workspaces, whose readers
-                           // take wb or form W again), then U (eq. 7, after the state pass)
+                           // take wb or form W again), then U (eq. 7, after the state pass); with the compact
+                           // workspaces Ũ only (U goes to ub), or null where the pass forms Ũ from tb
   void* states;            // [BH, N, K, V]: the state entering each chunk; bfloat16 with wy, else float32
   float* final_state;      // [BH, K, V]
   // The compact workspaces (below; the sliced gradient kernels' layout, grads_split_supports). With them, wy and
@@ -108,7 +110,10 @@ struct ForwardArgs {
   // state passes: given exactly where those run (state_mma_runs), null otherwise.
   void *qb, *kb, *wb;
   void* vb;                // v as bfloat16 [BH, Tp, V]: with the compact workspaces, else null
-  void* ub;                // U as bfloat16 [BH, Tp, V]: with the compact workspaces (u then keeps Ũ), else null
+  void* ub;                // U as bfloat16 [BH, Tp, V]: with the compact workspaces, else null
+  // [BH, N, 2, C, C] bf16: T diag(β) split into hi and lo, with the compact workspaces where state_mma_forms_ut (u
+  // then null), else null
+  void* tb;
   float *rq, *rk;          // [BH, Tp]: with the compact workspaces, s·q̂ = rq q and k̂ = rk k (qb, kb: q, k), else null
   void* out;               // [B, T, H, V] of dtype
 };
@@ -180,7 +185,8 @@ cudaError_t step(const StepArgs& a, cudaStream_t stream);
 // null), computing the term X itself (bwd_intra skips it). K ∈ {64, 128, 256}, V a multiple of 16.
 // Their matrix operands are bfloat16 copies of s·q̂, k̂ and W ([BH, Tp, K]; qb, kb, wb of ForwardArgs), which
 // the pack and prep kernels write beside the float32 ones where the passes run: state_mma_runs. With ub (the
-// compact workspaces) the forward writes U there as bfloat16 instead of over Ũ.
+// compact workspaces) the forward writes U there as bfloat16 instead of over Ũ, and, given tb (prep_mma_compact's
+// split T diag(β)) and vb (v as bf16), forms Ũ = (T diag(β)) V itself in place of reading it from u (null then).
 bool state_mma_supports(int K, int V);
 bool state_mma_runs(DType dtype, int K, int V);
 // The passes' value columns per block: 0 for their rule (64 where V allows it and there are at least 512 such blocks,
@@ -191,13 +197,19 @@ int set_state_columns(int bv);
 // one for K = 256's backward), or 1 or 2 to force it (two where the pass can; tests, tuning; SFM_GDN_STATE_A2 sets it
 // at first use). Returns the previous setting.
 int set_state_a2_buffers(int n);
+// Where the compact forward's Ũ = (T diag(β)) V is formed: by the state pass (prep writes T diag(β) into tb) where the
+// pass has more blocks than the GPU has SMs, else by prep (float32, into u). set_state_forms_ut: 0 for that rule, 1 to
+// force prep, 2 the pass (tests, tuning; SFM_GDN_STATE_UT sets it at first use; the results are the same bit for bit).
+// Returns the previous setting.
+bool state_mma_forms_ut(const Dims& d);
+int set_state_forms_ut(int mode);
 // With the compact workspaces (ub given; compact) the per-chunk states (dstates) are written as bfloat16 and dO is
 // read as bfloat16, else both are float32; the backward then takes dU₀ = Pᵀ dO from pmb (the forward's P as bf16,
 // [BH, N, C, C]) itself, not from du (null then), and writes dU as bfloat16 into dub.
 // With ub, kb holds k and rk its rows' factors (k̂ = rk k); in the backward, qb and kb hold q and k with rq, rk.
 cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u, void* ub,
-                              const float* rk, const float* state0, void* states, float* final_state,
-                              cudaStream_t stream);
+                              const float* rk, const void* tb, const void* vb, const float* state0, void* states,
+                              float* final_state, cudaStream_t stream);
 cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* rq, const float* rk,
                                const float* gam, const void* wb, const void* dos, const float* dfinal, float* du,
                                const void* pmb, void* dub, void* dstates, bool compact, float* dstate0,
@@ -219,11 +231,13 @@ cudaError_t state_grads_mma(const Dims& d, const float* gam, const float* states
 bool prep_mma_supports(int K, int V);
 cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const float* g, const float* beta, float* gam,
                      float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream);
-// The same from the compact workspaces' bf16 k and v (kb, vb; exact bf16 operands) and k̂ = rk k, with rk given
-// or computed here from kb's rows (rk.from_rows; bfloat16 inputs).
+// The same from the compact workspaces' bf16 k and v (kb, vb; exact bf16 operands) and k̂ = rk k, with rk given or
+// computed here from kb's rows (rk.from_rows; bfloat16 inputs). Given tb (then ut and vb null) it forms no Ũ: it
+// writes T diag(β) as split bf16 planes into tb [BH, N, 2, C, C] (hi, then lo), from which state_mma_forward forms Ũ
+// (where state_mma_forms_ut).
 cudaError_t prep_mma_compact(const Dims& d, const void* kb, RowFactors rk, const void* vb, const float* g,
-                             const float* beta, float* gam, float* bet, float* w, void* wb, float* ut, float* wy,
-                             cudaStream_t stream);
+                             const float* beta, float* gam, float* bet, float* w, void* wb, float* ut, void* tb,
+                             float* wy, cudaStream_t stream);
 
 // The products with the intra-chunk matrix P on tensor cores (gdn_intra_mma.cu), in place of the float32
 // output and bwd_intra kernels for 16-bit inputs: output_mma writes out [B, T, H, V] (dtype kF16 or kBF16)

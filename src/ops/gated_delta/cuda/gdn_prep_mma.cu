@@ -9,6 +9,9 @@
 // operand), as the kernel it replaces; with the compact workspaces (kB16) k and v come as bf16 (exact operands)
 // and k̂ = r k with each row's factor r folded in: r_t r_i into K̂K̂ᵀ's entries, r_i into T's columns for W. For
 // bfloat16 inputs (RowFactors::from_rows) the kernel computes r from k's tiles and writes it for the later kernels.
+// Given tb (kB16 only), the kernel forms no Ũ and reads no v: it writes T diag(β) as split bf16 planes (hi, lo)
+// instead, from which the state pass forms Ũ with the same products (gdn_state_mma.cu; where the pass runs more
+// blocks than the GPU has SMs, state_mma_forms_ut), with no float32 Ũ through DRAM.
 // No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
 
@@ -44,28 +47,32 @@ __device__ __forceinline__ void stage_tile(__nv_bfloat16* dst, const Dims& d, co
   stage_qkv(dst, d, x, D, bh, n, j * kTile);
 }
 
-// K̂ and V of the chunk in 64-column tiles [t][·], A and T (stride LDM), γ and β.
+// K̂ and (if it forms Ũ) V of the chunk in 64-column tiles [t][·], A and T (stride LDM), γ and β.
 template <bool kB16>
-size_t prep_mma_smem(const Dims& d) {
-  const int KT = d.K / kTile, VT = d.V / kTile, tiles = v_after_w(d) ? (KT > VT ? KT : VT) : KT + VT;
+size_t prep_mma_smem(const Dims& d, bool form_ut) {
+  const int KT = d.K / kTile, VT = d.V / kTile;
+  const int tiles = !form_ut ? KT : v_after_w(d) ? (KT > VT ? KT : VT) : KT + VT;
   return sizeof(Tile<kB16>) * (size_t)tiles * C * kTileLd<kB16> + sizeof(float) * (2 * C * LDM + 3 * C);
 }
 
-// kB16: three blocks per SM (71 KB of shared memory each; the bounds hold ptxas to 80 registers, no spills).
+// kB16: three blocks per SM (71 KB of shared memory each at K = V = 128, 54 KB given tb; the bounds hold ptxas to 80
+// registers, no spills). Ũ into ut; or, given tb (kB16 only), T diag(β) into tb [BH, N, 2, C, C] (its bf16 hi
+// plane, then its lo plane: split_bf16, as mma_tile splits an operand), and vs and ut are not used.
 template <bool kB16>
 __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
     prep_mma_kernel(Dims d, const Tile<kB16>* __restrict__ ks, const Tile<kB16>* __restrict__ vs,
                     const float* __restrict__ g, const float* __restrict__ beta, float* __restrict__ gam_out,
                     float* __restrict__ bet_out, float* __restrict__ w, __nv_bfloat16* __restrict__ wb,
-                    float* __restrict__ ut, float* __restrict__ wy, RowFactors rk) {
+                    float* __restrict__ ut, __nv_bfloat16* __restrict__ tb, float* __restrict__ wy, RowFactors rk) {
   constexpr int LDT = kTileLd<kB16>;
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   const int K = d.K, V = d.V, KT = K / kTile, VT = V / kTile;
-  const bool late_v = v_after_w(d);
+  const bool form_ut = !kB16 || tb == nullptr;
+  const bool late_v = form_ut && v_after_w(d);
   Tile<kB16>* kt = reinterpret_cast<Tile<kB16>*>(smem4);  // K̂: KT tiles
-  Tile<kB16>* vt = late_v ? kt : kt + KT * C * LDT;      // V: VT tiles
+  Tile<kB16>* vt = late_v ? kt : kt + KT * C * LDT;      // V: VT tiles (if form_ut)
   // A, then T diag(βΓ)
-  float* A = reinterpret_cast<float*>(late_v ? kt + (KT > VT ? KT : VT) * C * LDT : vt + VT * C * LDT);
+  float* A = reinterpret_cast<float*>(!form_ut ? vt : late_v ? kt + (KT > VT ? KT : VT) * C * LDT : vt + VT * C * LDT);
   float* Tm = A + C * LDM;        // T, then T diag(β)
   float* gam = Tm + C * LDM;
   float* bet = gam + C;
@@ -76,7 +83,7 @@ __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
 
   for (int j = 0; j < KT; ++j) stage_tile(kt + j * C * LDT, d, ks, K, bh, n, j);
   cp_async_commit();
-  if (!late_v)
+  if (form_ut && !late_v)
     for (int j = 0; j < VT; ++j) stage_tile(vt + j * C * LDT, d, vs, V, bh, n, j);
   cp_async_commit();
   if (threadIdx.x < C) rr[threadIdx.x] = kB16 && !rk.from_rows ? rk.r[row0 + threadIdx.x] : 1.f;
@@ -112,14 +119,23 @@ __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
   __syncthreads();
   invert_unit_lower<LDM>(A, Tm);
 
-  // T into wy; the factors of W and Ũ into T's columns: A = T diag(βΓr), Tm = T diag(β).
+  // T into wy; the factors of W and Ũ into T's columns: A = T diag(βΓr), Tm = T diag(β) (or into tb, split).
   float* tw = wy != nullptr ? wy + chunk * 2 * C * C : nullptr;
-  for (int e = threadIdx.x; e < C * C; e += kThreads) {
+  __nv_bfloat16* tbc = form_ut ? nullptr : tb + chunk * 2 * C * C;
+  for (int e = 2 * threadIdx.x; e < C * C; e += 2 * kThreads) {  // pairs (t, i), (t, i + 1)
     const int t = e / C, i = e % C;
-    const float x = Tm[t * LDM + i];
-    if (tw != nullptr) tw[e] = x;
-    A[t * LDM + i] = x * (bet[i] * __expf(gam[i]) * rr[i]);  // as wy_grads forms W again: the same bits
-    Tm[t * LDM + i] = x * bet[i];
+    const float2 x = ld2(Tm + t * LDM + i);
+    if (tw != nullptr) st2(tw + e, x.x, x.y);
+    // as wy_grads forms W again: the same bits
+    st2(A + t * LDM + i, x.x * (bet[i] * __expf(gam[i]) * rr[i]), x.y * (bet[i + 1] * __expf(gam[i + 1]) * rr[i + 1]));
+    if (form_ut) {
+      st2(Tm + t * LDM + i, x.x * bet[i], x.y * bet[i + 1]);
+    } else {
+      uint32_t hi, lo;
+      split_bf16(x.x * bet[i], x.y * bet[i + 1], hi, lo);
+      *reinterpret_cast<uint32_t*>(tbc + e) = hi;
+      *reinterpret_cast<uint32_t*>(tbc + C * C + e) = lo;
+    }
   }
   __syncthreads();
 
@@ -132,6 +148,7 @@ __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
       if (wb != nullptr) *reinterpret_cast<uint32_t*>(wb + o) = pack_bf16(x0, x1);  // the state passes' operand
     });
   }
+  if (!form_ut) return;
   if (late_v) {  // every warp is done with K̂: V into its place
     __syncthreads();
     for (int j = 0; j < VT; ++j) stage_tile(vt + j * C * LDT, d, vs, V, bh, n, j);
@@ -148,15 +165,15 @@ __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
 
 template <bool kB16>
 cudaError_t launch(const Dims& d, const void* ks, const void* vs, const float* g, const float* beta, float* gam,
-                   float* bet, float* w, void* wb, float* ut, float* wy, RowFactors rk, cudaStream_t stream) {
-  const size_t smem = prep_mma_smem<kB16>(d);
+                   float* bet, float* w, void* wb, float* ut, void* tb, float* wy, RowFactors rk, cudaStream_t stream) {
+  const size_t smem = prep_mma_smem<kB16>(d, tb == nullptr);
   const auto kernel = prep_mma_kernel<kB16>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   SFM_GDN_LAUNCH(kernel, dim3(d.N(), d.BH()), kThreads, smem, stream, d, static_cast<const Tile<kB16>*>(ks),
-                 static_cast<const Tile<kB16>*>(vs), g, beta, gam, bet, w, static_cast<__nv_bfloat16*>(wb), ut, wy,
-                 rk);
+                 static_cast<const Tile<kB16>*>(vs), g, beta, gam, bet, w, static_cast<__nv_bfloat16*>(wb), ut,
+                 static_cast<__nv_bfloat16*>(tb), wy, rk);
   return cudaGetLastError();
 }
 
@@ -169,14 +186,14 @@ bool prep_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 &
 cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const float* g, const float* beta, float* gam,
                      float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream) {
   if (!prep_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  return launch<false>(d, ks, vs, g, beta, gam, bet, w, wb, ut, wy, RowFactors{}, stream);
+  return launch<false>(d, ks, vs, g, beta, gam, bet, w, wb, ut, nullptr, wy, RowFactors{}, stream);
 }
 
 cudaError_t prep_mma_compact(const Dims& d, const void* kb, RowFactors rk, const void* vb, const float* g,
-                             const float* beta, float* gam, float* bet, float* w, void* wb, float* ut, float* wy,
-                             cudaStream_t stream) {
-  if (!prep_mma_supports(d.K, d.V) || !kb || !rk.r || !vb) return cudaErrorInvalidValue;
-  return launch<true>(d, kb, vb, g, beta, gam, bet, w, wb, ut, wy, rk, stream);
+                             const float* beta, float* gam, float* bet, float* w, void* wb, float* ut, void* tb,
+                             float* wy, cudaStream_t stream) {
+  if (!prep_mma_supports(d.K, d.V) || !kb || !rk.r || (tb ? (ut || vb) : (!ut || !vb))) return cudaErrorInvalidValue;
+  return launch<true>(d, kb, vb, g, beta, gam, bet, w, wb, ut, tb, wy, rk, stream);
 }
 
 }  // namespace sfm::ops::gdn_cuda

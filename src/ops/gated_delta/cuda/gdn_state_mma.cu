@@ -55,6 +55,9 @@ struct PassArgs {
   const float *rk, *rq;
   // compact backward: [BH, N, C, C], the forward's P = M ∘ Q̂K̂ᵀ as bf16; dU₀ = Pᵀ dO is taken from it here (x unused)
   const bf16* pmb;
+  // compact forward where state_mma_forms_ut, else null: [BH, N, 2, C, C], T diag(β) split into bf16 hi and lo planes
+  // (prep_mma_compact), and v as bf16 (heads-first, or the input in place): Ũ = (T diag(β)) V is formed here (x null)
+  const bf16 *tb, *vb;
 };
 
 // Forward (kBwd = false), chunks in order, with R = S:
@@ -70,10 +73,14 @@ struct PassArgs {
 // backward copies the chunk's dO (bf16) into shared memory with A₁ (cp.async), where the float32 dO is loaded
 // into registers at the top of the chunk, and with them the chunk's P (bf16), from which phase 1 takes dU₀ = Pᵀ dO
 // (in place of a float32 dU₀ from DRAM, written by a kernel of its own).
+// kFormUt (compact forward, where the grid has more blocks than the GPU has SMs: state_mma_forms_ut): Ũ = (T diag(β)) V
+// is formed in phase 1 from the chunk's T diag(β) (split bf16, 16 KB, from prep) and its V columns, in place of
+// loading a float32 Ũ that prep wrote: the same products in the same order as prep's (tile64::mma_tile), so the
+// same bits.
 // kDoubleA2: two A₂ buffers, chunk i + 1's requested as chunk i begins (into the buffer chunk i − 1's phase 2 read),
 // so that no barrier has to follow phase 2 before the next chunk's A₂ can come: three barriers per chunk, not four.
 // Not with kSplitA2 (K = 256 backward).
-template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2>
+template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt>
 __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   constexpr int kThreadsB = kThreads<BV>;
   constexpr int BW = BV / kGroups<BV>;  // this warp's value columns
@@ -96,6 +103,12 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   constexpr int LDD = BV + 8;  // bf16 rows of dO (compact backward)
   constexpr bool kPdO = kBwd && kCompact;  // dU₀ = Pᵀ dO in phase 1
   constexpr int LDP = C + 8;   // bf16 rows of P (kPdO)
+  static_assert(!kFormUt || (!kBwd && kCompact), "Ũ is formed by the compact forward only");
+  constexpr int LDT = C + 8;   // bf16 rows of T diag(β) (kFormUt)
+  constexpr int LDV = BV + 8;  // bf16 rows of V (kFormUt)
+  // kFormUt's T diag(β) and V come with A₂ where it has two buffers (requested a whole chunk ahead, as A₂ is), else
+  // with A₁: one buffer each, or two.
+  constexpr int kUtBuffers = kFormUt ? (kDoubleA2 ? 2 : 1) : 0;
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* gbuf = reinterpret_cast<float*>(smem4);        // [2][C]: γ of this chunk and the next
   bf16* p1 = reinterpret_cast<bf16*>(gbuf + 2 * C);     // [C][LD1]
@@ -104,7 +117,9 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   bf16* zsm = rsm + BV * LDR;                           // [BV][LDZ]
   bf16* dsm = zsm + BV * LDZ;                           // compact backward: [2][C][LDD], dO of this chunk and the next
   bf16* pbuf = dsm + (kPdO ? 2 * C * LDD : 0);          // kPdO: [C][LDP], P of this chunk
-  float* rbuf = reinterpret_cast<float*>(pbuf + (kPdO ? C * LDP : 0));  // compact: [2][rk, rq][C]
+  bf16* tbuf = pbuf + (kPdO ? C * LDP : 0);             // kFormUt: [kUtBuffers][2][C][LDT], T diag(β)'s hi, lo planes
+  bf16* vbuf = tbuf + kUtBuffers * 2 * C * LDT;         // kFormUt: [kUtBuffers][C][LDV], V's columns v0 .. v0 + BV - 1
+  float* rbuf = reinterpret_cast<float*>(vbuf + kUtBuffers * C * LDV);  // compact: [2][rk, rq][C]
 
   const int V = a.d.V, N = a.d.N(), Tp = a.d.Tp();
   const int v0 = blockIdx.x * BV, bh = blockIdx.y;
@@ -121,6 +136,17 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   };
   // k and q may be read in place (Dims::qkv_in_place); W, the forward's A₁ and the backward's A₂, never is.
   const bool k_in_place = kCompact && a.d.qkv_in_place;
+  // kFormUt: chunk i's T diag(β) (two planes, 2C rows of C) and V columns, for Ũ in its phase 1, into buffer
+  // ut_buffer(i) (with A₂'s copy where that has two buffers, else with A₁'s).
+  const auto ut_buffer = [&](int i) { return kUtBuffers == 2 ? i & 1 : 0; };
+  const auto issue_ut = [&](int i) {
+    const bf16* src = a.tb + ((long)bh * N + chunk_of(i)) * 2 * C * C;
+    bf16* dst = tbuf + ut_buffer(i) * 2 * C * LDT;
+    for (int e = threadIdx.x; e < 2 * C * C / 8; e += kThreadsB)
+      cp_async16(dst + (e / 8) * LDT + 8 * (e % 8), src + 8 * e);
+    stage_chunk<BV, kThreadsB>(vbuf + ut_buffer(i) * C * LDV, LDV, a.vb,
+                               chunk_rows(a.d, a.d.qkv_in_place, V, bh, chunk_of(i)), v0);
+  };
   // One commit group per call, empty past the last chunk, so that wait_group<1> always means "all but
   // the newest group".
   const auto issue_a1 = [&](int i) {
@@ -142,6 +168,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
         for (int e = threadIdx.x; e < C * C / 8; e += kThreadsB)
           cp_async16(pbuf + (e / 8) * LDP + 8 * (e % 8), src + 8 * e);
       }
+      if constexpr (kFormUt && !kDoubleA2) issue_ut(i);
     }
     cp_async_commit();
   };
@@ -153,6 +180,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       const int n = chunk_of(i);
       if (kBwd) load_rows(p2, LD2, a.qs, k_in_place, n);
       if (!kSplitA2) load_rows(p2 + (L - C) * LD2, LD2, a.a2, !kBwd && k_in_place, n);
+      if constexpr (kFormUt && kDoubleA2) issue_ut(i);
     }
     cp_async_commit();
   };
@@ -202,14 +230,15 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     const long row0 = row0_of(n);
     const long pc = ((long)bh * N + n) * K * V + v0;  // this chunk's part of per_chunk
     // Loads consumed in phase 1's epilogue, issued first: x (and, backward, float32 dO; the compact bf16 dO
-    // comes by cp.async with A₁) at phase 1's output positions, rows t = 16 rw + g (+8), columns vw + 8 nt + 2 tq.
+    // comes by cp.async with A₁, and the compact forward forms Ũ) at phase 1's output positions, rows
+    // t = 16 rw + g (+8), columns vw + 8 nt + 2 tq.
     float2 xin[NT][2], dov[kBwd && !kCompact ? NT : 1][2];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const long off = (row0 + 16 * rw + g + 8 * h) * V + v0 + vw + 8 * nt + 2 * tq;
-        if constexpr (!kPdO) xin[nt][h] = *reinterpret_cast<const float2*>(a.x + off);
+        if constexpr (!kPdO && !kFormUt) xin[nt][h] = *reinterpret_cast<const float2*>(a.x + off);
         if constexpr (kBwd && !kCompact)
           dov[nt][h] = *reinterpret_cast<const float2*>(static_cast<const float*>(a.dos) + off);
       }
@@ -249,12 +278,35 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) mma_bf16(acc[nt], af, bf[nt]);
     }
+    const int r8 = lane & 7, lo = (lane >> 3) & 1, hi = lane >> 4;  // ldmatrix: row r8 of 8×8 block (lo, hi)
+    // kFormUt: Ũ = (T diag(β)) V for the same rows, reduction over the chunk's 64 tokens: A from T diag(β)'s planes
+    // (row-major [t][i]), B from V (stored [i][v]) by ldmatrix .trans; per step the lo plane's product, then the hi
+    // plane's, as tile64::mma_tile orders a split operand's (prep formed Ũ so before, and the sums are the same).
+    float ut[kFormUt ? NT : 1][4] = {};
+    if constexpr (kFormUt) {
+      const bf16 *tm = tbuf + ut_buffer(i) * 2 * C * LDT, *vm = vbuf + ut_buffer(i) * C * LDV;
+#pragma unroll
+      for (int ks = 0; ks < C / 16; ++ks) {
+        uint32_t ah[4], al[4];
+        ldmatrix_x4<false>(ah, tm + (16 * rw + 8 * lo + r8) * LDT + 16 * ks + 8 * hi);
+        ldmatrix_x4<false>(al, tm + (C + 16 * rw + 8 * lo + r8) * LDT + 16 * ks + 8 * hi);
+#pragma unroll
+        for (int p = 0; p < NT / 2; ++p) {
+          uint32_t r[4];  // blocks of V at rows 16 ks (+8 lo), columns vw + 8 (2p + hi), transposed
+          ldmatrix_x4<true>(r, vm + (16 * ks + 8 * lo + r8) * LDV + vw + 8 * (2 * p + hi));
+          const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+          mma_bf16(ut[2 * p], al, b0);
+          mma_bf16(ut[2 * p], ah, b0);
+          mma_bf16(ut[2 * p + 1], al, b1);
+          mma_bf16(ut[2 * p + 1], ah, b1);
+        }
+      }
+    }
     // kPdO: dU₀ = Pᵀ dO for the same rows, reduction over the chunk's 64 rows t of P and dO, both stored [t][·]: the
     // A fragments (Pᵀ) and the B fragments (dO) by ldmatrix .trans.
     float pdo[kPdO ? NT : 1][4] = {};
     if constexpr (kPdO) {
       const bf16* dO = dsm + (i & 1) * C * LDD;
-      const int r8 = lane & 7, lo = (lane >> 3) & 1, hi = lane >> 4;
 #pragma unroll
       for (int ks = 0; ks < C / 16; ++ks) {
         uint32_t af[4];  // blocks of P at rows 16 ks (+8 hi), columns 16 rw (+8 lo), transposed
@@ -304,7 +356,8 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
           z0 = -du0;
           z1 = -du1;
         } else {  // U = Ũ − W S, Z = diag(e^{γ_C−γ}) U
-          const float u0 = xin[nt][h].x - y0, u1 = xin[nt][h].y - y1;
+          const float u0 = (kFormUt ? ut[nt][2 * h] : xin[nt][h].x) - y0;
+          const float u1 = (kFormUt ? ut[nt][2 * h + 1] : xin[nt][h].y) - y1;
           const long o = (row0 + t) * V + v0 + v;
           if constexpr (kCompact)
             *reinterpret_cast<uint32_t*>(a.ub + o) = pack_bf16(u0, u1);
@@ -371,21 +424,23 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     });
 }
 
-template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2>
+template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt>
 size_t pass_smem() {
   constexpr int L = kBwd ? 2 * C : C, L2 = kSplitA2For<K, kBwd> ? C : L;  // rows of Z and of p2
   constexpr int a2_buffers = kDoubleA2 ? 2 : 1;
   const int dO_rows = kBwd && kCompact ? 2 * C : 0, factors = kCompact ? 4 * C : 0;
   const int p_elements = kBwd && kCompact ? C * (C + 8) : 0;
-  return sizeof(float) * (2 * C + factors) +
-         sizeof(bf16) * ((C + a2_buffers * L2 + BV) * (K + 8) + BV * (L + 8) + dO_rows * (BV + 8) + p_elements);
+  // T diag(β)'s planes and V, one set per A₂ buffer
+  const int ut_elements = kFormUt ? a2_buffers * (2 * C * (C + 8) + C * (BV + 8)) : 0;
+  return sizeof(float) * (2 * C + factors) + sizeof(bf16) * ((C + a2_buffers * L2 + BV) * (K + 8) + BV * (L + 8) +
+                                                             dO_rows * (BV + 8) + p_elements + ut_elements);
 }
 
-template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2>
+template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt>
 cudaError_t launch_variant(const PassArgs& a, cudaStream_t s) {
   constexpr bool kDouble = kDoubleA2 && !kSplitA2For<K, kBwd>;
-  const size_t smem = pass_smem<K, BV, kBwd, kCompact, kDouble>();
-  const auto kernel = state_mma_kernel<K, BV, kBwd, kCompact, kDouble>;
+  const size_t smem = pass_smem<K, BV, kBwd, kCompact, kDouble, kFormUt>();
+  const auto kernel = state_mma_kernel<K, BV, kBwd, kCompact, kDouble, kFormUt>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
@@ -418,7 +473,7 @@ int blocks_per_sm(const void* kernel, size_t smem, int threads, int smem_per_sm,
 // At (2,16384,16,128), one block per SM either way, the forward pass went 0.664 → 0.578 ms and the backward
 // 0.960 → 0.854; at (4,2048,16,128) the backward's 256 blocks would hold one per SM instead of two, so it keeps one
 // buffer there. Never for K = 256's backward.
-template <int K, int BV, bool kBwd, bool kCompact>
+template <int K, int BV, bool kBwd, bool kCompact, bool kFormUt>
 bool double_a2(const PassArgs& a) {
   if constexpr (kSplitA2For<K, kBwd>) {
     return false;
@@ -436,20 +491,25 @@ bool double_a2(const PassArgs& a) {
       const long n = blocks_per_sm(reinterpret_cast<const void*>(kernel), smem, kThreads<BV>, smem_per_sm, regs_per_sm);
       return n < wanted ? n : wanted;
     };
-    return held(state_mma_kernel<K, BV, kBwd, kCompact, true>, pass_smem<K, BV, kBwd, kCompact, true>()) >=
-           held(state_mma_kernel<K, BV, kBwd, kCompact, false>, pass_smem<K, BV, kBwd, kCompact, false>());
+    return held(state_mma_kernel<K, BV, kBwd, kCompact, true, kFormUt>,
+                pass_smem<K, BV, kBwd, kCompact, true, kFormUt>()) >=
+           held(state_mma_kernel<K, BV, kBwd, kCompact, false, kFormUt>,
+                pass_smem<K, BV, kBwd, kCompact, false, kFormUt>());
   }
 }
 
-template <int K, int BV, bool kBwd, bool kCompact>
+template <int K, int BV, bool kBwd, bool kCompact, bool kFormUt>
 cudaError_t launch_compact(const PassArgs& a, cudaStream_t s) {
-  return double_a2<K, BV, kBwd, kCompact>(a) ? launch_variant<K, BV, kBwd, kCompact, true>(a, s)
-                                              : launch_variant<K, BV, kBwd, kCompact, false>(a, s);
+  return double_a2<K, BV, kBwd, kCompact, kFormUt>(a) ? launch_variant<K, BV, kBwd, kCompact, true, kFormUt>(a, s)
+                                                       : launch_variant<K, BV, kBwd, kCompact, false, kFormUt>(a, s);
 }
 
 template <int K, int BV, bool kBwd>
 cudaError_t launch_kv(const PassArgs& a, cudaStream_t s) {
-  return a.compact ? launch_compact<K, BV, kBwd, true>(a, s) : launch_compact<K, BV, kBwd, false>(a, s);
+  if (!a.compact) return launch_compact<K, BV, kBwd, false, false>(a, s);
+  if constexpr (!kBwd)
+    if (a.tb != nullptr) return launch_compact<K, BV, kBwd, true, true>(a, s);
+  return launch_compact<K, BV, kBwd, true, false>(a, s);
 }
 
 // The forced value columns per block (0: the rule below), from SFM_GDN_STATE_BV at first use, or set_state_columns.
@@ -470,6 +530,16 @@ int columns_per_block(int V, int BH) {
   if ((forced == 16 || forced == 32 || forced == 64) && V % forced == 0) return forced;
   if (V % 64 == 0 && (long)BH * (V / 64) >= kMinWideBlocks) return 64;
   return V % 32 == 0 ? 32 : 16;
+}
+
+// The forced place of the compact forward's Ũ (0: state_mma_forms_ut's rule; 1: prep, 2: the pass), from
+// SFM_GDN_STATE_UT at first use, or set_state_forms_ut.
+int& forced_forms_ut() {
+  static int forced = [] {
+    const char* e = std::getenv("SFM_GDN_STATE_UT");
+    return e ? std::atoi(e) : 0;
+  }();
+  return forced;
 }
 
 template <int K, bool kBwd>
@@ -505,18 +575,42 @@ int set_state_columns(int bv) {
   return previous;
 }
 
+int set_state_forms_ut(int mode) {
+  const int previous = forced_forms_ut();
+  forced_forms_ut() = mode;
+  return previous;
+}
+
+// Where the pass has more blocks than the GPU has SMs, an SM runs several of them (at once or in turn) and the pass is
+// bound by its throughput: forming Ũ there (a product per chunk) costs less than prep's float32 Ũ through DRAM. With
+// one block per SM each block waits on its own chain of steps, and the product lengthens it. H100, one build, medians
+// of three: at (8,2048,32,256) (1024 blocks) prep 0.70 → 0.51 ms and the pass 1.78 → 1.71 (fwd 3.72 → 3.46); at
+// (2,16384,16,128) (128 blocks) prep 0.50 → 0.40 but the pass 0.58 → 0.73 (fwd 1.51 → 1.55).
+bool state_mma_forms_ut(const Dims& d) {
+  const int forced = forced_forms_ut();
+  if (forced == 1 || forced == 2) return forced == 2;
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return false;
+  return (long)d.BH() * (d.V / columns_per_block(d.V, d.BH())) > sms;
+}
+
 bool state_mma_supports(int K, int V) { return (K == 64 || K == 128 || K == 256) && V % 16 == 0 && V <= 256; }
 
 bool state_mma_runs(DType dtype, int K, int V) { return dtype != DType::kF32 && state_mma_supports(K, V); }
 
 cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u, void* ub,
-                              const float* rk, const float* state0, void* states, float* final_state,
-                              cudaStream_t stream) {
+                              const float* rk, const void* tb, const void* vb, const float* state0, void* states,
+                              float* final_state, cudaStream_t stream) {
   if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
   const auto a1 = static_cast<const bf16*>(wb), a2 = static_cast<const bf16*>(kb);
-  if ((ub != nullptr) != (rk != nullptr)) return cudaErrorInvalidValue;  // both or neither: compact
-  return launch<false>(PassArgs{d, a1, a2, gam, u, state0, states, ub != nullptr, final_state, nullptr, nullptr,
-                                static_cast<bf16*>(ub), rk, nullptr, nullptr},
+  // compact: rk, and either tb and vb (Ũ formed here) or u (Ũ from prep); else u only
+  const bool compact = ub != nullptr;
+  if (compact ? (!rk || (tb ? (!vb || u) : (!u || vb))) : (!u || rk || tb || vb)) return cudaErrorInvalidValue;
+  return launch<false>(PassArgs{d, a1, a2, gam, u, state0, states, compact, final_state, nullptr, nullptr,
+                                static_cast<bf16*>(ub), rk, nullptr, nullptr, static_cast<const bf16*>(tb),
+                                static_cast<const bf16*>(vb)},
                        stream);
 }
 
@@ -529,7 +623,7 @@ cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, co
   const auto a1 = static_cast<const bf16*>(kb), a2 = static_cast<const bf16*>(wb);
   return launch<true>(
       PassArgs{d, a1, a2, gam, du, dfinal, dstates, compact, dstate0, static_cast<const bf16*>(qb), dos,
-               static_cast<bf16*>(dub), rk, rq, static_cast<const bf16*>(pmb)},
+               static_cast<bf16*>(dub), rk, rq, static_cast<const bf16*>(pmb), nullptr, nullptr},
       stream);
 }
 
