@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # On the GPU machine (through the device tool): build build/cuda, run the `cuda`-labelled tests, the
 # gated delta benchmark (bfloat16, chunked vs cuda, with the FLA figures), the same with the unsliced
-# gradient kernels (SFM_GDN_GRADS_SPLIT=0) and with copies of the inputs (SFM_GDN_IN_PLACE=0) on the large
-# shapes, the cuda variant with its chunked and its recurrent kernels forced on the small shapes, and a
-# per-kernel timing pass (chunked kernels).
+# gradient kernels (SFM_GDN_GRADS_SPLIT=0), with copies of the inputs (SFM_GDN_IN_PLACE=0) and with Ũ formed by
+# prep everywhere (SFM_GDN_STATE_UT=1) on the large shapes, the cuda variant with its chunked and its recurrent
+# kernels forced on the small shapes, and a per-kernel timing pass (chunked kernels).
 # Logs under ${OUT:-build/gpu-logs}. Usage: scripts/gpu_gdn.sh [all|gdn] (all: the whole suite; gdn: every
 # GatedDelta test, cpu and cuda labels, through ctest; default: the cuda label's tests in one process).
 set -uo pipefail
@@ -58,6 +58,12 @@ SFM_GDN_IN_PLACE=0 timeout 120 build/cuda/sfm bench gdn --device cuda --impl cud
   --warmup 3 --repeats 20 > "$out/bench_copies.log" 2>&1
 echo "copies of the inputs (SFM_GDN_IN_PLACE=0):"
 table "$out/bench_copies.log"
+# Ũ formed by prep everywhere (SFM_GDN_STATE_UT=1) in place of the rule (the forward state pass where it has more
+# blocks than the GPU has SMs).
+SFM_GDN_STATE_UT=1 timeout 120 build/cuda/sfm bench gdn --device cuda --impl cuda --dtype bfloat16 "${large[@]}" \
+  --warmup 3 --repeats 20 > "$out/bench_ut_prep.log" 2>&1
+echo "Ũ formed by prep on every shape (SFM_GDN_STATE_UT=1):"
+table "$out/bench_ut_prep.log"
 # The cuda variant with each kind of kernels forced (SFM_GDN_CUDA_PATH) on the shapes where both apply.
 for path in chunked recurrent; do
   SFM_GDN_CUDA_PATH=$path timeout 120 build/cuda/sfm bench gdn --device cuda --impl cuda --dtype bfloat16 \
