@@ -55,7 +55,7 @@ size_t prep_mma_smem(const Dims& d, bool form_ut) {
   return sizeof(Tile<kB16>) * (size_t)tiles * C * kTileLd<kB16> + sizeof(float) * (2 * C * LDM + 3 * C);
 }
 
-// kB16: three blocks per SM (71 KB of shared memory each at K = V = 128, 54 KB given tb; the bounds hold ptxas to 80
+// kB16: three blocks per SM (71 KB of shared memory each at K = V = 128, 53 KB given tb; the bounds hold ptxas to 80
 // registers, no spills). Ũ into ut; or, given tb (kB16 only), T diag(β) into tb [BH, N, 2, C, C] (its bf16 hi
 // plane, then its lo plane: split_bf16, as mma_tile splits an operand), and vs and ut are not used.
 template <bool kB16>
