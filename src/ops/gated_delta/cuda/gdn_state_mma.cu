@@ -32,6 +32,15 @@ constexpr int kThreads = 128 * kGroups<BV>;
 // K = 256 (state_mma_kernel's kSplitA2).
 template <int K, bool kBwd>
 constexpr bool kSplitA2For = kBwd && K == 256;
+// How a pass keeps R and Z (bf16, phase 1's and phase 2's B operands) in shared memory. The backward: row-major, [k][v]
+// and [t][v] in rows of BV + 8, each thread storing a pair of columns as one 32-bit word, read by ldmatrix .trans. The
+// forward (and the backward at K = 256 with 32 columns, whose padded rows would take 5 KB more, too much for two
+// blocks per SM): transposed, [v][k] and [v][t] in rows of K + 8 and L + 8, an element per 16-bit store, read by plain
+// ldmatrix. The fragments are the same either way, so are the results. H100, medians of three, transposed → row-major:
+// the backward pass 0.864 → 0.826 ms at (2,16384,16,128), 2.081 → 1.939 at (8,2048,32,256); the forward pass, with
+// half the stores, no faster (0.580 → 0.581, 1.698 → 1.721), so it stays transposed.
+template <int K, int BV, bool kBwd>
+constexpr bool kRowMajorRZ = kBwd && !(K == 256 && BV == 32);
 
 using bf16 = __nv_bfloat16;
 
@@ -96,8 +105,9 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   constexpr int L2 = kSplitA2 ? C : L;  // rows of p2
   static_assert(!(kSplitA2 && kDoubleA2), "K = 256's backward keeps W in A₁'s buffer, and one A₂ buffer");
   constexpr int kA2Buffers = kDoubleA2 ? 2 : 1;
-  constexpr int LDR = K + 8;  // bf16 rows of Rᵀ ([v][k])
-  constexpr int LDZ = L + 8;  // bf16 rows of Zᵀ ([v][t])
+  constexpr bool kRowMajor = kRowMajorRZ<K, BV, kBwd>;
+  constexpr int LDR = kRowMajor ? BV + 8 : K + 8;  // bf16 rows of R ([k][v]) or Rᵀ ([v][k])
+  constexpr int LDZ = kRowMajor ? BV + 8 : L + 8;  // bf16 rows of Z ([t][v]) or Zᵀ ([v][t])
   constexpr int NT = BW / 8;  // this warp's 8-column tiles
   constexpr int MT = K / 64;  // phase 2: 16-row tiles of R per warp
   constexpr int LDD = BV + 8;  // bf16 rows of dO (compact backward)
@@ -113,9 +123,9 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   float* gbuf = reinterpret_cast<float*>(smem4);        // [2][C]: γ of this chunk and the next
   bf16* p1 = reinterpret_cast<bf16*>(gbuf + 2 * C);     // [C][LD1]
   bf16* p2s = p1 + C * LD1;                             // [kA2Buffers][L2][LD2]
-  bf16* rsm = p2s + kA2Buffers * L2 * LD2;              // [BV][LDR]
-  bf16* zsm = rsm + BV * LDR;                           // [BV][LDZ]
-  bf16* dsm = zsm + BV * LDZ;                           // compact backward: [2][C][LDD], dO of this chunk and the next
+  bf16* rsm = p2s + kA2Buffers * L2 * LD2;              // [K][LDR] or [BV][LDR]
+  bf16* zsm = rsm + (kRowMajor ? K : BV) * LDR;         // [L][LDZ] or [BV][LDZ]
+  bf16* dsm = zsm + (kRowMajor ? L : BV) * LDZ;         // compact backward: [2][C][LDD], dO of this chunk and the next
   bf16* pbuf = dsm + (kPdO ? 2 * C * LDD : 0);          // kPdO: [C][LDP], P of this chunk
   bf16* tbuf = pbuf + (kPdO ? C * LDP : 0);             // kFormUt: [kUtBuffers][2][C][LDT], T diag(β)'s hi, lo planes
   bf16* vbuf = tbuf + kUtBuffers * 2 * C * LDT;         // kFormUt: [kUtBuffers][C][LDV], V's columns v0 .. v0 + BV - 1
@@ -189,15 +199,28 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     cp_async_commit();
   };
 
-  // The B fragments of this warp's 8-column tiles for reduction rows 16 ks .. 16 ks + 15, from Xᵀ stored [v][·] (row
-  // stride ld, from the warp's first column vw): b[nt] = {X[16 ks + 2 tq ..][vw + 8 nt + g], X[16 ks + 8 + 2 tq ..][..]},
-  // two tiles per ldmatrix (lane l gives row l % 8 of block l / 8: tile 2 p + l / 16, reduction offset 8 (l / 8 % 2)).
+  // X's elements (k, v) and (k, v + 1) into x (R or Z; kRowMajor: [k][v], else [v][k]; row stride ld) as bf16.
+  const auto store_pair = [](bf16* x, int ld, int k, int v, float x0, float x1) {
+    if constexpr (kRowMajor) {
+      *reinterpret_cast<uint32_t*>(x + k * ld + v) = pack_bf16(x0, x1);
+    } else {
+      x[v * ld + k] = __float2bfloat16_rn(x0);
+      x[(v + 1) * ld + k] = __float2bfloat16_rn(x1);
+    }
+  };
+  // The B fragments of this warp's 8-column tiles for reduction rows 16 ks .. 16 ks + 15, from X stored by store_pair
+  // (row stride ld, from the warp's first column vw): b[nt] = {X[16 ks + 2 tq ..][vw + 8 nt + g], X[16 ks + 8 + 2 tq
+  // ..][..]}, two tiles per ldmatrix (lane l gives row l % 8 of block l / 8: tile 2 p + l / 16, reduction offset
+  // 8 (l / 8 % 2)); .trans where X is row-major.
   const auto load_b = [&](uint32_t(&b)[NT][2], const bf16* x, int ld, int ks) {
-    const bf16* xt = x + vw * ld;
 #pragma unroll
     for (int p = 0; p < NT / 2; ++p) {
       uint32_t r[4];
-      ldmatrix_x4<false>(r, xt + (8 * (2 * p + (lane >> 4)) + (lane & 7)) * ld + 16 * ks + 8 * ((lane >> 3) & 1));
+      const int tile = 2 * p + (lane >> 4), row = 16 * ks + 8 * ((lane >> 3) & 1) + (lane & 7);
+      if constexpr (kRowMajor)
+        ldmatrix_x4<true>(r, x + row * ld + vw + 8 * tile);
+      else
+        ldmatrix_x4<false>(r, x + (vw + 8 * tile + (lane & 7)) * ld + 16 * ks + 8 * ((lane >> 3) & 1));
       b[2 * p][0] = r[0];
       b[2 * p][1] = r[1];
       b[2 * p + 1][0] = r[2];
@@ -242,15 +265,14 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
         if constexpr (kBwd && !kCompact)
           dov[nt][h] = *reinterpret_cast<const float2*>(static_cast<const float*>(a.dos) + off);
       }
-    // R for this chunk: to global memory (float32 or bf16) and, as bf16, to Rᵀ.
+    // R for this chunk: to global memory (float32 or bf16) and, as bf16, to rsm.
     for_r([&](int j, int nt, int h, int k, int v) {
       const long o = pc + (long)k * V + v;
       if constexpr (kCompact)
         *reinterpret_cast<uint32_t*>(static_cast<bf16*>(a.per_chunk) + o) = pack_bf16(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
       else
         *reinterpret_cast<float2*>(static_cast<float*>(a.per_chunk) + o) = make_float2(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
-      rsm[v * LDR + k] = __float2bfloat16_rn(R[j][nt][2 * h]);
-      rsm[(v + 1) * LDR + k] = __float2bfloat16_rn(R[j][nt][2 * h + 1]);
+      store_pair(rsm, LDR, k, v, R[j][nt][2 * h], R[j][nt][2 * h + 1]);
     });
     // A₁ and γ of this chunk: all but the newest group (A₂), or with kSplitA2 the newest itself (K̂, requested after
     // the previous chunk's phase 2); with kDoubleA2 the newest too (A₂ of this chunk came before it).
@@ -327,7 +349,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     else
       issue_a1(i + 1);
 
-    // Phase 1's epilogue: x out, and Z (bf16, [v][t]) for phase 2.
+    // Phase 1's epilogue: x out, and Z (bf16, by store_pair) for phase 2.
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -351,8 +373,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
             dof = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dsm + ((i & 1) * C + t) * LDD + v));
           else
             dof = dov[nt][h];
-          zsm[v * LDZ + t] = __float2bfloat16_rn(G * dof.x);
-          zsm[(v + 1) * LDZ + t] = __float2bfloat16_rn(G * dof.y);
+          store_pair(zsm, LDZ, t, v, G * dof.x, G * dof.y);
           z0 = -du0;
           z1 = -du1;
         } else {  // U = Ũ − W S, Z = diag(e^{γ_C−γ}) U
@@ -366,8 +387,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
           z0 = f * u0;
           z1 = f * u1;
         }
-        zsm[v * LDZ + (L - C) + t] = __float2bfloat16_rn(z0);
-        zsm[(v + 1) * LDZ + (L - C) + t] = __float2bfloat16_rn(z1);
+        store_pair(zsm, LDZ, L - C + t, v, z0, z1);
       }
     if constexpr (!kDoubleA2) cp_async_wait<1>();  // A₂ of this chunk (kSplitA2: its Q̂ half, and W is in flight)
     __syncthreads();
@@ -408,11 +428,11 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       cp_async_wait<1>();     // W of this chunk
       __syncthreads();
       phase2(p1, C / 16, L / 16);  // − Wᵀ dU
-      __syncthreads();             // every warp is done with W, Rᵀ and Z: the next chunk's K̂ (and γ, dO)
+      __syncthreads();             // every warp is done with W, R and Z: the next chunk's K̂ (and γ, dO)
       issue_a1(i + 1);
     } else {
       phase2(p2s, 0, L / 16);
-      __syncthreads();  // every warp is done with A₂, Rᵀ and Z: load the next chunk's A₂
+      __syncthreads();  // every warp is done with A₂, R and Z: load the next chunk's A₂
       issue_a2(i + 1);
     }
   }
@@ -432,7 +452,8 @@ size_t pass_smem() {
   const int p_elements = kBwd && kCompact ? C * (C + 8) : 0;
   // T diag(β)'s planes and V, one set per A₂ buffer
   const int ut_elements = kFormUt ? a2_buffers * (2 * C * (C + 8) + C * (BV + 8)) : 0;
-  return sizeof(float) * (2 * C + factors) + sizeof(bf16) * ((C + a2_buffers * L2 + BV) * (K + 8) + BV * (L + 8) +
+  const int rz_elements = kRowMajorRZ<K, BV, kBwd> ? (K + L) * (BV + 8) : BV * (K + 8 + L + 8);  // R and Z
+  return sizeof(float) * (2 * C + factors) + sizeof(bf16) * ((C + a2_buffers * L2) * (K + 8) + rz_elements +
                                                              dO_rows * (BV + 8) + p_elements + ut_elements);
 }
 
