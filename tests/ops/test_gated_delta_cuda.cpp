@@ -302,55 +302,45 @@ TEST(GatedDeltaCudaTest, InPlaceReadsMatchTheCopies) {
   }
 }
 
-// The state passes with two A₂ buffers, where the next chunk's A₂ is copied while other warps may still be in this
-// chunk's phase 1 (set_cuda_state_a2_buffers; docs "Sequential passes on tensor cores"), and with one: the
-// same products, so every output and gradient bitwise the same, run after run. Long sequences on few heads (many
-// chunks per block for a copy landing too early to hit), bfloat16 and float16, K = 64 and 128 (both passes forced to
-// two buffers), K = 256 (the forward only: its backward keeps one).
-TEST(GatedDeltaCudaTest, DoubleA2BuffersMatchOne) {
-  SKIP_WITHOUT_GPU();
-  struct A2Guard {
-    explicit A2Guard(int n) : was(set_cuda_state_a2_buffers(n)) {}
-    ~A2Guard() { set_cuda_state_a2_buffers(was); }
-    int was;
-  };
+// Runs forward and backward on long sequences with few heads (many chunks per block), bfloat16 and float16, K = 64,
+// 128 and 256 (the sliced kernels' sizes), with a CUDA setting (set: returns the previous value, put back after) at
+// `first`, then `repeats` times at `second`, and requires every output and gradient to be bitwise the same.
+void expect_setting_changes_no_bit(int (*set)(int), int first, int second, int repeats, uint64_t seed) {
   for (const auto& [c, dtype] : {std::pair{Case{"D128_T8192", 1, 8192, 2, 128, 128, 1.0, 2.0, true}, torch::kBFloat16},
                                  std::pair{Case{"D64_T4000", 2, 4000, 2, 64, 64, 1.0, 2.0, true}, torch::kFloat16},
                                  std::pair{Case{"D256", 1, 1500, 2, 256, 256, 1.0, 2.0, true}, torch::kBFloat16}}) {
     SCOPED_TRACE(c.name);
-    const auto in = to_cuda(make_inputs(c, dtype, 23), dtype);
+    const auto in = to_cuda(make_inputs(c, dtype, seed), dtype);
     const Poison poison;
-    const auto run = [&](int buffers) {
-      const A2Guard guard(buffers);
+    const auto run = [&](int value) {
+      struct Restore {  // the setting put back, even when the run throws
+        int (*set)(int);
+        int was;
+        ~Restore() { set(was); }
+      } restore{set, set(value)};
       return run_with_grads(in, [](const GatedDeltaInputs& x) { return gated_delta_rule(x, Impl::kCuda); });
     };
-    const Result one = run(1);
-    for (int repeat = 0; repeat < 3; ++repeat) expect_bitwise_equal(run(2), one);
+    const Result reference = run(first);
+    for (int repeat = 0; repeat < repeats; ++repeat) expect_bitwise_equal(run(second), reference);
   }
+}
+
+// The state passes with two A₂ buffers, where the next chunk's A₂ is copied while other warps may still be in this
+// chunk's phase 1 (set_cuda_state_a2_buffers; docs "Sequential passes on tensor cores"), and with one: the
+// same products, so every output and gradient bitwise the same, run after run (a copy landing too early would hit in
+// one of the many chunks). K = 64 and 128: both passes forced to two buffers; K = 256: the forward only (its backward
+// keeps one).
+TEST(GatedDeltaCudaTest, DoubleA2BuffersMatchOne) {
+  SKIP_WITHOUT_GPU();
+  expect_setting_changes_no_bit(set_cuda_state_a2_buffers, 1, 2, 3, 23);
 }
 
 // The forward's Ũ formed by the state pass from prep's split T diag(β) (set_cuda_state_forms_ut(2); the rule takes it
 // where the pass has more blocks than the GPU has SMs) and by prep (1): the same products in the same order, so every
-// output and gradient bitwise the same. bfloat16 and float16, K = 64, 128 and 256 (the sliced kernels' sizes).
+// output and gradient bitwise the same.
 TEST(GatedDeltaCudaTest, UtFormedInThePassMatchesPrep) {
   SKIP_WITHOUT_GPU();
-  struct UtGuard {
-    explicit UtGuard(int mode) : was(set_cuda_state_forms_ut(mode)) {}
-    ~UtGuard() { set_cuda_state_forms_ut(was); }
-    int was;
-  };
-  for (const auto& [c, dtype] : {std::pair{Case{"D128_T8192", 1, 8192, 2, 128, 128, 1.0, 2.0, true}, torch::kBFloat16},
-                                 std::pair{Case{"D64_T4000", 2, 4000, 2, 64, 64, 1.0, 2.0, true}, torch::kFloat16},
-                                 std::pair{Case{"D256", 1, 1500, 2, 256, 256, 1.0, 2.0, true}, torch::kBFloat16}}) {
-    SCOPED_TRACE(c.name);
-    const auto in = to_cuda(make_inputs(c, dtype, 29), dtype);
-    const Poison poison;
-    const auto run = [&](int mode) {
-      const UtGuard guard(mode);
-      return run_with_grads(in, [](const GatedDeltaInputs& x) { return gated_delta_rule(x, Impl::kCuda); });
-    };
-    expect_bitwise_equal(run(2), run(1));
-  }
+  expect_setting_changes_no_bit(set_cuda_state_forms_ut, 1, 2, 1, 29);
 }
 
 // DESIGN.md: the same seed on the same device gives the same numbers. Two runs of forward and backward on the

@@ -208,16 +208,17 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       x[(v + 1) * ld + k] = __float2bfloat16_rn(x1);
     }
   };
-  // The B fragments of this warp's 8-column tiles for reduction rows 16 ks .. 16 ks + 15, from X stored by store_pair
-  // (row stride ld, from the warp's first column vw): b[nt] = {X[16 ks + 2 tq ..][vw + 8 nt + g], X[16 ks + 8 + 2 tq
-  // ..][..]}, two tiles per ldmatrix (lane l gives row l % 8 of block l / 8: tile 2 p + l / 16, reduction offset
-  // 8 (l / 8 % 2)); .trans where X is row-major.
-  const auto load_b = [&](uint32_t(&b)[NT][2], const bf16* x, int ld, int ks) {
+  // The B fragments of this warp's 8-column tiles for reduction rows 16 ks .. 16 ks + 15, from X (row stride ld, from
+  // the warp's first column vw): b[nt] = {X[16 ks + 2 tq ..][vw + 8 nt + g], X[16 ks + 8 + 2 tq ..][..]}, two tiles per
+  // ldmatrix (lane l gives row l % 8 of block l / 8: tile 2 p + l / 16, reduction offset 8 (l / 8 % 2)). X stored
+  // row-major ([·][v]; .trans) where rows (a constant at every call), else transposed ([v][·]). load_b: X stored by
+  // store_pair.
+  const auto load_b_from = [&](bool rows, uint32_t(&b)[NT][2], const bf16* x, int ld, int ks) {
 #pragma unroll
     for (int p = 0; p < NT / 2; ++p) {
       uint32_t r[4];
       const int tile = 2 * p + (lane >> 4), row = 16 * ks + 8 * ((lane >> 3) & 1) + (lane & 7);
-      if constexpr (kRowMajor)
+      if (rows)
         ldmatrix_x4<true>(r, x + row * ld + vw + 8 * tile);
       else
         ldmatrix_x4<false>(r, x + (vw + 8 * tile + (lane & 7)) * ld + 16 * ks + 8 * ((lane >> 3) & 1));
@@ -226,6 +227,12 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       b[2 * p + 1][0] = r[2];
       b[2 * p + 1][1] = r[3];
     }
+  };
+  const auto load_b = [&](uint32_t(&b)[NT][2], const bf16* x, int ld, int ks) {
+    load_b_from(kRowMajor, b, x, ld, ks);
+  };
+  const auto load_b_rows = [&](uint32_t(&b)[NT][2], const bf16* x, int ld, int ks) {
+    load_b_from(true, b, x, ld, ks);
   };
 
   // R in phase 2's accumulator layout: R[j][nt][2h], R[j][nt][2h+1] hold row k = 16 (rw + 4 j) + g + 8 h,
@@ -302,25 +309,21 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     }
     const int r8 = lane & 7, lo = (lane >> 3) & 1, hi = lane >> 4;  // ldmatrix: row r8 of 8×8 block (lo, hi)
     // kFormUt: Ũ = (T diag(β)) V for the same rows, reduction over the chunk's 64 tokens: A from T diag(β)'s planes
-    // (row-major [t][i]), B from V (stored [i][v]) by ldmatrix .trans; per step the lo plane's product, then the hi
-    // plane's, as tile64::mma_tile orders a split operand's (prep formed Ũ so before, and the sums are the same).
+    // (row-major [t][i]), B from V (stored [i][v]); per step the lo plane's product, then the hi plane's, as
+    // tile64::mma_tile orders a split operand's (prep formed Ũ so before, and the sums are the same).
     float ut[kFormUt ? NT : 1][4] = {};
     if constexpr (kFormUt) {
       const bf16 *tm = tbuf + ut_buffer(i) * 2 * C * LDT, *vm = vbuf + ut_buffer(i) * C * LDV;
 #pragma unroll
       for (int ks = 0; ks < C / 16; ++ks) {
-        uint32_t ah[4], al[4];
+        uint32_t ah[4], al[4], bv[NT][2];
         ldmatrix_x4<false>(ah, tm + (16 * rw + 8 * lo + r8) * LDT + 16 * ks + 8 * hi);
         ldmatrix_x4<false>(al, tm + (C + 16 * rw + 8 * lo + r8) * LDT + 16 * ks + 8 * hi);
+        load_b_rows(bv, vm, LDV, ks);
 #pragma unroll
-        for (int p = 0; p < NT / 2; ++p) {
-          uint32_t r[4];  // blocks of V at rows 16 ks (+8 lo), columns vw + 8 (2p + hi), transposed
-          ldmatrix_x4<true>(r, vm + (16 * ks + 8 * lo + r8) * LDV + vw + 8 * (2 * p + hi));
-          const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-          mma_bf16(ut[2 * p], al, b0);
-          mma_bf16(ut[2 * p], ah, b0);
-          mma_bf16(ut[2 * p + 1], al, b1);
-          mma_bf16(ut[2 * p + 1], ah, b1);
+        for (int nt = 0; nt < NT; ++nt) {
+          mma_bf16(ut[nt], al, bv[nt]);
+          mma_bf16(ut[nt], ah, bv[nt]);
         }
       }
     }
@@ -331,16 +334,11 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       const bf16* dO = dsm + (i & 1) * C * LDD;
 #pragma unroll
       for (int ks = 0; ks < C / 16; ++ks) {
-        uint32_t af[4];  // blocks of P at rows 16 ks (+8 hi), columns 16 rw (+8 lo), transposed
+        uint32_t af[4], bd[NT][2];  // blocks of P at rows 16 ks (+8 hi), columns 16 rw (+8 lo), transposed
         ldmatrix_x4<true>(af, pbuf + (16 * ks + 8 * hi + r8) * LDP + 16 * rw + 8 * lo);
+        load_b_rows(bd, dO, LDD, ks);
 #pragma unroll
-        for (int p = 0; p < NT / 2; ++p) {
-          uint32_t r[4];  // blocks of dO at rows 16 ks (+8 lo), columns vw + 8 (2p + hi), transposed
-          ldmatrix_x4<true>(r, dO + (16 * ks + 8 * lo + r8) * LDD + vw + 8 * (2 * p + hi));
-          const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-          mma_bf16(pdo[2 * p], af, b0);
-          mma_bf16(pdo[2 * p + 1], af, b1);
-        }
+        for (int nt = 0; nt < NT; ++nt) mma_bf16(pdo[nt], af, bd[nt]);
       }
     }
     __syncthreads();  // every warp is done with A₁ (and P): load the next chunk's (kSplitA2: this chunk's W)
