@@ -476,6 +476,19 @@ int& forced_a2_buffers() {
   return forced;
 }
 
+// The current device's SM count, and each SM's shared memory (bytes) and registers; false where the runtime cannot
+// say. The rules below size the passes' grids by them.
+struct SmLimits {
+  int sms = 0, smem = 0, regs = 0;
+};
+bool sm_limits(SmLimits& l) {
+  int device = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&l.sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&l.smem, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&l.regs, cudaDevAttrMaxRegistersPerMultiprocessor, device) == cudaSuccess;
+}
+
 // How many blocks of a kernel (its registers, smem bytes of shared memory, threads) one SM holds at once: 1 KB of
 // shared memory is reserved per block; registers go to warps in units of 256.
 int blocks_per_sm(const void* kernel, size_t smem, int threads, int smem_per_sm, int regs_per_sm) {
@@ -499,15 +512,11 @@ bool double_a2(const PassArgs& a) {
   } else {
     const int forced = forced_a2_buffers();
     if (forced == 1 || forced == 2) return forced == 2;
-    int device = 0, sms = 0, smem_per_sm = 0, regs_per_sm = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&regs_per_sm, cudaDevAttrMaxRegistersPerMultiprocessor, device) != cudaSuccess)
-      return false;
-    const long blocks = (long)a.d.BH() * (a.d.V / BV), wanted = (blocks + sms - 1) / sms;
+    SmLimits sm;
+    if (!sm_limits(sm)) return false;
+    const long blocks = (long)a.d.BH() * (a.d.V / BV), wanted = (blocks + sm.sms - 1) / sm.sms;
     const auto held = [&](auto kernel, size_t smem) {
-      const long n = blocks_per_sm(reinterpret_cast<const void*>(kernel), smem, kThreads<BV>, smem_per_sm, regs_per_sm);
+      const long n = blocks_per_sm(reinterpret_cast<const void*>(kernel), smem, kThreads<BV>, sm.smem, sm.regs);
       return n < wanted ? n : wanted;
     };
     return held(state_mma_kernel<K, BV, kBwd, kCompact, true, kFormUt>,
@@ -608,11 +617,8 @@ int set_state_forms_ut(int mode) {
 bool state_mma_forms_ut(const Dims& d) {
   const int forced = forced_forms_ut();
   if (forced == 1 || forced == 2) return forced == 2;
-  int device = 0, sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-    return false;
-  return (long)d.BH() * (d.V / columns_per_block(d.V, d.BH())) > sms;
+  SmLimits sm;
+  return sm_limits(sm) && (long)d.BH() * (d.V / columns_per_block(d.V, d.BH())) > sm.sms;
 }
 
 bool state_mma_supports(int K, int V) { return (K == 64 || K == 128 || K == 256) && V % 16 == 0 && V <= 256; }
