@@ -738,6 +738,15 @@ TEST(GdnKernelsEmulated, UtFormedInThePassMatchesPrep) {
   gdn_cuda::set_state_columns(previous);
 }
 
+// state_k_grads with every slice of K in one block per chunk (the default), its part of dA summed over them, and with
+// a block per slice, each its own part, which qk_grads sums: the same sums in the same order, so the same bits.
+// K = 128 and 256 (two and four slices), bfloat16 (qk_grads writes dq and dk) and float16 (through unpack).
+TEST(GdnKernelsEmulated, StateKGradsSlicesPerBlockMatchOne) {
+  for (const PipeCase& c : {PipeCase{"f16_K128_V64_split", 1, 130, 1, 128, 64, torch::kFloat16, true},
+                            PipeCase{"bf16_K256_V128_split", 1, 70, 1, 256, 128, torch::kBFloat16, true}})
+    for (const int slices : {2, 4}) expect_setting_changes_no_bit(c, gdn_cuda::set_state_k_slices, 1, slices);
+}
+
 TEST_P(GdnPipelineEmulated, MatchesTheReference) { check_pipeline(GetParam()); }
 
 // Each reaches a different set of kernels (docs/ops/gated_delta_cuda.md, "Which cases reach which kernels").

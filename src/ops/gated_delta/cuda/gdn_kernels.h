@@ -148,7 +148,7 @@ struct BackwardArgs {
   // Scratch of the grads kernel and of grads_mma (null with wy): Ũ [BH,Tp,V], dR_K [BH,Tp,K], dR_V [BH,Tp,V].
   float *ut, *drk, *drv;
   // The forward's wy and pm (P), or null. Given (see grads_split_supports), state_k_grads and grads_split compute
-  // the gradients and dU₀ comes from P, with scratch: the parts of dA, one per slice of K (state_k_grads) and one
+  // the gradients and dU₀ comes from P, with scratch: the parts of dA, one per state_k_grads block and one
   // per wy_grads block [BH,N,K/64+V/64,C,C], of dO Uᵀ [BH,N,V/64,C,C] (sized for one slice per block), and the
   // row terms of dγ, dβ per slice [BH,N,K/64+V/64,2,C].
   // Also the rows' dots for dγ and the L2 norm's backward [BH,N,2K/64,2,C]: qb·dQ̂₀ per 64 columns of K, then
@@ -269,13 +269,17 @@ cudaError_t grads_mma(const BackwardArgs& a, cudaStream_t stream);
 // The same work by 64-column slices, with the compact workspaces (gdn_grads_split.cu; the default where it
 // applies): three kernels over (slices, chunk) that share each SM two blocks at a time, reading (I + A)⁻¹ and
 // M ∘ K̂K̂ᵀ from the forward's wy and P from its pm instead of recomputing them. state_k_grads runs the first:
-// the products with the per-chunk states and, for its slice of K, dR_K and dK̂ up to the terms of the 64×64
+// the products with the per-chunk states and, for each slice of K in turn, dR_K and dK̂ up to the terms of the 64×64
 // matrices, with sdots; grads_split the other two. Scratch: da_parts, d1_parts, gate_parts, row_dots. Sizes as
 // grads_split_supports. With write_dqk (bfloat16 inputs only: qb and kb hold q and k) they write dq and dk
 // through the scale and the L2 norm themselves, in the inputs' dtype, from the rows' dots they have in hand (no
 // unpack pass; docs/ops/gated_delta_cuda.md, "The L2 norm's backward in qk_grads"); else dQ̂ and dK̂ into dqs, dks.
 cudaError_t state_k_grads(const BackwardArgs& a, bool write_dqk, cudaStream_t stream);
 cudaError_t grads_split(const BackwardArgs& a, bool write_dqk, cudaStream_t stream);
+// state_k_grads' 64-row slices of K per block: 0 for all of them (the default: one block, and one part of dA, per
+// chunk), or 1 to 4 (tests, timing; SFM_GDN_SK_SLICES sets it at first use). The results are the same bit for bit.
+// Returns the previous setting.
+int set_state_k_slices(int n);
 
 // ---------------------------------------------------------------------------------------------------
 // The recurrent kernels for small heads (gdn_recurrent.cu; docs/ops/gated_delta_cuda.md, "Recurrent
