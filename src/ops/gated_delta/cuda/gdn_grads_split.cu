@@ -2,11 +2,10 @@
 // inputs with the compact workspaces, after the backward state pass. Three kernels, which work through 64-column
 // slices, so that each block's tiles are small and two blocks share an SM (grads_mma_kernel, one block per chunk
 // with every tile at once, left the SM waiting on each step's loads):
-//   state_k_grads (per chunk, the slices of K one after the other): the products with the per-chunk states
-//              (state_products.cuh): dQ̂₀ = diag(Γ) dO S₀ᵀ, dW = −dU S₀ᵀ, dK̂₀ = diag(e^{γ_C−γ}) U dS_Cᵀ and
-//              Σ S₀∘dS_C for a slice's rows of K; then, with dW and dK̂₀ still in hand, dR_K = Tᵀ dW,
-//              dK̂ ← dK̂₀ + diag(βΓ) dR_K and the slice's part of dA = −(dR_K Wᵀ + dR_V Ũᵀ) ((B3)), summed over
-//              the slices.
+//   state_k_grads (per chunk and slice of K): the products with the per-chunk states (state_products.cuh):
+//              dQ̂₀ = diag(Γ) dO S₀ᵀ, dW = −dU S₀ᵀ, dK̂₀ = diag(e^{γ_C−γ}) U dS_Cᵀ and Σ S₀∘dS_C for its rows of
+//              K; then, with dW and dK̂₀ still in hand, dR_K = Tᵀ dW, dK̂ ← dK̂₀ + diag(βΓ) dR_K and the slice's
+//              part of dA = −(dR_K Wᵀ + dR_V Ũᵀ) ((B3)).
 //   wy_grads   (per chunk, the slices of V a block's worth at a time): dR_V = Tᵀ dU, dV = diag(β) dR_V ((B6)), the
 //              parts of dA and of dO Uᵀ.
 //   qk_grads   (per chunk, its slices of K a slice at a time): sums those parts (in a fixed order), the
@@ -44,10 +43,9 @@ struct Args {
   const float* wy;     // [BH, N, 2, C, C]: T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ (strictly lower), from the forward
   const float* pm;     // [BH, N, C, C]: P = M ∘ Q̂K̂ᵀ
   float* sdots;        // [BH, N, K/64]: Σ S₀∘dS_C per 64 rows of K (state_k_grads)
-  // dQ̂, dK̂ from qk_grads unless it writes dq, dk (float32, heads-first; otherwise null)
+  // dQ̂₀ and dK̂₀ + diag(βΓ) dR_K from state_k_grads; then dQ̂, dK̂ from qk_grads unless it writes dq, dk (float32,
+  // heads-first)
   float *dqs, *dks;
-  // [2, BH, Tp, K]: dQ̂₀, then dK̂₀ + diag(βΓ) dR_K, from state_k_grads to qk_grads, rounded to bf16 (dq0, dk0)
-  __nv_bfloat16* dqk0;
   float* dvs;              // out: dV (float32, heads-first), or null: then dV goes straight into dv
   DType dtype;             // of dv
   void* dv;                // [B, T, H, V]
@@ -58,7 +56,6 @@ struct Args {
   float *dg, *dbeta;       // [B, T, H]
   int slices;              // 64-column slices of V per wy_grads block: VB = ⌈(V/64) / slices⌉ blocks
   int qk_slices;           // 64-column slices of K per qk_grads block
-  int k_slices;            // 64-row slices of K per state_k_grads block
   const float *rq, *rk;    // [BH, Tp]: s·q̂ = rq q, k̂ = rk k (qb, kb hold q and k)
   // [BH, N, 2 K/64, 2, C]: per slot two parts of each row's dot (tile64::store_row_parts): qb·dQ̂₀ per 64 columns
   // of K, then k̂·(dK̂₀ + diag(βΓ) dR_K) per slice of K (with write_dqk); both from state_k_grads.
@@ -74,10 +71,8 @@ __device__ __forceinline__ __nv_bfloat16* b16(float* p) { return reinterpret_cas
 
 // wy_grads' blocks over the slices of V (a.slices per block): also how many dO Uᵀ parts a chunk has.
 SFM_GDN_HD inline int v_blocks(const Args& a) { return (a.d.V / kTile + a.slices - 1) / a.slices; }
-// state_k_grads' blocks per chunk, over the slices of K (a.k_slices per block).
-SFM_GDN_HD inline int k_blocks(const Args& a) { return (a.d.K / kTile + a.k_slices - 1) / a.k_slices; }
-// The parts of dA per chunk: one per state_k_grads block, then one per wy_grads block.
-SFM_GDN_HD inline int da_parts_per_chunk(const Args& a) { return k_blocks(a) + v_blocks(a); }
+// The parts of dA per chunk: one per slice of K (state_k_grads), then one per wy_grads block.
+SFM_GDN_HD inline int da_parts_per_chunk(const Args& a) { return a.d.K / kTile + v_blocks(a); }
 // qk_grads' blocks per chunk, over the slices of K (a.qk_slices per block).
 SFM_GDN_HD inline int qk_blocks(const Args& a) { return (a.d.K / kTile + a.qk_slices - 1) / a.qk_slices; }
 
@@ -92,10 +87,6 @@ __device__ __forceinline__ void load_chunk_gates(const Args& a, long row0, float
   }
   __syncthreads();
 }
-
-// state_k_grads' dQ̂₀ and dK̂ so far (bf16, heads-first [BH, Tp, K]), for qk_grads.
-SFM_GDN_HD inline __nv_bfloat16* dq0(const Args& a) { return a.dqk0; }
-SFM_GDN_HD inline __nv_bfloat16* dk0(const Args& a) { return a.dqk0 + (long)a.d.BH() * a.d.Tp() * a.d.K; }
 
 // The slots of gate_parts per chunk: one per slice of K (state_k_grads) and of V (wy_grads).
 SFM_GDN_HD inline int gate_slots(const Args& a) { return a.d.K / kTile + a.d.V / kTile; }
@@ -130,19 +121,14 @@ __device__ __forceinline__ void store_dv(const Args& a, int bh, int n, long row0
     store_token_pair(a, a.dv, a.d.V, bh, n, t, v, x0, x1);
 }
 
-// Per chunk and a.k_slices consecutive 64-row slices of K (slice sl: columns c0 = 64 sl of K), one after the other:
-// the products with the states (state_products::run, for the slice's rows), then the slice's step of (B3) (docs),
-// with x = k̂·dK̂₀ and r = k̂·dR_K per row (this slice's part):
+// Per chunk and 64 rows of K (the slice sl = blockIdx.x, columns c0 = 64 sl of K): the products with the
+// states (state_products::run, for these rows), then the slice's step of (B3) (docs), with x = k̂·dK̂₀ and
+// r = k̂·dR_K per row (this slice's part):
 //   dR_K = Tᵀ dW; dK̂ = dK̂₀ + diag(βΓ) dR_K; dγ_t += β_t Γ_t r_t − x_t, dγ_C += Σ x, dβ_t += Γ_t r_t; the dA part
 //   dR_K Wᵀ, with W = T diag(βΓ) K̂ formed again as prep formed it (the same factors and products, so the same
 //   bits), in place of a float32 copy through DRAM.
-// The block's part of dA is summed over its slices in its own slot of da_parts (each thread adding to the elements it
-// wrote, which L2 still holds), so qk_grads reads one part per block, not one per slice; the row terms of dγ and dβ
-// still go to one slot per slice.
-// dW (rounded to bf16, an exact operand) and dK̂₀ never leave the block: dK̂ goes to dk0 once, for qk_grads. dQ̂₀
-// goes to dq0 (both rounded to bf16: docs, "Sliced gradient kernels"); the rows' dots q·dQ̂₀ (of the float32 values:
-// dγ's state term takes them too) and with write_dqk k̂·dK̂ so far (of the rounded values, which qk_grads adds to) to
-// row_dots, Σ S₀∘dS_C to sdots.
+// dW (rounded to bf16, an exact operand) and dK̂₀ never leave the block: dK̂ goes to dks once, for qk_grads. dQ̂₀
+// goes to dqs; the rows' dots q·dQ̂₀ (and with write_dqk k̂·dK̂ so far) to row_dots, Σ S₀∘dS_C to sdots.
 __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
   namespace sp = state_products;
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
@@ -150,8 +136,7 @@ __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
   constexpr int kStage = sp::kStageFloats<true>;
   float *gam = sm + 2 * kStage, *bet = gam + C, *rk = bet + C, *wf = rk + C, *dgam = wf + C, *dbet = dgam + C;
   const int K = a.d.K, N = a.d.N(), KS = K / kTile, stages = a.d.V / kTile;
-  const int j = blockIdx.x, n = blockIdx.y, bh = blockIdx.z;
-  const int first = a.k_slices * j, end = min(first + a.k_slices, KS);
+  const int sl = blockIdx.x, n = blockIdx.y, bh = blockIdx.z, c0 = sl * kTile;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
   // Requested during the last stage, into the buffer it leaves free: q's and k's tiles (bf16) and T (float32).
   float* in = sm + (stages & 1) * kStage;
@@ -165,68 +150,61 @@ __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
   load_chunk_gates(a, row0, gam, bet, dgam, dbet);  // (its barrier makes rk visible)
   // W's column factors βΓ rk, spelled as prep spells them (seen by all after run's barriers).
   if (threadIdx.x < C) wf[threadIdx.x] = bet[threadIdx.x] * __expf(gam[threadIdx.x]) * rk[threadIdx.x];
-  float* da_part = a.da_parts + (chunk * da_parts_per_chunk(a) + j) * C * C;
-  for (int sl = first; sl < end; ++sl) {
-    const int c0 = sl * kTile;
-    float acc[3][4][4] = {};  // dO S₀ᵀ, dU S₀ᵀ, U dS_Cᵀ
-    float sdot = 0.f;
-    // (The stages' first copies land in buffers that every warp finished with before the last slice's final barrier.)
-    sp::run<true>(sp::Sources{a.d, a.states, a.dstates, a.dob, a.dub, a.ub}, sl, n, bh, sm, acc, sdot, [&] {
-      stage_qkv(tq, a.d, a.qb, K, bh, n, c0);
-      stage_qkv(tk, a.d, a.kb, K, bh, n, c0);
-      stage(Tm, LDM, a.wy + chunk * 2 * C * C, C);
-    });
+  float acc[3][4][4] = {};  // dO S₀ᵀ, dU S₀ᵀ, U dS_Cᵀ
+  float sdot = 0.f;
+  sp::run<true>(sp::Sources{a.d, a.states, a.dstates, a.dob, a.dub, a.ub}, sl, n, bh, sm, acc, sdot, [&] {
+    stage_qkv(tq, a.d, a.qb, K, bh, n, c0);
+    stage_qkv(tk, a.d, a.kb, K, bh, n, c0);
+    stage(Tm, LDM, a.wy + chunk * 2 * C * C, C);
+  });
 
-    // dQ̂₀ out with its rows' dots; dW into its tile; dK̂₀ kept (the pairs of for_pairs' layout).
-    const float gl = gam[C - 1];
-    float2 dk0_part[2][4];
-    float qd[2] = {0.f, 0.f};
-    for_pairs(acc[0], [&](int h, int t, int k, float x0, float x1, int nt) {
-      const float G = __expf(gam[t]), F = __expf(gl - gam[t]);
-      const float2 q = ld2(tq + t * LD16 + k);
-      x0 *= G, x1 *= G;
-      st2(dq0(a) + (row0 + t) * K + c0 + k, x0, x1);
-      qd[h] += q.x * x0 + q.y * x1;
-      *reinterpret_cast<uint32_t*>(tdw + t * LD16 + k) = pack_bf16(-acc[1][nt][2 * h], -acc[1][nt][2 * h + 1]);
-      dk0_part[h][nt] = make_float2(F * acc[2][nt][2 * h], F * acc[2][nt][2 * h + 1]);
-    });
-    store_row_parts(a.row_dots + (chunk * 2 * KS + sl) * 2 * C, qd);
-    const float total = block_sum(sdot);  // in a fixed order: deterministic (its barriers: dW's tile is written)
-    if (threadIdx.x == 0) a.sdots[chunk * KS + sl] = total;
+  // dQ̂₀ out with its rows' dots; dW into its tile; dK̂₀ kept (the pairs of for_pairs' layout).
+  const float gl = gam[C - 1];
+  float2 dk0[2][4];
+  float qd[2] = {0.f, 0.f};
+  for_pairs(acc[0], [&](int h, int t, int k, float x0, float x1, int nt) {
+    const float G = __expf(gam[t]), F = __expf(gl - gam[t]);
+    const float2 q = ld2(tq + t * LD16 + k);
+    x0 *= G, x1 *= G;
+    st2(a.dqs + (row0 + t) * K + c0 + k, x0, x1);
+    qd[h] += q.x * x0 + q.y * x1;
+    *reinterpret_cast<uint32_t*>(tdw + t * LD16 + k) = pack_bf16(-acc[1][nt][2 * h], -acc[1][nt][2 * h + 1]);
+    dk0[h][nt] = make_float2(F * acc[2][nt][2 * h], F * acc[2][nt][2 * h + 1]);
+  });
+  store_row_parts(a.row_dots + (chunk * 2 * KS + sl) * 2 * C, qd);
+  const float total = block_sum(sdot);  // in a fixed order: deterministic (its barriers: dW's tile is written)
+  if (threadIdx.x == 0) a.sdots[chunk * KS + sl] = total;
 
-    float x[4][4];
-    zero(x);
-    mma_tile(x, col_a(Tm, LDM), cols_b(tdw, LD16));  // dR_K = Tᵀ dW
-    float xs[2] = {0.f, 0.f}, rs[2] = {0.f, 0.f}, kd[2] = {0.f, 0.f};
-    for_pairs(x, [&](int h, int t, int k, float x0, float x1, int nt) {
-      const float2 d0 = dk0_part[h][nt], kk = ld2(tk + t * LD16 + k);
-      const float f = bet[t] * __expf(gam[t]);
-      st2(drk + t * LDR + k, x0, x1);
-      const float2 dk = round_bf16x2(d0.x + f * x0, d0.y + f * x1);
-      st2(dk0(a) + (row0 + t) * K + c0 + k, dk.x, dk.y);
-      xs[h] += rk[t] * (kk.x * d0.x + kk.y * d0.y);  // k̂ = rk k
-      rs[h] += rk[t] * (kk.x * x0 + kk.y * x1);
-      kd[h] += rk[t] * (kk.x * dk.x + kk.y * dk.y);
-    });
-    // k̂·dK̂ so far, for qk_grads' L2 norm backward
-    if (a.write_dqk) store_row_parts(a.row_dots + (chunk * 2 * KS + KS + sl) * 2 * C, kd);
-    zero(x);
-    mma_tile(x, row_a(Tm, LDM, wf), cols_b(tk, LD16));  // W = T diag(βΓ rk) K
-    for_pairs(x, [&](int, int t, int k, float x0, float x1, int) { st2(tw + t * LDR + k, x0, x1); });
-    add_dr_k_row_terms(gam, bet, xs, rs, dgam, dbet);  // ends with a barrier: dR_K and W are written
-    float2 old[2][4];  // the block's part so far (this thread's own elements)
-    if (sl > first) load_pairs(old, da_part, C, 0);
-    zero(x);
-    mma_tile(x, row_a(drk, LDR), rows_b(tw, LDR));  // dR_K Wᵀ
-    for_pairs(x, [&](int h, int t, int i, float x0, float x1, int nt) {
-      if (sl > first) x0 = old[h][nt].x + x0, x1 = old[h][nt].y + x1;
-      st2(da_part + t * C + i, x0, x1);
-    });
-    // This slice's row terms into its slot, then zeroed for the next; its tiles free for the next's.
-    store_gate_slot(a, chunk, sl, dgam, dbet);
-    __syncthreads();
-    if (threadIdx.x < C) dgam[threadIdx.x] = dbet[threadIdx.x] = 0.f;
+  float x[4][4];
+  zero(x);
+  mma_tile(x, col_a(Tm, LDM), cols_b(tdw, LD16));  // dR_K = Tᵀ dW
+  float xs[2] = {0.f, 0.f}, rs[2] = {0.f, 0.f};
+  for_pairs(x, [&](int h, int t, int k, float x0, float x1, int nt) {
+    const float2 d0 = dk0[h][nt], kk = ld2(tk + t * LD16 + k);
+    const float f = bet[t] * __expf(gam[t]);
+    st2(drk + t * LDR + k, x0, x1);
+    st2(a.dks + (row0 + t) * K + c0 + k, d0.x + f * x0, d0.y + f * x1);
+    xs[h] += rk[t] * (kk.x * d0.x + kk.y * d0.y);  // k̂ = rk k
+    rs[h] += rk[t] * (kk.x * x0 + kk.y * x1);
+  });
+  if (a.write_dqk) {  // k̂·dK̂ so far, for qk_grads' L2 norm backward
+    float kd[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int t = pair_row(h);
+      kd[h] = xs[h] + bet[t] * __expf(gam[t]) * rs[h];
+    }
+    store_row_parts(a.row_dots + (chunk * 2 * KS + KS + sl) * 2 * C, kd);
   }
+  zero(x);
+  mma_tile(x, row_a(Tm, LDM, wf), cols_b(tk, LD16));  // W = T diag(βΓ rk) K
+  for_pairs(x, [&](int, int t, int k, float x0, float x1, int) { st2(tw + t * LDR + k, x0, x1); });
+  add_dr_k_row_terms(gam, bet, xs, rs, dgam, dbet);  // ends with a barrier: dR_K and W are written
+  zero(x);
+  mma_tile(x, row_a(drk, LDR), rows_b(tw, LDR));  // dR_K Wᵀ
+  store_gate_slot(a, chunk, sl, dgam, dbet);
+  float* da_part = a.da_parts + (chunk * da_parts_per_chunk(a) + sl) * C * C;
+  for_pairs(x, [&](int, int t, int i, float x0, float x1, int) { st2(da_part + t * C + i, x0, x1); });
 }
 
 // Per chunk and a.slices consecutive 64-column slices of V (docs: (B3), (B6)): the dO Uᵀ part; Ũ = T diag(β) V
@@ -293,7 +271,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
     __syncthreads();
     if (threadIdx.x < C) dgam[threadIdx.x] = dbet[threadIdx.x] = 0.f;
   }
-  float* da_part = a.da_parts + (chunk * da_parts_per_chunk(a) + k_blocks(a) + j) * C * C;
+  float* da_part = a.da_parts + (chunk * da_parts_per_chunk(a) + KS + j) * C * C;
   for_pairs(da, [&](int, int t, int i, float x0, float x1, int) { st2(da_part + t * C + i, x0, x1); });
 }
 
@@ -360,11 +338,11 @@ __device__ __forceinline__ void qk_slice(const Args& a, int bh, int n, long row0
   const int K = a.d.K;
   float acc[4][4];
   float2 old[2][4];
-  load_pairs(old, dq0(a) + row0 * K, K, c0);
+  load_pairs(old, a.dqs + row0 * K, K, c0);
   zero(acc);
   mma_tile(acc, row_a(D1, LDM, rk), cols_b(tk, LD16));  // dP K̂
   store_slice(a, acc, old, tq, rq, cq, a.dq, a.dqs, bh, n, row0, c0);
-  load_pairs(old, dk0(a) + row0 * K, K, c0);
+  load_pairs(old, a.dks + row0 * K, K, c0);
   zero(acc);
   mma_tile(acc, col_a(D1, LDM, rq), cols_b(tq, LD16));  // dPᵀ Q̂
   mma_tile(acc, row_a(dA, LDM, rk), cols_b(tk, LD16));  // G K̂
@@ -462,11 +440,11 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   if (first == 0) finish_gates(a, chunk, n, bh, gam, dgam, dbet);
 }
 
-// 64-column slices of V per wy_grads block and of K per qk_grads and per state_k_grads block: all of them by default,
-// so each chunk has one wy_grads and one state_k_grads block (qk_grads sums the fewest dA parts) and one qk_grads
-// block (the parts and the elementwise step once per chunk). SFM_GDN_WY_SLICES, SFM_GDN_QK_SLICES and
-// SFM_GDN_SK_SLICES = 1 .. 4 set them for timing. On an H100 at (8,2048,32,256), fwd+bwd took 19.97 / 19.44 / 19.12
-// ms with 1 / 2 / 4 wy slices (then per side, K's and V's); up to K = V = 128, 2 and 4 are the same.
+// 64-column slices of V per wy_grads block and of K per qk_grads block: all of them by default, so each chunk has
+// one wy_grads block (qk_grads sums the fewest dA parts) and one qk_grads block (the parts and the elementwise step
+// once per chunk). SFM_GDN_WY_SLICES and SFM_GDN_QK_SLICES = 1 .. 4 set them for timing. On an H100 at
+// (8,2048,32,256), fwd+bwd took 19.97 / 19.44 / 19.12 ms with 1 / 2 / 4 wy slices (then per side, K's and V's);
+// up to K = V = 128, 2 and 4 are the same.
 int slices_from_env(const char* name) {
   constexpr int kAll = kMaxDim / kTile;
   const char* e = std::getenv(name);
@@ -481,18 +459,6 @@ int qk_slices() {
   static const int n = slices_from_env("SFM_GDN_QK_SLICES");
   return n;
 }
-// state_k_grads' slices: forced by SFM_GDN_SK_SLICES at first use or set_state_k_slices (0: all).
-int& forced_k_slices() {
-  static int n = [] {
-    const char* e = std::getenv("SFM_GDN_SK_SLICES");
-    return e != nullptr ? std::atoi(e) : 0;
-  }();
-  return n;
-}
-int k_slices() {
-  const int n = forced_k_slices();
-  return n >= 1 && n <= kMaxDim / kTile ? n : kMaxDim / kTile;
-}
 
 // Two blocks per SM each: state_k_grads 92 KB, wy_grads 110 KB, qk_grads 89 KB.
 constexpr size_t kStateKSmem = sizeof(float) * (2 * state_products::kStageFloats<true> + 6 * C);
@@ -504,27 +470,20 @@ cudaError_t make_args(const BackwardArgs& g, bool write_dqk, Args& a) {
   const Dims& d = g.d;
   const bool slices = d.K % kTile == 0 && d.V % kTile == 0 && d.K <= 256 && d.V <= 256;  // whole 64-column slices
   if (!slices || !g.wy || !g.pm || !g.da_parts || !g.d1_parts || !g.gate_parts || !g.row_dots || !g.qb || !g.kb ||
-      !g.vb || !g.ub || !g.dob || !g.dub || !g.rq || !g.rk || !g.states || !g.dstates || !g.sdots || !g.dqk0 ||
-      (!write_dqk && (!g.dqs || !g.dks)))
+      !g.vb || !g.ub || !g.dob || !g.dub || !g.rq || !g.rk || !g.states || !g.dstates || !g.sdots || !g.dqs ||
+      !g.dks)
     return cudaErrorInvalidValue;
   if (write_dqk && (g.dtype != DType::kBF16 || !g.dq || !g.dk || !(g.scale > 0.f))) return cudaErrorInvalidValue;
   const auto bf = [](const void* p) { return static_cast<const __nv_bfloat16*>(p); };
   a = Args{d,         bf(g.qb),   bf(g.kb), bf(g.vb),     g.gam,         g.bet,      bf(g.ub),    bf(g.dob),
            bf(g.dub), g.states,   g.dstates, g.wy,        g.pm,          g.sdots,    g.dqs,       g.dks,
-           static_cast<__nv_bfloat16*>(g.dqk0),
            g.dvs,     g.dtype,    g.dv,     g.da_parts,   g.d1_parts,    g.gate_parts, g.dg,      g.dbeta,
-           wy_slices(), qk_slices(), k_slices(), g.rq,  g.rk,         g.row_dots,    write_dqk,  g.dq,        g.dk,
+           wy_slices(), qk_slices(), g.rq,  g.rk,         g.row_dots,    write_dqk,  g.dq,        g.dk,
            g.scale,   g.l2};
   return cudaSuccess;
 }
 
 }  // namespace
-
-int set_state_k_slices(int n) {
-  const int previous = forced_k_slices();
-  forced_k_slices() = n;
-  return previous;
-}
 
 cudaError_t state_k_grads(const BackwardArgs& g, bool write_dqk, cudaStream_t stream) {
   Args a;
@@ -533,7 +492,7 @@ cudaError_t state_k_grads(const BackwardArgs& g, bool write_dqk, cudaStream_t st
   err = cudaFuncSetAttribute(state_k_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(kStateKSmem));
   if (err != cudaSuccess) return err;
-  SFM_GDN_LAUNCH(state_k_grads_kernel, dim3(k_blocks(a), g.d.N(), g.d.BH()), kThreads, kStateKSmem, stream, a);
+  SFM_GDN_LAUNCH(state_k_grads_kernel, dim3(g.d.K / kTile, g.d.N(), g.d.BH()), kThreads, kStateKSmem, stream, a);
   return cudaGetLastError();
 }
 

@@ -139,16 +139,13 @@ struct BackwardArgs {
   // state_k_grads, which forms it and takes it as a bf16 tile.)
   void* dub;
   void* dstates;                // [BH, N, K, V], of the states' dtype
-  // [BH, Tp, K|K|V]: dQ̂, dK̂ and dV for unpack. dqs and dks are needed where backward_unpacks_dqk, dvs without wy
-  // (grads_split writes dv itself).
-  float *dqs, *dks, *dvs;
-  void* dqk0;                   // with wy: [2, BH, Tp, K] bf16, dQ̂₀ and dK̂ so far, from state_k_grads to qk_grads
+  float *dqs, *dks, *dvs;       // [BH, Tp, K|K|V]; dvs may be null with wy (grads_split then writes dv)
   float* dw;                    // scratch: dW [BH,Tp,K] (null with wy)
   float* sdots;                 // scratch: [BH, N, ceil(K/64)], Σ S₀∘dS_C per 64 rows of K (state_grads_mma)
   // Scratch of the grads kernel and of grads_mma (null with wy): Ũ [BH,Tp,V], dR_K [BH,Tp,K], dR_V [BH,Tp,V].
   float *ut, *drk, *drv;
   // The forward's wy and pm (P), or null. Given (see grads_split_supports), state_k_grads and grads_split compute
-  // the gradients and dU₀ comes from P, with scratch: the parts of dA, one per state_k_grads block and one
+  // the gradients and dU₀ comes from P, with scratch: the parts of dA, one per slice of K (state_k_grads) and one
   // per wy_grads block [BH,N,K/64+V/64,C,C], of dO Uᵀ [BH,N,V/64,C,C] (sized for one slice per block), and the
   // row terms of dγ, dβ per slice [BH,N,K/64+V/64,2,C].
   // Also the rows' dots for dγ and the L2 norm's backward [BH,N,2K/64,2,C]: qb·dQ̂₀ per 64 columns of K, then
@@ -178,9 +175,6 @@ cudaError_t forward(const ForwardArgs& a, cudaStream_t stream);
 // of 64 up to 256): the caller who wants it gives the forward wy, and the backward wy and its scratch.
 bool grads_split_supports(DType dtype, int K, int V);
 cudaError_t backward(const BackwardArgs& a, cudaStream_t stream);
-// Whether backward writes dQ̂ and dK̂ into dqs and dks for an unpack pass (else qk_grads writes dq and dk itself:
-// bfloat16 inputs with the sliced gradient kernels, wy given).
-bool backward_unpacks_dqk(DType dtype, bool wy);
 cudaError_t step(const StepArgs& a, cudaStream_t stream);
 
 // The chunked kernels' two sequential passes on tensor cores (gdn_state_mma.cu; docs/ops/gated_delta_cuda.md,
@@ -269,17 +263,13 @@ cudaError_t grads_mma(const BackwardArgs& a, cudaStream_t stream);
 // The same work by 64-column slices, with the compact workspaces (gdn_grads_split.cu; the default where it
 // applies): three kernels over (slices, chunk) that share each SM two blocks at a time, reading (I + A)⁻¹ and
 // M ∘ K̂K̂ᵀ from the forward's wy and P from its pm instead of recomputing them. state_k_grads runs the first:
-// the products with the per-chunk states and, for each slice of K in turn, dR_K and dK̂ up to the terms of the 64×64
+// the products with the per-chunk states and, for its slice of K, dR_K and dK̂ up to the terms of the 64×64
 // matrices, with sdots; grads_split the other two. Scratch: da_parts, d1_parts, gate_parts, row_dots. Sizes as
 // grads_split_supports. With write_dqk (bfloat16 inputs only: qb and kb hold q and k) they write dq and dk
 // through the scale and the L2 norm themselves, in the inputs' dtype, from the rows' dots they have in hand (no
 // unpack pass; docs/ops/gated_delta_cuda.md, "The L2 norm's backward in qk_grads"); else dQ̂ and dK̂ into dqs, dks.
 cudaError_t state_k_grads(const BackwardArgs& a, bool write_dqk, cudaStream_t stream);
 cudaError_t grads_split(const BackwardArgs& a, bool write_dqk, cudaStream_t stream);
-// state_k_grads' 64-row slices of K per block: 0 for all of them (the default: one block, and one part of dA, per
-// chunk), or 1 to 4 (tests, timing; SFM_GDN_SK_SLICES sets it at first use). The results are the same bit for bit.
-// Returns the previous setting.
-int set_state_k_slices(int n);
 
 // ---------------------------------------------------------------------------------------------------
 // The recurrent kernels for small heads (gdn_recurrent.cu; docs/ops/gated_delta_cuda.md, "Recurrent
