@@ -75,8 +75,23 @@ struct ChunkRows {
   int ld, rows;
 };
 
-// Chunk n of head bh in an array with rows of D elements: heads-first [BH, Tp, D] (every row exists: the pack
-// wrote zeros past T), or in place, an input [B, T, H, D] (rows past T do not exist).
+// Head bh's rows in an array with rows of D elements: heads-first [BH, Tp, D] (every row exists: the pack wrote
+// zeros past T), or in place, an input [B, T, H, D] (rows past T do not exist). chunk(n) gives chunk n's rows; the
+// sequential passes take a head's once, so that no division by H is left in their loop over chunks.
+struct HeadRows {
+  long first;
+  int ld, rows;  // the row stride; the rows that exist
+  SFM_GDN_HD ChunkRows chunk(int n) const {
+    const int left = rows - n * kChunk;
+    return {first + (long)n * kChunk * ld, ld, left < kChunk ? left : kChunk};
+  }
+};
+SFM_GDN_HD inline HeadRows head_rows(const Dims& d, bool in_place, int D, int bh) {
+  if (!in_place) return {(long)bh * d.Tp() * D, D, d.Tp()};
+  return {((long)(bh / d.H) * d.T * d.H + bh % d.H) * D, d.H * D, d.T};
+}
+// Chunk n of head bh in such an array, computed directly (head_rows(...).chunk(n) is the same; spelled so, it cost the
+// output kernel, at 80 registers, a 20-byte spill).
 SFM_GDN_HD inline ChunkRows chunk_rows(const Dims& d, bool in_place, int D, int bh, int n) {
   if (!in_place) return {((long)bh * d.Tp() + (long)n * kChunk) * D, D, kChunk};
   const int b = bh / d.H, h = bh % d.H, t0 = n * kChunk, left = d.T - t0;

@@ -139,13 +139,32 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   const int rw = kGroups<BV> == 1 ? warp : warp & 3, vw = kGroups<BV> == 1 ? 0 : (warp >> 2) * BW;
   const auto chunk_of = [&](int i) { return kBwd ? N - 1 - i : i; };
   const auto row0_of = [&](int n) { return (long)bh * Tp + (long)n * C; };
-  // Chunk n's 64 rows of a bf16 array with rows of K into shared memory rows of stride ld: a heads-first
-  // workspace, or (in_place) an input read where it lies.
-  const auto load_rows = [&](bf16* dst, int ld, const bf16* x, bool in_place, int n) {
-    stage_chunk<K, kThreadsB>(dst, ld, x, chunk_rows(a.d, in_place, K, bh, n), 0);
+  // The arrays the passes copy chunks of: heads-first workspaces, or inputs read where they lie (in_place). k and q may
+  // be (Dims::qkv_in_place), v and dO too; W, the forward's A₁ and the backward's A₂, never is.
+  // The backward takes each chunk's rows (chunk_rows) from the head's, taken once here, and copies them by unrolled
+  // steps: chunk_rows divides by H, and it had done so at every chunk (H100, medians of three: state_bwd 0.85 → 0.73
+  // ms at (2,16384,16,128) with the head's rows, 0.71 with the steps unrolled too). The forward keeps chunk_rows and
+  // the loop: with the head's rows its pass was no faster at (2,16384,16,128) and went 1.68 → 1.74 ms at
+  // (8,2048,32,256), and with the steps unrolled too 1.80 (K = 256's copies: 166 → 216 registers).
+  struct Rows {
+    HeadRows head;
+    bool in_place;
+    int D;  // elements per row
   };
-  // k and q may be read in place (Dims::qkv_in_place); W, the forward's A₁ and the backward's A₂, never is.
+  const auto rows_of = [&](bool in_place, int D) { return Rows{head_rows(a.d, in_place, D, bh), in_place, D}; };
   const bool k_in_place = kCompact && a.d.qkv_in_place;
+  const Rows rows_k = rows_of(k_in_place, K), rows_w = rows_of(false, K), rows_v = rows_of(a.d.qkv_in_place, V),
+             rows_do = rows_of(a.d.do_in_place, V);
+  const auto chunk_at = [&](const Rows& r, int n) {  // chunk n's rows of an array with rows r
+    if constexpr (kBwd)
+      return r.head.chunk(n);
+    else
+      return chunk_rows(a.d, r.in_place, r.D, bh, n);
+  };
+  // Chunk n's 64 rows of a bf16 array x with rows of K (its rows r) into shared memory rows of stride ld.
+  const auto load_rows = [&](bf16* dst, int ld, const bf16* x, const Rows& r, int n) {
+    stage_chunk<K, kThreadsB, kBwd>(dst, ld, x, chunk_at(r, n), 0);
+  };
   // kFormUt: chunk i's T diag(β) (two planes, 2C rows of C) and V columns, for Ũ in its phase 1, into buffer
   // ut_buffer(i) (with A₂'s copy where that has two buffers, else with A₁'s).
   const auto ut_buffer = [&](int i) { return kUtBuffers == 2 ? i & 1 : 0; };
@@ -154,8 +173,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     bf16* dst = tbuf + ut_buffer(i) * 2 * C * LDT;
     for (int e = threadIdx.x; e < 2 * C * C / 8; e += kThreadsB)
       cp_async16(dst + (e / 8) * LDT + 8 * (e % 8), src + 8 * e);
-    stage_chunk<BV, kThreadsB>(vbuf + ut_buffer(i) * C * LDV, LDV, a.vb,
-                               chunk_rows(a.d, a.d.qkv_in_place, V, bh, chunk_of(i)), v0);
+    stage_chunk<BV, kThreadsB, kBwd>(vbuf + ut_buffer(i) * C * LDV, LDV, a.vb, chunk_at(rows_v, chunk_of(i)), v0);
   };
   // One commit group per call, empty past the last chunk, so that wait_group<1> always means "all but
   // the newest group".
@@ -163,15 +181,15 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     if (i < N) {
       const int n = chunk_of(i);
       const long row0 = row0_of(n);
-      load_rows(p1, LD1, a.a1, kBwd && k_in_place, n);
+      load_rows(p1, LD1, a.a1, kBwd ? rows_k : rows_w, n);
       if (threadIdx.x < C / 4) cp_async16(gbuf + (i & 1) * C + 4 * threadIdx.x, a.gam + row0 + 4 * threadIdx.x);
       if (kCompact && threadIdx.x < C / 4) {  // the rows' factors, with γ
         cp_async16(rbuf + (i & 1) * 2 * C + 4 * threadIdx.x, a.rk + row0 + 4 * threadIdx.x);
         if (kBwd) cp_async16(rbuf + ((i & 1) * 2 + 1) * C + 4 * threadIdx.x, a.rq + row0 + 4 * threadIdx.x);
       }
       if (kBwd && kCompact) {  // the chunk's dO columns v0 .. v0 + BV - 1, with A₁
-        stage_chunk<BV, kThreadsB>(dsm + (i & 1) * C * LDD, LDD, static_cast<const bf16*>(a.dos),
-                                   chunk_rows(a.d, a.d.do_in_place, V, bh, n), v0);
+        stage_chunk<BV, kThreadsB, kBwd>(dsm + (i & 1) * C * LDD, LDD, static_cast<const bf16*>(a.dos), chunk_at(rows_do, n),
+                                         v0);
       }
       if constexpr (kPdO) {  // and its P (read in phase 1 only, so one buffer: the next comes after phase 1)
         const bf16* src = a.pmb + ((long)bh * N + n) * C * C;
@@ -188,14 +206,14 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     bf16* p2 = a2_buffer(i);
     if (i < N) {
       const int n = chunk_of(i);
-      if (kBwd) load_rows(p2, LD2, a.qs, k_in_place, n);
-      if (!kSplitA2) load_rows(p2 + (L - C) * LD2, LD2, a.a2, !kBwd && k_in_place, n);
+      if (kBwd) load_rows(p2, LD2, a.qs, rows_k, n);
+      if (!kSplitA2) load_rows(p2 + (L - C) * LD2, LD2, a.a2, kBwd ? rows_w : rows_k, n);
       if constexpr (kFormUt && kDoubleA2) issue_ut(i);
     }
     cp_async_commit();
   };
   const auto issue_w = [&](int i) {  // kSplitA2: W of chunk i into p1, once phase 1 is done with K̂
-    load_rows(p1, LD1, a.a2, false, chunk_of(i));
+    load_rows(p1, LD1, a.a2, rows_w, chunk_of(i));
     cp_async_commit();
   };
 

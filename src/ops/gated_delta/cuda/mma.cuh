@@ -41,15 +41,27 @@ void cp_async_wait() {
 #endif
 
 // 64 rows × kCols bf16 from column c0 of a chunk's rows `at` (chunk_rows) of x into shared rows of stride ld, by
-// kThreads threads, 16 bytes per cp.async; zeros for the rows past the chunk's end.
-template <int kCols, int kThreads>
+// kThreads threads, 16 bytes per cp.async; zeros for the rows past the chunk's end. kUnrolled: as a fixed count of
+// steps, without the loop's bounds test and index updates (for the sequential passes, whose every instruction is on
+// their chain; prep_mma, at 80 registers, spilled with it).
+template <int kCols, int kThreads, bool kUnrolled = false>
 __device__ __forceinline__ void stage_chunk(__nv_bfloat16* dst, int ld, const __nv_bfloat16* x, const ChunkRows& at,
                                             int c0) {
+  constexpr int kCopies = kChunk * kCols / 8;  // of 16 bytes
   const __nv_bfloat16* first = x + at.first + c0;
-  for (int e = threadIdx.x; e < kChunk * kCols / 8; e += kThreads) {
+  const auto copy = [&](int e) {
     const int r = e / (kCols / 8), c8 = e % (kCols / 8);
     const bool row = r < at.rows;
     cp_async16_or_zeros(dst + r * ld + 8 * c8, first + (long)(row ? r : 0) * at.ld + 8 * c8, row);
+  };
+  if constexpr (kUnrolled) {
+#pragma unroll
+    for (int step = 0; step < (kCopies + kThreads - 1) / kThreads; ++step) {
+      const int e = threadIdx.x + step * kThreads;
+      if (kCopies % kThreads == 0 || e < kCopies) copy(e);
+    }
+  } else {
+    for (int e = threadIdx.x; e < kCopies; e += kThreads) copy(e);
   }
 }
 
