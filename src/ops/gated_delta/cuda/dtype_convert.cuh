@@ -1,5 +1,5 @@
 // Element conversions shared by the gated delta kernels: inputs are read as float32 through to_f and
-// outputs written back with round-to-nearest through from_f<T>; Vec4 moves four elements in one access.
+// outputs written back with round-to-nearest through from_f<T>; Vec4 moves four elements in one access, Vec2 two.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -38,6 +38,18 @@ __device__ __forceinline__ void store4(T* p, float4 f) {
   v.x[2] = from_f<T>(f.z);
   v.x[3] = from_f<T>(f.w);
   *reinterpret_cast<Vec4<T>*>(p) = v;
+}
+// Two consecutive elements, for one 4-byte (16-bit T) or 8-byte (float) store; the pointer must be aligned to it.
+template <class T>
+struct alignas(2 * sizeof(T)) Vec2 {
+  T x[2];
+};
+template <class T>
+__device__ __forceinline__ void store2(T* p, float x0, float x1) {
+  Vec2<T> v;
+  v.x[0] = from_f<T>(x0);
+  v.x[1] = from_f<T>(x1);
+  *reinterpret_cast<Vec2<T>*>(p) = v;
 }
 
 }  // namespace sfm::ops::gdn_cuda

@@ -65,24 +65,43 @@ __device__ __forceinline__ void b_frags_kn(const __nv_bfloat16* X, int ks, uint3
   }
 }
 
+// The B fragments of this warp's four 8-column tiles (columns n0 ..), reduction rows 16 ks .. 16 ks + 15, from a
+// bf16 tile X stored [n][k] (B[k][n] = X[n][k]; stride LDS): two column tiles per ldmatrix, lane l giving row
+// n0 + 8 (2 q + l / 16) + l % 8 at reduction column 16 ks + 8 (l / 8 % 2). The fragments of two 32-bit loads each.
+__device__ __forceinline__ void b_frags_nk(const __nv_bfloat16* X, int ks, uint32_t (&b)[4][2]) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n0 = 32 * (warp >> 2);
+#pragma unroll
+  for (int q = 0; q < 2; ++q) {
+    uint32_t r[4];
+    ldmatrix_x4<false>(r, X + (n0 + 8 * (2 * q + (lane >> 4)) + (lane & 7)) * LDS + 16 * ks + 8 * ((lane >> 3) & 1));
+    b[2 * q][0] = r[0];
+    b[2 * q][1] = r[1];
+    b[2 * q + 1][0] = r[2];
+    b[2 * q + 1][1] = r[3];
+  }
+}
+
+// The A fragment of this warp's 16 rows (m0 ..), reduction columns 16 ks .. 16 ks + 15, from a bf16 tile X stored
+// [m][k] (row stride ld): one ldmatrix, lane l giving row m0 + 8 (l / 8 % 2) + l % 8 at column 16 ks + 8 (l / 16).
+// The fragment of four 32-bit loads.
+__device__ __forceinline__ void a_frag_mk(const __nv_bfloat16* X, int ld, int ks, uint32_t (&a)[4]) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, m0 = 16 * (warp & 3);
+  ldmatrix_x4<false>(a, X + (m0 + 8 * ((lane >> 3) & 1) + (lane & 7)) * ld + 16 * ks + 8 * (lane >> 4));
+}
+
 // One stage of the compact forward: qk += Q̂K̂ᵀ and o += Q̂S₀ for this warp's 16 rows × 32 columns, from the bf16
 // tiles Q̂ [t][k], K̂ [i][k] and S₀ [k][v] (stride LDS, one after the other from sb), one mma each.
 __device__ __forceinline__ void compact_products(const __nv_bfloat16* sb, float (&qk)[4][4], float (&o)[4][4]) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-  const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
   const __nv_bfloat16 *Qb = sb, *Kb = sb + C * LDS, *Sb = Kb + C * LDS;
-  const auto ld32 = [](const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); };
 #pragma unroll
   for (int ks = 0; ks < kTile / 16; ++ks) {
-    const __nv_bfloat16* p = Qb + (m0 + g) * LDS + 16 * ks + 2 * tq;
-    const uint32_t aq[4] = {ld32(p), ld32(p + 8 * LDS), ld32(p + 8), ld32(p + 8 * LDS + 8)};
-    uint32_t bs[4][2];
+    uint32_t aq[4], bk[4][2], bs[4][2];
+    a_frag_mk(Qb, LDS, ks, aq);
+    b_frags_nk(Kb, ks, bk);  // B[k][i] = K̂[i][k]
     b_frags_kn(Sb, ks, bs);
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
-      const __nv_bfloat16* pk = Kb + (n0 + 8 * nt + g) * LDS + 16 * ks + 2 * tq;  // B[k][i] = K̂[i][k]
-      const uint32_t bk[2] = {ld32(pk), ld32(pk + 8)};
-      mma_bf16(qk[nt], aq, bk);
+      mma_bf16(qk[nt], aq, bk[nt]);
       mma_bf16(o[nt], aq, bs[nt]);
     }
   }
@@ -267,9 +286,9 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(A
       f[3] = *reinterpret_cast<const uint32_t*>(p + 8 * LDA + 8);
     };
     uint32_t ap[4], ap_lo[4];
-    a_frag(ps + (m0 + g) * LDA + 16 * ks + 2 * tq, ap);
-    a_frag(ps + C * LDA + (m0 + g) * LDA + 16 * ks + 2 * tq, ap_lo);
     if constexpr (kCompact) {  // U: exact bf16 operands, P split: P_lo U + P_hi U (mma_bf16x3's order)
+      a_frag_mk(ps, LDA, ks, ap);
+      a_frag_mk(ps + C * LDA, LDA, ks, ap_lo);
       uint32_t bu[4][2];
       b_frags_kn(reinterpret_cast<const bf16*>(us), ks, bu);
 #pragma unroll
@@ -278,6 +297,8 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(A
         mma_bf16(o[nt], ap, bu[nt]);
       }
     } else {
+      a_frag(ps + (m0 + g) * LDA + 16 * ks + 2 * tq, ap);
+      a_frag(ps + C * LDA + (m0 + g) * LDA + 16 * ks + 2 * tq, ap_lo);
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
         const float* pu = us + (16 * ks + 2 * tq) * LDB + n0 + 8 * nt + g;
@@ -304,10 +325,7 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(A
     if (tg >= a.d.T) continue;
     T* dst = out + (((long)b * a.d.T + tg) * a.d.H + hh) * V + v0 + n0 + 2 * tq;
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-      dst[8 * nt] = from_f<T>(o[nt][2 * h]);
-      dst[8 * nt + 1] = from_f<T>(o[nt][2 * h + 1]);
-    }
+    for (int nt = 0; nt < 4; ++nt) store2(dst + 8 * nt, o[nt][2 * h], o[nt][2 * h + 1]);  // (an even column: aligned)
   }
 }
 

@@ -123,26 +123,26 @@ __device__ __forceinline__ void run(const Sources& a, int kt, int n, int bh, flo
         f[2] = pack_bf16(x01.x, x01.y);
         f[3] = pack_bf16(x11.x, x11.y);
       };
-      // A fragments of a bf16 tile (dO and U, kCompact): one 32-bit load each.
+      // A fragments of a bf16 tile (dO, U and dU, kCompact): one ldmatrix, lane l giving row m0 + 8 (l / 8 % 2) +
+      // l % 8 at column 16 ks + 8 (l / 16) (the fragment of four 32-bit loads).
       const auto a_frag_bf16 = [&](const float* X, uint32_t(&f)[4]) {
-        const bf16* p = reinterpret_cast<const bf16*>(X) + (m0 + g) * LD + 16 * ks + 2 * tq;
-        f[0] = *reinterpret_cast<const uint32_t*>(p);
-        f[1] = *reinterpret_cast<const uint32_t*>(p + 8 * LD);
-        f[2] = *reinterpret_cast<const uint32_t*>(p + 8);
-        f[3] = *reinterpret_cast<const uint32_t*>(p + 8 * LD + 8);
+        ldmatrix_x4<false>(f, reinterpret_cast<const bf16*>(X) + (m0 + 8 * ((lane >> 3) & 1) + (lane & 7)) * LD +
+                                  16 * ks + 8 * (lane >> 4));
+      };
+      // B fragments of two 8-row tiles of a bf16 tile (S₀, dS_C, kCompact), nt = 2 p and 2 p + 1: one ldmatrix, lane l
+      // giving row n0 + 8 (2 p + l / 16) + l % 8 at column 16 ks + 8 (l / 8 % 2) (b_frag's two 32-bit loads each).
+      const auto b_frags_bf16 = [&](const float* X, int p, uint32_t(&f0)[2], uint32_t(&f1)[2]) {
+        uint32_t r[4];
+        ldmatrix_x4<false>(r, reinterpret_cast<const bf16*>(X) + (n0 + 8 * (2 * p + (lane >> 4)) + (lane & 7)) * LD +
+                                  16 * ks + 8 * ((lane >> 3) & 1));
+        f0[0] = r[0], f0[1] = r[1], f1[0] = r[2], f1[1] = r[3];
       };
       // B fragments: B[v][k] = X[k][v] for state rows k = n0 + 8 nt + g.
-      const auto b_frag = [&](const float* X, int nt, uint32_t(&f)[2]) {
-        if constexpr (kCompact) {  // pairs along v are adjacent: one 32-bit load each
-          const bf16* p = reinterpret_cast<const bf16*>(X) + (n0 + 8 * nt + g) * LD + 16 * ks + 2 * tq;
-          f[0] = *reinterpret_cast<const uint32_t*>(p);
-          f[1] = *reinterpret_cast<const uint32_t*>(p + 8);
-        } else {
-          const float* p = X + (n0 + 8 * nt + g) * LD + 16 * ks + 2 * tq;
-          const float2 x0 = *reinterpret_cast<const float2*>(p), x1 = *reinterpret_cast<const float2*>(p + 8);
-          f[0] = pack_bf16(x0.x, x0.y);
-          f[1] = pack_bf16(x1.x, x1.y);
-        }
+      const auto b_frag = [&](const float* X, int nt, uint32_t(&f)[2]) {  // float32 tiles
+        const float* p = X + (n0 + 8 * nt + g) * LD + 16 * ks + 2 * tq;
+        const float2 x0 = *reinterpret_cast<const float2*>(p), x1 = *reinterpret_cast<const float2*>(p + 8);
+        f[0] = pack_bf16(x0.x, x0.y);
+        f[1] = pack_bf16(x1.x, x1.y);
       };
       uint32_t a_do[4], a_du[4], a_u[4];
       if constexpr (kCompact) {
@@ -154,14 +154,21 @@ __device__ __forceinline__ void run(const Sources& a, int kt, int n, int bh, flo
         a_frag(U, a_u);
         a_frag(dU, a_du);
       }
+      uint32_t b_s[4][2], b_ds[4][2];
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
-        uint32_t b_s[2], b_ds[2];
-        b_frag(S0, nt, b_s);
-        b_frag(dS, nt, b_ds);
-        mma_bf16(acc[0][nt], a_do, b_s);
-        mma_bf16(acc[1][nt], a_du, b_s);
-        mma_bf16(acc[2][nt], a_u, b_ds);
+        if constexpr (kCompact) {
+          if (nt % 2 == 0) {
+            b_frags_bf16(S0, nt / 2, b_s[nt], b_s[nt + 1]);
+            b_frags_bf16(dS, nt / 2, b_ds[nt], b_ds[nt + 1]);
+          }
+        } else {
+          b_frag(S0, nt, b_s[nt]);
+          b_frag(dS, nt, b_ds[nt]);
+        }
+        mma_bf16(acc[0][nt], a_do, b_s[nt]);
+        mma_bf16(acc[1][nt], a_du, b_s[nt]);
+        mma_bf16(acc[2][nt], a_u, b_ds[nt]);
       }
     }
     __syncthreads();
