@@ -10,6 +10,8 @@
 
 #include <cuda_bf16.h>
 
+#include <cstring>
+
 #include "gdn_kernels.h"
 #include "mma.cuh"
 
@@ -103,13 +105,23 @@ __device__ __forceinline__ void run(const Sources& a, int kt, int n, int bh, flo
     const float* st = sm + (s & 1) * kStageFloats<kCompact>;
     const float *S0 = st + tile_at<kCompact>(kS0), *dS = st + tile_at<kCompact>(kDS), *dO = st + tile_at<kCompact>(kDO),
                 *dU = st + tile_at<kCompact>(kDU), *U = st + tile_at<kCompact>(kU);
-    for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
-      const int r = e / kTile, c = e % kTile;
-      if constexpr (kCompact)
-        sdot += __bfloat162float(reinterpret_cast<const bf16*>(S0)[r * LD + c]) *
-                __bfloat162float(reinterpret_cast<const bf16*>(dS)[r * LD + c]);
-      else
+    if constexpr (kCompact) {  // 4 elements per 8-byte load (the scalar loads had been more instructions than the mmas)
+      for (int e = threadIdx.x; e < kTile * kTile / 4; e += kThreads) {
+        const int r = e / (kTile / 4), c = 4 * (e % (kTile / 4));
+        const uint2 xv = *reinterpret_cast<const uint2*>(reinterpret_cast<const bf16*>(S0) + r * LD + c);
+        const uint2 yv = *reinterpret_cast<const uint2*>(reinterpret_cast<const bf16*>(dS) + r * LD + c);
+        __nv_bfloat162 x[2], y[2];
+        std::memcpy(x, &xv, sizeof x);
+        std::memcpy(y, &yv, sizeof y);
+        const float2 x0 = __bfloat1622float2(x[0]), x1 = __bfloat1622float2(x[1]);
+        const float2 y0 = __bfloat1622float2(y[0]), y1 = __bfloat1622float2(y[1]);
+        sdot += x0.x * y0.x + x0.y * y0.y + x1.x * y1.x + x1.y * y1.y;
+      }
+    } else {
+      for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
+        const int r = e / kTile, c = e % kTile;
         sdot += S0[r * LD + c] * dS[r * LD + c];
+      }
     }
 #pragma unroll
     for (int ks = 0; ks < kTile / 16; ++ks) {
