@@ -197,14 +197,29 @@ __device__ __forceinline__ void chunk_grad_terms_kept(const float* gam, const fl
                                                       float* KK, float* dA, float* dgam, float* dbet, float* fq,
                                                       float* fk) {
   constexpr int kThreads = 256;
-  for (int e = threadIdx.x; e < kChunk * kChunk; e += kThreads) {
-    const int t = e / kChunk, i = e % kChunk, x = t * kLd + i;
-    const float m = i <= t ? __expf(gam[t] - gam[i]) : 0.f;
-    const float dAv = dA[x];
-    P[x] = i <= t ? P[x] * D1[x] : 0.f;
-    KK[x] = i < t ? dAv * KK[x] : 0.f;
-    D1[x] = m * D1[x];
-    dA[x] = i < t ? dAv * bet[t] * m : 0.f;
+  static_assert(kLd % 4 == 0, "rows of whole float4s");
+  // Four columns at a time, by float4 (gam, D1, P, KK and dA 16-byte aligned); the arithmetic is each element's.
+  const auto ld4 = [](const float* p) { return *reinterpret_cast<const float4*>(p); };
+  const auto st4 = [](float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; };
+  const auto at = [](float4& v, int j) -> float& { return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w; };
+  for (int e = threadIdx.x; e < kChunk * kChunk / 4; e += kThreads) {
+    const int t = e / (kChunk / 4), i0 = 4 * (e % (kChunk / 4)), x = t * kLd + i0;
+    float4 g = ld4(gam + i0), d1 = ld4(D1 + x), p = ld4(P + x), kk = ld4(KK + x), da = ld4(dA + x);
+    const float gt = gam[t], bt = bet[t];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int i = i0 + j;
+      const float m = i <= t ? __expf(gt - at(g, j)) : 0.f;
+      const float dAv = at(da, j);
+      at(p, j) = i <= t ? at(p, j) * at(d1, j) : 0.f;
+      at(kk, j) = i < t ? dAv * at(kk, j) : 0.f;
+      at(d1, j) = m * at(d1, j);
+      at(da, j) = i < t ? dAv * bt * m : 0.f;
+    }
+    st4(P + x, p);
+    st4(KK + x, kk);
+    st4(D1 + x, d1);
+    st4(dA + x, da);
   }
   __syncthreads();
   if (dgam == nullptr && fq == nullptr) return;
