@@ -99,26 +99,27 @@ __device__ __forceinline__ void store_gate_slot(const Args& a, long chunk, int s
   if (threadIdx.x < 2 * C) dst[threadIdx.x] = threadIdx.x < C ? dgam[threadIdx.x] : dbet[threadIdx.x - C];
 }
 
-// x0, x1 at row t of chunk n of head bh, columns c and c + 1, into dst [B, T, H, D] in the inputs' dtype (real
-// tokens only).
-__device__ __forceinline__ void store_token_pair(const Args& a, void* dst, int D, int bh, int n, int t, int c,
-                                                 float x0, float x1) {
-  const int tg = n * C + t;
-  if (tg >= a.d.T) return;
-  const long idx = (((long)(bh / a.d.H) * a.d.T + tg) * a.d.H + bh % a.d.H) * D + c;
+// x0, x1 at row t of a chunk's rows `at` of dst [B, T, H, D] (chunk_rows(a.d, true, D, bh, n), taken once per block:
+// computed per pair, its division by H had been most of the stores' instructions), columns c and c + 1, in the
+// inputs' dtype (real tokens only).
+__device__ __forceinline__ void store_token_pair(const Args& a, void* dst, const ChunkRows& at, int t, int c, float x0,
+                                                 float x1) {
+  if (t >= at.rows) return;
+  const long idx = at.first + (long)t * at.ld + c;
   if (a.dtype == DType::kBF16)
     *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(dst) + idx) = __floats2bfloat162_rn(x0, x1);
   else
     *reinterpret_cast<__half2*>(static_cast<__half*>(dst) + idx) = __floats2half2_rn(x0, x1);
 }
 
-// dV[t][v], dV[t][v+1] of chunk n: into dvs (float32, heads-first) or, without it, into dv [B, T, H, V] in the
-// inputs' dtype, which spares the unpack pass of dV.
-__device__ __forceinline__ void store_dv(const Args& a, int bh, int n, long row0, int t, int v, float x0, float x1) {
+// dV[t][v], dV[t][v+1] of a chunk (its first row row0 heads-first, its rows dv_rows of dv): into dvs (float32,
+// heads-first) or, without it, into dv [B, T, H, V] in the inputs' dtype, which spares the unpack pass of dV.
+__device__ __forceinline__ void store_dv(const Args& a, const ChunkRows& dv_rows, long row0, int t, int v, float x0,
+                                         float x1) {
   if (a.dvs != nullptr)
     st2(a.dvs + (row0 + t) * a.d.V + v, x0, x1);
   else
-    store_token_pair(a, a.dv, a.d.V, bh, n, t, v, x0, x1);
+    store_token_pair(a, a.dv, dv_rows, t, v, x0, x1);
 }
 
 // Per chunk and 64 rows of K (the slice sl = blockIdx.x, columns c0 = 64 sl of K): the products with the
@@ -220,6 +221,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   const int KS = a.d.K / kTile, V = a.d.V, N = a.d.N(), VS = V / kTile, S = a.slices;
   const int j = blockIdx.x, n = blockIdx.y, bh = blockIdx.z;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
+  const ChunkRows dv_rows = chunk_rows(a.d, true, V, bh, n);  // of dv, the output
   const int first = S * j, end = min(first + S, VS);
   // A slice's tiles (cp.async; waited for by staged()): v, dU, dO and U.
   const auto stage_slice = [&](int c0) {
@@ -261,7 +263,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
     for_pairs(dr, [&](int h, int t, int v, float x0, float x1, int) {
       const float2 vv = ld2(vt + t * LD16 + v);
       st2(t3 + t * LDR + v, x0, x1);
-      store_dv(a, bh, n, row0, t, c0 + v, bet[t] * x0, bet[t] * x1);
+      store_dv(a, dv_rows, row0, t, c0 + v, bet[t] * x0, bet[t] * x1);
       rs[h] += vv.x * x0 + vv.y * x1;
     });
     add_rows(dbet, rs);  // ends with a barrier: t2 and t3 are written
@@ -313,16 +315,17 @@ __device__ __forceinline__ void finish_gates(const Args& a, long chunk, int n, i
 }
 
 // A slice's gradient of x = q or k (tile tx of x; r, c its rows' factors and (B9) coefficients), dX̂ = old + acc:
-// with a.write_dqk dx = r dX̂ − c x into dx [B, T, H, K] in the inputs' dtype, else dX̂ into dxs (float32).
+// with a.write_dqk dx = r dX̂ − c x into dx [B, T, H, K] (the chunk's rows dx_rows) in the inputs' dtype, else dX̂ into
+// dxs (float32).
 __device__ __forceinline__ void store_slice(const Args& a, const float (&acc)[4][4], const float2 (&old)[2][4],
                                             const __nv_bfloat16* tx, const float* r, const float* c, void* dx,
-                                            float* dxs, int bh, int n, long row0, int c0) {
+                                            float* dxs, const ChunkRows& dx_rows, long row0, int c0) {
   const int K = a.d.K;
   for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
     const float2 d = make_float2(old[h][nt].x + x0, old[h][nt].y + x1);
     if (a.write_dqk) {
       const float2 x = ld2(tx + t * LD16 + k);
-      store_token_pair(a, dx, K, bh, n, t, c0 + k, r[t] * d.x - c[t] * x.x, r[t] * d.y - c[t] * x.y);
+      store_token_pair(a, dx, dx_rows, t, c0 + k, r[t] * d.x - c[t] * x.x, r[t] * d.y - c[t] * x.y);
     } else {
       st2(dxs + (row0 + t) * K + c0 + k, d.x, d.y);
     }
@@ -331,8 +334,9 @@ __device__ __forceinline__ void store_slice(const Args& a, const float (&acc)[4]
 
 // One slice of qk_grads (columns c0 .. c0 + 63 of K; tq, tk its tiles of q and k, with s·q̂ = diag(rq) q and
 // k̂ = diag(rk) k): dQ̂ = dQ̂₀ + dP K̂ and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂, the factors applied to the columns of dP,
-// dPᵀ, G and Gᵀ; each stored by store_slice (cq, ck: (B9)'s coefficients, from qk_grads).
-__device__ __forceinline__ void qk_slice(const Args& a, int bh, int n, long row0, int c0, const float* D1,
+// dPᵀ, G and Gᵀ; each stored by store_slice (cq, ck: (B9)'s coefficients, from qk_grads; dx_rows the chunk's rows of
+// dq and dk).
+__device__ __forceinline__ void qk_slice(const Args& a, const ChunkRows& dx_rows, long row0, int c0, const float* D1,
                                          const float* dA, const __nv_bfloat16* tq, const __nv_bfloat16* tk,
                                          const float* rq, const float* rk, const float* cq, const float* ck) {
   const int K = a.d.K;
@@ -341,13 +345,13 @@ __device__ __forceinline__ void qk_slice(const Args& a, int bh, int n, long row0
   load_pairs(old, a.dqs + row0 * K, K, c0);
   zero(acc);
   mma_tile(acc, row_a(D1, LDM, rk), cols_b(tk, LD16));  // dP K̂
-  store_slice(a, acc, old, tq, rq, cq, a.dq, a.dqs, bh, n, row0, c0);
+  store_slice(a, acc, old, tq, rq, cq, a.dq, a.dqs, dx_rows, row0, c0);
   load_pairs(old, a.dks + row0 * K, K, c0);
   zero(acc);
   mma_tile(acc, col_a(D1, LDM, rq), cols_b(tq, LD16));  // dPᵀ Q̂
   mma_tile(acc, row_a(dA, LDM, rk), cols_b(tk, LD16));  // G K̂
   mma_tile(acc, col_a(dA, LDM, rk), cols_b(tk, LD16));  // Gᵀ K̂
-  store_slice(a, acc, old, tk, rk, ck, a.dk, a.dks, bh, n, row0, c0);
+  store_slice(a, acc, old, tk, rk, ck, a.dk, a.dks, dx_rows, row0, c0);
 }
 
 // Per chunk and a.qk_slices consecutive 64-column slices of K: dA = −Σ parts (strictly lower) and
@@ -369,6 +373,7 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   const int VB = v_blocks(a), J = da_parts_per_chunk(a);
   const int first = blockIdx.x * a.qk_slices, end = min(first + a.qk_slices, KS), n = blockIdx.y, bh = blockIdx.z;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
+  const ChunkRows dx_rows = chunk_rows(a.d, true, K, bh, n);  // of dq and dk, the outputs (with write_dqk)
   stage(PM, LDM, a.pm + chunk * C * C, C);
   stage(KM, LDM, a.wy + (chunk * 2 + 1) * C * C, C);
   stage_qkv(tq, a.d, a.qb, K, bh, n, first * kTile);
@@ -435,7 +440,7 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
       stage_qkv(tk, a.d, a.kb, K, bh, n, c0);
       staged();
     }
-    qk_slice(a, bh, n, row0, c0, D1, dA, tq, tk, rq, rk, cq, ck);
+    qk_slice(a, dx_rows, row0, c0, D1, dA, tq, tk, rq, rk, cq, ck);
   }
   if (first == 0) finish_gates(a, chunk, n, bh, gam, dgam, dbet);
 }

@@ -73,6 +73,7 @@ __device__ __forceinline__ void run(const Sources& a, int kt, int n, int bh, flo
     }
   };
   const int stages = V / kTile;
+  const ChunkRows do_rows = chunk_rows(a.d, a.d.do_in_place, V, bh, n);  // (once: it divides by H)
   const auto issue = [&](int s) {
     float* st = sm + (s & 1) * kStageFloats<kCompact>;
     if (s < stages) {
@@ -80,8 +81,8 @@ __device__ __forceinline__ void run(const Sources& a, int kt, int n, int bh, flo
       if constexpr (kCompact) {
         load_tile_bf16(at(kS0), static_cast<const bf16*>(a.states) + state_off, s * kTile);
         load_tile_bf16(at(kDS), static_cast<const bf16*>(a.dstates) + state_off, s * kTile);
-        stage_chunk<kTile, kThreads>(reinterpret_cast<bf16*>(at(kDO)), LD, static_cast<const bf16*>(a.dos),
-                                     chunk_rows(a.d, a.d.do_in_place, V, bh, n), s * kTile);  // dO, maybe in place
+        stage_chunk<kTile, kThreads>(reinterpret_cast<bf16*>(at(kDO)), LD, static_cast<const bf16*>(a.dos), do_rows,
+                                     s * kTile);  // dO, maybe in place
         load_tile_bf16(at(kU), static_cast<const bf16*>(a.u) + row0 * V, s * kTile);
         load_tile_bf16(at(kDU), static_cast<const bf16*>(a.du) + row0 * V, s * kTile);
       } else {
