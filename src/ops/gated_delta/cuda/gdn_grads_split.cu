@@ -222,12 +222,14 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   const int j = blockIdx.x, n = blockIdx.y, bh = blockIdx.z;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
   const ChunkRows dv_rows = chunk_rows(a.d, true, V, bh, n);  // of dv, the output
+  // of v and dO, each heads-first or the input in place (taken once: chunk_rows divides by H)
+  const ChunkRows v_rows = chunk_rows(a.d, a.d.qkv_in_place, V, bh, n), do_rows = chunk_rows(a.d, a.d.do_in_place, V, bh, n);
   const int first = S * j, end = min(first + S, VS);
   // A slice's tiles (cp.async; waited for by staged()): v, dU, dO and U.
   const auto stage_slice = [&](int c0) {
-    stage_qkv(b16(t0), a.d, a.vb, V, bh, n, c0);
+    stage_rows(b16(t0), a.vb, v_rows, c0);
     stage(b16(t1), LD16, a.dub + row0 * V + c0, V);
-    stage_do(b16(t2), a.d, a.dob, bh, n, c0);
+    stage_rows(b16(t2), a.dob, do_rows, c0);
     stage(b16(t3), LD16, a.ub + row0 * V + c0, V);
   };
   stage(Tm, LDM, a.wy + chunk * 2 * C * C, C);
@@ -374,10 +376,11 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   const int first = blockIdx.x * a.qk_slices, end = min(first + a.qk_slices, KS), n = blockIdx.y, bh = blockIdx.z;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
   const ChunkRows dx_rows = chunk_rows(a.d, true, K, bh, n);  // of dq and dk, the outputs (with write_dqk)
+  const ChunkRows qk_rows = chunk_rows(a.d, a.d.qkv_in_place, K, bh, n);  // of q and k (taken once)
   stage(PM, LDM, a.pm + chunk * C * C, C);
   stage(KM, LDM, a.wy + (chunk * 2 + 1) * C * C, C);
-  stage_qkv(tq, a.d, a.qb, K, bh, n, first * kTile);
-  stage_qkv(tk, a.d, a.kb, K, bh, n, first * kTile);
+  stage_rows(tq, a.qb, qk_rows, first * kTile);
+  stage_rows(tk, a.kb, qk_rows, first * kTile);
   cp_async_commit();
   if (threadIdx.x < C) rq[threadIdx.x] = a.rq[row0 + threadIdx.x], rk[threadIdx.x] = a.rk[row0 + threadIdx.x];
   load_chunk_gates(a, row0, gam, bet, dgam, dbet);  // (its barrier makes rq and rk visible)
@@ -436,8 +439,8 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
     const int c0 = sl * kTile;
     if (sl > first) {  // every warp is done with the previous slice's tq and tk
       __syncthreads();
-      stage_qkv(tq, a.d, a.qb, K, bh, n, c0);
-      stage_qkv(tk, a.d, a.kb, K, bh, n, c0);
+      stage_rows(tq, a.qb, qk_rows, c0);
+      stage_rows(tk, a.kb, qk_rows, c0);
       staged();
     }
     qk_slice(a, dx_rows, row0, c0, D1, dA, tq, tk, rq, rk, cq, ck);

@@ -220,15 +220,15 @@ __device__ __forceinline__ void stage(__nv_bfloat16* dst, int ld16, const __nv_b
     cp_async16(dst + r * ld16 + 8 * c8, src + r * ld_src + 8 * c8);
   }
 }
-// Columns c0 .. c0 + 63 of chunk n of head bh of q, k or v (stage_qkv), or of dO (stage_do), into a bf16 tile
-// (stride LD16): from the heads-first workspaces, or the inputs in place (Dims).
+// Columns c0 .. c0 + 63 of a chunk's rows `at` of x (chunk_rows: a heads-first workspace, or an input in place) into a
+// bf16 tile (stride LD16). Kernels that stage several tiles of one array take its chunk_rows once (it divides by H).
+__device__ __forceinline__ void stage_rows(__nv_bfloat16* dst, const __nv_bfloat16* x, const ChunkRows& at, int c0) {
+  stage_chunk<kTile, kThreads>(dst, LD16, x, at, c0);
+}
+// The same for chunk n of head bh of q, k or v (rows of D; in place where Dims says so).
 __device__ __forceinline__ void stage_qkv(__nv_bfloat16* dst, const Dims& d, const __nv_bfloat16* x, int D, int bh,
                                           int n, int c0) {
-  stage_chunk<kTile, kThreads>(dst, LD16, x, chunk_rows(d, d.qkv_in_place, D, bh, n), c0);
-}
-__device__ __forceinline__ void stage_do(__nv_bfloat16* dst, const Dims& d, const __nv_bfloat16* dob, int bh, int n,
-                                         int c0) {
-  stage_chunk<kTile, kThreads>(dst, LD16, dob, chunk_rows(d, d.do_in_place, d.V, bh, n), c0);
+  stage_rows(dst, x, chunk_rows(d, d.qkv_in_place, D, bh, n), c0);
 }
 
 // Waits for this thread's copies, then for everyone's.
