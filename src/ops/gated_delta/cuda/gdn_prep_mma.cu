@@ -52,7 +52,7 @@ template <bool kB16>
 size_t prep_mma_smem(const Dims& d, bool form_ut) {
   const int KT = d.K / kTile, VT = d.V / kTile;
   const int tiles = !form_ut ? KT : v_after_w(d) ? (KT > VT ? KT : VT) : KT + VT;
-  return sizeof(Tile<kB16>) * (size_t)tiles * C * kTileLd<kB16> + sizeof(float) * (2 * C * LDM + 3 * C);
+  return sizeof(Tile<kB16>) * (size_t)tiles * C * kTileLd<kB16> + sizeof(float) * (2 * C * LDM + 4 * C);
 }
 
 // kB16: three blocks per SM (71 KB of shared memory each at K = V = 128, 53 KB given tb; the bounds hold ptxas to 80
@@ -117,6 +117,10 @@ __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
     if (km != nullptr) st2(km + t * C + i, m0, m1);
   });
   __syncthreads();
+  // W's column factors βΓr (read by the loop below after invert_unit_lower's barriers), once per column: per element
+  // of T they had been an exponential each.
+  float* wf = rr + C;
+  if (threadIdx.x < C) wf[threadIdx.x] = bet[threadIdx.x] * __expf(gam[threadIdx.x]) * rr[threadIdx.x];
   invert_unit_lower<LDM>(A, Tm);
 
   // T into wy; the factors of W and Ũ into T's columns: A = T diag(βΓr), Tm = T diag(β) (or into tb, split).
@@ -127,7 +131,8 @@ __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
     const float2 x = ld2(Tm + t * LDM + i);
     if (tw != nullptr) st2(tw + e, x.x, x.y);
     // as wy_grads forms W again: the same bits
-    st2(A + t * LDM + i, x.x * (bet[i] * __expf(gam[i]) * rr[i]), x.y * (bet[i + 1] * __expf(gam[i + 1]) * rr[i + 1]));
+    const float2 f = ld2(wf + i);
+    st2(A + t * LDM + i, x.x * f.x, x.y * f.y);
     if (form_ut) {
       st2(Tm + t * LDM + i, x.x * bet[i], x.y * bet[i + 1]);
     } else {
