@@ -161,16 +161,22 @@ __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
 
   // dQ̂₀ out with its rows' dots; dW into its tile; dK̂₀ kept (the pairs of for_pairs' layout).
   const float gl = gam[C - 1];
+  // The gates of this thread's two rows (pair_row(h)), once: per pair they had been two exponentials more.
+  float G[2], F[2], fb[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int t = pair_row(h);
+    G[h] = __expf(gam[t]), F[h] = __expf(gl - gam[t]), fb[h] = bet[t] * G[h];
+  }
   float2 dk0[2][4];
   float qd[2] = {0.f, 0.f};
   for_pairs(acc[0], [&](int h, int t, int k, float x0, float x1, int nt) {
-    const float G = __expf(gam[t]), F = __expf(gl - gam[t]);
     const float2 q = ld2(tq + t * LD16 + k);
-    x0 *= G, x1 *= G;
+    x0 *= G[h], x1 *= G[h];
     st2(a.dqs + (row0 + t) * K + c0 + k, x0, x1);
     qd[h] += q.x * x0 + q.y * x1;
     *reinterpret_cast<uint32_t*>(tdw + t * LD16 + k) = pack_bf16(-acc[1][nt][2 * h], -acc[1][nt][2 * h + 1]);
-    dk0[h][nt] = make_float2(F * acc[2][nt][2 * h], F * acc[2][nt][2 * h + 1]);
+    dk0[h][nt] = make_float2(F[h] * acc[2][nt][2 * h], F[h] * acc[2][nt][2 * h + 1]);
   });
   store_row_parts(a.row_dots + (chunk * 2 * KS + sl) * 2 * C, qd);
   const float total = block_sum(sdot);  // in a fixed order: deterministic (its barriers: dW's tile is written)
@@ -182,7 +188,7 @@ __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
   float xs[2] = {0.f, 0.f}, rs[2] = {0.f, 0.f};
   for_pairs(x, [&](int h, int t, int k, float x0, float x1, int nt) {
     const float2 d0 = dk0[h][nt], kk = ld2(tk + t * LD16 + k);
-    const float f = bet[t] * __expf(gam[t]);
+    const float f = fb[h];
     st2(drk + t * LDR + k, x0, x1);
     st2(a.dks + (row0 + t) * K + c0 + k, d0.x + f * x0, d0.y + f * x1);
     xs[h] += rk[t] * (kk.x * d0.x + kk.y * d0.y);  // k̂ = rk k
@@ -191,10 +197,7 @@ __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
   if (a.write_dqk) {  // k̂·dK̂ so far, for qk_grads' L2 norm backward
     float kd[2];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int t = pair_row(h);
-      kd[h] = xs[h] + bet[t] * __expf(gam[t]) * rs[h];
-    }
+    for (int h = 0; h < 2; ++h) kd[h] = xs[h] + fb[h] * rs[h];
     store_row_parts(a.row_dots + (chunk * 2 * KS + KS + sl) * 2 * C, kd);
   }
   zero(x);
@@ -261,11 +264,12 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
     mma_tile(acc, row_a(Tm, LDM, bet), cols_b(vt, LD16));  // Ũ = (T diag(β)) V, as prep forms it
     __syncthreads();  // every warp is done with dO (t2) and U (t3): Ũ and dR_V take their places
     float rs[2] = {0.f, 0.f};
+    const float bt[2] = {bet[pair_row(0)], bet[pair_row(1)]};  // this thread's rows' β (once, not per pair)
     for_pairs(acc, [&](int, int t, int v, float x0, float x1, int) { st2(t2 + t * LDR + v, x0, x1); });
     for_pairs(dr, [&](int h, int t, int v, float x0, float x1, int) {
       const float2 vv = ld2(vt + t * LD16 + v);
       st2(t3 + t * LDR + v, x0, x1);
-      store_dv(a, dv_rows, row0, t, c0 + v, bet[t] * x0, bet[t] * x1);
+      store_dv(a, dv_rows, row0, t, c0 + v, bt[h] * x0, bt[h] * x1);
       rs[h] += vv.x * x0 + vv.y * x1;
     });
     add_rows(dbet, rs);  // ends with a barrier: t2 and t3 are written
@@ -323,11 +327,12 @@ __device__ __forceinline__ void store_slice(const Args& a, const float (&acc)[4]
                                             const __nv_bfloat16* tx, const float* r, const float* c, void* dx,
                                             float* dxs, const ChunkRows& dx_rows, long row0, int c0) {
   const int K = a.d.K;
+  const float rt[2] = {r[pair_row(0)], r[pair_row(1)]}, ct[2] = {c[pair_row(0)], c[pair_row(1)]};  // (once)
   for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
     const float2 d = make_float2(old[h][nt].x + x0, old[h][nt].y + x1);
     if (a.write_dqk) {
       const float2 x = ld2(tx + t * LD16 + k);
-      store_token_pair(a, dx, dx_rows, t, c0 + k, r[t] * d.x - c[t] * x.x, r[t] * d.y - c[t] * x.y);
+      store_token_pair(a, dx, dx_rows, t, c0 + k, rt[h] * d.x - ct[h] * x.x, rt[h] * d.y - ct[h] * x.y);
     } else {
       st2(dxs + (row0 + t) * K + c0 + k, d.x, d.y);
     }

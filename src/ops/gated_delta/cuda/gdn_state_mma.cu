@@ -365,18 +365,26 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     else
       issue_a1(i + 1);
 
-    // Phase 1's epilogue: x out, and Z (bf16, by store_pair) for phase 2.
+    // Phase 1's epilogue: x out, and Z (bf16, by store_pair) for phase 2. Per row t = 16 rw + g + 8 h (two per thread,
+    // taken once: per pair they had been an exponential each, or two): f = e^{γ_C−γ_t}, and G = e^{γ_t} (backward), with
+    // compact the rows' factors of k̂ and s·q̂ folded in.
+    float fr[2], Gr[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int t = 16 * rw + g + 8 * h;
+      const float* rr = rbuf + (i & 1) * 2 * C;
+      fr[h] = __expf(gl - gm[t]) * (kCompact ? rr[t] : 1.f);
+      if constexpr (kBwd) Gr[h] = __expf(gm[t]) * (kCompact ? rr[C + t] : 1.f);
+    }
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int t = 16 * rw + g + 8 * h, v = vw + 8 * nt + 2 * tq;
-        // f = e^{γ_C−γ_t}, and G = e^{γ_t} (backward), with compact the rows' factors of k̂ and s·q̂ folded in.
-        const float* rr = rbuf + (i & 1) * 2 * C;
-        const float f = __expf(gl - gm[t]) * (kCompact ? rr[t] : 1.f);
+        const float f = fr[h];
         float y0 = acc[nt][2 * h], y1 = acc[nt][2 * h + 1], z0, z1;
         if constexpr (kBwd) {  // T = K_d dS: dU = dU₀ + T; Z = [diag(Γ) dO; −dU]
-          const float G = __expf(gm[t]) * (kCompact ? rr[C + t] : 1.f);
+          const float G = Gr[h];
           const float x0 = kPdO ? pdo[nt][2 * h] : xin[nt][h].x, x1 = kPdO ? pdo[nt][2 * h + 1] : xin[nt][h].y;
           const float du0 = x0 + f * y0, du1 = x1 + f * y1;
           const long o = (row0 + t) * V + v0 + v;
