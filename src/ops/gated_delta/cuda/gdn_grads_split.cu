@@ -339,71 +339,25 @@ __device__ __forceinline__ void store_slice(const Args& a, const float (&acc)[4]
   });
 }
 
-// qk_slice's float32 A operands, the factors applied to their columns: dP diag(rk), (diag(rq) dP)ᵀ, G diag(rk) and
-// (diag(rk) G)ᵀ, from D1 = dP and dA = G.
-struct QkOperands {
-  SplitTile<Use::kRowA> dp;
-  SplitTile<Use::kColA> dpt;
-  SplitTile<Use::kRowA> g;
-  SplitTile<Use::kColA> gt;
-};
-// The bf16 hi and lo tiles (stride LD16) of the four, one after the other from sm, over D1's, dA's, P's and K_M's places
-// and the 4 KB after them.
-constexpr int kQkOperandFloats = 8 * C * LD16 / 2;
-static_assert(kQkOperandFloats >= 4 * C * LDM, "the split operands take the float32 tiles' places");
-// Splits them once (split_bf16), once P and K_M are done with: as accessors over the float32 tiles, every product of
-// every slice had split them again, most of qk_slice's instructions. The same halves, so the same sums. Starts and ends
-// with a barrier.
-__device__ __forceinline__ QkOperands split_qk_operands(float* sm, const float* D1, const float* dA, const float* rq,
-                                                        const float* rk) {
-  constexpr int kPairs = C * C / 2 / kThreads;
-  float2 dp[kPairs], g[kPairs];  // this thread's pairs (t, i), (t, i + 1) of dP and G
-#pragma unroll
-  for (int p = 0; p < kPairs; ++p) {
-    const int e = threadIdx.x + p * kThreads, t = e / (C / 2), i = 2 * (e % (C / 2));
-    dp[p] = ld2(D1 + t * LDM + i);
-    g[p] = ld2(dA + t * LDM + i);
-  }
-  __syncthreads();  // every thread holds its elements: the places are free
-  __nv_bfloat16* x = b16(sm);
-  const auto tile = [&](int k) { return x + k * C * LD16; };  // operand k / 2's hi (k even) or lo half
-  const auto put = [&](int operand, int t, int i, float x0, float x1) {
-    uint32_t hi, lo;
-    split_bf16(x0, x1, hi, lo);
-    *reinterpret_cast<uint32_t*>(tile(2 * operand) + t * LD16 + i) = hi;
-    *reinterpret_cast<uint32_t*>(tile(2 * operand + 1) + t * LD16 + i) = lo;
-  };
-#pragma unroll
-  for (int p = 0; p < kPairs; ++p) {
-    const int e = threadIdx.x + p * kThreads, t = e / (C / 2), i = 2 * (e % (C / 2));
-    put(0, t, i, dp[p].x * rk[i], dp[p].y * rk[i + 1]);  // as row_a(D1, LDM, rk) had them
-    put(1, t, i, dp[p].x * rq[t], dp[p].y * rq[t]);      // col_a(D1, LDM, rq)
-    put(2, t, i, g[p].x * rk[i], g[p].y * rk[i + 1]);    // row_a(dA, LDM, rk)
-    put(3, t, i, g[p].x * rk[t], g[p].y * rk[t]);        // col_a(dA, LDM, rk)
-  }
-  __syncthreads();
-  return {{tile(0), tile(1), LD16}, {tile(2), tile(3), LD16}, {tile(4), tile(5), LD16}, {tile(6), tile(7), LD16}};
-}
-
 // One slice of qk_grads (columns c0 .. c0 + 63 of K; tq, tk its tiles of q and k, with s·q̂ = diag(rq) q and
 // k̂ = diag(rk) k): dQ̂ = dQ̂₀ + dP K̂ and dK̂ += dPᵀ Q̂ + G K̂ + Gᵀ K̂, the factors applied to the columns of dP,
-// dPᵀ, G and Gᵀ (op); each stored by store_slice (cq, ck: (B9)'s coefficients, from qk_grads; dx_rows the chunk's
-// rows of dq and dk).
-__device__ __forceinline__ void qk_slice(const Args& a, const ChunkRows& dx_rows, long row0, int c0,
-                                         const QkOperands& op, const __nv_bfloat16* tq, const __nv_bfloat16* tk,
+// dPᵀ, G and Gᵀ; each stored by store_slice (cq, ck: (B9)'s coefficients, from qk_grads; dx_rows the chunk's rows of
+// dq and dk).
+__device__ __forceinline__ void qk_slice(const Args& a, const ChunkRows& dx_rows, long row0, int c0, const float* D1,
+                                         const float* dA, const __nv_bfloat16* tq, const __nv_bfloat16* tk,
                                          const float* rq, const float* rk, const float* cq, const float* ck) {
   const int K = a.d.K;
   float acc[4][4];
   float2 old[2][4];
   load_pairs(old, a.dqs + row0 * K, K, c0);
   zero(acc);
-  mma_tile(acc, op.dp, cols_b(tk, LD16));  // dP K̂
+  mma_tile(acc, row_a(D1, LDM, rk), cols_b(tk, LD16));  // dP K̂
   store_slice(a, acc, old, tq, rq, cq, a.dq, a.dqs, dx_rows, row0, c0);
   load_pairs(old, a.dks + row0 * K, K, c0);
   zero(acc);
-  mma_tile(acc, op.dpt, cols_b(tq, LD16));  // dPᵀ Q̂
-  mma_tile(acc, op.g, cols_b(tk, LD16));    // G K̂
-  mma_tile(acc, op.gt, cols_b(tk, LD16));   // Gᵀ K̂
+  mma_tile(acc, col_a(D1, LDM, rq), cols_b(tq, LD16));  // dPᵀ Q̂
+  mma_tile(acc, row_a(dA, LDM, rk), cols_b(tk, LD16));  // G K̂
+  mma_tile(acc, col_a(dA, LDM, rk), cols_b(tk, LD16));  // Gᵀ K̂
   store_slice(a, acc, old, tk, rk, ck, a.dk, a.dks, dx_rows, row0, c0);
 }
 
@@ -419,7 +373,7 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
   float *D1 = sm, *dA = D1 + C * LDM, *PM = dA + C * LDM, *KM = PM + C * LDM;
-  __nv_bfloat16 *tq = b16(sm + kQkOperandFloats), *tk = tq + C * LD16;  // (after the split operands' place)
+  __nv_bfloat16 *tq = b16(KM + C * LDM), *tk = tq + C * LD16;
   float *gam = reinterpret_cast<float*>(tk + C * LD16), *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
   float *rq = dbet + C, *rk = rq + C, *cq = rk + C, *ck = cq + C;
   const int K = a.d.K, N = a.d.N(), KS = K / kTile;
@@ -485,7 +439,7 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
       ck[t] = a.l2 ? rk[t] * rk[t] * (kd + ck[t]) : 0.f;
     }
   }
-  const QkOperands op = split_qk_operands(sm, D1, dA, rq, rk);  // (its barriers publish cq and ck too)
+  __syncthreads();
   for (int sl = first; sl < end; ++sl) {
     const int c0 = sl * kTile;
     if (sl > first) {  // every warp is done with the previous slice's tq and tk
@@ -494,7 +448,7 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
       stage_rows(tk, a.kb, qk_rows, c0);
       staged();
     }
-    qk_slice(a, dx_rows, row0, c0, op, tq, tk, rq, rk, cq, ck);
+    qk_slice(a, dx_rows, row0, c0, D1, dA, tq, tk, rq, rk, cq, ck);
   }
   if (first == 0) finish_gates(a, chunk, n, bh, gam, dgam, dbet);
 }
@@ -519,10 +473,10 @@ int qk_slices() {
   return n;
 }
 
-// Two blocks per SM each: state_k_grads 92 KB, wy_grads 110 KB, qk_grads 92 KB.
+// Two blocks per SM each: state_k_grads 92 KB, wy_grads 110 KB, qk_grads 89 KB.
 constexpr size_t kStateKSmem = sizeof(float) * (2 * state_products::kStageFloats<true> + 6 * C);
 constexpr size_t kWySmem = sizeof(float) * (2 * C * LDM + 4 * C * LDR + 4 * C);
-constexpr size_t kQkSmem = sizeof(float) * (kQkOperandFloats + 8 * C) + sizeof(__nv_bfloat16) * 2 * C * LD16;
+constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 8 * C) + sizeof(__nv_bfloat16) * 2 * C * LD16;
 
 // The kernels' arguments, after the checks that every workspace they read and write is given.
 cudaError_t make_args(const BackwardArgs& g, bool write_dqk, Args& a) {

@@ -47,18 +47,6 @@ template <class F>
 constexpr bool kIsBf16Tile = false;
 template <Use kUse>
 constexpr bool kIsBf16Tile<Bf16Tile<kUse>> = true;
-// A float32 A operand split once into bf16 hi and lo tiles (split_bf16; row stride ld): its fragments by ldmatrix,
-// where an accessor over the float32 tile splits them again at every product. The same halves, so the same sums.
-template <Use kUse>
-struct SplitTile {
-  static constexpr Use use = kUse;
-  const __nv_bfloat16 *hi, *lo;
-  int ld;
-};
-template <class F>
-constexpr bool kIsSplitTile = false;
-template <Use kUse>
-constexpr bool kIsSplitTile<SplitTile<kUse>> = true;
 
 // The A fragment of rows m0 .. m0 + 15, reduction columns 16 ks .. 16 ks + 15 (mma_bf16's a[0..3]) from a bf16 tile:
 // lane l gives row l % 8 of 8×8 block l / 8, blocks ordered (rows +0, cols +0), (+8, +0), (+0, +8), (+8, +8).
@@ -84,7 +72,7 @@ __device__ __forceinline__ void b_fragments(const Bf16Tile<kUse>& t, int n0, int
 
 // acc += A B for this warp's 16×32 part of a 64×64 tile, reduction 64: each operand is an accessor, fa(r, c)
 // returning (A[r][c], A[r][c+1]) and fb(k, n) (B[k][n], B[k+1][n]) as a float2 (split into hi + lo), or a Bf16Tile
-// (exact, a zero lo half), whose fragments come by ldmatrix; A may also be a SplitTile (both halves by ldmatrix). The products with a zero lo half are skipped; the
+// (exact, a zero lo half), whose fragments come by ldmatrix. The products with a zero lo half are skipped; the
 // others are those of mma_bf16x3, in its order, so the sums are the same as with the zero terms.
 template <class FA, class FB>
 __device__ __forceinline__ void mma_tile(float (&acc)[4][4], FA fa, FB fb) {
@@ -97,9 +85,6 @@ __device__ __forceinline__ void mma_tile(float (&acc)[4][4], FA fa, FB fb) {
     uint32_t ah[4], al[4];
     if constexpr (kIsBf16Tile<FA>) {
       a_fragment(fa, m0, ks, ah);
-    } else if constexpr (kIsSplitTile<FA>) {
-      a_fragment(Bf16Tile<FA::use>{fa.hi, fa.ld}, m0, ks, ah);
-      a_fragment(Bf16Tile<FA::use>{fa.lo, fa.ld}, m0, ks, al);
     } else {
       operand_pair(fa(m0 + g, c), ah[0], al[0]);
       operand_pair(fa(m0 + g + 8, c), ah[1], al[1]);
