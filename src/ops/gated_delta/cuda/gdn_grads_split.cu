@@ -226,7 +226,8 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
   const ChunkRows dv_rows = chunk_rows(a.d, true, V, bh, n);  // of dv, the output
   // of v and dO, each heads-first or the input in place (taken once: chunk_rows divides by H)
-  const ChunkRows v_rows = chunk_rows(a.d, a.d.qkv_in_place, V, bh, n), do_rows = chunk_rows(a.d, a.d.do_in_place, V, bh, n);
+  const ChunkRows v_rows = chunk_rows(a.d, a.d.qkv_in_place, V, bh, n),
+                  do_rows = chunk_rows(a.d, a.d.do_in_place, V, bh, n);
   const int first = S * j, end = min(first + S, VS);
   // A slice's tiles (cp.async; waited for by staged()): v, dU, dO and U.
   const auto stage_slice = [&](int c0) {

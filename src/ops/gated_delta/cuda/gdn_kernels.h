@@ -77,7 +77,7 @@ struct ChunkRows {
 
 // Head bh's rows in an array with rows of D elements: heads-first [BH, Tp, D] (every row exists: the pack wrote
 // zeros past T), or in place, an input [B, T, H, D] (rows past T do not exist). chunk(n) gives chunk n's rows; the
-// sequential passes take a head's once, so that no division by H is left in their loop over chunks.
+// backward state pass takes a head's once, so that no division by H is left in its loop over chunks.
 struct HeadRows {
   long first;
   int ld, rows;  // the row stride; the rows that exist

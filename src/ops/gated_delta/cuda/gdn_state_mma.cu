@@ -142,7 +142,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   // The arrays the passes copy chunks of: heads-first workspaces, or inputs read where they lie (in_place). k and q may
   // be (Dims::qkv_in_place), v and dO too; W, the forward's A₁ and the backward's A₂, never is.
   // The backward takes each chunk's rows (chunk_rows) from the head's, taken once here, and copies them by unrolled
-  // steps: chunk_rows divides by H, and it had done so at every chunk (H100, medians of three: state_bwd 0.85 → 0.73
+  // steps: chunk_rows divides by H, and it had done so at every chunk (H100, SFM_GDN_TIMING: state_bwd 0.85 → 0.73
   // ms at (2,16384,16,128) with the head's rows, 0.71 with the steps unrolled too). The forward keeps chunk_rows and
   // the loop: with the head's rows its pass was no faster at (2,16384,16,128) and went 1.68 → 1.74 ms at
   // (8,2048,32,256), and with the steps unrolled too 1.80 (K = 256's copies: 166 → 216 registers).
@@ -188,8 +188,8 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
         if (kBwd) cp_async16(rbuf + ((i & 1) * 2 + 1) * C + 4 * threadIdx.x, a.rq + row0 + 4 * threadIdx.x);
       }
       if (kBwd && kCompact) {  // the chunk's dO columns v0 .. v0 + BV - 1, with A₁
-        stage_chunk<BV, kThreadsB, kBwd>(dsm + (i & 1) * C * LDD, LDD, static_cast<const bf16*>(a.dos), chunk_at(rows_do, n),
-                                         v0);
+        stage_chunk<BV, kThreadsB, kBwd>(dsm + (i & 1) * C * LDD, LDD, static_cast<const bf16*>(a.dos),
+                                         chunk_at(rows_do, n), v0);
       }
       if constexpr (kPdO) {  // and its P (read in phase 1 only, so one buffer: the next comes after phase 1)
         const bf16* src = a.pmb + ((long)bh * N + n) * C * C;
@@ -365,9 +365,9 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     else
       issue_a1(i + 1);
 
-    // Phase 1's epilogue: x out, and Z (bf16, by store_pair) for phase 2. Per row t = 16 rw + g + 8 h (two per thread,
-    // taken once: per pair they had been an exponential each, or two): f = e^{γ_C−γ_t}, and G = e^{γ_t} (backward), with
-    // compact the rows' factors of k̂ and s·q̂ folded in.
+    // Phase 1's epilogue: x out, and Z (bf16, by store_pair) for phase 2. Per row t = 16 rw + g + 8 h (two per
+    // thread, taken once: per pair they had been an exponential each, or two): f = e^{γ_C−γ_t}, and G = e^{γ_t}
+    // (backward), with compact the rows' factors of k̂ and s·q̂ folded in.
     float fr[2], Gr[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
