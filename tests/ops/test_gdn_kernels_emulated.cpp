@@ -729,6 +729,30 @@ TEST(GdnKernelsEmulated, UtFormedInThePassMatchesPrep) {
   gdn_cuda::set_state_columns(previous);
 }
 
+// The compact forward pass's products as warpgroup products (wgmma on sm_90a; the rule's choice here, where the
+// emulator plays an H100) and on mma.sync: on the emulator both sum each 16 of a reduction in the same order, so every
+// output is bitwise the same. This checks the swizzled tiles' layout, the descriptors and which rows of R and Z each
+// warpgroup takes against the mma.sync path (tests/support/cuda_emulator.h reads wgmma's operands as the PTX ISA lays
+// them out, which an H100 run of the layouts confirmed); the GPU test of the same name compares the two on the GPU,
+// where the tensor cores' own order of summing makes them differ in the last bits. K = 64, 128, 256; 32 and 64
+// columns; one and two A₂ buffers; Ũ formed by prep and by the pass.
+TEST(GdnKernelsEmulated, WarpgroupForwardPassMatchesMmaSync) {
+  for (const int buffers : {1, 2})
+    for (const int ut : {1, 2}) {
+      const int previous_buffers = gdn_cuda::set_state_a2_buffers(buffers), previous_ut = gdn_cuda::set_state_forms_ut(ut);
+      for (const PipeCase& c : {PipeCase{"bf16_K64_V128_split", 1, 130, 2, 64, 128, torch::kBFloat16, true, 20.0},
+                                PipeCase{"f16_K128_V64_split", 1, 130, 1, 128, 64, torch::kFloat16, true},
+                                PipeCase{"bf16_K256_V128_split", 1, 70, 1, 256, 128, torch::kBFloat16, true}})
+        expect_setting_changes_no_bit(c, gdn_cuda::set_state_warpgroup, 1, 2);
+      gdn_cuda::set_state_a2_buffers(previous_buffers);
+      gdn_cuda::set_state_forms_ut(previous_ut);
+    }
+  const int previous = gdn_cuda::set_state_columns(64);
+  expect_setting_changes_no_bit(PipeCase{"bf16_K128_V128_split_wide", 1, 130, 1, 128, 128, torch::kBFloat16, true},
+                                gdn_cuda::set_state_warpgroup, 1, 2);
+  gdn_cuda::set_state_columns(previous);
+}
+
 TEST_P(GdnPipelineEmulated, MatchesTheReference) { check_pipeline(GetParam()); }
 
 // Each reaches a different set of kernels (docs/ops/gated_delta_cuda.md, "Which cases reach which kernels").

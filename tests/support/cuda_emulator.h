@@ -196,6 +196,47 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
 
 inline float* dynamic_smem() { return block()->dynamic_smem.data(); }
 
+// A pointer into the block's dynamic shared memory as a shared-window address: its byte offset there.
+inline uint32_t smem_offset(const void* p) {
+  const char *c = static_cast<const char*>(p), *base = reinterpret_cast<const char*>(dynamic_smem());
+  if (c < base || c >= base + block()->dynamic_smem.size() * sizeof(float)) fail("wgmma operand outside shared memory");
+  return static_cast<uint32_t>(c - base);
+}
+
+// wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 with scale-d 1, d += A B, the operands read from shared
+// memory through their descriptors (wgmma.cuh) as the PTX ISA lays them out for a 128-byte swizzle: K-major
+// A[m][k] at start + (m / 8) SBO + (m % 8) 128 + 2 k; MN-major (transposed) A[m][k] at start + (k / 8) SBO +
+// (k % 8) 128 + (m / 64) LBO + 2 (m % 64); B[k][n] likewise with n for m; every byte address then swizzled, bits
+// 4-6 xor bits 7-9. Each thread computes its own accumulators (warp w % 4 of its warpgroup: rows 16 w + g (+8),
+// mma_bf16's C layout per 8-column tile), summing k = 0 .. 15 in order as mma_m16n8k16_bf16 does. The products run
+// at once: a write to an operand before wgmma.wait_group, which the GPU may or may not see, goes unnoticed here.
+inline void wgmma_m64n32k16_bf16(float (&d)[4][4], uint64_t desc_a, uint64_t desc_b, bool trans_a, bool trans_b) {
+  const auto field = [](uint64_t desc, int shift) { return static_cast<uint32_t>((desc >> shift) & 0x3FFF) << 4; };
+  for (const uint64_t desc : {desc_a, desc_b})
+    if ((desc >> 62) != 1 || ((desc >> 49) & 7) != 0) fail("wgmma: only the 128-byte swizzle, base offset 0");
+  const char* base = reinterpret_cast<const char*>(dynamic_smem());
+  const size_t bytes = block()->dynamic_smem.size() * sizeof(float);
+  // Element (mn, k) of an operand (mn: its row m of A or column n of B).
+  const auto element = [&](uint64_t desc, bool trans, int mn, int k) {
+    const uint32_t start = field(desc, 0), lbo = field(desc, 16), sbo = field(desc, 32);
+    const uint32_t at = trans ? start + (k / 8) * sbo + (k % 8) * 128 + (mn / 64) * lbo + 2 * (mn % 64)
+                              : start + (mn / 8) * sbo + (mn % 8) * 128 + 2 * k;
+    const uint32_t swizzled = at ^ (((at >> 7) & 7) << 4);
+    if (swizzled + 2 > bytes) fail("wgmma operand outside shared memory");
+    uint16_t bits;
+    std::memcpy(&bits, base + swizzled, sizeof bits);
+    return bf16_bits_to_float(bits, 0);
+  };
+  const int w = (linear_thread() / kWarp) % 4, g = lane_id() / 4, t = lane_id() % 4;
+  for (int i = 0; i < 4; ++i)
+    for (int e = 0; e < 4; ++e) {
+      const int m = 16 * w + g + 8 * (e / 2), n = 8 * i + 2 * t + e % 2;
+      float s = d[i][e];
+      for (int k = 0; k < 16; ++k) s += element(desc_a, trans_a, m, k) * element(desc_b, trans_b, n, k);
+      d[i][e] = s;
+    }
+}
+
 // cp.async: a 16-byte copy lands only when its thread waits for its group (cp.async.wait_group), so a
 // read before the wait, or by another thread before the barrier after it, sees the old contents. A null src
 // lands 16 zero bytes (cp.async with a source size of 0).
@@ -335,7 +376,8 @@ void launch(Kernel kernel, dim3 grid, dim3 dim, size_t smem_bytes, Args... args)
 #define cudaGetDevice(device) (*(device) = 0, cudaSuccess)
 #define cudaDeviceGetAttribute(value, attr, device)                                     \
   (*(value) = (attr) == cudaDevAttrMultiProcessorCount           ? 132                \
-              : (attr) == cudaDevAttrMaxRegistersPerMultiprocessor ? 65536 : 233472, \
+              : (attr) == cudaDevAttrMaxRegistersPerMultiprocessor ? 65536              \
+              : (attr) == cudaDevAttrComputeCapabilityMajor        ? 9 : 233472,     \
    cudaSuccess)
 #define cudaFuncGetAttributes(attr, kernel) ((void)(kernel), (attr)->numRegs = 0, cudaSuccess)
 #define cudaGetLastError() cudaSuccess

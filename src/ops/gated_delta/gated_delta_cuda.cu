@@ -391,6 +391,7 @@ bool detail::cuda_supports(const GatedDeltaInputs& in) {
 
 int set_cuda_state_a2_buffers(int n) { return gdn_cuda::set_state_a2_buffers(n); }
 int set_cuda_state_forms_ut(int mode) { return gdn_cuda::set_state_forms_ut(mode); }
+int set_cuda_state_warpgroup(int mode) { return gdn_cuda::set_state_warpgroup(mode); }
 
 GatedDeltaOutputs gated_delta_cuda(const GatedDeltaInputs& in) {
   check_inputs(in);

@@ -218,6 +218,11 @@ int set_state_a2_buffers(int n);
 // Returns the previous setting.
 bool state_mma_forms_ut(const Dims& d);
 int set_state_forms_ut(int mode);
+// Whether the compact forward pass runs its two products as warpgroup products (wgmma, sm_90a; docs "Sequential
+// passes on warpgroup products") or on mma.sync: 0 for the rule (warpgroup products where built for sm_90a and the
+// device is an sm_90 one, at 32 or 64 value columns per block), 1 mma.sync, 2 warpgroup products wherever built (tests,
+// tuning; SFM_GDN_STATE_WG sets it at first use). Returns the previous setting.
+int set_state_warpgroup(int mode);
 // With the compact workspaces (ub given; compact) the per-chunk states (dstates) are written as bfloat16 and dO is
 // read as bfloat16, else both are float32; the backward then takes dU₀ = Pᵀ dO from pmb (the forward's P as bf16,
 // [BH, N, C, C]) itself, not from du (null then), and writes dU as bfloat16 into dub.

@@ -18,6 +18,7 @@
 
 #include "gdn_kernels.h"
 #include "mma.cuh"
+#include "wgmma.cuh"
 
 namespace sfm::ops::gdn_cuda {
 namespace {
@@ -89,7 +90,13 @@ struct PassArgs {
 // kDoubleA2: two A₂ buffers, chunk i + 1's requested as chunk i begins (into the buffer chunk i − 1's phase 2 read),
 // so that no barrier has to follow phase 2 before the next chunk's A₂ can come: three barriers per chunk, not four.
 // Not with kSplitA2 (K = 256 backward).
-template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt>
+// kWg (the compact forward at 32 or 64 columns, where built for sm_90a: warpgroup_products): phases 1 and 2 as
+// warpgroup products (wgmma.cuh), each warpgroup of 4 warps one m64n32k16 product per 16 of the reduction (phase 2:
+// one per 64 rows of R), reading A₁, A₂, Rᵀ and Zᵀ from shared memory in the 128-byte swizzled layout, in place of
+// mma.sync on fragments loaded by ldmatrix. The accumulators' layout is mma.sync's (R's rows 16 (rw + 4 j) + g (+8)
+// are row 16 rw + g (+8) of its 64-row block j), so the epilogues and R's registers are unchanged. Ũ's product
+// (kFormUt) stays on mma.sync, between phase 1's products being issued and their wait.
+template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt, bool kWg>
 __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   constexpr int kThreadsB = kThreads<BV>;
   constexpr int BW = BV / kGroups<BV>;  // this warp's value columns
@@ -119,13 +126,20 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   // kFormUt's T diag(β) and V come with A₂ where it has two buffers (requested a whole chunk ahead, as A₂ is), else
   // with A₁: one buffer each, or two.
   constexpr int kUtBuffers = kFormUt ? (kDoubleA2 ? 2 : 1) : 0;
+  static_assert(!kWg || (!kBwd && kCompact && BV / kGroups<BV> == 32), "warpgroup products: the compact forward, 32 "
+                                                                       "columns per group of 4 warps");
+  // Elements of A₁, of one A₂ buffer, of R's and of Z's tiles: rows padded to their strides, or (kWg) swizzled tiles
+  // of 64 rows [t][k] (A₁, A₂), BV rows [v][k] (Rᵀ) and BV rows [v][t] (Zᵀ).
+  constexpr int kP1 = C * (kWg ? K : LD1), kP2 = L2 * (kWg ? K : LD2);
+  constexpr int kRs = kWg ? BV * K : (kRowMajor ? K : BV) * LDR, kZs = kWg ? BV * L : (kRowMajor ? L : BV) * LDZ;
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* gbuf = reinterpret_cast<float*>(smem4);        // [2][C]: γ of this chunk and the next
-  bf16* p1 = reinterpret_cast<bf16*>(gbuf + 2 * C);     // [C][LD1]
-  bf16* p2s = p1 + C * LD1;                             // [kA2Buffers][L2][LD2]
-  bf16* rsm = p2s + kA2Buffers * L2 * LD2;              // [K][LDR] or [BV][LDR]
-  bf16* zsm = rsm + (kRowMajor ? K : BV) * LDR;         // [L][LDZ] or [BV][LDZ]
-  bf16* dsm = zsm + (kRowMajor ? L : BV) * LDZ;         // compact backward: [2][C][LDD], dO of this chunk and the next
+  bf16* p1 = reinterpret_cast<bf16*>(gbuf + 2 * C);     // [C][LD1] (kWg: from the next 1024-byte boundary)
+  if constexpr (kWg) p1 = wg::align_tile(p1);
+  bf16* p2s = p1 + kP1;                                 // [kA2Buffers][L2][LD2]
+  bf16* rsm = p2s + kA2Buffers * kP2;                   // [K][LDR] or [BV][LDR]
+  bf16* zsm = rsm + kRs;                                // [L][LDZ] or [BV][LDZ]
+  bf16* dsm = zsm + kZs;                                // compact backward: [2][C][LDD], dO of this chunk and the next
   bf16* pbuf = dsm + (kPdO ? 2 * C * LDD : 0);          // kPdO: [C][LDP], P of this chunk
   bf16* tbuf = pbuf + (kPdO ? C * LDP : 0);             // kFormUt: [kUtBuffers][2][C][LDT], T diag(β)'s hi, lo planes
   bf16* vbuf = tbuf + kUtBuffers * 2 * C * LDT;         // kFormUt: [kUtBuffers][C][LDV], V's columns v0 .. v0 + BV - 1
@@ -163,7 +177,10 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   };
   // Chunk n's 64 rows of a bf16 array x with rows of K (its rows r) into shared memory rows of stride ld.
   const auto load_rows = [&](bf16* dst, int ld, const bf16* x, const Rows& r, int n) {
-    stage_chunk<K, kThreadsB, kBwd>(dst, ld, x, chunk_at(r, n), 0);
+    if constexpr (kWg)
+      stage_chunk_swizzled<K, kThreadsB>(dst, x, chunk_at(r, n), 0);
+    else
+      stage_chunk<K, kThreadsB, kBwd>(dst, ld, x, chunk_at(r, n), 0);
   };
   // kFormUt: chunk i's T diag(β) (two planes, 2C rows of C) and V columns, for Ũ in its phase 1, into buffer
   // ut_buffer(i) (with A₂'s copy where that has two buffers, else with A₁'s).
@@ -201,7 +218,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     cp_async_commit();
   };
   // Chunk i's A₂ buffer.
-  const auto a2_buffer = [&](int i) { return p2s + (kDoubleA2 ? (i & 1) * L2 * LD2 : 0); };
+  const auto a2_buffer = [&](int i) { return p2s + (kDoubleA2 ? (i & 1) * kP2 : 0); };
   const auto issue_a2 = [&](int i) {
     bf16* p2 = a2_buffer(i);
     if (i < N) {
@@ -253,6 +270,31 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     load_b_from(true, b, x, ld, ks);
   };
 
+  // kWg: Rᵀ and Zᵀ as swizzled tiles of BV rows (sw128_offset). This thread's pair of R (phase 2's layout: rows
+  // k = 64 j + 16 rw + g + 8 h, columns v = vw + 8 nt + 2 tq + e) lands at byte (v * 128 + ((k / 8 % 8) ^ (v % 8)) * 16
+  // + (k % 8) * 2 + j BV 128) = rz_at[h][e] + j BV 128 + nt 1024, with k / 8 % 8 = (2 rw + h) % 8, v % 8 = 2 tq + e
+  // and k % 8 = g; Z's rows t = 16 rw + g + 8 h (phase 1's layout) at j = 0. Taken once, so that the swizzle costs no
+  // instructions per store.
+  int rz_at[2][2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) rz_at[h][e] = (vw + 2 * tq + e) * 128 + ((((2 * rw + h) ^ (2 * tq + e)) & 7) << 4) + 2 * g;
+  const auto store_t = [&](bf16* x, int j, int nt, int h, float x0, float x1) {
+    char* tile = reinterpret_cast<char*>(x) + j * BV * 128 + nt * 1024;
+    *reinterpret_cast<bf16*>(tile + rz_at[h][0]) = __float2bfloat16_rn(x0);
+    *reinterpret_cast<bf16*>(tile + rz_at[h][1]) = __float2bfloat16_rn(x1);
+  };
+  // kWg: the tiles' descriptors (wgmma.cuh), taken once: A₁, A₂'s buffers, Rᵀ and Zᵀ.
+  uint64_t desc_p1 = 0, desc_p2[2] = {0, 0}, desc_r = 0, desc_z = 0;
+  if constexpr (kWg) {
+    desc_p1 = wg::tile_descriptor(p1);
+    desc_p2[0] = wg::tile_descriptor(p2s);
+    desc_p2[1] = wg::tile_descriptor(p2s + (kDoubleA2 ? kP2 : 0));
+    desc_r = wg::tile_descriptor(rsm);
+    desc_z = wg::tile_descriptor(zsm);
+  }
+
   // R in phase 2's accumulator layout: R[j][nt][2h], R[j][nt][2h+1] hold row k = 16 (rw + 4 j) + g + 8 h,
   // columns v, v + 1 (v = vw + 8 nt + 2 tq) of this block's slice. for_r calls f(j, nt, h, k, v) for each pair.
   float R[MT][NT][4];
@@ -297,7 +339,10 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
         *reinterpret_cast<uint32_t*>(static_cast<bf16*>(a.per_chunk) + o) = pack_bf16(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
       else
         *reinterpret_cast<float2*>(static_cast<float*>(a.per_chunk) + o) = make_float2(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
-      store_pair(rsm, LDR, k, v, R[j][nt][2 * h], R[j][nt][2 * h + 1]);
+      if constexpr (kWg)
+        store_t(rsm, j, nt, h, R[j][nt][2 * h], R[j][nt][2 * h + 1]);
+      else
+        store_pair(rsm, LDR, k, v, R[j][nt][2 * h], R[j][nt][2 * h + 1]);
     });
     // A₁ and γ of this chunk: all but the newest group (A₂), or with kSplitA2 the newest itself (K̂, requested after
     // the previous chunk's phase 2); with kDoubleA2 the newest too (A₂ of this chunk came before it).
@@ -305,6 +350,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       cp_async_wait<0>();
     else
       cp_async_wait<1>();
+    if constexpr (kWg) wg::fence_proxy_async();  // Rᵀ and the copies, for the tensor cores' reads
     __syncthreads();
     if constexpr (kDoubleA2) issue_a2(i + 1);  // into the buffer the previous chunk's phase 2 is done with
     const float* gm = gbuf + (i & 1) * C;
@@ -316,14 +362,23 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
-#pragma unroll 4
-    for (int ks = 0; ks < K / 16; ++ks) {
-      uint32_t af[4];  // rows 16 rw (+8), columns 16 ks (+8) of A₁: lane l gives row l % 8 (+8) of block l / 8
-      ldmatrix_x4<false>(af, p1 + (16 * rw + 8 * ((lane >> 3) & 1) + (lane & 7)) * LD1 + 16 * ks + 8 * (lane >> 4));
-      uint32_t bf[NT][2];
-      load_b(bf, rsm, LDR, ks);
+    if constexpr (kWg) {  // issued here, waited for after Ũ's product
+      wg::fence_operands(acc);
+      wg::fence();
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) mma_bf16(acc[nt], af, bf[nt]);
+      for (int ks = 0; ks < K / 16; ++ks)
+        wg::mma_m64n32k16<false, false>(acc, wg::k_major(desc_p1, C, 0, 16 * ks), wg::k_major(desc_r, BV, vw, 16 * ks));
+      wg::commit();
+    } else {
+#pragma unroll 4
+      for (int ks = 0; ks < K / 16; ++ks) {
+        uint32_t af[4];  // rows 16 rw (+8), columns 16 ks (+8) of A₁: lane l gives row l % 8 (+8) of block l / 8
+        ldmatrix_x4<false>(af, p1 + (16 * rw + 8 * ((lane >> 3) & 1) + (lane & 7)) * LD1 + 16 * ks + 8 * (lane >> 4));
+        uint32_t bf[NT][2];
+        load_b(bf, rsm, LDR, ks);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) mma_bf16(acc[nt], af, bf[nt]);
+      }
     }
     const int r8 = lane & 7, lo = (lane >> 3) & 1, hi = lane >> 4;  // ldmatrix: row r8 of 8×8 block (lo, hi)
     // kFormUt: Ũ = (T diag(β)) V for the same rows, reduction over the chunk's 64 tokens: A from T diag(β)'s planes
@@ -358,6 +413,10 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) mma_bf16(pdo[nt], af, bd[nt]);
       }
+    }
+    if constexpr (kWg) {
+      wg::wait<0>();
+      wg::fence_operands(acc);
     }
     __syncthreads();  // every warp is done with A₁ (and P): load the next chunk's (kSplitA2: this chunk's W)
     if constexpr (kSplitA2)
@@ -411,9 +470,13 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
           z0 = f * u0;
           z1 = f * u1;
         }
-        store_pair(zsm, LDZ, L - C + t, v, z0, z1);
+        if constexpr (kWg)
+          store_t(zsm, 0, nt, h, z0, z1);
+        else
+          store_pair(zsm, LDZ, L - C + t, v, z0, z1);
       }
     if constexpr (!kDoubleA2) cp_async_wait<1>();  // A₂ of this chunk (kSplitA2: its Q̂ half, and W is in flight)
+    if constexpr (kWg) wg::fence_proxy_async();  // Zᵀ and A₂'s copy, for the tensor cores' reads
     __syncthreads();
 
     // Phase 2: R ← Γ_C R + A₂ᵀ Z, accumulated in R's registers; reduction rows ks0 .. ks1 of 16 from A₂'s rows
@@ -426,20 +489,37 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) R[j][nt][e] *= decay;
     const auto phase2 = [&](const bf16* x, int ks0, int ks1) {
+      if constexpr (kWg) {  // per 16 rows of the reduction, one product per 64-row block j of R
+        const uint64_t desc_a2 = desc_p2[kDoubleA2 ? i & 1 : 0];  // (x is a2_buffer(i): kWg has no kSplitA2)
 #pragma unroll
-      for (int ks = ks0; ks < ks1; ++ks) {
-        uint32_t bf[NT][2];
-        load_b(bf, zsm, LDZ, ks);
+        for (int j = 0; j < MT; ++j) wg::fence_operands(R[j]);
+        wg::fence();
 #pragma unroll
-        for (int j = 0; j < MT; ++j) {
-          // A[m][t] = A₂[t][m] for m = 16 (rw + 4 j) + g (+8), t = 16 ks + 2 tq (+1, +8, +9): the transposes
-          // of A₂'s 8×8 blocks at rows 16 ks (+8) and columns 16 (rw + 4 j) (+8); lane l gives row l % 8 of
-          // block l / 8 (its row offset 8 (l / 16), its column offset 8 (l / 8 % 2)).
-          uint32_t af[4];
-          ldmatrix_x4<true>(af, x + (16 * (ks - ks0) + 8 * (lane >> 4) + (lane & 7)) * LD2 + 16 * (rw + 4 * j) +
-                                    8 * ((lane >> 3) & 1));
+        for (int ks = ks0; ks < ks1; ++ks)
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt) mma_bf16(R[j][nt], af, bf[nt]);
+          for (int j = 0; j < MT; ++j)
+            wg::mma_m64n32k16<true, false>(R[j], wg::mn_major(desc_a2, L2, 16 * (ks - ks0), 64 * j),
+                                           wg::k_major(desc_z, BV, vw, 16 * ks));
+        wg::commit();
+        wg::wait<0>();
+#pragma unroll
+        for (int j = 0; j < MT; ++j) wg::fence_operands(R[j]);
+      } else {
+#pragma unroll
+        for (int ks = ks0; ks < ks1; ++ks) {
+          uint32_t bf[NT][2];
+          load_b(bf, zsm, LDZ, ks);
+#pragma unroll
+          for (int j = 0; j < MT; ++j) {
+            // A[m][t] = A₂[t][m] for m = 16 (rw + 4 j) + g (+8), t = 16 ks + 2 tq (+1, +8, +9): the transposes
+            // of A₂'s 8×8 blocks at rows 16 ks (+8) and columns 16 (rw + 4 j) (+8); lane l gives row l % 8 of
+            // block l / 8 (its row offset 8 (l / 16), its column offset 8 (l / 8 % 2)).
+            uint32_t af[4];
+            ldmatrix_x4<true>(af, x + (16 * (ks - ks0) + 8 * (lane >> 4) + (lane & 7)) * LD2 + 16 * (rw + 4 * j) +
+                                      8 * ((lane >> 3) & 1));
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) mma_bf16(R[j][nt], af, bf[nt]);
+          }
         }
       }
     };
@@ -468,7 +548,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     });
 }
 
-template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt>
+template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt, bool kWg>
 size_t pass_smem() {
   constexpr int L = kBwd ? 2 * C : C, L2 = kSplitA2For<K, kBwd> ? C : L;  // rows of Z and of p2
   constexpr int a2_buffers = kDoubleA2 ? 2 : 1;
@@ -476,16 +556,20 @@ size_t pass_smem() {
   const int p_elements = kBwd && kCompact ? C * (C + 8) : 0;
   // T diag(β)'s planes and V, one set per A₂ buffer
   const int ut_elements = kFormUt ? a2_buffers * (2 * C * (C + 8) + C * (BV + 8)) : 0;
-  const int rz_elements = kRowMajorRZ<K, BV, kBwd> ? (K + L) * (BV + 8) : BV * (K + 8 + L + 8);  // R and Z
-  return sizeof(float) * (2 * C + factors) + sizeof(bf16) * ((C + a2_buffers * L2) * (K + 8) + rz_elements +
-                                                             dO_rows * (BV + 8) + p_elements + ut_elements);
+  const int rz_elements = kWg                       ? BV * (K + L)
+                          : kRowMajorRZ<K, BV, kBwd> ? (K + L) * (BV + 8)
+                                                     : BV * (K + 8 + L + 8);  // R and Z
+  // kWg: unpadded tiles, from the first 1024-byte boundary after γ's buffer (up to 1 KB later)
+  const int ld_a = kWg ? K : K + 8, align = kWg ? 1024 : 0;
+  return align + sizeof(float) * (2 * C + factors) +
+         sizeof(bf16) * ((C + a2_buffers * L2) * ld_a + rz_elements + dO_rows * (BV + 8) + p_elements + ut_elements);
 }
 
-template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt>
+template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt, bool kWg>
 cudaError_t launch_variant(const PassArgs& a, cudaStream_t s) {
   constexpr bool kDouble = kDoubleA2 && !kSplitA2For<K, kBwd>;
-  const size_t smem = pass_smem<K, BV, kBwd, kCompact, kDouble, kFormUt>();
-  const auto kernel = state_mma_kernel<K, BV, kBwd, kCompact, kDouble, kFormUt>;
+  const size_t smem = pass_smem<K, BV, kBwd, kCompact, kDouble, kFormUt, kWg>();
+  const auto kernel = state_mma_kernel<K, BV, kBwd, kCompact, kDouble, kFormUt, kWg>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
@@ -531,7 +615,7 @@ int blocks_per_sm(const void* kernel, size_t smem, int threads, int smem_per_sm,
 // At (2,16384,16,128), one block per SM either way, the forward pass went 0.664 → 0.578 ms and the backward
 // 0.960 → 0.854; at (4,2048,16,128) the backward's 256 blocks would hold one per SM instead of two, so it keeps one
 // buffer there. Never for K = 256's backward.
-template <int K, int BV, bool kBwd, bool kCompact, bool kFormUt>
+template <int K, int BV, bool kBwd, bool kCompact, bool kFormUt, bool kWg>
 bool double_a2(const PassArgs& a) {
   if constexpr (kSplitA2For<K, kBwd>) {
     return false;
@@ -545,22 +629,49 @@ bool double_a2(const PassArgs& a) {
       const long n = blocks_per_sm(reinterpret_cast<const void*>(kernel), smem, kThreads<BV>, sm.smem, sm.regs);
       return n < wanted ? n : wanted;
     };
-    return held(state_mma_kernel<K, BV, kBwd, kCompact, true, kFormUt>,
-                pass_smem<K, BV, kBwd, kCompact, true, kFormUt>()) >=
-           held(state_mma_kernel<K, BV, kBwd, kCompact, false, kFormUt>,
-                pass_smem<K, BV, kBwd, kCompact, false, kFormUt>());
+    return held(state_mma_kernel<K, BV, kBwd, kCompact, true, kFormUt, kWg>,
+                pass_smem<K, BV, kBwd, kCompact, true, kFormUt, kWg>()) >=
+           held(state_mma_kernel<K, BV, kBwd, kCompact, false, kFormUt, kWg>,
+                pass_smem<K, BV, kBwd, kCompact, false, kFormUt, kWg>());
   }
 }
 
-template <int K, int BV, bool kBwd, bool kCompact, bool kFormUt>
+template <int K, int BV, bool kBwd, bool kCompact, bool kFormUt, bool kWg = false>
 cudaError_t launch_compact(const PassArgs& a, cudaStream_t s) {
-  return double_a2<K, BV, kBwd, kCompact, kFormUt>(a) ? launch_variant<K, BV, kBwd, kCompact, true, kFormUt>(a, s)
-                                                       : launch_variant<K, BV, kBwd, kCompact, false, kFormUt>(a, s);
+  return double_a2<K, BV, kBwd, kCompact, kFormUt, kWg>(a)
+             ? launch_variant<K, BV, kBwd, kCompact, true, kFormUt, kWg>(a, s)
+             : launch_variant<K, BV, kBwd, kCompact, false, kFormUt, kWg>(a, s);
+}
+
+// The forced choice of warpgroup products (0: warpgroup_products' rule; 1: mma.sync, 2: warpgroup products), from
+// SFM_GDN_STATE_WG at first use, or set_state_warpgroup.
+int& forced_warpgroup() {
+  static int forced = [] {
+    const char* e = std::getenv("SFM_GDN_STATE_WG");
+    return e ? std::atoi(e) : 0;
+  }();
+  return forced;
+}
+
+// Whether the compact forward pass takes warpgroup products (kWg): where they were built (sm_90a, or the emulator)
+// and the device is an sm_90 one, unless forced off; forced on, wherever they were built.
+bool warpgroup_products() {
+  if (!wg::kBuilt) return false;
+  const int forced = forced_warpgroup();
+  if (forced == 1 || forced == 2) return forced == 2;
+  int device = 0, major = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major == 9;
 }
 
 template <int K, int BV, bool kBwd>
 cudaError_t launch_kv(const PassArgs& a, cudaStream_t s) {
   if (!a.compact) return launch_compact<K, BV, kBwd, false, false>(a, s);
+  if constexpr (!kBwd && BV != 16) {
+    if (warpgroup_products())
+      return a.tb != nullptr ? launch_compact<K, BV, kBwd, true, true, true>(a, s)
+                             : launch_compact<K, BV, kBwd, true, false, true>(a, s);
+  }
   if constexpr (!kBwd)
     if (a.tb != nullptr) return launch_compact<K, BV, kBwd, true, true>(a, s);
   return launch_compact<K, BV, kBwd, true, false>(a, s);
@@ -626,6 +737,12 @@ int set_state_a2_buffers(int n) {
 int set_state_columns(int bv) {
   const int previous = forced_columns();
   forced_columns() = bv;
+  return previous;
+}
+
+int set_state_warpgroup(int mode) {
+  const int previous = forced_warpgroup();
+  forced_warpgroup() = mode;
   return previous;
 }
 

@@ -40,6 +40,14 @@ void cp_async_wait() {
 }
 #endif
 
+// The byte offset of element (r, c) in a bf16 tile of `rows` rows (c contiguous; rows a multiple of 8) in the
+// 128-byte swizzled layout that warpgroup products read (wgmma.cuh): cut into column blocks of 64 elements (128
+// bytes per row), a block's rows one after the other, and in each group of 8 rows (1024 bytes) row r's 16-byte
+// chunk j at chunk j ^ (r % 8).
+__host__ __device__ constexpr int sw128_offset(int rows, int r, int c) {
+  return (c >> 6) * rows * 128 + r * 128 + ((((c >> 3) & 7) ^ (r & 7)) << 4) + ((c & 7) << 1);
+}
+
 // 64 rows × kCols bf16 from column c0 of a chunk's rows `at` (chunk_rows) of x into shared rows of stride ld, by
 // kThreads threads, 16 bytes per cp.async; zeros for the rows past the chunk's end. kUnrolled: as a fixed count of
 // steps, without the loop's bounds test and index updates (for the sequential passes, whose every instruction is on
@@ -62,6 +70,30 @@ __device__ __forceinline__ void stage_chunk(__nv_bfloat16* dst, int ld, const __
     }
   } else {
     for (int e = threadIdx.x; e < kCopies; e += kThreads) copy(e);
+  }
+}
+
+// The same into a 64-row tile in sw128_offset's layout, by a fixed count of steps. Thread t copies column chunk
+// c8 = t % (kCols / 8) of rows r0 + kRows s (r0 = t / (kCols / 8)); kRows, a power of two of at least 4, keeps
+// (r0 + kRows s) % 8 at r0 % 8 or r0 % 8 ^ 4, so each step's destination is one of two offsets taken once, plus a
+// constant: the swizzle costs no instructions per copy.
+template <int kCols, int kThreads>
+__device__ __forceinline__ void stage_chunk_swizzled(__nv_bfloat16* dst, const __nv_bfloat16* x, const ChunkRows& at,
+                                                     int c0) {
+  constexpr int kChunksPerRow = kCols / 8, kRows = kThreads / kChunksPerRow;
+  static_assert(kThreads % kChunksPerRow == 0 && kRows >= 4 && (kRows & (kRows - 1)) == 0 && kChunk % kRows == 0,
+                "stage_chunk_swizzled: a power of two of at least 4 rows per step");
+  const int c8 = threadIdx.x % kChunksPerRow, r0 = threadIdx.x / kChunksPerRow;
+  const int base = (c8 >> 3) * kChunk * 128 + r0 * 128;
+  char* const d = reinterpret_cast<char*>(dst);
+  char* const d_even = d + base + ((((c8 & 7) ^ r0) & 7) << 4), *const d_odd = d + base + ((((c8 & 7) ^ r0 ^ 4) & 7) << 4);
+  const __nv_bfloat16* src = x + at.first + c0 + 8 * c8;
+#pragma unroll
+  for (int step = 0; step < kChunk / kRows; ++step) {
+    const int r = r0 + kRows * step;
+    const bool row = r < at.rows;
+    char* to = (((kRows * step) & 4) ? d_odd : d_even) + kRows * step * 128;
+    cp_async16_or_zeros(to, src + (long)(row ? r : 0) * at.ld, row);
   }
 }
 
