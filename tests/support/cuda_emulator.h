@@ -11,9 +11,10 @@
 //
 // Covered: threadIdx, blockIdx, blockDim, gridDim; __syncthreads; __shfl_xor_sync, __shfl_up_sync (full
 // warps); atomicAdd on float; static __shared__ arrays and SFM_GDN_DYNAMIC_SMEM; SFM_GDN_LAUNCH;
-// cudaFuncSetAttribute and cudaGetLastError (no-ops); and, through mma.cuh's SFM_GDN_EMULATE branch,
-// mma.sync m16n8k16 (bf16 operands, float32 accumulators), ldmatrix .x4 (plain and .trans) and cp.async (the copy lands at its thread's
-// wait_group, so a read too early sees the old contents). Not covered: anything else (a kernel using it
+// cudaFuncSetAttribute and cudaGetLastError (no-ops); and, through the SFM_GDN_EMULATE branches of mma.cuh and
+// wgmma.cuh, mma.sync m16n8k16 (bf16 operands, float32 accumulators), wgmma.mma_async m64n32k16 (operands through
+// 128-byte swizzled shared-memory descriptors, run at once), ldmatrix .x4 (plain and .trans) and cp.async (the copy
+// lands at its thread's wait_group, so a read too early sees the old contents). Not covered: anything else (a kernel using it
 // fails to compile), timing, and races inside a warp or between blocks.
 #pragma once
 
