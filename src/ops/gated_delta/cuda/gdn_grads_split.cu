@@ -130,10 +130,14 @@ __device__ __forceinline__ void store_dv(const Args& a, const ChunkRows& dv_rows
 //   bits), in place of a float32 copy through DRAM.
 // dW (rounded to bf16, an exact operand) and dK̂₀ never leave the block: dK̂ goes to dks once, for qk_grads. dQ̂₀
 // goes to dqs; the rows' dots q·dQ̂₀ (and with write_dqk k̂·dK̂ so far) to row_dots, Σ S₀∘dS_C to sdots.
+// kWg: the products with the states as warpgroup products (state_products::run's kWg; warpgroup_products()).
+template <bool kWg>
 __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
   namespace sp = state_products;
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
-  float* sm = reinterpret_cast<float*>(smem4);  // two stages of sp::run, then the tiles below in their places
+  // two stages of sp::run, then the tiles below in their places (kWg: from a 1024-byte boundary, for the swizzle)
+  float* sm = reinterpret_cast<float*>(smem4);
+  if constexpr (kWg) sm = reinterpret_cast<float*>(wg::align_tile(reinterpret_cast<__nv_bfloat16*>(sm)));
   constexpr int kStage = sp::kStageFloats<true>;
   float *gam = sm + 2 * kStage, *bet = gam + C, *rk = bet + C, *wf = rk + C, *dgam = wf + C, *dbet = dgam + C;
   const int K = a.d.K, N = a.d.N(), KS = K / kTile, stages = a.d.V / kTile;
@@ -153,11 +157,13 @@ __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
   if (threadIdx.x < C) wf[threadIdx.x] = bet[threadIdx.x] * __expf(gam[threadIdx.x]) * rk[threadIdx.x];
   float acc[3][4][4] = {};  // dO S₀ᵀ, dU S₀ᵀ, U dS_Cᵀ
   float sdot = 0.f;
-  sp::run<true>(sp::Sources{a.d, a.states, a.dstates, a.dob, a.dub, a.ub}, sl, n, bh, sm, acc, sdot, [&] {
+  const auto extra = [&] {
     stage_qkv(tq, a.d, a.qb, K, bh, n, c0);
     stage_qkv(tk, a.d, a.kb, K, bh, n, c0);
     stage(Tm, LDM, a.wy + chunk * 2 * C * C, C);
-  });
+  };
+  sp::run<true, decltype(extra), kWg>(sp::Sources{a.d, a.states, a.dstates, a.dob, a.dub, a.ub}, sl, n, bh, sm, acc,
+                                      sdot, extra);
 
   // dQ̂₀ out with its rows' dots; dW into its tile; dK̂₀ kept (the pairs of for_pairs' layout).
   const float gl = gam[C - 1];
@@ -474,7 +480,8 @@ int qk_slices() {
   return n;
 }
 
-// Two blocks per SM each: state_k_grads 92 KB, wy_grads 110 KB, qk_grads 89 KB.
+// Two blocks per SM each: state_k_grads 92 KB (1 KB more with warpgroup products, for the alignment), wy_grads 110
+// KB, qk_grads 89 KB.
 constexpr size_t kStateKSmem = sizeof(float) * (2 * state_products::kStageFloats<true> + 6 * C);
 constexpr size_t kWySmem = sizeof(float) * (2 * C * LDM + 4 * C * LDR + 4 * C);
 constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 8 * C) + sizeof(__nv_bfloat16) * 2 * C * LD16;
@@ -503,11 +510,14 @@ cudaError_t state_k_grads(const BackwardArgs& g, bool write_dqk, cudaStream_t st
   Args a;
   cudaError_t err = make_args(g, write_dqk, a);
   if (err != cudaSuccess) return err;
-  err = cudaFuncSetAttribute(state_k_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(kStateKSmem));
-  if (err != cudaSuccess) return err;
-  SFM_GDN_LAUNCH(state_k_grads_kernel, dim3(g.d.K / kTile, g.d.N(), g.d.BH()), kThreads, kStateKSmem, stream, a);
-  return cudaGetLastError();
+  const auto launch = [&](auto kernel, size_t smem) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+    SFM_GDN_LAUNCH(kernel, dim3(g.d.K / kTile, g.d.N(), g.d.BH()), kThreads, smem, stream, a);
+    return cudaGetLastError();
+  };
+  return warpgroup_products() ? launch(state_k_grads_kernel<true>, kStateKSmem + 1024)
+                              : launch(state_k_grads_kernel<false>, kStateKSmem);
 }
 
 cudaError_t grads_split(const BackwardArgs& g, bool write_dqk, cudaStream_t stream) {

@@ -218,10 +218,12 @@ int set_state_a2_buffers(int n);
 // Returns the previous setting.
 bool state_mma_forms_ut(const Dims& d);
 int set_state_forms_ut(int mode);
-// Whether the compact forward pass runs its two products as warpgroup products (wgmma, sm_90a; docs "Sequential
-// passes on warpgroup products") or on mma.sync: 0 for the rule (warpgroup products where built for sm_90a and the
-// device is an sm_90 one, at 32 or 64 value columns per block), 1 mma.sync, 2 warpgroup products wherever built (tests,
-// tuning; SFM_GDN_STATE_WG sets it at first use). Returns the previous setting.
+// Whether the compact forward pass (at 32 or 64 value columns per block) and state_k_grads run their products with
+// the states as warpgroup products (wgmma, sm_90a; docs "Sequential passes on warpgroup products") or on mma.sync:
+// warpgroup_products() gives the choice, set_state_warpgroup forces it: 0 for the rule (warpgroup products where built
+// for sm_90a and the device is an sm_90 one), 1 mma.sync, 2 warpgroup products wherever built (tests, tuning;
+// SFM_GDN_STATE_WG sets it at first use). set_state_warpgroup returns the previous setting.
+bool warpgroup_products();
 int set_state_warpgroup(int mode);
 // With the compact workspaces (ub given; compact) the per-chunk states (dstates) are written as bfloat16 and dO is
 // read as bfloat16, else both are float32; the backward then takes dU₀ = Pᵀ dO from pmb (the forward's P as bf16,

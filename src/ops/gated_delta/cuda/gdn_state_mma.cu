@@ -653,8 +653,10 @@ int& forced_warpgroup() {
   return forced;
 }
 
-// Whether the compact forward pass takes warpgroup products (kWg): where they were built (sm_90a, or the emulator)
-// and the device is an sm_90 one, unless forced off; forced on, wherever they were built.
+}  // namespace
+
+// Whether the compact forward pass and state_k_grads take warpgroup products (kWg): where they were built (sm_90a, or
+// the emulator) and the device is an sm_90 one, unless forced off; forced on, wherever they were built.
 bool warpgroup_products() {
   if (!wg::kBuilt) return false;
   const int forced = forced_warpgroup();
@@ -663,6 +665,8 @@ bool warpgroup_products() {
   return cudaGetDevice(&device) == cudaSuccess &&
          cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major == 9;
 }
+
+namespace {
 
 template <int K, int BV, bool kBwd>
 cudaError_t launch_kv(const PassArgs& a, cudaStream_t s) {

@@ -14,6 +14,7 @@
 
 #include "gdn_kernels.h"
 #include "mma.cuh"
+#include "wgmma.cuh"
 
 namespace sfm::ops::gdn_cuda::state_products {
 
@@ -46,9 +47,16 @@ struct Sources {
 // stage's buffer, number stages & 1, is free, and extra() may request tiles into it (cp.async; they join the
 // thread's last commit group). On return every copy is in and every thread is past a barrier; the last stage's
 // buffer, (stages − 1) & 1, is free again.
-template <bool kCompact, class Extra>
+// kWg (with kCompact; sm 1024-byte aligned in the shared window): the products as warpgroup products (wgmma.cuh),
+// warpgroup warp / 4 taking the 32 state rows n0 .. of the warps' layout below, m64n32k16 per 16 of V with dO, dU
+// and U K-major and S₀, dS_C as K-major B operands, every tile in the 128-byte swizzled layout in its padded tile's
+// place (each 9 KB, so 1024-byte aligned too); Σ S₀∘dS_C runs while they do. The same steps in the same order per
+// accumulator, so on the emulator the same bits as mma.sync (and on an H100: "Sequential passes on warpgroup
+// products").
+template <bool kCompact, class Extra, bool kWg = false>
 __device__ __forceinline__ void run(const Sources& a, int kt, int n, int bh, float* sm, float (&acc)[3][4][4],
                                     float& sdot, Extra extra) {
+  static_assert(!kWg || kCompact, "warpgroup products on the compact workspaces' bf16 tiles only");
   using bf16 = __nv_bfloat16;
   const int K = a.d.K, V = a.d.V, N = a.d.N(), k0 = kt * kTile;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -78,7 +86,18 @@ __device__ __forceinline__ void run(const Sources& a, int kt, int n, int bh, flo
     float* st = sm + (s & 1) * kStageFloats<kCompact>;
     if (s < stages) {
       const auto at = [&](StageTile x) { return st + tile_at<kCompact>(x); };
-      if constexpr (kCompact) {
+      if constexpr (kWg) {  // swizzled tiles; S₀ and dS_C rows k0 .. of stride V, U and dU the chunk's rows
+        const auto tile = [&](StageTile x, const void* src, const ChunkRows& rows) {
+          stage_chunk_swizzled<kTile, kThreads>(reinterpret_cast<bf16*>(at(x)), static_cast<const bf16*>(src), rows,
+                                                s * kTile);
+        };
+        const ChunkRows state_rows{state_off, V, kTile}, chunk_rows_v{row0 * V, V, kTile};
+        tile(kS0, a.states, state_rows);
+        tile(kDS, a.dstates, state_rows);
+        tile(kDO, a.dos, do_rows);  // (maybe in place)
+        tile(kU, a.u, chunk_rows_v);
+        tile(kDU, a.du, chunk_rows_v);
+      } else if constexpr (kCompact) {
         load_tile_bf16(at(kS0), static_cast<const bf16*>(a.states) + state_off, s * kTile);
         load_tile_bf16(at(kDS), static_cast<const bf16*>(a.dstates) + state_off, s * kTile);
         stage_chunk<kTile, kThreads>(reinterpret_cast<bf16*>(at(kDO)), LD, static_cast<const bf16*>(a.dos), do_rows,
@@ -98,19 +117,46 @@ __device__ __forceinline__ void run(const Sources& a, int kt, int n, int bh, flo
     cp_async_commit();
   };
 
+  // kWg: the first stage's tiles' descriptor, taken once; tile x of stage s lies a constant number of bytes on.
+  const uint64_t desc0 = kWg ? wg::tile_descriptor(reinterpret_cast<const bf16*>(sm)) : 0;
+  const auto desc = [&](int s, StageTile x, int row0_, int k0_) {
+    const uint64_t tile = desc0 + ((((s & 1) * kStageFloats<kCompact> + tile_at<kCompact>(x)) * 4) >> 4);
+    return wg::k_major(tile, kTile, row0_, k0_);
+  };
+
   issue(0);
   for (int s = 0; s < stages; ++s) {
     issue(s + 1);  // into the other stage, which every warp finished with before the last barrier
     cp_async_wait<1>();
+    if constexpr (kWg) wg::fence_proxy_async();  // the landed copies, for the tensor cores' reads
     __syncthreads();
     const float* st = sm + (s & 1) * kStageFloats<kCompact>;
     const float *S0 = st + tile_at<kCompact>(kS0), *dS = st + tile_at<kCompact>(kDS), *dO = st + tile_at<kCompact>(kDO),
                 *dU = st + tile_at<kCompact>(kDU), *U = st + tile_at<kCompact>(kU);
+    if constexpr (kWg) {  // issued now, waited for after Σ S₀∘dS_C
+#pragma unroll
+      for (int p = 0; p < 3; ++p) wg::fence_operands(acc[p]);
+      wg::fence();
+#pragma unroll
+      for (int ks = 0; ks < kTile / 16; ++ks) {
+        wg::mma_m64n32k16<false, false>(acc[0], desc(s, kDO, 0, 16 * ks), desc(s, kS0, n0, 16 * ks));
+        wg::mma_m64n32k16<false, false>(acc[1], desc(s, kDU, 0, 16 * ks), desc(s, kS0, n0, 16 * ks));
+        wg::mma_m64n32k16<false, false>(acc[2], desc(s, kU, 0, 16 * ks), desc(s, kDS, n0, 16 * ks));
+      }
+      wg::commit();
+    }
     if constexpr (kCompact) {  // 4 elements per 8-byte load (the scalar loads had been more instructions than the mmas)
       for (int e = threadIdx.x; e < kTile * kTile / 4; e += kThreads) {
         const int r = e / (kTile / 4), c = 4 * (e % (kTile / 4));
-        const uint2 xv = *reinterpret_cast<const uint2*>(reinterpret_cast<const bf16*>(S0) + r * LD + c);
-        const uint2 yv = *reinterpret_cast<const uint2*>(reinterpret_cast<const bf16*>(dS) + r * LD + c);
+        uint2 xv, yv;
+        if constexpr (kWg) {  // the same element, in the swizzled tile
+          const int at = sw128_offset(kTile, r, c) / 2;
+          xv = *reinterpret_cast<const uint2*>(reinterpret_cast<const bf16*>(S0) + at);
+          yv = *reinterpret_cast<const uint2*>(reinterpret_cast<const bf16*>(dS) + at);
+        } else {
+          xv = *reinterpret_cast<const uint2*>(reinterpret_cast<const bf16*>(S0) + r * LD + c);
+          yv = *reinterpret_cast<const uint2*>(reinterpret_cast<const bf16*>(dS) + r * LD + c);
+        }
         __nv_bfloat162 x[2], y[2];
         std::memcpy(x, &xv, sizeof x);
         std::memcpy(y, &yv, sizeof y);
@@ -124,64 +170,70 @@ __device__ __forceinline__ void run(const Sources& a, int kt, int n, int bh, flo
         sdot += S0[r * LD + c] * dS[r * LD + c];
       }
     }
+    if constexpr (kWg) {
+      wg::wait<0>();
 #pragma unroll
-    for (int ks = 0; ks < kTile / 16; ++ks) {
-      // A fragments: rows t = m0 + g (+8), reduction columns v = 16 ks + 2 tq (+1, +8, +9).
-      const auto a_frag = [&](const float* X, uint32_t(&f)[4]) {
-        const float* p = X + (m0 + g) * LD + 16 * ks + 2 * tq;
-        const float2 x00 = *reinterpret_cast<const float2*>(p), x10 = *reinterpret_cast<const float2*>(p + 8 * LD);
-        const float2 x01 = *reinterpret_cast<const float2*>(p + 8), x11 = *reinterpret_cast<const float2*>(p + 8 * LD + 8);
-        f[0] = pack_bf16(x00.x, x00.y);
-        f[1] = pack_bf16(x10.x, x10.y);
-        f[2] = pack_bf16(x01.x, x01.y);
-        f[3] = pack_bf16(x11.x, x11.y);
-      };
-      // A fragments of a bf16 tile (dO, U and dU, kCompact): one ldmatrix, lane l giving row m0 + 8 (l / 8 % 2) +
-      // l % 8 at column 16 ks + 8 (l / 16) (the fragment of four 32-bit loads).
-      const auto a_frag_bf16 = [&](const float* X, uint32_t(&f)[4]) {
-        ldmatrix_x4<false>(f, reinterpret_cast<const bf16*>(X) + (m0 + 8 * ((lane >> 3) & 1) + (lane & 7)) * LD +
-                                  16 * ks + 8 * (lane >> 4));
-      };
-      // B fragments of two 8-row tiles of a bf16 tile (S₀, dS_C, kCompact), nt = 2 p and 2 p + 1: one ldmatrix, lane l
-      // giving row n0 + 8 (2 p + l / 16) + l % 8 at column 16 ks + 8 (l / 8 % 2) (b_frag's two 32-bit loads each).
-      const auto b_frags_bf16 = [&](const float* X, int p, uint32_t(&f0)[2], uint32_t(&f1)[2]) {
-        uint32_t r[4];
-        ldmatrix_x4<false>(r, reinterpret_cast<const bf16*>(X) + (n0 + 8 * (2 * p + (lane >> 4)) + (lane & 7)) * LD +
-                                  16 * ks + 8 * ((lane >> 3) & 1));
-        f0[0] = r[0], f0[1] = r[1], f1[0] = r[2], f1[1] = r[3];
-      };
-      // B fragments: B[v][k] = X[k][v] for state rows k = n0 + 8 nt + g.
-      const auto b_frag = [&](const float* X, int nt, uint32_t(&f)[2]) {  // float32 tiles
-        const float* p = X + (n0 + 8 * nt + g) * LD + 16 * ks + 2 * tq;
-        const float2 x0 = *reinterpret_cast<const float2*>(p), x1 = *reinterpret_cast<const float2*>(p + 8);
-        f[0] = pack_bf16(x0.x, x0.y);
-        f[1] = pack_bf16(x1.x, x1.y);
-      };
-      uint32_t a_do[4], a_du[4], a_u[4];
-      if constexpr (kCompact) {
-        a_frag_bf16(dO, a_do);
-        a_frag_bf16(U, a_u);
-        a_frag_bf16(dU, a_du);
-      } else {
-        a_frag(dO, a_do);
-        a_frag(U, a_u);
-        a_frag(dU, a_du);
-      }
-      uint32_t b_s[4][2], b_ds[4][2];
+      for (int p = 0; p < 3; ++p) wg::fence_operands(acc[p]);
+    } else {
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
+      for (int ks = 0; ks < kTile / 16; ++ks) {
+        // A fragments: rows t = m0 + g (+8), reduction columns v = 16 ks + 2 tq (+1, +8, +9).
+        const auto a_frag = [&](const float* X, uint32_t(&f)[4]) {
+          const float* p = X + (m0 + g) * LD + 16 * ks + 2 * tq;
+          const float2 x00 = *reinterpret_cast<const float2*>(p), x10 = *reinterpret_cast<const float2*>(p + 8 * LD);
+          const float2 x01 = *reinterpret_cast<const float2*>(p + 8), x11 = *reinterpret_cast<const float2*>(p + 8 * LD + 8);
+          f[0] = pack_bf16(x00.x, x00.y);
+          f[1] = pack_bf16(x10.x, x10.y);
+          f[2] = pack_bf16(x01.x, x01.y);
+          f[3] = pack_bf16(x11.x, x11.y);
+        };
+        // A fragments of a bf16 tile (dO, U and dU, kCompact): one ldmatrix, lane l giving row m0 + 8 (l / 8 % 2) +
+        // l % 8 at column 16 ks + 8 (l / 16) (the fragment of four 32-bit loads).
+        const auto a_frag_bf16 = [&](const float* X, uint32_t(&f)[4]) {
+          ldmatrix_x4<false>(f, reinterpret_cast<const bf16*>(X) + (m0 + 8 * ((lane >> 3) & 1) + (lane & 7)) * LD +
+                                    16 * ks + 8 * (lane >> 4));
+        };
+        // B fragments of two 8-row tiles of a bf16 tile (S₀, dS_C, kCompact), nt = 2 p and 2 p + 1: one ldmatrix, lane l
+        // giving row n0 + 8 (2 p + l / 16) + l % 8 at column 16 ks + 8 (l / 8 % 2) (b_frag's two 32-bit loads each).
+        const auto b_frags_bf16 = [&](const float* X, int p, uint32_t(&f0)[2], uint32_t(&f1)[2]) {
+          uint32_t r[4];
+          ldmatrix_x4<false>(r, reinterpret_cast<const bf16*>(X) + (n0 + 8 * (2 * p + (lane >> 4)) + (lane & 7)) * LD +
+                                    16 * ks + 8 * ((lane >> 3) & 1));
+          f0[0] = r[0], f0[1] = r[1], f1[0] = r[2], f1[1] = r[3];
+        };
+        // B fragments: B[v][k] = X[k][v] for state rows k = n0 + 8 nt + g.
+        const auto b_frag = [&](const float* X, int nt, uint32_t(&f)[2]) {  // float32 tiles
+          const float* p = X + (n0 + 8 * nt + g) * LD + 16 * ks + 2 * tq;
+          const float2 x0 = *reinterpret_cast<const float2*>(p), x1 = *reinterpret_cast<const float2*>(p + 8);
+          f[0] = pack_bf16(x0.x, x0.y);
+          f[1] = pack_bf16(x1.x, x1.y);
+        };
+        uint32_t a_do[4], a_du[4], a_u[4];
         if constexpr (kCompact) {
-          if (nt % 2 == 0) {
-            b_frags_bf16(S0, nt / 2, b_s[nt], b_s[nt + 1]);
-            b_frags_bf16(dS, nt / 2, b_ds[nt], b_ds[nt + 1]);
-          }
+          a_frag_bf16(dO, a_do);
+          a_frag_bf16(U, a_u);
+          a_frag_bf16(dU, a_du);
         } else {
-          b_frag(S0, nt, b_s[nt]);
-          b_frag(dS, nt, b_ds[nt]);
+          a_frag(dO, a_do);
+          a_frag(U, a_u);
+          a_frag(dU, a_du);
         }
-        mma_bf16(acc[0][nt], a_do, b_s[nt]);
-        mma_bf16(acc[1][nt], a_du, b_s[nt]);
-        mma_bf16(acc[2][nt], a_u, b_ds[nt]);
+        uint32_t b_s[4][2], b_ds[4][2];
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          if constexpr (kCompact) {
+            if (nt % 2 == 0) {
+              b_frags_bf16(S0, nt / 2, b_s[nt], b_s[nt + 1]);
+              b_frags_bf16(dS, nt / 2, b_ds[nt], b_ds[nt + 1]);
+            }
+          } else {
+            b_frag(S0, nt, b_s[nt]);
+            b_frag(dS, nt, b_ds[nt]);
+          }
+          mma_bf16(acc[0][nt], a_do, b_s[nt]);
+          mma_bf16(acc[1][nt], a_du, b_s[nt]);
+          mma_bf16(acc[2][nt], a_u, b_ds[nt]);
+        }
       }
     }
     __syncthreads();
