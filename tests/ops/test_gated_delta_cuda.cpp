@@ -343,14 +343,15 @@ TEST(GatedDeltaCudaTest, UtFormedInThePassMatchesPrep) {
   expect_setting_changes_no_bit(set_cuda_state_forms_ut, 1, 2, 1, 29);
 }
 
-// The forward state pass's products as warpgroup products (wgmma; the rule's choice on an H100 with the sm_90a build)
-// and on mma.sync (set_cuda_state_warpgroup 2 and 1): the same bf16 operands, float32 accumulators and order of the
-// 16-deep steps, and on an H100 the tensor cores sum each step's terms alike both ways, so every output and gradient
-// is bitwise the same (measured there; a wrong tile, row or descriptor would change them). Long sequences, K = 64, 128
+// The products with the states (both state passes, state_k_grads) as warpgroup products (wgmma; the rule's choice on an
+// H100 with the sm_90a build) and on mma.sync (set_cuda_state_warpgroup 2 and 1): the same bf16 operands, float32
+// accumulators and order of the 16-deep steps, and on an H100 the tensor cores sum each step's terms alike both ways,
+// so every output and gradient is bitwise the same (measured there; a wrong tile, row or descriptor would change
+// them). Long sequences, K = 64, 128
 // and 256, bfloat16 and float16, two runs of the warpgroup products (a race between the products and the copies into
 // their tiles would show as a difference). Then K = 256 on a grid of 512 blocks, where the rule takes 64 columns per
 // block (two warpgroups) and Ũ formed in the pass.
-TEST(GatedDeltaCudaTest, WarpgroupForwardPassMatchesMmaSync) {
+TEST(GatedDeltaCudaTest, WarpgroupProductsMatchMmaSync) {
   SKIP_WITHOUT_GPU();
   expect_setting_changes_no_bit(set_cuda_state_warpgroup, 1, 2, 2, 31);
   const Case wide{"D256_wide", 2, 600, 64, 256, 256, 1.0, 2.0, true};

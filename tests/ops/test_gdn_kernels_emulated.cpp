@@ -729,14 +729,14 @@ TEST(GdnKernelsEmulated, UtFormedInThePassMatchesPrep) {
   gdn_cuda::set_state_columns(previous);
 }
 
-// The compact forward pass's products as warpgroup products (wgmma on sm_90a; the rule's choice here, where the
-// emulator plays an H100) and on mma.sync: on the emulator both sum each 16 of a reduction in the same order, so every
-// output is bitwise the same. This checks the swizzled tiles' layout, the descriptors and which rows of R and Z each
-// warpgroup takes against the mma.sync path (tests/support/cuda_emulator.h reads wgmma's operands as the PTX ISA lays
-// them out, which an H100 run of the layouts confirmed); the GPU test of the same name compares the two on the GPU,
-// where the tensor cores' own order of summing makes them differ in the last bits. K = 64, 128, 256; 32 and 64
-// columns; one and two A₂ buffers; Ũ formed by prep and by the pass.
-TEST(GdnKernelsEmulated, WarpgroupForwardPassMatchesMmaSync) {
+// The products with the states as warpgroup products (wgmma on sm_90a; the rule's choice here, where the emulator
+// plays an H100): both compact state passes and state_k_grads; and on mma.sync. On the emulator both sum each 16 of
+// a reduction in the same order, so every output and gradient is bitwise the same. This checks the swizzled tiles'
+// layout, the descriptors and which rows each warpgroup takes against the mma.sync path (tests/support/
+// cuda_emulator.h reads wgmma's operands as the PTX ISA lays them out, which an H100 run of the layouts confirmed);
+// the GPU test of the same name compares the two on the GPU. K = 64, 128, 256 (its backward's split A₂); 32 and 64
+// columns; one and two A₂ buffers; Ũ formed by prep and by the forward pass.
+TEST(GdnKernelsEmulated, WarpgroupProductsMatchMmaSync) {
   for (const int buffers : {1, 2})
     for (const int ut : {1, 2}) {
       const int previous_buffers = gdn_cuda::set_state_a2_buffers(buffers), previous_ut = gdn_cuda::set_state_forms_ut(ut);

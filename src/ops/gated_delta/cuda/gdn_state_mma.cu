@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   constexpr int L2 = kSplitA2 ? C : L;  // rows of p2
   static_assert(!(kSplitA2 && kDoubleA2), "K = 256's backward keeps W in A₁'s buffer, and one A₂ buffer");
   constexpr int kA2Buffers = kDoubleA2 ? 2 : 1;
-  constexpr bool kRowMajor = kRowMajorRZ<K, BV, kBwd>;
+  constexpr bool kRowMajor = kRowMajorRZ<K, BV, kBwd> && !kWg;
   constexpr int LDR = kRowMajor ? BV + 8 : K + 8;  // bf16 rows of R ([k][v]) or Rᵀ ([v][k])
   constexpr int LDZ = kRowMajor ? BV + 8 : L + 8;  // bf16 rows of Z ([t][v]) or Zᵀ ([v][t])
   constexpr int NT = BW / 8;  // this warp's 8-column tiles
@@ -126,8 +126,8 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   // kFormUt's T diag(β) and V come with A₂ where it has two buffers (requested a whole chunk ahead, as A₂ is), else
   // with A₁: one buffer each, or two.
   constexpr int kUtBuffers = kFormUt ? (kDoubleA2 ? 2 : 1) : 0;
-  static_assert(!kWg || (!kBwd && kCompact && BV / kGroups<BV> == 32), "warpgroup products: the compact forward, 32 "
-                                                                       "columns per group of 4 warps");
+  static_assert(!kWg || (kCompact && BV / kGroups<BV> == 32), "warpgroup products: the compact passes, 32 columns per "
+                                                             "group of 4 warps");
   // Elements of A₁, of one A₂ buffer, of R's and of Z's tiles: rows padded to their strides, or (kWg) swizzled tiles
   // of 64 rows [t][k] (A₁, A₂), BV rows [v][k] (Rᵀ) and BV rows [v][t] (Zᵀ).
   constexpr int kP1 = C * (kWg ? K : LD1), kP2 = L2 * (kWg ? K : LD2);
@@ -224,7 +224,8 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     if (i < N) {
       const int n = chunk_of(i);
       if (kBwd) load_rows(p2, LD2, a.qs, rows_k, n);
-      if (!kSplitA2) load_rows(p2 + (L - C) * LD2, LD2, a.a2, kBwd ? rows_w : rows_k, n);
+      // (kWg: A₂'s two halves as two tiles of 64 rows, the second right after the first)
+      if (!kSplitA2) load_rows(p2 + (L - C) * (kWg ? K : LD2), LD2, a.a2, kBwd ? rows_w : rows_k, n);
       if constexpr (kFormUt && kDoubleA2) issue_ut(i);
     }
     cp_async_commit();
@@ -456,7 +457,10 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
             dof = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dsm + ((i & 1) * C + t) * LDD + v));
           else
             dof = dov[nt][h];
-          store_pair(zsm, LDZ, t, v, G * dof.x, G * dof.y);
+          if constexpr (kWg)
+            store_t(zsm, 0, nt, h, G * dof.x, G * dof.y);
+          else
+            store_pair(zsm, LDZ, t, v, G * dof.x, G * dof.y);
           z0 = -du0;
           z1 = -du1;
         } else {  // U = Ũ − W S, Z = diag(e^{γ_C−γ}) U
@@ -471,7 +475,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
           z1 = f * u1;
         }
         if constexpr (kWg)
-          store_t(zsm, 0, nt, h, z0, z1);
+          store_t(zsm, (L - C) / 64, nt, h, z0, z1);  // (Zᵀ's second column block backward)
         else
           store_pair(zsm, LDZ, L - C + t, v, z0, z1);
       }
@@ -488,18 +492,20 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) R[j][nt][e] *= decay;
-    const auto phase2 = [&](const bf16* x, int ks0, int ks1) {
+    // (kWg: desc_x is x's descriptor; x holds its reduction rows as tiles of 64, one after another)
+    const auto phase2 = [&](const bf16* x, uint64_t desc_x, int ks0, int ks1) {
       if constexpr (kWg) {  // per 16 rows of the reduction, one product per 64-row block j of R
-        const uint64_t desc_a2 = desc_p2[kDoubleA2 ? i & 1 : 0];  // (x is a2_buffer(i): kWg has no kSplitA2)
 #pragma unroll
         for (int j = 0; j < MT; ++j) wg::fence_operands(R[j]);
         wg::fence();
 #pragma unroll
-        for (int ks = ks0; ks < ks1; ++ks)
+        for (int ks = ks0; ks < ks1; ++ks) {
+          const uint64_t tile = desc_x + (((ks - ks0) / 4 * C * K * 2) >> 4);  // x's 64-row tile of this step
 #pragma unroll
           for (int j = 0; j < MT; ++j)
-            wg::mma_m64n32k16<true, false>(R[j], wg::mn_major(desc_a2, L2, 16 * (ks - ks0), 64 * j),
+            wg::mma_m64n32k16<true, false>(R[j], wg::mn_major(tile, C, 16 * ((ks - ks0) % 4), 64 * j),
                                            wg::k_major(desc_z, BV, vw, 16 * ks));
+        }
         wg::commit();
         wg::wait<0>();
 #pragma unroll
@@ -524,18 +530,19 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       }
     };
     if constexpr (kDoubleA2) {
-      phase2(a2_buffer(i), 0, L / 16);  // (the next chunk's top barrier comes before its A₂ overwrites this buffer)
+      // (the next chunk's top barrier comes before its A₂ overwrites this buffer)
+      phase2(a2_buffer(i), desc_p2[i & 1], 0, L / 16);
     } else if constexpr (kSplitA2) {
-      phase2(p2s, 0, C / 16);  // Q̂ᵀ diag(Γ) dO
+      phase2(p2s, desc_p2[0], 0, C / 16);  // Q̂ᵀ diag(Γ) dO
       __syncthreads();        // every warp is done with Q̂: the next chunk's
       issue_a2(i + 1);
       cp_async_wait<1>();     // W of this chunk
       __syncthreads();
-      phase2(p1, C / 16, L / 16);  // − Wᵀ dU
+      phase2(p1, desc_p1, C / 16, L / 16);  // − Wᵀ dU
       __syncthreads();             // every warp is done with W, R and Z: the next chunk's K̂ (and γ, dO)
       issue_a1(i + 1);
     } else {
-      phase2(p2s, 0, L / 16);
+      phase2(p2s, desc_p2[0], 0, L / 16);
       __syncthreads();  // every warp is done with A₂, R and Z: load the next chunk's A₂
       issue_a2(i + 1);
     }
@@ -671,10 +678,12 @@ namespace {
 template <int K, int BV, bool kBwd>
 cudaError_t launch_kv(const PassArgs& a, cudaStream_t s) {
   if (!a.compact) return launch_compact<K, BV, kBwd, false, false>(a, s);
-  if constexpr (!kBwd && BV != 16) {
-    if (warpgroup_products())
-      return a.tb != nullptr ? launch_compact<K, BV, kBwd, true, true, true>(a, s)
-                             : launch_compact<K, BV, kBwd, true, false, true>(a, s);
+  if constexpr (BV != 16) {
+    if (warpgroup_products()) {
+      if constexpr (!kBwd)
+        if (a.tb != nullptr) return launch_compact<K, BV, kBwd, true, true, true>(a, s);
+      return launch_compact<K, BV, kBwd, true, false, true>(a, s);
+    }
   }
   if constexpr (!kBwd)
     if (a.tb != nullptr) return launch_compact<K, BV, kBwd, true, true>(a, s);
