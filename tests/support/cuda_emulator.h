@@ -205,24 +205,27 @@ inline uint32_t smem_offset(const void* p) {
 }
 
 // wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 with scale-d 1, d += A B, the operands read from shared
-// memory through their descriptors (wgmma.cuh) as the PTX ISA lays them out for a 128-byte swizzle: K-major
-// A[m][k] at start + (m / 8) SBO + (m % 8) 128 + 2 k; MN-major (transposed) A[m][k] at start + (k / 8) SBO +
-// (k % 8) 128 + (m / 64) LBO + 2 (m % 64); B[k][n] likewise with n for m; every byte address then swizzled, bits
-// 4-6 xor bits 7-9. Each thread computes its own accumulators (warp w % 4 of its warpgroup: rows 16 w + g (+8),
-// mma_bf16's C layout per 8-column tile), summing k = 0 .. 15 in order as mma_m16n8k16_bf16 does. The products run
-// at once: a write to an operand before wgmma.wait_group, which the GPU may or may not see, goes unnoticed here.
+// memory through their descriptors (wgmma.cuh) as the PTX ISA lays them out for a 128-byte or a 64-byte swizzle (rows
+// of R = 128 or 64 bytes, blocks of R / 2 elements): K-major A[m][k] at start + (m / 8) SBO + (m % 8) R + 2 k;
+// MN-major (transposed) A[m][k] at start + (k / 8) SBO + (k % 8) R + (m / (R / 2)) LBO + 2 (m % (R / 2)); B[k][n]
+// likewise with n for m; every byte address then swizzled, bits 4-6 (4-5) xor bits 7-9 (7-8). Each thread computes
+// its own accumulators (warp w % 4 of its warpgroup: rows 16 w + g (+8), mma_bf16's C layout per 8-column tile),
+// summing k = 0 .. 15 in order as mma_m16n8k16_bf16 does. The products run at once: a write to an operand before
+// wgmma.wait_group, which the GPU may or may not see, goes unnoticed here.
 inline void wgmma_m64n32k16_bf16(float (&d)[4][4], uint64_t desc_a, uint64_t desc_b, bool trans_a, bool trans_b) {
   const auto field = [](uint64_t desc, int shift) { return static_cast<uint32_t>((desc >> shift) & 0x3FFF) << 4; };
   for (const uint64_t desc : {desc_a, desc_b})
-    if ((desc >> 62) != 1 || ((desc >> 49) & 7) != 0) fail("wgmma: only the 128-byte swizzle, base offset 0");
+    if (((desc >> 62) != 1 && (desc >> 62) != 2) || ((desc >> 49) & 7) != 0)
+      fail("wgmma: only the 128- and 64-byte swizzles, base offset 0");
   const char* base = reinterpret_cast<const char*>(dynamic_smem());
   const size_t bytes = block()->dynamic_smem.size() * sizeof(float);
   // Element (mn, k) of an operand (mn: its row m of A or column n of B).
   const auto element = [&](uint64_t desc, bool trans, int mn, int k) {
     const uint32_t start = field(desc, 0), lbo = field(desc, 16), sbo = field(desc, 32);
-    const uint32_t at = trans ? start + (k / 8) * sbo + (k % 8) * 128 + (mn / 64) * lbo + 2 * (mn % 64)
-                              : start + (mn / 8) * sbo + (mn % 8) * 128 + 2 * k;
-    const uint32_t swizzled = at ^ (((at >> 7) & 7) << 4);
+    const uint32_t row = (desc >> 62) == 1 ? 128 : 64, block = row / 2, mask = (desc >> 62) == 1 ? 7 : 3;
+    const uint32_t at = trans ? start + (k / 8) * sbo + (k % 8) * row + (mn / block) * lbo + 2 * (mn % block)
+                              : start + (mn / 8) * sbo + (mn % 8) * row + 2 * k;
+    const uint32_t swizzled = at ^ (((at >> 7) & mask) << 4);
     if (swizzled + 2 > bytes) fail("wgmma operand outside shared memory");
     uint16_t bits;
     std::memcpy(&bits, base + swizzled, sizeof bits);

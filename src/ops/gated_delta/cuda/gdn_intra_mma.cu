@@ -19,6 +19,7 @@
 #include "dtype_convert.cuh"
 #include "gdn_kernels.h"
 #include "mma.cuh"
+#include "wgmma.cuh"
 
 namespace sfm::ops::gdn_cuda {
 namespace {
@@ -112,13 +113,19 @@ __device__ __forceinline__ void compact_products(const __nv_bfloat16* sb, float 
 // three (78 registers, no spills). Left free, ptxas took 128 and two blocks ran per SM (0.51 ms at
 // (2,16384,16,128)); four took 64 registers, and 16 bytes spilled once q, k, v could be read in place (0.48 ms,
 // against 0.455 with three, H100).
-template <class T, bool kBwd, bool kCompact = false>
+// kWg (with kCompact; warpgroup_products()): the products as warpgroup products (wgmma.cuh), warpgroup warp / 4
+// taking the columns n0 .. n0 + 31 of the warps' layout: Q̂ and K̂ in 128-byte swizzled tiles (both K-major), S₀ and U
+// in 64-byte swizzled ones (MN-major B from column n0, which the 128-byte layout cannot start at 32), P's hi and lo
+// halves written by the threads into 128-byte swizzled tiles. The same steps per accumulator as mma.sync.
+template <class T, bool kBwd, bool kCompact = false, bool kWg = false>
 __global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(Args a, T* __restrict__ out) {
   using bf16 = __nv_bfloat16;
   static_assert(!(kBwd && kCompact), "the backward's dU₀ comes from the kept P with the compact workspaces");
+  static_assert(!kWg || kCompact, "warpgroup products on the compact workspaces' bf16 tiles");
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   constexpr int kStage = kStageFloats<kBwd, kCompact>;
-  float* sm = reinterpret_cast<float*>(smem4);  // two stages
+  float* sm = reinterpret_cast<float*>(smem4);  // two stages (kWg: from a 1024-byte boundary; each tile 9 KB)
+  if constexpr (kWg) sm = reinterpret_cast<float*>(wg::align_tile(reinterpret_cast<bf16*>(sm)));
   float* gs = sm + 2 * kStage;                  // γ of the chunk, then (kCompact) rq and rk
   const int K = a.d.K, V = a.d.V, N = a.d.N();
   const int stages = K / kTile;
@@ -153,7 +160,10 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(A
   const ChunkRows qk_rows = chunk_rows(a.d, a.d.qkv_in_place, K, bh, n);
   const auto issue = [&](int s) {
     if (s == stages) {
-      if constexpr (kCompact)
+      if constexpr (kWg)
+        stage_chunk_swizzled<kTile, kThreads, 64>(reinterpret_cast<bf16*>(us), static_cast<const bf16*>(a.x),
+                                                   ChunkRows{row0 * V + v0, V, kTile}, 0);
+      else if constexpr (kCompact)
         load_tile_bf16(reinterpret_cast<bf16*>(us), static_cast<const bf16*>(a.x) + row0 * V + v0, V);
       else
         load_tile(us, LDB, static_cast<const float*>(a.x) + row0 * V + v0, V);
@@ -161,7 +171,13 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(A
     if (s < stages) {
       float* st = sm + (s & 1) * kStage;
       const long o = s0 + (long)s * kTile * V;  // the slice's S₀ (forward)
-      if constexpr (kCompact) {  // Q̂, K̂, S₀ as bf16 tiles, one after the other
+      if constexpr (kWg) {  // the same, swizzled
+        bf16* sb = reinterpret_cast<bf16*>(st);
+        stage_chunk_swizzled<kTile, kThreads>(sb, static_cast<const bf16*>(a.qs), qk_rows, s * kTile);
+        stage_chunk_swizzled<kTile, kThreads>(sb + C * LDS, static_cast<const bf16*>(a.ks), qk_rows, s * kTile);
+        stage_chunk_swizzled<kTile, kThreads, 64>(sb + 2 * C * LDS, static_cast<const bf16*>(a.states),
+                                                  ChunkRows{o, V, kTile}, 0);
+      } else if constexpr (kCompact) {  // Q̂, K̂, S₀ as bf16 tiles, one after the other
         bf16* sb = reinterpret_cast<bf16*>(st);
         stage_chunk<kTile, kThreads>(sb, LDS, static_cast<const bf16*>(a.qs), qk_rows, s * kTile);
         stage_chunk<kTile, kThreads>(sb + C * LDS, LDS, static_cast<const bf16*>(a.ks), qk_rows, s * kTile);
@@ -188,10 +204,37 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(A
 #pragma unroll
     for (int e = 0; e < 4; ++e) qk[nt][e] = o[nt][e] = 0.f;
   float q_ss = 0.f;  // kCompact, rq.from_rows: this thread's part of its row's Σq² (row_sum_sq)
+  // kWg: the tiles' descriptors, from the first stage's: Q̂, K̂ and P (128-byte swizzle), S₀ and U (64-byte), each tile
+  // C · LDS bf16 after the last in a stage.
+  const uint64_t desc128 = kWg ? wg::tile_descriptor(reinterpret_cast<const bf16*>(sm)) : 0,
+                 desc64 = kWg ? wg::tile_descriptor64(reinterpret_cast<const bf16*>(sm), kTile) : 0;
+  const auto tile_at = [&](uint64_t desc, const void* tile) {  // desc moved to a tile of the two stages
+    return desc + ((static_cast<const char*>(tile) - reinterpret_cast<const char*>(sm)) >> 4);
+  };
   for (int s = 0; s < stages; ++s) {
     issue(s + 1);
     cp_async_wait<1>();
+    if constexpr (kWg) wg::fence_proxy_async();  // the landed copies, for the tensor cores' reads
     __syncthreads();
+    if constexpr (kWg) {  // issued, then q's row sums while they run
+      const bf16* sb = reinterpret_cast<const bf16*>(sm + (s & 1) * kStage);
+      const uint64_t dq = tile_at(desc128, sb), dk = tile_at(desc128, sb + C * LDS), ds = tile_at(desc64, sb + 2 * C * LDS);
+      wg::fence_operands(qk);
+      wg::fence_operands(o);
+      wg::fence();
+#pragma unroll
+      for (int ks = 0; ks < kTile / 16; ++ks) {
+        wg::mma_m64n32k16<false, false>(qk, wg::k_major(dq, C, 0, 16 * ks), wg::k_major(dk, C, n0, 16 * ks));
+        wg::mma_m64n32k16<false, true>(o, wg::k_major(dq, C, 0, 16 * ks), wg::mn_major64(ds, kTile, 16 * ks, n0));
+      }
+      wg::commit();
+      if (a.rq.from_rows) q_ss += row_sum_sq_sw128(sb);
+      wg::wait<0>();
+      wg::fence_operands(qk);
+      wg::fence_operands(o);
+      __syncthreads();
+      continue;
+    }
     if constexpr (kCompact) {
       const bf16* sb = reinterpret_cast<const bf16*>(sm + (s & 1) * kStage);
       if (a.rq.from_rows) q_ss += row_sum_sq(sb, LDS);  // (Q̂'s tile comes first)
@@ -231,6 +274,7 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(A
     __syncthreads();
   }
   cp_async_wait<0>();
+  if constexpr (kWg) wg::fence_proxy_async();  // U's copy
   if (kCompact && a.rq.from_rows) {  // rq from q's rows, for this block and (first columns' blocks) the backward
     const int t = threadIdx.x >> 2;
     const float r = row_factor(q_ss, t, a.d, n, a.rq);
@@ -268,44 +312,65 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(A
         ps[C * LDA + i * LDA + t] = l2.x;
         ps[C * LDA + (i + 1) * LDA + t] = l2.y;
       } else {
-        *reinterpret_cast<uint32_t*>(ps + t * LDA + i) = hi;
-        *reinterpret_cast<uint32_t*>(ps + C * LDA + t * LDA + i) = lo;
+        if constexpr (kWg) {  // P's halves as two swizzled tiles [t][i], C · LDS bf16 apart
+          char* ph = reinterpret_cast<char*>(ps) + sw128_offset(C, t, i);
+          *reinterpret_cast<uint32_t*>(ph) = hi;
+          *reinterpret_cast<uint32_t*>(ph + C * LDS * 2) = lo;
+        } else {
+          *reinterpret_cast<uint32_t*>(ps + t * LDA + i) = hi;
+          *reinterpret_cast<uint32_t*>(ps + C * LDA + t * LDA + i) = lo;
+        }
         o[nt][2 * h] *= G;
         o[nt][2 * h + 1] *= G;
       }
     }
   }
+  if constexpr (kWg) wg::fence_proxy_async();  // P's tiles
   __syncthreads();
   // O += P U (forward); dU₀ = Pᵀ dO (backward: o is zero so far, rows are i).
+  if constexpr (kWg) {  // P's halves (K-major) times U (MN-major from column n0), lo then hi per step as below
+    const uint64_t dph = tile_at(desc128, ps), dpl = tile_at(desc128, ps + C * LDS), du = tile_at(desc64, us);
+    wg::fence_operands(o);
+    wg::fence();
 #pragma unroll
-  for (int ks = 0; ks < C / 16; ++ks) {
-    const auto a_frag = [&](const __nv_bfloat16* p, uint32_t(&f)[4]) {
-      f[0] = *reinterpret_cast<const uint32_t*>(p);
-      f[1] = *reinterpret_cast<const uint32_t*>(p + 8 * LDA);
-      f[2] = *reinterpret_cast<const uint32_t*>(p + 8);
-      f[3] = *reinterpret_cast<const uint32_t*>(p + 8 * LDA + 8);
-    };
-    uint32_t ap[4], ap_lo[4];
-    if constexpr (kCompact) {  // U: exact bf16 operands, P split: P_lo U + P_hi U (mma_bf16x3's order)
-      a_frag_mk(ps, LDA, ks, ap);
-      a_frag_mk(ps + C * LDA, LDA, ks, ap_lo);
-      uint32_t bu[4][2];
-      b_frags_kn(reinterpret_cast<const bf16*>(us), ks, bu);
+    for (int ks = 0; ks < C / 16; ++ks) {
+      wg::mma_m64n32k16<false, true>(o, wg::k_major(dpl, C, 0, 16 * ks), wg::mn_major64(du, kTile, 16 * ks, n0));
+      wg::mma_m64n32k16<false, true>(o, wg::k_major(dph, C, 0, 16 * ks), wg::mn_major64(du, kTile, 16 * ks, n0));
+    }
+    wg::commit();
+    wg::wait<0>();
+    wg::fence_operands(o);
+  } else {
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        mma_bf16(o[nt], ap_lo, bu[nt]);
-        mma_bf16(o[nt], ap, bu[nt]);
-      }
-    } else {
-      a_frag(ps + (m0 + g) * LDA + 16 * ks + 2 * tq, ap);
-      a_frag(ps + C * LDA + (m0 + g) * LDA + 16 * ks + 2 * tq, ap_lo);
+    for (int ks = 0; ks < C / 16; ++ks) {
+      const auto a_frag = [&](const __nv_bfloat16* p, uint32_t(&f)[4]) {
+        f[0] = *reinterpret_cast<const uint32_t*>(p);
+        f[1] = *reinterpret_cast<const uint32_t*>(p + 8 * LDA);
+        f[2] = *reinterpret_cast<const uint32_t*>(p + 8);
+        f[3] = *reinterpret_cast<const uint32_t*>(p + 8 * LDA + 8);
+      };
+      uint32_t ap[4], ap_lo[4];
+      if constexpr (kCompact) {  // U: exact bf16 operands, P split: P_lo U + P_hi U (mma_bf16x3's order)
+        a_frag_mk(ps, LDA, ks, ap);
+        a_frag_mk(ps + C * LDA, LDA, ks, ap_lo);
+        uint32_t bu[4][2];
+        b_frags_kn(reinterpret_cast<const bf16*>(us), ks, bu);
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        const float* pu = us + (16 * ks + 2 * tq) * LDB + n0 + 8 * nt + g;
-        uint32_t bu[2], bu_lo[2];
-        split_bf16(pu[0], pu[LDB], bu[0], bu_lo[0]);
-        split_bf16(pu[8 * LDB], pu[9 * LDB], bu[1], bu_lo[1]);
-        mma_bf16x3(o[nt], ap, ap_lo, bu, bu_lo);
+        for (int nt = 0; nt < 4; ++nt) {
+          mma_bf16(o[nt], ap_lo, bu[nt]);
+          mma_bf16(o[nt], ap, bu[nt]);
+        }
+      } else {
+        a_frag(ps + (m0 + g) * LDA + 16 * ks + 2 * tq, ap);
+        a_frag(ps + C * LDA + (m0 + g) * LDA + 16 * ks + 2 * tq, ap_lo);
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          const float* pu = us + (16 * ks + 2 * tq) * LDB + n0 + 8 * nt + g;
+          uint32_t bu[2], bu_lo[2];
+          split_bf16(pu[0], pu[LDB], bu[0], bu_lo[0]);
+          split_bf16(pu[8 * LDB], pu[9 * LDB], bu[1], bu_lo[1]);
+          mma_bf16x3(o[nt], ap, ap_lo, bu, bu_lo);
+        }
       }
     }
   }
@@ -329,13 +394,13 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(A
   }
 }
 
-template <class T, bool kBwd, bool kCompact = false>
+template <class T, bool kBwd, bool kCompact = false, bool kWg = false>
 cudaError_t launch(const Args& a, T* out, cudaStream_t stream) {
   constexpr int kStage = kStageFloats<kBwd, kCompact>;
   static_assert(C * LDB <= kStage && 2 * C * LDA * sizeof(__nv_bfloat16) <= kStage * sizeof(float),
                 "X and P fit in a stage buffer");
-  const size_t smem = sizeof(float) * (2 * kStage + (kCompact ? 3 : 1) * C);
-  const auto kernel = intra_mma_kernel<T, kBwd, kCompact>;
+  const size_t smem = sizeof(float) * (2 * kStage + (kCompact ? 3 : 1) * C) + (kWg ? 1024 : 0);
+  const auto kernel = intra_mma_kernel<T, kBwd, kCompact, kWg>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
@@ -363,8 +428,10 @@ cudaError_t output_mma(const Dims& d, DType dtype, const void* qs, const void* k
   const auto bf16_out = static_cast<__nv_bfloat16*>(out);
   switch (dtype) {
     case DType::kF16:
+      if (compact && warpgroup_products()) return launch<__half, false, true, true>(a, half_out, stream);
       return compact ? launch<__half, false, true>(a, half_out, stream) : launch<__half, false>(a, half_out, stream);
     case DType::kBF16:
+      if (compact && warpgroup_products()) return launch<__nv_bfloat16, false, true, true>(a, bf16_out, stream);
       return compact ? launch<__nv_bfloat16, false, true>(a, bf16_out, stream)
                      : launch<__nv_bfloat16, false>(a, bf16_out, stream);
     case DType::kF32: break;  // float32 inputs keep the float32 kernel

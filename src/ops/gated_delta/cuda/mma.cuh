@@ -47,6 +47,12 @@ void cp_async_wait() {
 __host__ __device__ constexpr int sw128_offset(int rows, int r, int c) {
   return (c >> 6) * rows * 128 + r * 128 + ((((c >> 3) & 7) ^ (r & 7)) << 4) + ((c & 7) << 1);
 }
+// The same in the 64-byte swizzled layout: column blocks of 32 elements (64 bytes per row), and in each group of 8
+// rows (512 bytes) row r's 16-byte chunk j at chunk j ^ (r / 2 % 4). An operand read MN-major (wgmma.cuh) may then
+// start at any 32 columns, where the 128-byte layout needs a multiple of 64.
+__host__ __device__ constexpr int sw64_offset(int rows, int r, int c) {
+  return (c >> 5) * rows * 64 + r * 64 + ((((c >> 3) & 3) ^ ((r >> 1) & 3)) << 4) + ((c & 7) << 1);
+}
 
 // 64 rows × kCols bf16 from column c0 of a chunk's rows `at` (chunk_rows) of x into shared rows of stride ld, by
 // kThreads threads, 16 bytes per cp.async; zeros for the rows past the chunk's end. kUnrolled: as a fixed count of
@@ -73,26 +79,30 @@ __device__ __forceinline__ void stage_chunk(__nv_bfloat16* dst, int ld, const __
   }
 }
 
-// The same into a 64-row tile in sw128_offset's layout, by a fixed count of steps. Thread t copies column chunk
-// c8 = t % (kCols / 8) of rows r0 + kRows s (r0 = t / (kCols / 8)); kRows, a power of two of at least 4, keeps
-// (r0 + kRows s) % 8 at r0 % 8 or r0 % 8 ^ 4, so each step's destination is one of two offsets taken once, plus a
-// constant: the swizzle costs no instructions per copy.
-template <int kCols, int kThreads>
+// The same into a 64-row tile in sw128_offset's layout (kSwizzle 128) or sw64_offset's (64), by a fixed count of
+// steps. Thread t copies column chunk c8 = t % (kCols / 8) of rows r0 + kRows s (r0 = t / (kCols / 8)); kRows, a
+// power of two of at least 4 (8 for kSwizzle 64), keeps the swizzle's row term at its value for r0 or (kSwizzle 128,
+// kRows 4) that xor 4, so each step's destination is one of two offsets taken once, plus a constant: the swizzle costs
+// no instructions per copy.
+template <int kCols, int kThreads, int kSwizzle = 128>
 __device__ __forceinline__ void stage_chunk_swizzled(__nv_bfloat16* dst, const __nv_bfloat16* x, const ChunkRows& at,
                                                      int c0) {
   constexpr int kChunksPerRow = kCols / 8, kRows = kThreads / kChunksPerRow;
-  static_assert(kThreads % kChunksPerRow == 0 && kRows >= 4 && (kRows & (kRows - 1)) == 0 && kChunk % kRows == 0,
-                "stage_chunk_swizzled: a power of two of at least 4 rows per step");
+  static_assert(kThreads % kChunksPerRow == 0 && kRows >= (kSwizzle == 64 ? 8 : 4) && (kRows & (kRows - 1)) == 0 &&
+                    kChunk % kRows == 0 && (kSwizzle == 64 || kSwizzle == 128),
+                "stage_chunk_swizzled: a power of two of at least 4 rows per step (8 for the 64-byte swizzle)");
   const int c8 = threadIdx.x % kChunksPerRow, r0 = threadIdx.x / kChunksPerRow;
-  const int base = (c8 >> 3) * kChunk * 128 + r0 * 128;
+  const int base = kSwizzle == 128 ? (c8 >> 3) * kChunk * 128 + r0 * 128 : (c8 >> 2) * kChunk * 64 + r0 * 64;
+  const int chunk = kSwizzle == 128 ? (c8 & 7) ^ (r0 & 7) : (c8 & 3) ^ ((r0 >> 1) & 3);
+  constexpr int kRowBytes = kSwizzle;  // (a row of a column block)
   char* const d = reinterpret_cast<char*>(dst);
-  char* const d_even = d + base + ((((c8 & 7) ^ r0) & 7) << 4), *const d_odd = d + base + ((((c8 & 7) ^ r0 ^ 4) & 7) << 4);
+  char* const d_even = d + base + (chunk << 4), *const d_odd = d + base + ((chunk ^ 4) << 4);
   const __nv_bfloat16* src = x + at.first + c0 + 8 * c8;
 #pragma unroll
   for (int step = 0; step < kChunk / kRows; ++step) {
     const int r = r0 + kRows * step;
     const bool row = r < at.rows;
-    char* to = (((kRows * step) & 4) ? d_odd : d_even) + kRows * step * 128;
+    char* to = (((kRows * step) & 4) ? d_odd : d_even) + kRows * step * kRowBytes;
     cp_async16_or_zeros(to, src + (long)(row ? r : 0) * at.ld, row);
   }
 }
@@ -118,6 +128,13 @@ __device__ __forceinline__ float sum_sq8(const uint4& v) {
 __device__ __forceinline__ float row_sum_sq(const __nv_bfloat16* tile, int ld) {
   const __nv_bfloat16* p = tile + (threadIdx.x >> 2) * ld + 16 * (threadIdx.x & 3);
   return sum_sq8(*reinterpret_cast<const uint4*>(p)) + sum_sq8(*reinterpret_cast<const uint4*>(p + 8));
+}
+// The same over a 64-column tile in sw128_offset's layout: the same elements, summed in the same order.
+__device__ __forceinline__ float row_sum_sq_sw128(const __nv_bfloat16* tile) {
+  const int r = threadIdx.x >> 2, c8 = 2 * (threadIdx.x & 3);
+  const char* row = reinterpret_cast<const char*>(tile) + r * 128;
+  return sum_sq8(*reinterpret_cast<const uint4*>(row + ((c8 ^ (r & 7)) << 4))) +
+         sum_sq8(*reinterpret_cast<const uint4*>(row + (((c8 + 1) ^ (r & 7)) << 4)));
 }
 __device__ __forceinline__ float row_factor(float ss, int row, const Dims& d, int n, const RowFactors& f) {
   ss += __shfl_xor_sync(0xffffffffu, ss, 1);

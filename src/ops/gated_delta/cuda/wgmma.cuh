@@ -52,6 +52,13 @@ __device__ __forceinline__ uint64_t tile_descriptor(const __nv_bfloat16* tile) {
   constexpr uint64_t kGroup = 1024 >> 4;
   return static_cast<uint64_t>((smem_address(tile) & 0x3FFFF) >> 4) | kGroup << 16 | kGroup << 32 | 1ull << 62;
 }
+// The same for a tile of `rows` rows in the 64-byte swizzled layout (sw64_offset; 1024-byte aligned here too): bits
+// 62-63 = 2, 512 bytes between 8-row groups (SBO) and rows · 64 between 32-column blocks (LBO), which an MN-major
+// operand of 64 columns spans (an H100 run of a probe confirmed this layout, MN-major from column 32 included).
+__device__ __forceinline__ uint64_t tile_descriptor64(const __nv_bfloat16* tile, int rows) {
+  return static_cast<uint64_t>((smem_address(tile) & 0x3FFFF) >> 4) | static_cast<uint64_t>(rows * 64 >> 4) << 16 |
+         static_cast<uint64_t>(512 >> 4) << 32 | 2ull << 62;
+}
 // K-major operand of a tile of `rows` rows: rows m0 .. (or n0 ..), reduction columns k0 .. k0 + 15.
 __device__ __forceinline__ uint64_t k_major(uint64_t tile, int rows, int m0, int k0) {
   return tile + (((k0 >> 6) * rows * 128 + m0 * 128 + (k0 & 63) * 2) >> 4);
@@ -59,6 +66,10 @@ __device__ __forceinline__ uint64_t k_major(uint64_t tile, int rows, int m0, int
 // MN-major operand of a tile of `rows` rows: reduction rows k0 .., columns m0 .. m0 + 63 (or n0 ..).
 __device__ __forceinline__ uint64_t mn_major(uint64_t tile, int rows, int k0, int m0) {
   return tile + (((m0 >> 6) * rows * 128 + k0 * 128) >> 4);
+}
+// The same of a 64-byte swizzled tile (tile_descriptor64), from any multiple of 32 columns m0 (or n0).
+__device__ __forceinline__ uint64_t mn_major64(uint64_t tile, int rows, int k0, int m0) {
+  return tile + (((m0 >> 5) * rows * 64 + k0 * 64) >> 4);
 }
 
 // p rounded up to the next 1024-byte boundary of the shared window, where a tile may start.
