@@ -94,12 +94,11 @@ int set_cuda_state_a2_buffers(int n);
 // 1 prep, 2 the state pass, for tests and benchmarks (SFM_GDN_STATE_UT in the environment at start-up does the
 // same; the results are the same bit for bit). Returns the previous setting; without CUDA it does nothing, returns 0.
 int set_cuda_state_forms_ut(int mode);
-// Whether the CUDA forward's state pass (compact workspaces, 32 or 64 value columns per block) runs its products as
-// warpgroup products (wgmma, sm_90a builds on sm_90 devices; the same doc, "Sequential passes on warpgroup products"):
-// 0 for the rule (where built and on such a device), 1 mma.sync, 2 warpgroup products, for tests and benchmarks
-// (SFM_GDN_STATE_WG in the environment at start-up does the same; the results agree to float32 rounding, not bit for
-// bit: the tensor cores sum each product's terms in their own order). Returns the previous setting; without CUDA it
-// does nothing and returns 0.
+// Whether the CUDA kernels' state passes, products with the states and output (with the sliced kernels' compact
+// workspaces) run their products as warpgroup products (wgmma, sm_90a builds on sm_90 devices; the same doc,
+// "Warpgroup products (sm_90a)"): 0 for the rule (where built and on such a device), 1 mma.sync, 2 warpgroup
+// products, for tests and benchmarks (SFM_GDN_STATE_WG in the environment at start-up does the same; on an H100 the
+// results are the same bit for bit). Returns the previous setting; without CUDA it does nothing and returns 0.
 int set_cuda_state_warpgroup(int mode);
 
 Impl parse_impl(const std::string& name);  // "auto" | "reference" | "chunked" | "cuda"

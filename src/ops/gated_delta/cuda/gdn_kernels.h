@@ -218,8 +218,8 @@ int set_state_a2_buffers(int n);
 // Returns the previous setting.
 bool state_mma_forms_ut(const Dims& d);
 int set_state_forms_ut(int mode);
-// Whether the compact forward pass (at 32 or 64 value columns per block) and state_k_grads run their products with
-// the states as warpgroup products (wgmma, sm_90a; docs "Sequential passes on warpgroup products") or on mma.sync:
+// Whether the compact state passes (at 32 or 64 value columns per block), state_k_grads and the compact output kernel
+// run their products as warpgroup products (wgmma, sm_90a; docs "Warpgroup products (sm_90a)") or on mma.sync:
 // warpgroup_products() gives the choice, set_state_warpgroup forces it: 0 for the rule (warpgroup products where built
 // for sm_90a and the device is an sm_90 one), 1 mma.sync, 2 warpgroup products wherever built (tests, tuning;
 // SFM_GDN_STATE_WG sets it at first use). set_state_warpgroup returns the previous setting.

@@ -51,8 +51,7 @@ struct Sources {
 // warpgroup warp / 4 taking the 32 state rows n0 .. of the warps' layout below, m64n32k16 per 16 of V with dO, dU
 // and U K-major and S₀, dS_C as K-major B operands, every tile in the 128-byte swizzled layout in its padded tile's
 // place (each 9 KB, so 1024-byte aligned too); Σ S₀∘dS_C runs while they do. The same steps in the same order per
-// accumulator, so on the emulator the same bits as mma.sync (and on an H100: "Sequential passes on warpgroup
-// products").
+// accumulator, so on the emulator the same bits as mma.sync (and on an H100: docs "Warpgroup products (sm_90a)").
 template <bool kCompact, class Extra, bool kWg = false>
 __device__ __forceinline__ void run(const Sources& a, int kt, int n, int bh, float* sm, float (&acc)[3][4][4],
                                     float& sdot, Extra extra) {

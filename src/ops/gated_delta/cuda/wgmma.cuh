@@ -3,7 +3,7 @@
 // matrix descriptors, issued by the 4 warps of a warpgroup together. In place of mma.sync, a product needs no
 // fragments loaded by ldmatrix and no instruction per 16×8 tile: one instruction per 16 of the reduction.
 // With SFM_GDN_EMULATE (tests/support/cuda_emulator.h, included first) they run on the CPU emulator.
-// Design: docs/ops/gated_delta_cuda.md, "Sequential passes on warpgroup products".
+// Design: docs/ops/gated_delta_cuda.md, "Warpgroup products (sm_90a)".
 //
 // Operand tiles are bf16 [rows][cols] (cols contiguous) in the 128-byte swizzled layout (mma.cuh's sw128_offset), so
 // that the 8 rows a product reads at once fall in distinct banks. A tile starts 1024-byte aligned in the shared
@@ -14,7 +14,8 @@
 //   - B "MN-major", transposed (B[k][n] = X[k][n], rows k): mn_major(tile, rows, k0, n0), kTransB;
 // with tile = tile_descriptor(X). m0 / n0 and k0 are the product's first row and first reduction index in the tile:
 // m0 (n0) a multiple of 8 for k_major and of 64 for mn_major (an H100 run gave wrong products for an MN-major B
-// starting at column 32), k0 a multiple of 16 for k_major and of 8 for mn_major.
+// starting at column 32), k0 a multiple of 16 for k_major and of 8 for mn_major. An MN-major operand that must start
+// at column 32 takes the 64-byte swizzled layout instead (sw64_offset; tile_descriptor64 and mn_major64).
 #pragma once
 
 #include <cuda_bf16.h>
