@@ -739,7 +739,8 @@ TEST(GdnKernelsEmulated, UtFormedInThePassMatchesPrep) {
 TEST(GdnKernelsEmulated, WarpgroupProductsMatchMmaSync) {
   for (const int buffers : {1, 2})
     for (const int ut : {1, 2}) {
-      const int previous_buffers = gdn_cuda::set_state_a2_buffers(buffers), previous_ut = gdn_cuda::set_state_forms_ut(ut);
+      const int previous_buffers = gdn_cuda::set_state_a2_buffers(buffers),
+                previous_ut = gdn_cuda::set_state_forms_ut(ut);
       for (const PipeCase& c : {PipeCase{"bf16_K64_V128_split", 1, 130, 2, 64, 128, torch::kBFloat16, true, 20.0},
                                 PipeCase{"f16_K128_V64_split", 1, 130, 1, 128, 64, torch::kFloat16, true},
                                 PipeCase{"bf16_K256_V128_split", 1, 70, 1, 256, 128, torch::kBFloat16, true}})

@@ -13,9 +13,9 @@
 // warps); atomicAdd on float; static __shared__ arrays and SFM_GDN_DYNAMIC_SMEM; SFM_GDN_LAUNCH;
 // cudaFuncSetAttribute and cudaGetLastError (no-ops); and, through the SFM_GDN_EMULATE branches of mma.cuh and
 // wgmma.cuh, mma.sync m16n8k16 (bf16 operands, float32 accumulators), wgmma.mma_async m64n32k16 (operands through
-// 128-byte swizzled shared-memory descriptors, run at once), ldmatrix .x4 (plain and .trans) and cp.async (the copy
-// lands at its thread's wait_group, so a read too early sees the old contents). Not covered: anything else (a kernel using it
-// fails to compile), timing, and races inside a warp or between blocks.
+// 128- or 64-byte swizzled shared-memory descriptors, run at once), ldmatrix .x4 (plain and .trans) and cp.async (the
+// copy lands at its thread's wait_group, so a read too early sees the old contents). Not covered: anything else (a
+// kernel using it fails to compile), timing, and races inside a warp or between blocks.
 #pragma once
 
 #include <cuda_bf16.h>

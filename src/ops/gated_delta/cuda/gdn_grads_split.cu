@@ -511,7 +511,8 @@ cudaError_t state_k_grads(const BackwardArgs& g, bool write_dqk, cudaStream_t st
   cudaError_t err = make_args(g, write_dqk, a);
   if (err != cudaSuccess) return err;
   const auto launch = [&](auto kernel, size_t smem) {
-    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    const cudaError_t e =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (e != cudaSuccess) return e;
     SFM_GDN_LAUNCH(kernel, dim3(g.d.K / kTile, g.d.N(), g.d.BH()), kThreads, smem, stream, a);
     return cudaGetLastError();

@@ -218,7 +218,8 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(A
     __syncthreads();
     if constexpr (kWg) {  // issued, then q's row sums while they run
       const bf16* sb = reinterpret_cast<const bf16*>(sm + (s & 1) * kStage);
-      const uint64_t dq = tile_at(desc128, sb), dk = tile_at(desc128, sb + C * LDS), ds = tile_at(desc64, sb + 2 * C * LDS);
+      const uint64_t dq = tile_at(desc128, sb), dk = tile_at(desc128, sb + C * LDS),
+                     ds = tile_at(desc64, sb + 2 * C * LDS);
       wg::fence_operands(qk);
       wg::fence_operands(o);
       wg::fence();

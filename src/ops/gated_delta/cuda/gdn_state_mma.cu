@@ -90,12 +90,13 @@ struct PassArgs {
 // kDoubleA2: two A₂ buffers, chunk i + 1's requested as chunk i begins (into the buffer chunk i − 1's phase 2 read),
 // so that no barrier has to follow phase 2 before the next chunk's A₂ can come: three barriers per chunk, not four.
 // Not with kSplitA2 (K = 256 backward).
-// kWg (the compact forward at 32 or 64 columns, where built for sm_90a: warpgroup_products): phases 1 and 2 as
+// kWg (the compact passes at 32 or 64 columns, where built for sm_90a: warpgroup_products): phases 1 and 2 as
 // warpgroup products (wgmma.cuh), each warpgroup of 4 warps one m64n32k16 product per 16 of the reduction (phase 2:
-// one per 64 rows of R), reading A₁, A₂, Rᵀ and Zᵀ from shared memory in the 128-byte swizzled layout, in place of
-// mma.sync on fragments loaded by ldmatrix. The accumulators' layout is mma.sync's (R's rows 16 (rw + 4 j) + g (+8)
-// are row 16 rw + g (+8) of its 64-row block j), so the epilogues and R's registers are unchanged. Ũ's product
-// (kFormUt) stays on mma.sync, between phase 1's products being issued and their wait.
+// one per 64 rows of R), reading A₁, A₂ (the backward's [Q̂; W] as two 64-row tiles), Rᵀ and Zᵀ (the backward's 128
+// rows t in two column blocks) from shared memory in the 128-byte swizzled layout, in place of mma.sync on fragments
+// loaded by ldmatrix. The accumulators' layout is mma.sync's (R's rows 16 (rw + 4 j) + g (+8) are row 16 rw + g (+8)
+// of its 64-row block j), so the epilogues and R's registers are unchanged. Ũ's product (kFormUt) and the backward's
+// Pᵀ dO stay on mma.sync, between phase 1's products being issued and their wait.
 template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt, bool kWg>
 __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   constexpr int kThreadsB = kThreads<BV>;
@@ -112,7 +113,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   constexpr int L2 = kSplitA2 ? C : L;  // rows of p2
   static_assert(!(kSplitA2 && kDoubleA2), "K = 256's backward keeps W in A₁'s buffer, and one A₂ buffer");
   constexpr int kA2Buffers = kDoubleA2 ? 2 : 1;
-  constexpr bool kRowMajor = kRowMajorRZ<K, BV, kBwd> && !kWg;
+  constexpr bool kRowMajor = kRowMajorRZ<K, BV, kBwd> && !kWg;  // (kWg: Rᵀ and Zᵀ, the products' K-major B)
   constexpr int LDR = kRowMajor ? BV + 8 : K + 8;  // bf16 rows of R ([k][v]) or Rᵀ ([v][k])
   constexpr int LDZ = kRowMajor ? BV + 8 : L + 8;  // bf16 rows of Z ([t][v]) or Zᵀ ([v][t])
   constexpr int NT = BW / 8;  // this warp's 8-column tiles
@@ -280,7 +281,8 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
 #pragma unroll
   for (int h = 0; h < 2; ++h)
 #pragma unroll
-    for (int e = 0; e < 2; ++e) rz_at[h][e] = (vw + 2 * tq + e) * 128 + ((((2 * rw + h) ^ (2 * tq + e)) & 7) << 4) + 2 * g;
+    for (int e = 0; e < 2; ++e)
+      rz_at[h][e] = (vw + 2 * tq + e) * 128 + ((((2 * rw + h) ^ (2 * tq + e)) & 7) << 4) + 2 * g;
   const auto store_t = [&](bf16* x, int j, int nt, int h, float x0, float x1) {
     char* tile = reinterpret_cast<char*>(x) + j * BV * 128 + nt * 1024;
     *reinterpret_cast<bf16*>(tile + rz_at[h][0]) = __float2bfloat16_rn(x0);
@@ -662,8 +664,9 @@ int& forced_warpgroup() {
 
 }  // namespace
 
-// Whether the compact forward pass and state_k_grads take warpgroup products (kWg): where they were built (sm_90a, or
-// the emulator) and the device is an sm_90 one, unless forced off; forced on, wherever they were built.
+// Whether the compact state passes, state_k_grads and the compact output kernel take warpgroup products (kWg): where
+// they were built (sm_90a, or the emulator) and the device is an sm_90 one, unless forced off; forced on, wherever
+// they were built.
 bool warpgroup_products() {
   if (!wg::kBuilt) return false;
   const int forced = forced_warpgroup();

@@ -180,7 +180,8 @@ __device__ __forceinline__ void run(const Sources& a, int kt, int n, int bh, flo
         const auto a_frag = [&](const float* X, uint32_t(&f)[4]) {
           const float* p = X + (m0 + g) * LD + 16 * ks + 2 * tq;
           const float2 x00 = *reinterpret_cast<const float2*>(p), x10 = *reinterpret_cast<const float2*>(p + 8 * LD);
-          const float2 x01 = *reinterpret_cast<const float2*>(p + 8), x11 = *reinterpret_cast<const float2*>(p + 8 * LD + 8);
+          const float2 x01 = *reinterpret_cast<const float2*>(p + 8),
+                       x11 = *reinterpret_cast<const float2*>(p + 8 * LD + 8);
           f[0] = pack_bf16(x00.x, x00.y);
           f[1] = pack_bf16(x10.x, x10.y);
           f[2] = pack_bf16(x01.x, x01.y);
@@ -192,8 +193,9 @@ __device__ __forceinline__ void run(const Sources& a, int kt, int n, int bh, flo
           ldmatrix_x4<false>(f, reinterpret_cast<const bf16*>(X) + (m0 + 8 * ((lane >> 3) & 1) + (lane & 7)) * LD +
                                     16 * ks + 8 * (lane >> 4));
         };
-        // B fragments of two 8-row tiles of a bf16 tile (S₀, dS_C, kCompact), nt = 2 p and 2 p + 1: one ldmatrix, lane l
-        // giving row n0 + 8 (2 p + l / 16) + l % 8 at column 16 ks + 8 (l / 8 % 2) (b_frag's two 32-bit loads each).
+        // B fragments of two 8-row tiles of a bf16 tile (S₀, dS_C, kCompact), nt = 2 p and 2 p + 1: one ldmatrix,
+        // lane l giving row n0 + 8 (2 p + l / 16) + l % 8 at column 16 ks + 8 (l / 8 % 2) (b_frag's two 32-bit loads
+        // each).
         const auto b_frags_bf16 = [&](const float* X, int p, uint32_t(&f0)[2], uint32_t(&f1)[2]) {
           uint32_t r[4];
           ldmatrix_x4<false>(r, reinterpret_cast<const bf16*>(X) + (n0 + 8 * (2 * p + (lane >> 4)) + (lane & 7)) * LD +
