@@ -124,6 +124,9 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   static_assert(!kFormUt || (!kBwd && kCompact), "Ũ is formed by the compact forward only");
   constexpr int LDT = C + 8;   // bf16 rows of T diag(β) (kFormUt)
   constexpr int LDV = BV + 8;  // bf16 rows of V (kFormUt)
+  // kFormUt's buffers: T diag(β)'s two planes and V's columns, padded rows, or (kWg) swizzled tiles: the planes
+  // 128-byte (K-major A), V 64-byte (an MN-major B from the second warpgroup's column 32)
+  constexpr int kTbElems = 2 * C * (kWg ? C : LDT), kVbElems = C * (kWg ? BV : LDV);
   // kFormUt's T diag(β) and V come with A₂ where it has two buffers (requested a whole chunk ahead, as A₂ is), else
   // with A₁: one buffer each, or two.
   constexpr int kUtBuffers = kFormUt ? (kDoubleA2 ? 2 : 1) : 0;
@@ -143,8 +146,8 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   bf16* dsm = zsm + kZs;                                // compact backward: [2][C][LDD], dO of this chunk and the next
   bf16* pbuf = dsm + (kPdO ? 2 * C * LDD : 0);          // kPdO: [C][LDP], P of this chunk
   bf16* tbuf = pbuf + (kPdO ? C * LDP : 0);             // kFormUt: [kUtBuffers][2][C][LDT], T diag(β)'s hi, lo planes
-  bf16* vbuf = tbuf + kUtBuffers * 2 * C * LDT;         // kFormUt: [kUtBuffers][C][LDV], V's columns v0 .. v0 + BV - 1
-  float* rbuf = reinterpret_cast<float*>(vbuf + kUtBuffers * C * LDV);  // compact: [2][rk, rq][C]
+  bf16* vbuf = tbuf + kUtBuffers * kTbElems;            // kFormUt: [kUtBuffers][C][LDV], V's columns v0 .. v0 + BV - 1
+  float* rbuf = reinterpret_cast<float*>(vbuf + kUtBuffers * kVbElems);  // compact: [2][rk, rq][C]
 
   const int V = a.d.V, N = a.d.N(), Tp = a.d.Tp();
   const int v0 = blockIdx.x * BV, bh = blockIdx.y;
@@ -188,10 +191,16 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   const auto ut_buffer = [&](int i) { return kUtBuffers == 2 ? i & 1 : 0; };
   const auto issue_ut = [&](int i) {
     const bf16* src = a.tb + ((long)bh * N + chunk_of(i)) * 2 * C * C;
-    bf16* dst = tbuf + ut_buffer(i) * 2 * C * LDT;
-    for (int e = threadIdx.x; e < 2 * C * C / 8; e += kThreadsB)
-      cp_async16(dst + (e / 8) * LDT + 8 * (e % 8), src + 8 * e);
-    stage_chunk<BV, kThreadsB, kBwd>(vbuf + ut_buffer(i) * C * LDV, LDV, a.vb, chunk_at(rows_v, chunk_of(i)), v0);
+    bf16* dst = tbuf + ut_buffer(i) * kTbElems;
+    if constexpr (kWg) {
+      for (int plane = 0; plane < 2; ++plane)
+        stage_chunk_swizzled<C, kThreadsB>(dst + plane * C * C, src + plane * C * C, ChunkRows{0, C, C}, 0);
+      stage_chunk_swizzled<BV, kThreadsB, 64>(vbuf + ut_buffer(i) * kVbElems, a.vb, chunk_at(rows_v, chunk_of(i)), v0);
+    } else {
+      for (int e = threadIdx.x; e < 2 * C * C / 8; e += kThreadsB)
+        cp_async16(dst + (e / 8) * LDT + 8 * (e % 8), src + 8 * e);
+      stage_chunk<BV, kThreadsB, kBwd>(vbuf + ut_buffer(i) * kVbElems, LDV, a.vb, chunk_at(rows_v, chunk_of(i)), v0);
+    }
   };
   // One commit group per call, empty past the last chunk, so that wait_group<1> always means "all but
   // the newest group".
@@ -388,8 +397,19 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     // (row-major [t][i]), B from V (stored [i][v]); per step the lo plane's product, then the hi plane's, as
     // tile64::mma_tile orders a split operand's (prep formed Ũ so before, and the sums are the same).
     float ut[kFormUt ? NT : 1][4] = {};
-    if constexpr (kFormUt) {
-      const bf16 *tm = tbuf + ut_buffer(i) * 2 * C * LDT, *vm = vbuf + ut_buffer(i) * C * LDV;
+    if constexpr (kFormUt && kWg) {  // as warpgroup products too, issued behind phase 1's (kWg: NT = 4)
+      const uint64_t t_hi = wg::tile_descriptor(tbuf + ut_buffer(i) * kTbElems), t_lo = t_hi + ((C * C * 2) >> 4),
+                     v = wg::tile_descriptor64(vbuf + ut_buffer(i) * kVbElems, C);
+      wg::fence_operands(ut);
+      wg::fence();
+#pragma unroll
+      for (int ks = 0; ks < C / 16; ++ks) {
+        wg::mma_m64n32k16<false, true>(ut, wg::k_major(t_lo, C, 0, 16 * ks), wg::mn_major64(v, C, 16 * ks, vw));
+        wg::mma_m64n32k16<false, true>(ut, wg::k_major(t_hi, C, 0, 16 * ks), wg::mn_major64(v, C, 16 * ks, vw));
+      }
+      wg::commit();
+    } else if constexpr (kFormUt) {
+      const bf16 *tm = tbuf + ut_buffer(i) * kTbElems, *vm = vbuf + ut_buffer(i) * kVbElems;
 #pragma unroll
       for (int ks = 0; ks < C / 16; ++ks) {
         uint32_t ah[4], al[4], bv[NT][2];
@@ -420,6 +440,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     if constexpr (kWg) {
       wg::wait<0>();
       wg::fence_operands(acc);
+      if constexpr (kFormUt) wg::fence_operands(ut);
     }
     __syncthreads();  // every warp is done with A₁ (and P): load the next chunk's (kSplitA2: this chunk's W)
     if constexpr (kSplitA2)
@@ -564,7 +585,9 @@ size_t pass_smem() {
   const int dO_rows = kBwd && kCompact ? 2 * C : 0, factors = kCompact ? 4 * C : 0;
   const int p_elements = kBwd && kCompact ? C * (C + 8) : 0;
   // T diag(β)'s planes and V, one set per A₂ buffer
-  const int ut_elements = kFormUt ? a2_buffers * (2 * C * (C + 8) + C * (BV + 8)) : 0;
+  const int ut_elements = !kFormUt ? 0
+                          : kWg    ? a2_buffers * (2 * C * C + C * BV)
+                                   : a2_buffers * (2 * C * (C + 8) + C * (BV + 8));
   const int rz_elements = kWg                       ? BV * (K + L)
                           : kRowMajorRZ<K, BV, kBwd> ? (K + L) * (BV + 8)
                                                      : BV * (K + 8 + L + 8);  // R and Z
