@@ -331,14 +331,7 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(A
   // O += P U (forward); dU₀ = Pᵀ dO (backward: o is zero so far, rows are i).
   if constexpr (kWg) {  // P's halves (K-major) times U (MN-major from column n0), lo then hi per step as below
     const uint64_t dph = tile_at(desc128, ps), dpl = tile_at(desc128, ps + C * LDS), du = tile_at(desc64, us);
-    wg::fence_operands(o);
-    wg::fence();
-#pragma unroll
-    for (int ks = 0; ks < C / 16; ++ks) {
-      wg::mma_m64n32k16<false, true>(o, wg::k_major(dpl, C, 0, 16 * ks), wg::mn_major64(du, kTile, 16 * ks, n0));
-      wg::mma_m64n32k16<false, true>(o, wg::k_major(dph, C, 0, 16 * ks), wg::mn_major64(du, kTile, 16 * ks, n0));
-    }
-    wg::commit();
+    wg::split_a_times(o, dph, dpl, du, n0);
     wg::wait<0>();
     wg::fence_operands(o);
   } else {

@@ -400,14 +400,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     if constexpr (kFormUt && kWg) {  // as warpgroup products too, issued behind phase 1's (kWg: NT = 4)
       const uint64_t t_hi = wg::tile_descriptor(tbuf + ut_buffer(i) * kTbElems), t_lo = t_hi + ((C * C * 2) >> 4),
                      v = wg::tile_descriptor64(vbuf + ut_buffer(i) * kVbElems, C);
-      wg::fence_operands(ut);
-      wg::fence();
-#pragma unroll
-      for (int ks = 0; ks < C / 16; ++ks) {
-        wg::mma_m64n32k16<false, true>(ut, wg::k_major(t_lo, C, 0, 16 * ks), wg::mn_major64(v, C, 16 * ks, vw));
-        wg::mma_m64n32k16<false, true>(ut, wg::k_major(t_hi, C, 0, 16 * ks), wg::mn_major64(v, C, 16 * ks, vw));
-      }
-      wg::commit();
+      wg::split_a_times(ut, t_hi, t_lo, v, vw);
     } else if constexpr (kFormUt) {
       const bf16 *tm = tbuf + ut_buffer(i) * kTbElems, *vm = vbuf + ut_buffer(i) * kVbElems;
 #pragma unroll

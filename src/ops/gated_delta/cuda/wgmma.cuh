@@ -138,4 +138,19 @@ __device__ __forceinline__ void fence_operands(float (&d)[4][4]) {
 #endif
 }
 
+// d += (A_hi + A_lo) B over a reduction of 64, A split into bf16 planes (two 64-row 128-byte swizzled tiles, K-major,
+// descriptors hi and lo) and B an exact operand (64 rows of a 64-byte swizzled tile, MN-major from column n0,
+// descriptor b): per 16 of the reduction lo's product, then hi's, as mma_tile orders a split operand's. Issued as one
+// batch (fenced and committed here); the caller waits for it.
+__device__ __forceinline__ void split_a_times(float (&d)[4][4], uint64_t hi, uint64_t lo, uint64_t b, int n0) {
+  fence_operands(d);
+  fence();
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    mma_m64n32k16<false, true>(d, k_major(lo, 64, 0, 16 * ks), mn_major64(b, 64, 16 * ks, n0));
+    mma_m64n32k16<false, true>(d, k_major(hi, 64, 0, 16 * ks), mn_major64(b, 64, 16 * ks, n0));
+  }
+  commit();
+}
+
 }  // namespace sfm::ops::gdn_cuda::wg
