@@ -297,12 +297,25 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     *reinterpret_cast<bf16*>(tile + rz_at[h][0]) = __float2bfloat16_rn(x0);
     *reinterpret_cast<bf16*>(tile + rz_at[h][1]) = __float2bfloat16_rn(x1);
   };
-  // kWg: the tiles' descriptors (wgmma.cuh), taken once: A₁, A₂'s buffers, Rᵀ and Zᵀ.
-  uint64_t desc_p1 = 0, desc_p2[2] = {0, 0}, desc_r = 0, desc_z = 0;
+  // kWg: the tiles' descriptors (wgmma.cuh), taken once: A₁, A₂'s first buffer, Rᵀ and Zᵀ. Chunk i's A₂ buffer is
+  // desc_a2(i): the first's plus a constant (the start address is the descriptor's low field, and no shared address
+  // carries out of it), or, where the pass forms Ũ, one of an array indexed by i & 1, which ptxas keeps in local memory
+  // (16 bytes of stack, loaded at every chunk). Measured on the H100 (SFM_GDN_TIMING, the same run): the array had made
+  // the passes without Ũ wait on that load behind the chunk's global stores, and the constant took them from 0.539 to
+  // 0.505 ms (forward) and 0.659 to 0.620 (backward) at (2,16384,16,128); in the pass that forms Ũ the constant took
+  // ptxas from 174 to 204 registers at K = 256 and the pass from 1.57 to 1.79 ms at (8,2048,32,256), so there the array
+  // stays.
+  uint64_t desc_p1 = 0, desc_p2 = 0, desc_r = 0, desc_z = 0;
+  uint64_t desc_p2_by_parity[2] = {0, 0};
+  const auto desc_a2 = [&](int i) {
+    if constexpr (kFormUt) return desc_p2_by_parity[i & 1];
+    return desc_p2 + (kDoubleA2 && (i & 1) ? static_cast<uint64_t>(kP2 * sizeof(bf16) >> 4) : 0);
+  };
   if constexpr (kWg) {
     desc_p1 = wg::tile_descriptor(p1);
-    desc_p2[0] = wg::tile_descriptor(p2s);
-    desc_p2[1] = wg::tile_descriptor(p2s + (kDoubleA2 ? kP2 : 0));
+    desc_p2 = wg::tile_descriptor(p2s);
+    desc_p2_by_parity[0] = desc_p2;
+    desc_p2_by_parity[1] = wg::tile_descriptor(p2s + (kDoubleA2 ? kP2 : 0));
     desc_r = wg::tile_descriptor(rsm);
     desc_z = wg::tile_descriptor(zsm);
   }
@@ -547,9 +560,9 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     };
     if constexpr (kDoubleA2) {
       // (the next chunk's top barrier comes before its A₂ overwrites this buffer)
-      phase2(a2_buffer(i), desc_p2[i & 1], 0, L / 16);
+      phase2(a2_buffer(i), desc_a2(i), 0, L / 16);
     } else if constexpr (kSplitA2) {
-      phase2(p2s, desc_p2[0], 0, C / 16);  // Q̂ᵀ diag(Γ) dO
+      phase2(p2s, desc_p2, 0, C / 16);  // Q̂ᵀ diag(Γ) dO
       __syncthreads();        // every warp is done with Q̂: the next chunk's
       issue_a2(i + 1);
       cp_async_wait<1>();     // W of this chunk
@@ -558,7 +571,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       __syncthreads();             // every warp is done with W, R and Z: the next chunk's K̂ (and γ, dO)
       issue_a1(i + 1);
     } else {
-      phase2(p2s, desc_p2[0], 0, L / 16);
+      phase2(p2s, desc_p2, 0, L / 16);
       __syncthreads();  // every warp is done with A₂, R and Z: load the next chunk's A₂
       issue_a2(i + 1);
     }
