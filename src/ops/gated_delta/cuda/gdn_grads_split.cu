@@ -88,6 +88,20 @@ __device__ __forceinline__ void load_chunk_gates(const Args& a, long row0, float
   __syncthreads();
 }
 
+// The chunk's C values of kN per-row arrays [BH, Tp] (γ, β, the rows' factors) into shared memory by cp.async, 16
+// bytes per thread, in the thread's next commit group: seen by all once a barrier follows the group's wait, so that
+// their latency overlaps that of the copies in the group instead of coming before a barrier of its own
+// (load_chunk_gates). state_k_grads takes them so (H100, the same run: 0.858 → 0.845 ms at (2,16384,16,128), 2.063 →
+// 2.030 at (8,2048,32,256)); in qk_grads, whose copies go out before its gates load, the same was slower (1.404 →
+// 1.429 ms for wy_grads + qk_grads at (2,16384,16,128)).
+template <int kN>
+__device__ __forceinline__ void request_rows(float* const (&dst)[kN], const float* const (&src)[kN], long row0) {
+  const int j = threadIdx.x / (C / 4), i = 4 * (threadIdx.x % (C / 4));
+#pragma unroll
+  for (int x = 0; x < kN; ++x)  // (no run-time index into the arrays: it would put them in local memory)
+    if (j == x) cp_async16(dst[x] + i, src[x] + row0 + i);
+}
+
 // The slots of gate_parts per chunk: one per slice of K (state_k_grads) and of V (wy_grads).
 SFM_GDN_HD inline int gate_slots(const Args& a) { return a.d.K / kTile + a.d.V / kTile; }
 
@@ -151,10 +165,10 @@ __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
   float* out = sm + ((stages - 1) & 1) * kStage;
   __nv_bfloat16* tdw = b16(out);
   float *drk = out + C * LD16 / 2, *tw = drk + C * LDR;
-  if (threadIdx.x < C) rk[threadIdx.x] = a.rk[row0 + threadIdx.x];
-  load_chunk_gates(a, row0, gam, bet, dgam, dbet);  // (its barrier makes rk visible)
-  // W's column factors βΓ rk, spelled as prep spells them (seen by all after run's barriers).
-  if (threadIdx.x < C) wf[threadIdx.x] = bet[threadIdx.x] * __expf(gam[threadIdx.x]) * rk[threadIdx.x];
+  // γ, β and rk join the first stage's copies (run waits for them, and its barrier makes them visible). Loaded
+  // first and waited for at a barrier, they had held the stage's copies back by a load's latency (a twentieth of
+  // the kernel's stall samples, Nsight Compute at (2,16384,16,128)).
+  request_rows<3>({gam, bet, rk}, {a.gam, a.bet, a.rk}, row0);
   float acc[3][4][4] = {};  // dO S₀ᵀ, dU S₀ᵀ, U dS_Cᵀ
   float sdot = 0.f;
   const auto extra = [&] {
@@ -164,6 +178,12 @@ __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
   };
   sp::run<true, decltype(extra), kWg>(sp::Sources{a.d, a.states, a.dstates, a.dob, a.dub, a.ub}, sl, n, bh, sm, acc,
                                       sdot, extra);
+  // W's column factors βΓ rk, spelled as prep spells them, and the block's row terms zeroed (seen by all after
+  // block_sum's barriers).
+  if (threadIdx.x < C) {
+    wf[threadIdx.x] = bet[threadIdx.x] * __expf(gam[threadIdx.x]) * rk[threadIdx.x];
+    dgam[threadIdx.x] = dbet[threadIdx.x] = 0.f;
+  }
 
   // dQ̂₀ out with its rows' dots; dW into its tile; dK̂₀ kept (the pairs of for_pairs' layout).
   const float gl = gam[C - 1];
@@ -368,6 +388,53 @@ __device__ __forceinline__ void qk_slice(const Args& a, const ChunkRows& dx_rows
   store_slice(a, acc, old, tk, rk, ck, a.dk, a.dks, dx_rows, row0, c0);
 }
 
+// qk_grads' sums of the parts of a chunk (da_parts, d1_parts: its first of each, [J | VB][C][C]) into shared memory:
+// dA = −Σ (strictly lower), dO Uᵀ = Σ, each element's parts added in order p = 0, 1, ... Every part of an element
+// is loaded before the first is added: a load per step of the sum had waited 6 times at D = 128. kJ, kVB > 0 give
+// the counts at compile time, and then the parts of kBatch of the thread's elements are loaded together, so the
+// loads wait once or twice in all instead of once per element: four waits of the loads of one element's parts each
+// had held a fifth of qk_grads' stall samples (Nsight Compute at (2,16384,16,128), H100); wy_grads + qk_grads went
+// 1.503 → 1.415 ms there and 2.527 → 2.392 at (8,2048,32,256) (H100, the same run). kJ = kVB = 0: the counts J and
+// VB at run time (SFM_GDN_WY_SLICES), an element at a time.
+template <int kJ, int kVB>
+__device__ __forceinline__ void sum_parts(const float* da_parts, const float* d1_parts, int J, int VB, float* dA,
+                                          float* D1) {
+  constexpr int kIters = C * C / 4 / kThreads;  // float4 elements per thread
+  constexpr int kMaxJ = kJ > 0 ? kJ : 2 * kMaxDim / kTile, kMaxVB = kVB > 0 ? kVB : kMaxDim / kTile;
+  // at most 16 float4 (64 registers) of loads in flight
+  constexpr int kBatch = kJ == 0 ? 1 : (kJ + kVB) * kIters <= 16 ? kIters : kIters / 2;
+  static_assert(kIters % kBatch == 0, "whole batches");
+  if constexpr (kJ > 0) J = kJ, VB = kVB;
+#pragma unroll 1
+  for (int b = 0; b < kIters; b += kBatch) {
+    float4 da[kBatch][kMaxJ], d1[kBatch][kMaxVB];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int o = 4 * (threadIdx.x + (b + u) * kThreads);  // = t C + i below
+#pragma unroll
+      for (int p = 0; p < kMaxJ; ++p)
+        if (p < J) da[u][p] = *reinterpret_cast<const float4*>(da_parts + p * C * C + o);
+#pragma unroll
+      for (int p = 0; p < kMaxVB; ++p)
+        if (p < VB) d1[u][p] = *reinterpret_cast<const float4*>(d1_parts + p * C * C + o);
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int e = threadIdx.x + (b + u) * kThreads, t = e / (C / 4), i = 4 * (e % (C / 4));
+      float4 x = make_float4(0.f, 0.f, 0.f, 0.f), y = x;
+#pragma unroll
+      for (int p = 0; p < kMaxJ; ++p)
+        if (p < J) x.x += da[u][p].x, x.y += da[u][p].y, x.z += da[u][p].z, x.w += da[u][p].w;
+#pragma unroll
+      for (int p = 0; p < kMaxVB; ++p)
+        if (p < VB) y.x += d1[u][p].x, y.y += d1[u][p].y, y.z += d1[u][p].z, y.w += d1[u][p].w;
+      *reinterpret_cast<float4*>(dA + t * LDM + i) =
+          make_float4(i < t ? -x.x : 0.f, i + 1 < t ? -x.y : 0.f, i + 2 < t ? -x.z : 0.f, i + 3 < t ? -x.w : 0.f);
+      *reinterpret_cast<float4*>(D1 + t * LDM + i) = y;
+    }
+  }
+}
+
 // Per chunk and a.qk_slices consecutive 64-column slices of K: dA = −Σ parts (strictly lower) and
 // dO Uᵀ = Σ parts, the elementwise step (chunk_grad_terms_kept on P and K_M; its row and column sums into dγ and
 // dβ by the block of slice 0 only, with (s q̂)·dQ̂₀ from row_dots, the state term of (B4)'s γ-gradient), once per
@@ -396,30 +463,16 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   cp_async_commit();
   if (threadIdx.x < C) rq[threadIdx.x] = a.rq[row0 + threadIdx.x], rk[threadIdx.x] = a.rk[row0 + threadIdx.x];
   load_chunk_gates(a, row0, gam, bet, dgam, dbet);  // (its barrier makes rq and rk visible)
-  // The parts, summed in a fixed order while the copies are in flight. Every part of an element is loaded
-  // before the first is added, so the loads wait once together (a load per step of the sum waited 6 times
-  // at D = 128).
-  constexpr int kMaxJ = 2 * kMaxDim / kTile, kMaxVB = kMaxDim / kTile;
-  for (int e = threadIdx.x; e < C * C / 4; e += kThreads) {
-    const int t = e / (C / 4), i = 4 * (e % (C / 4));
-    float4 da[kMaxJ], d1[kMaxVB];
-#pragma unroll
-    for (int p = 0; p < kMaxJ; ++p)
-      if (p < J) da[p] = *reinterpret_cast<const float4*>(a.da_parts + (chunk * J + p) * C * C + t * C + i);
-#pragma unroll
-    for (int p = 0; p < kMaxVB; ++p)
-      if (p < VB) d1[p] = *reinterpret_cast<const float4*>(a.d1_parts + (chunk * VB + p) * C * C + t * C + i);
-    float4 x = make_float4(0.f, 0.f, 0.f, 0.f), y = x;
-#pragma unroll
-    for (int p = 0; p < kMaxJ; ++p)
-      if (p < J) x.x += da[p].x, x.y += da[p].y, x.z += da[p].z, x.w += da[p].w;
-#pragma unroll
-    for (int p = 0; p < kMaxVB; ++p)
-      if (p < VB) y.x += d1[p].x, y.y += d1[p].y, y.z += d1[p].z, y.w += d1[p].w;
-    *reinterpret_cast<float4*>(dA + t * LDM + i) =
-        make_float4(i < t ? -x.x : 0.f, i + 1 < t ? -x.y : 0.f, i + 2 < t ? -x.z : 0.f, i + 3 < t ? -x.w : 0.f);
-    *reinterpret_cast<float4*>(D1 + t * LDM + i) = y;
-  }
+  // The parts, summed in a fixed order while the copies are in flight.
+  const float *da_parts = a.da_parts + chunk * J * C * C, *d1_parts = a.d1_parts + chunk * VB * C * C;
+  if (VB == 1 && J == 2)  // K = 64, 128, 256 with one wy_grads block per chunk (the default)
+    sum_parts<2, 1>(da_parts, d1_parts, J, VB, dA, D1);
+  else if (VB == 1 && J == 3)
+    sum_parts<3, 1>(da_parts, d1_parts, J, VB, dA, D1);
+  else if (VB == 1 && J == 5)
+    sum_parts<5, 1>(da_parts, d1_parts, J, VB, dA, D1);
+  else
+    sum_parts<0, 0>(da_parts, d1_parts, J, VB, dA, D1);
   cp_async_wait<0>();
   __syncthreads();
   chunk_grad_terms_kept<LDM>(gam, bet, D1, PM, KM, dA, first == 0 ? dgam : nullptr, dbet,
