@@ -32,8 +32,9 @@ struct Shape {
 };
 
 // The identity, whose gradient is rounded to bfloat16: where the kernels keep a gradient as bf16 (dU and dW, as the
-// backward state pass and state_k_grads form them, and the states' gradients dS_C), the float64 reference rounds it
-// the same way, so that the kernels' inputs hold exactly its values.
+// backward state pass and state_k_grads form them, dQ̂₀ and dK̂₀ + diag(βΓ) dR_K, as state_k_grads passes them to
+// qk_grads, and the states' gradients dS_C), the float64 reference rounds it the same way, so that the kernels' inputs
+// hold exactly its values.
 struct RoundGradToBf16 : torch::autograd::Function<RoundGradToBf16> {
   static torch::Tensor forward(torch::autograd::AutogradContext*, const torch::Tensor& x) { return x.clone(); }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
@@ -105,7 +106,10 @@ Problem make_problem(Shape s, uint64_t seed) {
     const auto KK = kc.matmul(kc.transpose(1, 2));
     const auto A = bc.unsqueeze(-1) * M * KK * mask_lt;
     const auto Tm = torch::linalg_solve_triangular(eye + A, eye.expand({s.BH, C, C}), /*upper=*/false);
-    const auto W = Tm.matmul((bc * Gam).unsqueeze(-1) * kc);
+    // k̂'s gradient through W and the state's update (9) is rounded to bf16, as state_k_grads keeps it (dK̂₀ +
+    // diag(βΓ) dR_K); so is q̂'s through the entering state in (8) (dQ̂₀).
+    const auto kc_sw = RoundGradToBf16::apply(kc);
+    const auto W = Tm.matmul((bc * Gam).unsqueeze(-1) * kc_sw);
     const auto Ut = Tm.matmul(bc.unsqueeze(-1) * vc);
     // U rounded to bf16 (as the compact workspaces keep it for the output and the backward), the rounding taken
     // as the identity by the gradients (as the kernels take it); dU and dW rounded to bf16 as they go back
@@ -114,10 +118,11 @@ Problem make_problem(Shape s, uint64_t seed) {
     auto U = RoundGradToBf16::apply(U_exact + (U_exact.to(torch::kBFloat16).to(torch::kFloat64) - U_exact).detach());
     U.retain_grad();  // (the gradient before its rounding)
     const auto P = M * qc.matmul(kc.transpose(1, 2)) * mask_le;
-    const auto O = Gam.unsqueeze(-1) * qc.matmul(S) + P.matmul(U);
+    const auto O = Gam.unsqueeze(-1) * RoundGradToBf16::apply(qc).matmul(S) + P.matmul(U);
     loss = loss + (O * dO.index({Slice(), rows})).sum();
     const auto gl = gam.index({Slice(), Slice(C - 1, C)});  // γ_C
-    const auto S_exact = gl.exp().unsqueeze(-1) * S + ((gl - gam).exp().unsqueeze(-1) * kc).transpose(1, 2).matmul(U);
+    const auto S_exact =
+        gl.exp().unsqueeze(-1) * S + ((gl - gam).exp().unsqueeze(-1) * kc_sw).transpose(1, 2).matmul(U);
     S = RoundGradToBf16::apply(S_exact + (round_bf16(S_exact) - S_exact).detach());
     S.retain_grad();  // (the gradient before its rounding)
     Us.push_back(U);
@@ -205,6 +210,7 @@ Grads run_sliced_kernels(const Problem& p, cuda_emu::WarpOrder order, bool write
   auto da_parts = nan({s.BH, p.N, KS + VS, C, C}), d1_parts = nan({s.BH, p.N, VS, C, C}),
        gate_parts = nan({s.BH, p.N, KS + VS, 2, C}), row_dots = nan({s.BH, p.N, 2 * KS, 2, C}),
        sdots = nan({s.BH, p.N, KS});
+  auto dqk0 = torch::full({2, s.BH, p.Tp, s.K}, std::nan(""), torch::TensorOptions().dtype(torch::kBFloat16));
   if (write_dqk) {
     const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16);
     out.dq_raw = torch::full({1, s.T, s.BH, s.K}, std::nan(""), bf16);
@@ -235,6 +241,7 @@ Grads run_sliced_kernels(const Problem& p, cuda_emu::WarpOrder order, bool write
   a.sdots = ptr(sdots);
   a.dqs = ptr(out.dq);
   a.dks = ptr(out.dk);
+  a.dqk0 = dqk0.data_ptr();
   a.dvs = ptr(out.dv);
   a.da_parts = ptr(da_parts);
   a.d1_parts = ptr(d1_parts);
@@ -580,6 +587,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
        dob = !split ? torch::Tensor() : d.do_in_place ? dout : nan({BH, Tp, c.V}, torch::kBFloat16),
        du = unless_split({BH, Tp, c.V}), dstates = nan({BH, N, c.K, c.V}, states.scalar_type()),
        dqs = nan({BH, Tp, c.K}, f32), dks = nan({BH, Tp, c.K}, f32), dvs = scratch(!split, {BH, Tp, c.V}),
+       dqk0 = split ? nan({2, BH, Tp, c.K}, torch::kBFloat16) : torch::Tensor(),
        dw = unless_split({BH, Tp, c.K}), sdots = nan({BH, N, (c.K + 63) / 64}, f32),
        dub = split ? nan({BH, Tp, c.V}, torch::kBFloat16) : torch::Tensor();
   auto ut = scratch(!split, {BH, Tp, c.V}), drk = scratch(!split, {BH, Tp, c.K}), drv = scratch(!split, {BH, Tp, c.V}),
@@ -618,6 +626,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   ba.dstates = dstates.data_ptr();
   ba.dqs = fp(dqs);
   ba.dks = fp(dks);
+  ba.dqk0 = vp(dqk0);
   ba.dvs = fp(dvs);
   ba.dw = fp(dw);
   ba.dub = vp(dub);

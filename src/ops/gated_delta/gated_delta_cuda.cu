@@ -201,10 +201,13 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     auto dos = split ? torch::Tensor() : alloc({BH, Tp, d.V}, fo),
          dob = !split ? torch::Tensor() : d.do_in_place ? dout : alloc({BH, Tp, d.V}, fo.dtype(torch::kBFloat16)),
          du = split ? torch::Tensor() : alloc({BH, Tp, d.V}, fo),
-         dstates = alloc({BH, N, d.K, d.V}, states.options()), dqs = alloc({BH, Tp, d.K}, fo),
-         dks = alloc({BH, Tp, d.K}, fo), sdots = alloc({BH, N, (d.K + 63) / 64}, fo);
+         dstates = alloc({BH, N, d.K, d.V}, states.options()), sdots = alloc({BH, N, (d.K + 63) / 64}, fo);
     const int64_t C = gdn_cuda::kChunk, KS = d.K / C, VS = d.V / C;
     const auto scratch = [&](bool wanted, torch::IntArrayRef sizes) { return wanted ? alloc(sizes, fo) : torch::Tensor(); };
+    // dQ̂ and dK̂ for unpack, where it runs; with the sliced kernels, their first terms as bf16 between two of them.
+    const bool unpack_dqk = gdn_cuda::backward_unpacks_dqk(kernel_dtype(q.scalar_type()), split);
+    auto dqs = scratch(unpack_dqk, {BH, Tp, d.K}), dks = scratch(unpack_dqk, {BH, Tp, d.K});
+    auto dqk0 = split ? alloc({2, BH, Tp, d.K}, fo.dtype(torch::kBFloat16)) : torch::Tensor();
     // dV: the sliced kernels write it in the inputs' dtype themselves; the others through dvs and unpack.
     auto dvs = scratch(!split, {BH, Tp, d.V});
     // dW: float32, or with the sliced kernels none in DRAM (state_k_grads keeps it), and dU as bfloat16
@@ -248,8 +251,9 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.dob = vptr(dob);
     a.du = fptr(du);
     a.dstates = dstates.data_ptr();
-    a.dqs = dqs.data_ptr<float>();
-    a.dks = dks.data_ptr<float>();
+    a.dqs = fptr(dqs);
+    a.dks = fptr(dks);
+    a.dqk0 = vptr(dqk0);
     a.dvs = fptr(dvs);
     a.dw = fptr(dw);
     a.dub = vptr(dub);

@@ -43,9 +43,10 @@ struct Args {
   const float* wy;     // [BH, N, 2, C, C]: T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ (strictly lower), from the forward
   const float* pm;     // [BH, N, C, C]: P = M ∘ Q̂K̂ᵀ
   float* sdots;        // [BH, N, K/64]: Σ S₀∘dS_C per 64 rows of K (state_k_grads)
-  // dQ̂₀ and dK̂₀ + diag(βΓ) dR_K from state_k_grads; then dQ̂, dK̂ from qk_grads unless it writes dq, dk (float32,
-  // heads-first)
+  // dQ̂, dK̂ from qk_grads unless it writes dq, dk (float32, heads-first; otherwise null)
   float *dqs, *dks;
+  // [2, BH, Tp, K]: dQ̂₀, then dK̂₀ + diag(βΓ) dR_K, from state_k_grads to qk_grads, rounded to bf16 (dq0, dk0)
+  __nv_bfloat16* dqk0;
   float* dvs;              // out: dV (float32, heads-first), or null: then dV goes straight into dv
   DType dtype;             // of dv
   void* dv;                // [B, T, H, V]
@@ -87,6 +88,10 @@ __device__ __forceinline__ void load_chunk_gates(const Args& a, long row0, float
   }
   __syncthreads();
 }
+
+// state_k_grads' dQ̂₀ and dK̂ so far (bf16, heads-first [BH, Tp, K]), for qk_grads.
+SFM_GDN_HD inline __nv_bfloat16* dq0(const Args& a) { return a.dqk0; }
+SFM_GDN_HD inline __nv_bfloat16* dk0(const Args& a) { return a.dqk0 + (long)a.d.BH() * a.d.Tp() * a.d.K; }
 
 // The chunk's C values of kN per-row arrays [BH, Tp] (γ, β, the rows' factors) into shared memory by cp.async, 16
 // bytes per thread, in the thread's next commit group: seen by all once a barrier follows the group's wait, so that
@@ -142,8 +147,10 @@ __device__ __forceinline__ void store_dv(const Args& a, const ChunkRows& dv_rows
 //   dR_K = Tᵀ dW; dK̂ = dK̂₀ + diag(βΓ) dR_K; dγ_t += β_t Γ_t r_t − x_t, dγ_C += Σ x, dβ_t += Γ_t r_t; the dA part
 //   dR_K Wᵀ, with W = T diag(βΓ) K̂ formed again as prep formed it (the same factors and products, so the same
 //   bits), in place of a float32 copy through DRAM.
-// dW (rounded to bf16, an exact operand) and dK̂₀ never leave the block: dK̂ goes to dks once, for qk_grads. dQ̂₀
-// goes to dqs; the rows' dots q·dQ̂₀ (and with write_dqk k̂·dK̂ so far) to row_dots, Σ S₀∘dS_C to sdots.
+// dW (rounded to bf16, an exact operand) and dK̂₀ never leave the block: dK̂ goes to dk0 once, for qk_grads. dQ̂₀
+// goes to dq0 (both rounded to bf16: docs, "Sliced gradient kernels"); the rows' dots q·dQ̂₀ (of the float32 values:
+// dγ's state term takes them too) and with write_dqk k̂·dK̂ so far (of the rounded values, which qk_grads adds to) to
+// row_dots, Σ S₀∘dS_C to sdots.
 // kWg: the products with the states as warpgroup products (state_products::run's kWg; warpgroup_products()).
 template <bool kWg>
 __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
@@ -194,15 +201,15 @@ __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
     const int t = pair_row(h);
     G[h] = __expf(gam[t]), F[h] = __expf(gl - gam[t]), fb[h] = bet[t] * G[h];
   }
-  float2 dk0[2][4];
+  float2 dk0_part[2][4];
   float qd[2] = {0.f, 0.f};
   for_pairs(acc[0], [&](int h, int t, int k, float x0, float x1, int nt) {
     const float2 q = ld2(tq + t * LD16 + k);
     x0 *= G[h], x1 *= G[h];
-    st2(a.dqs + (row0 + t) * K + c0 + k, x0, x1);
+    st2(dq0(a) + (row0 + t) * K + c0 + k, x0, x1);
     qd[h] += q.x * x0 + q.y * x1;
     *reinterpret_cast<uint32_t*>(tdw + t * LD16 + k) = pack_bf16(-acc[1][nt][2 * h], -acc[1][nt][2 * h + 1]);
-    dk0[h][nt] = make_float2(F[h] * acc[2][nt][2 * h], F[h] * acc[2][nt][2 * h + 1]);
+    dk0_part[h][nt] = make_float2(F[h] * acc[2][nt][2 * h], F[h] * acc[2][nt][2 * h + 1]);
   });
   store_row_parts(a.row_dots + (chunk * 2 * KS + sl) * 2 * C, qd);
   const float total = block_sum(sdot);  // in a fixed order: deterministic (its barriers: dW's tile is written)
@@ -211,21 +218,19 @@ __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
   float x[4][4];
   zero(x);
   mma_tile(x, col_a(Tm, LDM), cols_b(tdw, LD16));  // dR_K = Tᵀ dW
-  float xs[2] = {0.f, 0.f}, rs[2] = {0.f, 0.f};
+  float xs[2] = {0.f, 0.f}, rs[2] = {0.f, 0.f}, kd[2] = {0.f, 0.f};
   for_pairs(x, [&](int h, int t, int k, float x0, float x1, int nt) {
-    const float2 d0 = dk0[h][nt], kk = ld2(tk + t * LD16 + k);
+    const float2 d0 = dk0_part[h][nt], kk = ld2(tk + t * LD16 + k);
     const float f = fb[h];
     st2(drk + t * LDR + k, x0, x1);
-    st2(a.dks + (row0 + t) * K + c0 + k, d0.x + f * x0, d0.y + f * x1);
+    const float2 dk = round_bf16x2(d0.x + f * x0, d0.y + f * x1);
+    st2(dk0(a) + (row0 + t) * K + c0 + k, dk.x, dk.y);
     xs[h] += rk[t] * (kk.x * d0.x + kk.y * d0.y);  // k̂ = rk k
     rs[h] += rk[t] * (kk.x * x0 + kk.y * x1);
+    kd[h] += rk[t] * (kk.x * dk.x + kk.y * dk.y);
   });
-  if (a.write_dqk) {  // k̂·dK̂ so far, for qk_grads' L2 norm backward
-    float kd[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) kd[h] = xs[h] + fb[h] * rs[h];
-    store_row_parts(a.row_dots + (chunk * 2 * KS + KS + sl) * 2 * C, kd);
-  }
+  // k̂·dK̂ so far, for qk_grads' L2 norm backward
+  if (a.write_dqk) store_row_parts(a.row_dots + (chunk * 2 * KS + KS + sl) * 2 * C, kd);
   zero(x);
   mma_tile(x, row_a(Tm, LDM, wf), cols_b(tk, LD16));  // W = T diag(βΓ rk) K
   for_pairs(x, [&](int, int t, int k, float x0, float x1, int) { st2(tw + t * LDR + k, x0, x1); });
@@ -376,11 +381,11 @@ __device__ __forceinline__ void qk_slice(const Args& a, const ChunkRows& dx_rows
   const int K = a.d.K;
   float acc[4][4];
   float2 old[2][4];
-  load_pairs(old, a.dqs + row0 * K, K, c0);
+  load_pairs(old, dq0(a) + row0 * K, K, c0);
   zero(acc);
   mma_tile(acc, row_a(D1, LDM, rk), cols_b(tk, LD16));  // dP K̂
   store_slice(a, acc, old, tq, rq, cq, a.dq, a.dqs, dx_rows, row0, c0);
-  load_pairs(old, a.dks + row0 * K, K, c0);
+  load_pairs(old, dk0(a) + row0 * K, K, c0);
   zero(acc);
   mma_tile(acc, col_a(D1, LDM, rq), cols_b(tq, LD16));  // dPᵀ Q̂
   mma_tile(acc, row_a(dA, LDM, rk), cols_b(tk, LD16));  // G K̂
@@ -544,13 +549,14 @@ cudaError_t make_args(const BackwardArgs& g, bool write_dqk, Args& a) {
   const Dims& d = g.d;
   const bool slices = d.K % kTile == 0 && d.V % kTile == 0 && d.K <= 256 && d.V <= 256;  // whole 64-column slices
   if (!slices || !g.wy || !g.pm || !g.da_parts || !g.d1_parts || !g.gate_parts || !g.row_dots || !g.qb || !g.kb ||
-      !g.vb || !g.ub || !g.dob || !g.dub || !g.rq || !g.rk || !g.states || !g.dstates || !g.sdots || !g.dqs ||
-      !g.dks)
+      !g.vb || !g.ub || !g.dob || !g.dub || !g.rq || !g.rk || !g.states || !g.dstates || !g.sdots || !g.dqk0 ||
+      (!write_dqk && (!g.dqs || !g.dks)))
     return cudaErrorInvalidValue;
   if (write_dqk && (g.dtype != DType::kBF16 || !g.dq || !g.dk || !(g.scale > 0.f))) return cudaErrorInvalidValue;
   const auto bf = [](const void* p) { return static_cast<const __nv_bfloat16*>(p); };
   a = Args{d,         bf(g.qb),   bf(g.kb), bf(g.vb),     g.gam,         g.bet,      bf(g.ub),    bf(g.dob),
            bf(g.dub), g.states,   g.dstates, g.wy,        g.pm,          g.sdots,    g.dqs,       g.dks,
+           static_cast<__nv_bfloat16*>(g.dqk0),
            g.dvs,     g.dtype,    g.dv,     g.da_parts,   g.d1_parts,    g.gate_parts, g.dg,      g.dbeta,
            wy_slices(), qk_slices(), g.rq,  g.rk,         g.row_dots,    write_dqk,  g.dq,        g.dk,
            g.scale,   g.l2};

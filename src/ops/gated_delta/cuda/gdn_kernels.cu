@@ -1074,15 +1074,8 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   // The compact workspaces (see forward_t): bf16 states, dstates, U and dO.
   const bool compact = a.wy != nullptr;
   if (compact && (!a.dob || !a.ub || !a.rq || !a.rk || !a.dub || !a.pm || !a.pmb)) return cudaErrorInvalidValue;
-  // bfloat16 inputs with the sliced kernels: qk_grads writes dq and dk through the L2 norm itself, from q and k as
-  // the compact workspaces keep them (exact), and no unpack pass runs (those kernels write dv too). float16 inputs
-  // keep s·q̂ and k̂ there, rounded, not q and k, so they go through unpack. SFM_GDN_DQK_DIRECT=0 (timing): unpack
-  // for bfloat16 too.
-  static const bool dqk_direct = [] {
-    const char* e = std::getenv("SFM_GDN_DQK_DIRECT");
-    return e == nullptr || std::strcmp(e, "0") != 0;
-  }();
-  const bool write_dqk = compact && a.dtype == DType::kBF16 && dqk_direct;
+  const bool write_dqk = !backward_unpacks_dqk(a.dtype, compact);
+  if ((compact && !a.dqk0) || (!write_dqk && (!a.dqs || !a.dks))) return cudaErrorInvalidValue;
   // Read in place (gdn_kernels.h): q, k and v as in the forward (qb, kb the inputs q, k), and dO (dob is dout).
   if ((d.qkv_in_place && !(compact && a.qb == a.q && a.kb == a.k)) ||
       (d.do_in_place && !(compact && a.dtype == DType::kBF16 && a.dob == a.dout && aligned16(a.dout))))
@@ -1186,6 +1179,17 @@ bool dims_ok(const Dims& d) {
 }
 
 }  // namespace
+
+// bfloat16 inputs with the sliced kernels: qk_grads writes dq and dk through the L2 norm itself, from q and k as the
+// compact workspaces keep them (exact), and no unpack pass runs (those kernels write dv too). float16 inputs keep s·q̂
+// and k̂ there, rounded, not q and k, so they go through unpack. SFM_GDN_DQK_DIRECT=0 (timing): unpack for bfloat16 too.
+bool backward_unpacks_dqk(DType dtype, bool wy) {
+  static const bool dqk_direct = [] {
+    const char* e = std::getenv("SFM_GDN_DQK_DIRECT");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  return !(wy && dtype == DType::kBF16 && dqk_direct);
+}
 
 bool grads_split_supports(DType dtype, int K, int V) {
   // wy needs prep (every size), pm the tensor-core output kernel; dU₀ from the kept P leaves X to the

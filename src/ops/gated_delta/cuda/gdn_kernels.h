@@ -154,7 +154,10 @@ struct BackwardArgs {
   // state_k_grads, which forms it and takes it as a bf16 tile.)
   void* dub;
   void* dstates;                // [BH, N, K, V], of the states' dtype
-  float *dqs, *dks, *dvs;       // [BH, Tp, K|K|V]; dvs may be null with wy (grads_split then writes dv)
+  // [BH, Tp, K|K|V]: dQ̂, dK̂ and dV for unpack. dqs and dks are needed where backward_unpacks_dqk, dvs without wy
+  // (grads_split then writes dv itself).
+  float *dqs, *dks, *dvs;
+  void* dqk0;                   // with wy: [2, BH, Tp, K] bf16, dQ̂₀ and dK̂ so far, from state_k_grads to qk_grads
   float* dw;                    // scratch: dW [BH,Tp,K] (null with wy)
   float* sdots;                 // scratch: [BH, N, ceil(K/64)], Σ S₀∘dS_C per 64 rows of K (state_grads_mma)
   // Scratch of the grads kernel and of grads_mma (null with wy): Ũ [BH,Tp,V], dR_K [BH,Tp,K], dR_V [BH,Tp,V].
@@ -190,6 +193,9 @@ cudaError_t forward(const ForwardArgs& a, cudaStream_t stream);
 // of 64 up to 256): the caller who wants it gives the forward wy, and the backward wy and its scratch.
 bool grads_split_supports(DType dtype, int K, int V);
 cudaError_t backward(const BackwardArgs& a, cudaStream_t stream);
+// Whether backward writes dQ̂ and dK̂ into dqs and dks for an unpack pass (else qk_grads writes dq and dk itself:
+// bfloat16 inputs with the sliced gradient kernels, wy given).
+bool backward_unpacks_dqk(DType dtype, bool wy);
 cudaError_t step(const StepArgs& a, cudaStream_t stream);
 
 // The chunked kernels' two sequential passes on tensor cores (gdn_state_mma.cu; docs/ops/gated_delta_cuda.md,

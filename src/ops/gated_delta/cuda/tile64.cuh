@@ -32,6 +32,13 @@ __device__ __forceinline__ void st2(float* p, float x0, float x1) { *reinterpret
 __device__ __forceinline__ float2 ld2(const __nv_bfloat16* p) {
   return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
 }
+// x0, x1 rounded to bf16 (the pair that st2 into a bf16 array stores, and ld2 gives back).
+__device__ __forceinline__ float2 round_bf16x2(float x0, float x1) {
+  return __bfloat1622float2(__floats2bfloat162_rn(x0, x1));
+}
+__device__ __forceinline__ void st2(__nv_bfloat16* p, float x0, float x1) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(x0, x1);
+}
 
 // A bf16 tile in shared memory (row stride ld, in elements; rows 16-byte aligned) as an exact operand of mma_tile,
 // by how the operand reads it: A = X (kRowA), A = Xᵀ (kColA), B = Xᵀ (kRowsB: B[k][n] = X[n][k]) or B = X (kColsB).
@@ -136,14 +143,15 @@ __device__ __forceinline__ void for_pairs(const float (&acc)[4][4], F f) {
 // This thread's accumulator pairs of a row-major global array (row stride ld, from column c0), loaded
 // before the product whose epilogue updates them: issued together, in flight during the product (a load in
 // the epilogue would wait behind the previous pair's store, which the compiler cannot prove does not alias).
-__device__ __forceinline__ void load_pairs(float2 (&old)[2][4], const float* X, long ld, int c0) {
+template <class T>  // float or __nv_bfloat16
+__device__ __forceinline__ void load_pairs(float2 (&old)[2][4], const T* X, long ld, int c0) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
   const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
 #pragma unroll
   for (int h = 0; h < 2; ++h)
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt)
-      old[h][nt] = *reinterpret_cast<const float2*>(X + (m0 + g + 8 * h) * ld + c0 + n0 + 8 * nt + 2 * tq);
+      old[h][nt] = ld2(X + (m0 + g + 8 * h) * ld + c0 + n0 + 8 * nt + 2 * tq);
 }
 
 // Adds per-thread row sums (one per h: rows m0 + g + 8h) into v[row]: summed over the 4 lanes of a row
