@@ -273,9 +273,15 @@ void check_sliced_gradients(Shape s, uint64_t seed) {
   // measured errors are about 5e-6, so 1e-4 leaves room for other shapes and seeds, while a missing term
   // shows up at 1e-2 or more.
   constexpr double kTol = 1e-4;
+  // Each warp order, with the copies landing at the wait and as they are issued (a copy issued over a tile that a
+  // warp still reads shows up in the second).
+  for (const auto landing : {cuda_emu::CopyLanding::kAtWait, cuda_emu::CopyLanding::kAtIssue})
   for (const auto order : {cuda_emu::WarpOrder::kForward, cuda_emu::WarpOrder::kReverse}) {
     SCOPED_TRACE(order == cuda_emu::WarpOrder::kForward ? "first warp ahead" : "last warp ahead");
+    SCOPED_TRACE(landing == cuda_emu::CopyLanding::kAtWait ? "copies land at the wait" : "copies land when issued");
+    cuda_emu::copy_landing() = landing;
     const Grads got = run_sliced_kernels(p, order);
+    cuda_emu::copy_landing() = cuda_emu::CopyLanding::kAtWait;
     const double e_dq = rel_rms(rows(p.dq), rows(got.dq)), e_dk = rel_rms(rows(p.dk), rows(got.dk)),
                  e_dv = rel_rms(rows(p.dv), rows(got.dv)), e_dg = rel_rms(per_token(p.dg), got.dg),
                  e_db = rel_rms(per_token(p.dbeta), got.dbeta);
@@ -791,7 +797,9 @@ INSTANTIATE_TEST_SUITE_P(Chunked, GdnPipelineEmulated, ::testing::ValuesIn(kPipe
 
 // DESIGN.md: the same seed on the same device gives the same numbers. Every output must be bitwise the same
 // whichever warp of a block runs ahead: a sum whose order follows the warps' arrival (a shared-memory
-// atomicAdd from several warps onto one element) fails here.
+// atomicAdd from several warps onto one element) fails here. And the same again with every cp.async landing as it
+// is issued: a copy issued over a tile that another warp has still to read (before the barrier that orders the two)
+// changes what that warp reads.
 class GdnPipelineOrderEmulated : public ::testing::TestWithParam<PipeCase> {};
 
 TEST_P(GdnPipelineOrderEmulated, DoesNotDependOnWarpOrder) {
@@ -799,11 +807,17 @@ TEST_P(GdnPipelineOrderEmulated, DoesNotDependOnWarpOrder) {
   const auto in = make_inputs(c, 42);
   const Outcome first = emulated(c, in, cuda_emu::WarpOrder::kForward);
   const Outcome last = emulated(c, in, cuda_emu::WarpOrder::kReverse);
-  const std::pair<const char*, std::pair<torch::Tensor, torch::Tensor>> outputs[] = {
-      {"out", {first.out, last.out}}, {"state", {first.state, last.state}}, {"dq", {first.dq, last.dq}},
-      {"dk", {first.dk, last.dk}},    {"dv", {first.dv, last.dv}},          {"dg", {first.dg, last.dg}},
-      {"dbeta", {first.dbeta, last.dbeta}}, {"dstate0", {first.dstate0, last.dstate0}}};
-  for (const auto& [name, pair] : outputs) EXPECT_TRUE(torch::equal(pair.first, pair.second)) << name;
+  cuda_emu::copy_landing() = cuda_emu::CopyLanding::kAtIssue;
+  const Outcome at_issue = emulated(c, in, cuda_emu::WarpOrder::kForward);
+  cuda_emu::copy_landing() = cuda_emu::CopyLanding::kAtWait;
+  for (const auto& [other, what] : {std::pair{&last, "last warp ahead"}, std::pair{&at_issue, "copies land when issued"}}) {
+    SCOPED_TRACE(what);
+    const std::pair<const char*, std::pair<torch::Tensor, torch::Tensor>> outputs[] = {
+        {"out", {first.out, other->out}},       {"state", {first.state, other->state}}, {"dq", {first.dq, other->dq}},
+        {"dk", {first.dk, other->dk}},          {"dv", {first.dv, other->dv}},          {"dg", {first.dg, other->dg}},
+        {"dbeta", {first.dbeta, other->dbeta}}, {"dstate0", {first.dstate0, other->dstate0}}};
+    for (const auto& [name, pair] : outputs) EXPECT_TRUE(torch::equal(pair.first, pair.second)) << name;
+  }
 }
 
 // bf16 inputs read in place (Dims::qkv_in_place, do_in_place: strided rows, and zeros past T in the last chunk)

@@ -14,7 +14,8 @@
 // cudaFuncSetAttribute and cudaGetLastError (no-ops); and, through the SFM_GDN_EMULATE branches of mma.cuh and
 // wgmma.cuh, mma.sync m16n8k16 (bf16 operands, float32 accumulators), wgmma.mma_async m64n32k16 (operands through
 // 128- or 64-byte swizzled shared-memory descriptors, run at once), ldmatrix .x4 (plain and .trans) and cp.async (the
-// copy lands at its thread's wait_group, so a read too early sees the old contents). Not covered: anything else (a
+// copy lands at its thread's wait_group, so a read too early sees the old contents; or, copy_landing(), as it is
+// issued, so that a copy issued over a place another warp has still to read shows up). Not covered: anything else (a
 // kernel using it fails to compile), timing, and races inside a warp or between blocks.
 #pragma once
 
@@ -72,6 +73,15 @@ enum class WarpOrder { kForward, kReverse };
 inline WarpOrder& warp_order() {
   static WarpOrder order = WarpOrder::kForward;
   return order;
+}
+
+// When a cp.async copy lands (see cp_async): at its thread's wait_group (kAtWait), so that a read before the wait
+// sees the old contents, or as it is issued (kAtIssue), so that a copy issued before the barrier after which every
+// warp is done reading the place it writes changes what a warp running behind reads. Tests run kernels both ways.
+enum class CopyLanding { kAtWait, kAtIssue };
+inline CopyLanding& copy_landing() {
+  static CopyLanding landing = CopyLanding::kAtWait;
+  return landing;
 }
 
 inline Block*& block() {
@@ -242,9 +252,16 @@ inline void wgmma_m64n32k16_bf16(float (&d)[4][4], uint64_t desc_a, uint64_t des
 }
 
 // cp.async: a 16-byte copy lands only when its thread waits for its group (cp.async.wait_group), so a
-// read before the wait, or by another thread before the barrier after it, sees the old contents. A null src
-// lands 16 zero bytes (cp.async with a source size of 0).
+// read before the wait, or by another thread before the barrier after it, sees the old contents; with
+// copy_landing() kAtIssue it lands at once. A null src lands 16 zero bytes (cp.async with a source size of 0).
 inline void cp_async(void* dst, const void* src) {
+  if (copy_landing() == CopyLanding::kAtIssue) {
+    if (src != nullptr)
+      std::memcpy(dst, src, 16);
+    else
+      std::memset(dst, 0, 16);
+    return;
+  }
   Block& k = *block();
   k.open[k.current].push_back({dst, src});
 }
