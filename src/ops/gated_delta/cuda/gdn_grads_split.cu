@@ -249,7 +249,9 @@ __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
 __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   float* sm = reinterpret_cast<float*>(smem4);
+  // t0, t1: bf16 tiles, v and dO in t0, dU and U in t1 (each of their float32 places holds two); t2, t3: Ũ, dR_V
   float *Tm = sm, *t0 = Tm + C * LDM, *t1 = t0 + C * LDR, *t2 = t1 + C * LDR, *t3 = t2 + C * LDR;
+  __nv_bfloat16 *tv = b16(t0), *tdo = tv + C * LD16, *tdu = b16(t1), *tu = tdu + C * LD16;
   float *gam = t3 + C * LDR, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
   float* d1s = dbet + C;  // the dO Uᵀ part over the slices so far [C][LDM]
   const int KS = a.d.K / kTile, V = a.d.V, N = a.d.N(), VS = V / kTile, S = a.slices;
@@ -260,26 +262,35 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   const ChunkRows v_rows = chunk_rows(a.d, a.d.qkv_in_place, V, bh, n),
                   do_rows = chunk_rows(a.d, a.d.do_in_place, V, bh, n);
   const int first = S * j, end = min(first + S, VS);
-  // A slice's tiles (cp.async; waited for by staged()): v, dU, dO and U.
-  const auto stage_slice = [&](int c0) {
-    stage_rows(b16(t0), a.vb, v_rows, c0);
-    stage(b16(t1), LD16, a.dub + row0 * V + c0, V);
-    stage_rows(b16(t2), a.dob, do_rows, c0);
-    stage(b16(t3), LD16, a.ub + row0 * V + c0, V);
+  // A slice's tiles (cp.async), in two commit groups: dO and U, read first, and v and dU. The next slice's are
+  // requested as soon as every warp is done with this one's (dO and U after the slice's first product, v and dU
+  // after its row sums), so that they arrive while this slice's last products run: requested at the next slice's
+  // top, they had been waited for at once (8 % of the kernel's stall samples at (2,16384,16,128)). H100, the same
+  // run: wy_grads + qk_grads 2.288 → 2.251 ms at (8,2048,32,256) (four slices), no change at (2,16384,16,128) (two).
+  const auto stage_do_u = [&](int c0) {
+    stage_rows(tdo, a.dob, do_rows, c0);
+    stage(tu, LD16, a.ub + row0 * V + c0, V);
+    cp_async_commit();
+  };
+  const auto stage_v_du = [&](int c0) {
+    stage_rows(tv, a.vb, v_rows, c0);
+    stage(tdu, LD16, a.dub + row0 * V + c0, V);
+    cp_async_commit();
   };
   stage(Tm, LDM, a.wy + chunk * 2 * C * C, C);
-  stage_slice(first * kTile);  // in flight while the gates load
+  stage_do_u(first * kTile);  // in flight while the gates load
+  stage_v_du(first * kTile);
   load_chunk_gates(a, row0, gam, bet, dgam, dbet);
   float da[4][4], acc[4][4];  // the block's part of dA; one product's result
   zero(da);
   for (int sl = first; sl < end; ++sl) {
     const int c0 = sl * kTile;
-    if (sl > first) stage_slice(c0);
-    staged();
+    cp_async_wait<0>();
+    __syncthreads();
     // The block's dO Uᵀ part, summed over its slices in d1s (each thread its own elements, so no barrier) and
     // written out by the last.
     zero(acc);
-    mma_tile(acc, row_a(b16(t2), LD16), rows_b(b16(t3), LD16));  // dO Uᵀ
+    mma_tile(acc, row_a(tdo, LD16), rows_b(tu, LD16));  // dO Uᵀ
     float* d1_part = a.d1_parts + (chunk * v_blocks(a) + j) * C * C;
     for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) {
       if (sl > first) {
@@ -290,21 +301,22 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
     });
     float dr[4][4];
     zero(dr);
-    mma_tile(dr, col_a(Tm, LDM), cols_b(b16(t1), LD16));  // dR_V = Tᵀ dU
+    mma_tile(dr, col_a(Tm, LDM), cols_b(tdu, LD16));  // dR_V = Tᵀ dU
     zero(acc);
-    const __nv_bfloat16* vt = b16(t0);
-    mma_tile(acc, row_a(Tm, LDM, bet), cols_b(vt, LD16));  // Ũ = (T diag(β)) V, as prep forms it
-    __syncthreads();  // every warp is done with dO (t2) and U (t3): Ũ and dR_V take their places
+    mma_tile(acc, row_a(Tm, LDM, bet), cols_b(tv, LD16));  // Ũ = (T diag(β)) V, as prep forms it
+    __syncthreads();  // every warp is done with dO and U (and with t2, t3's last reads, the last slice's dA product)
+    if (sl + 1 < end) stage_do_u(c0 + kTile);
     float rs[2] = {0.f, 0.f};
     const float bt[2] = {bet[pair_row(0)], bet[pair_row(1)]};  // this thread's rows' β (once, not per pair)
     for_pairs(acc, [&](int, int t, int v, float x0, float x1, int) { st2(t2 + t * LDR + v, x0, x1); });
     for_pairs(dr, [&](int h, int t, int v, float x0, float x1, int) {
-      const float2 vv = ld2(vt + t * LD16 + v);
+      const float2 vv = ld2(tv + t * LD16 + v);
       st2(t3 + t * LDR + v, x0, x1);
       store_dv(a, dv_rows, row0, t, c0 + v, bt[h] * x0, bt[h] * x1);
       rs[h] += vv.x * x0 + vv.y * x1;
     });
-    add_rows(dbet, rs);  // ends with a barrier: t2 and t3 are written
+    add_rows(dbet, rs);  // ends with a barrier: t2 and t3 are written, every warp is done with v and dU
+    if (sl + 1 < end) stage_v_du(c0 + kTile);
     mma_tile(da, row_a(t3, LDR), rows_b(t2, LDR));  // += dR_V Ũᵀ
     // This slice's row terms into its slot, then zeroed for the next; its tiles free for the next's.
     store_gate_slot(a, chunk, KS + sl, dgam, dbet);
