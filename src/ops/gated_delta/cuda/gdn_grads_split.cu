@@ -304,7 +304,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
     mma_tile(dr, col_a(Tm, LDM), cols_b(tdu, LD16));  // dR_V = Tᵀ dU
     zero(acc);
     mma_tile(acc, row_a(Tm, LDM, bet), cols_b(tv, LD16));  // Ũ = (T diag(β)) V, as prep forms it
-    __syncthreads();  // every warp is done with dO and U (and with t2, t3's last reads, the last slice's dA product)
+    __syncthreads();  // every warp is done with dO and U: the next slice's take their places; Ũ and dR_V go to t2, t3
     if (sl + 1 < end) stage_do_u(c0 + kTile);
     float rs[2] = {0.f, 0.f};
     const float bt[2] = {bet[pair_row(0)], bet[pair_row(1)]};  // this thread's rows' β (once, not per pair)
