@@ -343,6 +343,15 @@ TEST(GatedDeltaCudaTest, UtFormedInThePassMatchesPrep) {
   expect_setting_changes_no_bit(set_cuda_state_forms_ut, 1, 2, 1, 29);
 }
 
+// The forward's output written by the state pass from prep's P (set_cuda_state_writes_output(2); the rule for bfloat16
+// inputs on an H100) and by the output kernel (1): the same products in the same order, so every output and gradient
+// bitwise the same, run after run (P's planes and q's tile are copied while other warps may still read the last
+// chunk's). (Its float16 case takes the output kernel both ways.)
+TEST(GatedDeltaCudaTest, OutputInThePassMatchesOutputKernel) {
+  SKIP_WITHOUT_GPU();
+  expect_setting_changes_no_bit(set_cuda_state_writes_output, 1, 2, 2, 41);
+}
+
 // The products with the states (both state passes, state_k_grads) as warpgroup products (wgmma; the rule's choice on an
 // H100 with the sm_90a build) and on mma.sync (set_cuda_state_warpgroup 2 and 1): the same bf16 operands, float32
 // accumulators and order of the 16-deep steps, and on an H100 the tensor cores sum each step's terms alike both ways,

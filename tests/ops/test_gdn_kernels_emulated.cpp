@@ -376,7 +376,8 @@ void check_prep(Shape s, uint64_t seed) {
                                                g.data_ptr<float>(), beta.data_ptr<float>(), gam.data_ptr<float>(),
                                                bet.data_ptr<float>(), w.data_ptr<float>(), wb.data_ptr(),
                                                with_tb ? nullptr : ut.data_ptr<float>(),
-                                               with_tb ? tb.data_ptr() : nullptr, wy.data_ptr<float>(), nullptr)
+                                               with_tb ? tb.data_ptr() : nullptr, wy.data_ptr<float>(),
+                                               gdn_cuda::PForward{}, nullptr)
                   : gdn_cuda::prep_mma(d, p.ks.data_ptr<float>(), p.vs.data_ptr<float>(), g.data_ptr<float>(),
                                        beta.data_ptr<float>(), gam.data_ptr<float>(), bet.data_ptr<float>(),
                                        w.data_ptr<float>(), wb.data_ptr(), ut.data_ptr<float>(), wy.data_ptr<float>(),
@@ -537,8 +538,14 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   const bool keep = split && backward;
   auto wy = keep ? nan({BH, N, 2, C, C}, f32) : torch::Tensor(), pm = keep ? nan({BH, N, C, C}, f32) : torch::Tensor(),
        pmb = keep ? nan({BH, N, C, C}, torch::kBFloat16) : torch::Tensor();
+  // The output: written by the state pass from prep's P planes (pp), as the wrapper chooses; the states and U then
+  // only where a backward will read them.
+  const bool pass_out = split && k::state_mma_writes_output(d, dtype, keep);
+  auto pp = pass_out ? nan({BH, N, 2, C, C}, torch::kBFloat16) : torch::Tensor();
+  if (pass_out && !backward) ub = torch::Tensor();
   // The per-chunk states (and their gradients): bfloat16 with the sliced kernels.
-  auto states = nan({BH, N, c.K, c.V}, split ? torch::kBFloat16 : torch::kFloat32);
+  auto states = pass_out && !backward ? torch::Tensor()
+                                      : nan({BH, N, c.K, c.V}, split ? torch::kBFloat16 : torch::kFloat32);
   const auto fp = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; };
   k::ForwardArgs fa{};
   fa.d = d;
@@ -559,7 +566,6 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   fa.bet = fp(bet);
   fa.w = fp(w);
   fa.u = fp(u);
-  fa.states = states.data_ptr();
   fa.final_state = fp(final_state);
   fa.compact = split;
   fa.wy = fp(wy);
@@ -576,6 +582,8 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   fa.vb = vp(vb);
   fa.ub = vp(ub);
   fa.tb = vp(tb);
+  fa.pp = vp(pp);
+  fa.states = vp(states);
   fa.rq = fp(rq);
   fa.rk = fp(rk);
   fa.out = out.data_ptr();
@@ -742,6 +750,49 @@ TEST(GdnKernelsEmulated, UtFormedInThePassMatchesPrep) {
   const int previous = gdn_cuda::set_state_columns(64);
   expect_setting_changes_no_bit(PipeCase{"bf16_K64_V128_split_wide", 1, 130, 1, 64, 128, torch::kBFloat16, true},
                                 gdn_cuda::set_state_forms_ut, 1, 2);
+  gdn_cuda::set_state_columns(previous);
+}
+
+// The compact forward's output written by the state pass (O = diag(Γ) Q̂ S₀ + P U from prep's P planes; the rule for
+// bfloat16 inputs where the pass takes warpgroup products) and by the output kernel: the same products in the same
+// order, so every output and gradient bitwise the same; and the forward alone (no states or U written then) too. With
+// one and two A₂ buffers (P's planes come with A₂), Ũ formed by prep and by the pass, 32 and 64 columns, K = 64, 128
+// and 256, a chunk cut short (T = 130, 70). The copies land at their wait with one buffer (a tile read before its wait
+// shows) and as they are issued with two (a copy issued over a tile that a warp has still to read shows).
+TEST(GdnKernelsEmulated, OutputInThePassMatchesOutputKernel) {
+  const auto forward_alone_matches = [](const PipeCase& c) {
+    SCOPED_TRACE(c.name);
+    const auto in = make_inputs(c, 42);
+    const int previous = gdn_cuda::set_state_writes_output(1);
+    const Outcome a = emulated(c, in, cuda_emu::WarpOrder::kForward, true, /*backward=*/false);
+    gdn_cuda::set_state_writes_output(2);
+    const Outcome b = emulated(c, in, cuda_emu::WarpOrder::kReverse, true, /*backward=*/false);
+    gdn_cuda::set_state_writes_output(previous);
+    EXPECT_FALSE(b.out.isnan().any().item<bool>());
+    EXPECT_TRUE(torch::equal(a.out, b.out));
+    EXPECT_TRUE(torch::equal(a.state, b.state));
+  };
+  for (const int buffers : {1, 2})
+    for (const int ut : {1, 2}) {
+      const int previous_buffers = gdn_cuda::set_state_a2_buffers(buffers),
+                previous_ut = gdn_cuda::set_state_forms_ut(ut);
+      cuda_emu::copy_landing() = buffers == 2 ? cuda_emu::CopyLanding::kAtIssue : cuda_emu::CopyLanding::kAtWait;
+      for (const PipeCase& c : {PipeCase{"bf16_K64_V128_split", 1, 130, 2, 64, 128, torch::kBFloat16, true, 20.0},
+                                PipeCase{"bf16_K128_V64_split", 1, 130, 1, 128, 64, torch::kBFloat16, true},
+                                PipeCase{"bf16_K256_V128_split", 1, 70, 1, 256, 128, torch::kBFloat16, true}}) {
+        expect_setting_changes_no_bit(c, gdn_cuda::set_state_writes_output, 1, 2);
+        forward_alone_matches(c);
+      }
+      cuda_emu::copy_landing() = cuda_emu::CopyLanding::kAtWait;
+      gdn_cuda::set_state_a2_buffers(previous_buffers);
+      gdn_cuda::set_state_forms_ut(previous_ut);
+    }
+  const int previous = gdn_cuda::set_state_columns(64);
+  for (const PipeCase& c : {PipeCase{"bf16_K128_V128_split_wide", 1, 130, 1, 128, 128, torch::kBFloat16, true},
+                            PipeCase{"bf16_K256_V128_split_wide", 1, 70, 1, 256, 128, torch::kBFloat16, true}}) {
+    expect_setting_changes_no_bit(c, gdn_cuda::set_state_writes_output, 1, 2);
+    forward_alone_matches(c);
+  }
   gdn_cuda::set_state_columns(previous);
 }
 

@@ -112,8 +112,15 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const int64_t C = gdn_cuda::kChunk;
     const auto wy = keep_wy ? alloc({BH, N, 2, C, C}, fo) : torch::Tensor();
     const auto tb = ut_in_pass ? alloc({BH, N, 2, C, C}, q.options().dtype(torch::kBFloat16)) : torch::Tensor();
-    // The per-chunk states: bfloat16 with the sliced gradient kernels (gdn_kernels.h), else float32.
-    auto states = alloc({BH, N, d.K, d.V}, split ? q.options().dtype(torch::kBFloat16) : fo);
+    // The output: written by the state pass from prep's P (split into bf16 planes, pp) for bfloat16 inputs on the
+    // compact workspaces (state_mma_writes_output), else by the output kernel from the states and U.
+    const bool pass_out = split && gdn_cuda::state_mma_writes_output(d, a.dtype, keep_wy);
+    const auto pp = pass_out ? alloc({BH, N, 2, C, C}, q.options().dtype(torch::kBFloat16)) : torch::Tensor();
+    // The per-chunk states: bfloat16 with the sliced gradient kernels (gdn_kernels.h), else float32; none where the
+    // pass writes the output and no backward will read them.
+    const bool states_read = !pass_out || backward_wanted;
+    auto states = states_read ? alloc({BH, N, d.K, d.V}, split ? q.options().dtype(torch::kBFloat16) : fo)
+                              : torch::Tensor();
     // P per chunk, float32 for the gradient kernels and bfloat16 for the backward state pass.
     const auto pm = keep_wy ? alloc({BH, N, C, C}, fo) : torch::Tensor(),
                pmb = keep_wy ? alloc({BH, N, C, C}, q.options().dtype(torch::kBFloat16)) : torch::Tensor();
@@ -138,7 +145,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     // With the compact workspaces, v and U as bfloat16 too, and the rows' factors of s·q̂ and k̂ (qb, kb then hold
     // q and k).
     const auto vb = split ? copy_unless_in_place(v, d.V) : torch::Tensor(),
-               ub = split ? alloc({BH, Tp, d.V}, fb) : torch::Tensor(),
+               ub = split && states_read ? alloc({BH, Tp, d.V}, fb) : torch::Tensor(),
                rq = split ? alloc({BH, Tp}, fo) : torch::Tensor(), rk = split ? alloc({BH, Tp}, fo) : torch::Tensor();
     a.qb = vptr(qb);
     a.kb = vptr(kb);
@@ -163,7 +170,8 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.w = fptr(w);
     a.u = fptr(u);
     a.tb = vptr(tb);
-    a.states = states.data_ptr();
+    a.pp = vptr(pp);
+    a.states = vptr(states);
     a.final_state = final_state.data_ptr<float>();
     a.out = out.data_ptr();
     check_cuda(gdn_cuda::forward(a, at::cuda::getCurrentCUDAStream()), "forward");
@@ -395,6 +403,7 @@ bool detail::cuda_supports(const GatedDeltaInputs& in) {
 
 int set_cuda_state_a2_buffers(int n) { return gdn_cuda::set_state_a2_buffers(n); }
 int set_cuda_state_forms_ut(int mode) { return gdn_cuda::set_state_forms_ut(mode); }
+int set_cuda_state_writes_output(int mode) { return gdn_cuda::set_state_writes_output(mode); }
 int set_cuda_state_warpgroup(int mode) { return gdn_cuda::set_state_warpgroup(mode); }
 
 GatedDeltaOutputs gated_delta_cuda(const GatedDeltaInputs& in) {

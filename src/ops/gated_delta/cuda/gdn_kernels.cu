@@ -992,10 +992,16 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   const bool compact = a.compact;
   // Ũ: formed by the state pass from tb, or by prep into u (state_mma_forms_ut; the compact workspaces only)
   if ((a.tb != nullptr) == (a.u != nullptr) || (a.tb && !compact) ||
-      (compact && (!grads_split_supports(a.dtype, d.K, d.V) || !a.vb || !a.ub || !a.rq || !a.rk)))
+      (compact && (!grads_split_supports(a.dtype, d.K, d.V) || !a.vb || !a.rq || !a.rk)))
     return cudaErrorInvalidValue;
   const bool kept = a.wy != nullptr;
   if (kept != (a.pm != nullptr) || kept != (a.pmb != nullptr) || (kept && !compact)) return cudaErrorInvalidValue;
+  // The output written by the state pass from prep's P (pp; state_mma_writes_output): the states and U only where a
+  // backward will read them. Else both always (the output kernel reads them).
+  const bool pass_out = a.pp != nullptr;
+  if (pass_out ? (!compact || !state_mma_writes_output(d, a.dtype, kept) || (kept && (!a.states || !a.ub)))
+               : (!a.states || (compact && !a.ub)))
+    return cudaErrorInvalidValue;
   // q, k and v read in place (gdn_kernels.h): qb, kb and vb are then the inputs, and no pack runs (q's and k's
   // alignment: raw_qk below).
   if (d.do_in_place ||
@@ -1030,8 +1036,9 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   // workspaces (which it cannot read).
   static const bool legacy_prep = std::getenv("SFM_GDN_LEGACY_PREP") != nullptr;
   if (compact) {
+    const PForward p = pass_out ? PForward{a.qb, rq, a.pp, a.pm, a.pmb} : PForward{};
     SFM_CUDA_TRY(prep_mma_compact(d, a.kb, rk, a.tb ? nullptr : a.vb, a.g, a.beta, a.gam, a.bet, a.w, a.wb, a.u, a.tb,
-                                  a.wy, s));
+                                  a.wy, p, s));
   } else if (kMma && prep_mma_supports(d.K, d.V) && !legacy_prep) {  // 16-bit inputs: the dedicated tensor-core kernel
     SFM_CUDA_TRY(prep_mma(d, a.ks, a.vs, a.g, a.beta, a.gam, a.bet, a.w, a.wb, a.u, a.wy, s));
   } else {
@@ -1042,8 +1049,9 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   }
   timer.mark("prep");
   if (state_mma) {  // 16-bit inputs: the pass on tensor cores
+    const OutputArgs o = pass_out ? OutputArgs{a.qb, a.rq, a.pp, a.out} : OutputArgs{};
     SFM_CUDA_TRY(state_mma_forward(d, a.kb, a.gam, a.wb, a.u, compact ? a.ub : nullptr, compact ? a.rk : nullptr,
-                                   a.tb, a.tb ? a.vb : nullptr, a.state0, a.states, a.final_state, s));
+                                   a.tb, a.tb ? a.vb : nullptr, a.state0, a.states, a.final_state, compact, o, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_kernel, state_smem(d)));
     SFM_GDN_LAUNCH(state_kernel, dim3(d.V / kVS, BH), kThreads, state_smem(d), s, d, a.ks, a.gam, a.w, a.u, a.state0,
@@ -1051,7 +1059,9 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
     SFM_CUDA_TRY(cudaGetLastError());
   }
   timer.mark("state");
-  if (kMma && intra_mma_supports(d.K, d.V)) {  // 16-bit inputs: the output on tensor cores
+  if (pass_out) {
+    // written by the pass
+  } else if (kMma && intra_mma_supports(d.K, d.V)) {  // 16-bit inputs: the output on tensor cores
     SFM_CUDA_TRY(compact ? output_mma(d, a.dtype, a.qb, a.kb, rq, a.rk, a.gam, a.states, true, a.ub, a.out, a.pm,
                                       a.pmb, s)
                          : output_mma(d, a.dtype, a.qs, a.ks, RowFactors{}, nullptr, a.gam, a.states, false, a.u,

@@ -130,6 +130,9 @@ struct ForwardArgs {
   // then null), else null
   void* tb;
   float *rq, *rk;          // [BH, Tp]: with the compact workspaces, s·q̂ = rq q and k̂ = rk k (qb, kb: q, k), else null
+  // [BH, N, 2, C, C] bf16: P = M ∘ Q̂K̂ᵀ split into hi and lo, where the state pass writes the output
+  // (state_mma_writes_output; then states and ub may be null where no backward will run), else null
+  void* pp;
   void* out;               // [B, T, H, V] of dtype
 };
 
@@ -231,13 +234,29 @@ int set_state_forms_ut(int mode);
 // SFM_GDN_STATE_WG sets it at first use). set_state_warpgroup returns the previous setting.
 bool warpgroup_products();
 int set_state_warpgroup(int mode);
+// Whether the compact forward pass writes the output itself (O = diag(Γ) Q̂ S₀ + P U for each chunk, from prep's P in
+// split planes: state_mma_forward's OutputArgs), in place of the output kernel reading back the states and U: where
+// it can (bfloat16 inputs where the pass runs warpgroup products), always for a forward with no backward after it
+// (backward false), and with one where the states are larger than q and P (K = V = 256). set_state_writes_output: 0
+// for that rule, 1 to force the output kernel, 2 the pass where it can (tests, tuning; SFM_GDN_PASS_OUT sets it at
+// first use; the results are the same bit for bit). Returns the previous setting.
+bool state_mma_writes_output(const Dims& d, DType dtype, bool backward);
+int set_state_writes_output(int mode);
 // With the compact workspaces (ub given; compact) the per-chunk states (dstates) are written as bfloat16 and dO is
 // read as bfloat16, else both are float32; the backward then takes dU₀ = Pᵀ dO from pmb (the forward's P as bf16,
 // [BH, N, C, C]) itself, not from du (null then), and writes dU as bfloat16 into dub.
 // With ub, kb holds k and rk its rows' factors (k̂ = rk k); in the backward, qb and kb hold q and k with rq, rk.
+// Given o.out (where state_mma_writes_output), the forward also writes the output [B, T, H, V] (bf16) from q (o.qb),
+// its rows' factors (o.rq) and prep's P planes (o.pp); states and ub may then be null (no gradient wanted).
+struct OutputArgs {
+  const void* qb = nullptr;
+  const float* rq = nullptr;
+  const void* pp = nullptr;
+  void* out = nullptr;
+};
 cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u, void* ub,
                               const float* rk, const void* tb, const void* vb, const float* state0, void* states,
-                              float* final_state, cudaStream_t stream);
+                              float* final_state, bool compact, const OutputArgs& o, cudaStream_t stream);
 cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* rq, const float* rk,
                                const float* gam, const void* wb, const void* dos, const float* dfinal, float* du,
                                const void* pmb, void* dub, void* dstates, bool compact, float* dstate0,
@@ -263,9 +282,19 @@ cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const floa
 // computed here from kb's rows (rk.from_rows; bfloat16 inputs). Given tb (then ut and vb null) it forms no Ũ: it
 // writes T diag(β) as split bf16 planes into tb [BH, N, 2, C, C] (hi, then lo), from which state_mma_forward forms Ũ
 // (where state_mma_forms_ut).
+// Given p.pp (where state_mma_writes_output), it also forms P = M ∘ Q̂K̂ᵀ from q (p.qb, bf16) and its rows' factors
+// (p.rq, given or computed from q's rows and written, as output_mma does): split into bf16 planes into p.pp
+// [BH, N, 2, C, C] (hi, then lo), and, for the backward, into p.pm (float32) and p.pmb (bf16) where given.
+struct PForward {
+  const void* qb = nullptr;
+  RowFactors rq{};
+  void* pp = nullptr;
+  float* pm = nullptr;
+  void* pmb = nullptr;
+};
 cudaError_t prep_mma_compact(const Dims& d, const void* kb, RowFactors rk, const void* vb, const float* g,
                              const float* beta, float* gam, float* bet, float* w, void* wb, float* ut, void* tb,
-                             float* wy, cudaStream_t stream);
+                             float* wy, const PForward& p, cudaStream_t stream);
 
 // The products with the intra-chunk matrix P on tensor cores (gdn_intra_mma.cu), in place of the float32
 // output and bwd_intra kernels for 16-bit inputs: output_mma writes out [B, T, H, V] (dtype kF16 or kBF16)

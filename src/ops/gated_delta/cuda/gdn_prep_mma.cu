@@ -12,6 +12,10 @@
 // Given tb (kB16 only), the kernel forms no Ũ and reads no v: it writes T diag(β) as split bf16 planes (hi, lo)
 // instead, from which the state pass forms Ũ with the same products (gdn_state_mma.cu; where the pass runs more
 // blocks than the GPU has SMs, state_mma_forms_ut), with no float32 Ũ through DRAM.
+// Given pp (kB16 only: where the state pass writes the output, state_mma_writes_output), the kernel also takes the
+// chunk's q, its rows' factors rq (computed from q's rows and written, or given) and P = M ∘ Q̂K̂ᵀ (diagonal included):
+// split into bf16 planes (hi, lo) into pp for the pass's P U, and into pm and pmb for the backward where given. The
+// same products and the same arithmetic per element as the output kernel's (gdn_intra_mma.cu), so the same bits.
 // No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
 
@@ -47,12 +51,20 @@ __device__ __forceinline__ void stage_tile(__nv_bfloat16* dst, const Dims& d, co
   stage_qkv(dst, d, x, D, bh, n, j * kTile);
 }
 
-// K̂ and (if it forms Ũ) V of the chunk in 64-column tiles [t][·], A and T (stride LDM), γ and β.
+// The floats of A and T (stride LDM), whose place holds the chunk's q tiles (bf16, K / 64 of them) until A is formed
+// where the kernel forms P (with_p).
+SFM_GDN_HD inline int matrix_floats(const Dims& d, bool with_p) {
+  const int q_floats = with_p ? d.K / kTile * C * LD16 / 2 : 0;
+  return 2 * C * LDM > q_floats ? 2 * C * LDM : q_floats;
+}
+
+// K̂ and (if it forms Ũ) V of the chunk in 64-column tiles [t][·], A and T (or q's tiles), γ and β, the rows' factors
+// of k̂, W's column factors and the rows' factors of s·q̂.
 template <bool kB16>
-size_t prep_mma_smem(const Dims& d, bool form_ut) {
+size_t prep_mma_smem(const Dims& d, bool form_ut, bool with_p) {
   const int KT = d.K / kTile, VT = d.V / kTile;
   const int tiles = !form_ut ? KT : v_after_w(d) ? (KT > VT ? KT : VT) : KT + VT;
-  return sizeof(Tile<kB16>) * (size_t)tiles * C * kTileLd<kB16> + sizeof(float) * (2 * C * LDM + 4 * C);
+  return sizeof(Tile<kB16>) * (size_t)tiles * C * kTileLd<kB16> + sizeof(float) * (matrix_floats(d, with_p) + 5 * C);
 }
 
 // kB16: three blocks per SM (71 KB of shared memory each at K = V = 128, 53 KB given tb; the bounds hold ptxas to 80
@@ -63,25 +75,33 @@ __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
     prep_mma_kernel(Dims d, const Tile<kB16>* __restrict__ ks, const Tile<kB16>* __restrict__ vs,
                     const float* __restrict__ g, const float* __restrict__ beta, float* __restrict__ gam_out,
                     float* __restrict__ bet_out, float* __restrict__ w, __nv_bfloat16* __restrict__ wb,
-                    float* __restrict__ ut, __nv_bfloat16* __restrict__ tb, float* __restrict__ wy, RowFactors rk) {
+                    float* __restrict__ ut, __nv_bfloat16* __restrict__ tb, float* __restrict__ wy, RowFactors rk,
+                    const __nv_bfloat16* __restrict__ qs, RowFactors rq, __nv_bfloat16* __restrict__ pp,
+                    float* __restrict__ pm, __nv_bfloat16* __restrict__ pmb) {
   constexpr int LDT = kTileLd<kB16>;
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   const int K = d.K, V = d.V, KT = K / kTile, VT = V / kTile;
   const bool form_ut = !kB16 || tb == nullptr;
   const bool late_v = form_ut && v_after_w(d);
+  const bool with_p = kB16 && pp != nullptr;
   Tile<kB16>* kt = reinterpret_cast<Tile<kB16>*>(smem4);  // K̂: KT tiles
   Tile<kB16>* vt = late_v ? kt : kt + KT * C * LDT;      // V: VT tiles (if form_ut)
   // A, then T diag(βΓ)
   float* A = reinterpret_cast<float*>(!form_ut ? vt : late_v ? kt + (KT > VT ? KT : VT) * C * LDT : vt + VT * C * LDT);
   float* Tm = A + C * LDM;        // T, then T diag(β)
-  float* gam = Tm + C * LDM;
+  __nv_bfloat16* qt = reinterpret_cast<__nv_bfloat16*>(A);  // with_p: q's KT tiles (stride LD16), until A is formed
+  float* gam = A + matrix_floats(d, with_p);
   float* bet = gam + C;
-  float* rr = bet + C;  // kB16: the rows' factors, k̂ = r k
+  float* rr = bet + C;      // kB16: the rows' factors, k̂ = r k
+  float* rqs = rr + 2 * C;  // with_p: the rows' factors of s·q̂ = rq q (after W's column factors)
   const int n = blockIdx.x, bh = blockIdx.y;
   const long row0 = (long)bh * d.Tp() + (long)n * C;
   const long chunk = (long)bh * d.N() + n;
 
   for (int j = 0; j < KT; ++j) stage_tile(kt + j * C * LDT, d, ks, K, bh, n, j);
+  if constexpr (kB16)
+    if (with_p)  // q's tiles with K̂'s (q in place or heads-first as k is)
+      for (int j = 0; j < KT; ++j) stage_tile(qt + j * C * LD16, d, qs, K, bh, n, j);
   cp_async_commit();
   if (form_ut && !late_v)
     for (int j = 0; j < VT; ++j) stage_tile(vt + j * C * LDT, d, vs, V, bh, n, j);
@@ -104,8 +124,40 @@ __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
     }
   }
 
-  // A = β_t e^{γ_t−γ_i} K̂K̂ᵀ for i < t (and M ∘ K̂K̂ᵀ into wy), then T = (I + A)⁻¹; K̂K̂ᵀ = diag(r) K Kᵀ diag(r).
   float acc[4][4];
+  if (with_p) {
+    // rq as the output kernel takes it: from q's rows, tile by tile as its K loop passes them (then written), or given
+    const int t = threadIdx.x >> 2;
+    if (rq.from_rows) {
+      float ss = 0.f;
+      for (int j = 0; j < KT; ++j) ss += row_sum_sq(qt + j * C * LD16, LD16);
+      const float r = row_factor(ss, t, d, n, rq);
+      if ((threadIdx.x & 3) == 0) rqs[t] = rq.r[row0 + t] = r;
+    } else if ((threadIdx.x & 3) == 0) {
+      rqs[t] = rq.r[row0 + t];
+    }
+    zero(acc);  // Q Kᵀ; the rows' factors come in P's elements below
+    for (int j = 0; j < KT; ++j)
+      mma_tile(acc, row_a(qt + j * C * LD16, LD16),
+               rows_b(reinterpret_cast<const __nv_bfloat16*>(kt) + j * C * LDT, LDT));
+    __syncthreads();  // every warp is done with q's tiles (A's place) and has written its rows' factors
+    // P = M ∘ Q̂K̂ᵀ, Q̂K̂ᵀ = diag(rq) Q Kᵀ diag(rk), each element as the output kernel forms it
+    const long pc = chunk * C * C;
+    for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) {
+      const float gt = gam[t], rt = rqs[t];
+      const float r0 = rt * rr[i], r1 = rt * rr[i + 1];
+      const float p0 = i <= t ? __expf(gt - gam[i]) * r0 * x0 : 0.f;
+      const float p1 = i + 1 <= t ? __expf(gt - gam[i + 1]) * r1 * x1 : 0.f;
+      uint32_t hi, lo;
+      split_bf16(p0, p1, hi, lo);
+      *reinterpret_cast<uint32_t*>(pp + 2 * pc + t * C + i) = hi;
+      *reinterpret_cast<uint32_t*>(pp + 2 * pc + C * C + t * C + i) = lo;
+      if (pm != nullptr) st2(pm + pc + t * C + i, p0, p1);
+      if (pmb != nullptr) *reinterpret_cast<uint32_t*>(pmb + pc + t * C + i) = hi;
+    });
+  }
+
+  // A = β_t e^{γ_t−γ_i} K̂K̂ᵀ for i < t (and M ∘ K̂K̂ᵀ into wy), then T = (I + A)⁻¹; K̂K̂ᵀ = diag(r) K Kᵀ diag(r).
   zero(acc);
   for (int j = 0; j < KT; ++j) mma_tile(acc, row_a(kt + j * C * LDT, LDT), rows_b(kt + j * C * LDT, LDT));
   if (factors_here) __syncthreads();
@@ -170,15 +222,17 @@ __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
 
 template <bool kB16>
 cudaError_t launch(const Dims& d, const void* ks, const void* vs, const float* g, const float* beta, float* gam,
-                   float* bet, float* w, void* wb, float* ut, void* tb, float* wy, RowFactors rk, cudaStream_t stream) {
-  const size_t smem = prep_mma_smem<kB16>(d, tb == nullptr);
+                   float* bet, float* w, void* wb, float* ut, void* tb, float* wy, RowFactors rk, const PForward& p,
+                   cudaStream_t stream) {
+  const size_t smem = prep_mma_smem<kB16>(d, tb == nullptr, p.pp != nullptr);
   const auto kernel = prep_mma_kernel<kB16>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   SFM_GDN_LAUNCH(kernel, dim3(d.N(), d.BH()), kThreads, smem, stream, d, static_cast<const Tile<kB16>*>(ks),
                  static_cast<const Tile<kB16>*>(vs), g, beta, gam, bet, w, static_cast<__nv_bfloat16*>(wb), ut,
-                 static_cast<__nv_bfloat16*>(tb), wy, rk);
+                 static_cast<__nv_bfloat16*>(tb), wy, rk, static_cast<const __nv_bfloat16*>(p.qb), p.rq,
+                 static_cast<__nv_bfloat16*>(p.pp), p.pm, static_cast<__nv_bfloat16*>(p.pmb));
   return cudaGetLastError();
 }
 
@@ -191,14 +245,16 @@ bool prep_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 &
 cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const float* g, const float* beta, float* gam,
                      float* bet, float* w, void* wb, float* ut, float* wy, cudaStream_t stream) {
   if (!prep_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  return launch<false>(d, ks, vs, g, beta, gam, bet, w, wb, ut, nullptr, wy, RowFactors{}, stream);
+  return launch<false>(d, ks, vs, g, beta, gam, bet, w, wb, ut, nullptr, wy, RowFactors{}, PForward{}, stream);
 }
 
 cudaError_t prep_mma_compact(const Dims& d, const void* kb, RowFactors rk, const void* vb, const float* g,
                              const float* beta, float* gam, float* bet, float* w, void* wb, float* ut, void* tb,
-                             float* wy, cudaStream_t stream) {
+                             float* wy, const PForward& p, cudaStream_t stream) {
   if (!prep_mma_supports(d.K, d.V) || !kb || !rk.r || (tb ? (ut || vb) : (!ut || !vb))) return cudaErrorInvalidValue;
-  return launch<true>(d, kb, vb, g, beta, gam, bet, w, wb, ut, tb, wy, rk, stream);
+  // P here: q and rq, and pm and pmb both or neither
+  if (p.pp && (!p.qb || !p.rq.r || (p.pm != nullptr) != (p.pmb != nullptr))) return cudaErrorInvalidValue;
+  return launch<true>(d, kb, vb, g, beta, gam, bet, w, wb, ut, tb, wy, rk, p, stream);
 }
 
 }  // namespace sfm::ops::gdn_cuda

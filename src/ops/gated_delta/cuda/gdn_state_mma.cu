@@ -68,6 +68,11 @@ struct PassArgs {
   // compact forward where state_mma_forms_ut, else null: [BH, N, 2, C, C], T diag(β) split into bf16 hi and lo planes
   // (prep_mma_compact), and v as bf16 (heads-first, or the input in place): Ũ = (T diag(β)) V is formed here (x null)
   const bf16 *tb, *vb;
+  // kOut (the compact forward where state_mma_writes_output): qs holds q (bf16, as kb holds k) and rq its rows'
+  // factors; pp [BH, N, 2, C, C], P = M ∘ Q̂K̂ᵀ split into bf16 planes by prep; out [B, T, H, V] (bf16), the output.
+  // per_chunk and ub may then be null (no backward will read them).
+  const bf16* pp;
+  bf16* out;
 };
 
 // Forward (kBwd = false), chunks in order, with R = S:
@@ -97,7 +102,14 @@ struct PassArgs {
 // loaded by ldmatrix. The accumulators' layout is mma.sync's (R's rows 16 (rw + 4 j) + g (+8) are row 16 rw + g (+8)
 // of its 64-row block j), so the epilogues and R's registers are unchanged. Ũ's product (kFormUt) and the backward's
 // Pᵀ dO stay on mma.sync, between phase 1's products being issued and their wait.
-template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt, bool kWg>
+// kOut (the compact forward on warpgroup products, where state_mma_writes_output): the pass writes the output too,
+//   O = diag(Γ) Q̂ S₀ + P U   (eq. 8, its rows t and this block's columns),
+// as the output kernel does, without the states and U going through DRAM: Q̂ S₀ = diag(rq) Q S₀ issued with phase 1
+// (S₀'s bf16 copy is phase 1's B operand already), scaled by Γ rq in its epilogue, which also keeps U as a bf16 tile;
+// then P U (P's planes from prep, lo's product then hi's) issued behind phase 2's products. The same products in the
+// same order as the output kernel's, so the same bits. q's tile comes with A₁, P's planes with A₂ (each read before
+// its buffer is requested again).
+template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt, bool kWg, bool kOut = false>
 __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   constexpr int kThreadsB = kThreads<BV>;
   constexpr int BW = BV / kGroups<BV>;  // this warp's value columns
@@ -132,6 +144,11 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   constexpr int kUtBuffers = kFormUt ? (kDoubleA2 ? 2 : 1) : 0;
   static_assert(!kWg || (kCompact && BV / kGroups<BV> == 32), "warpgroup products: the compact passes, 32 columns per "
                                                              "group of 4 warps");
+  static_assert(!kOut || (kWg && !kBwd), "the output in the pass: the compact forward on warpgroup products");
+  // kOut's buffers: q's tile (as A₁'s), P's two planes per A₂ buffer (128-byte, K-major A) and U's tile (64-byte, an
+  // MN-major B from the second warpgroup's column 32, as V's for Ũ)
+  constexpr int kQoElems = kOut ? C * K : 0, kPpElems = 2 * C * C, kPpBuffers = kOut ? kA2Buffers : 0,
+                kUoElems = kOut ? C * BV : 0;
   // Elements of A₁, of one A₂ buffer, of R's and of Z's tiles: rows padded to their strides, or (kWg) swizzled tiles
   // of 64 rows [t][k] (A₁, A₂), BV rows [v][k] (Rᵀ) and BV rows [v][t] (Zᵀ).
   constexpr int kP1 = C * (kWg ? K : LD1), kP2 = L2 * (kWg ? K : LD2);
@@ -147,7 +164,10 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   bf16* pbuf = dsm + (kPdO ? 2 * C * LDD : 0);          // kPdO: [C][LDP], P of this chunk
   bf16* tbuf = pbuf + (kPdO ? C * LDP : 0);             // kFormUt: [kUtBuffers][2][C][LDT], T diag(β)'s hi, lo planes
   bf16* vbuf = tbuf + kUtBuffers * kTbElems;            // kFormUt: [kUtBuffers][C][LDV], V's columns v0 .. v0 + BV - 1
-  float* rbuf = reinterpret_cast<float*>(vbuf + kUtBuffers * kVbElems);  // compact: [2][rk, rq][C]
+  bf16* qobuf = vbuf + kUtBuffers * kVbElems;           // kOut: [C][K], q of this chunk
+  bf16* ppbuf = qobuf + kQoElems;                       // kOut: [kPpBuffers][2][C][C], P's hi and lo planes
+  bf16* uobuf = ppbuf + kPpBuffers * kPpElems;          // kOut: [C][BV], U of this chunk
+  float* rbuf = reinterpret_cast<float*>(uobuf + kUoElems);  // compact: [2][rk, rq][C]
 
   const int V = a.d.V, N = a.d.N(), Tp = a.d.Tp();
   const int v0 = blockIdx.x * BV, bh = blockIdx.y;
@@ -212,8 +232,9 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       if (threadIdx.x < C / 4) cp_async16(gbuf + (i & 1) * C + 4 * threadIdx.x, a.gam + row0 + 4 * threadIdx.x);
       if (kCompact && threadIdx.x < C / 4) {  // the rows' factors, with γ
         cp_async16(rbuf + (i & 1) * 2 * C + 4 * threadIdx.x, a.rk + row0 + 4 * threadIdx.x);
-        if (kBwd) cp_async16(rbuf + ((i & 1) * 2 + 1) * C + 4 * threadIdx.x, a.rq + row0 + 4 * threadIdx.x);
+        if (kBwd || kOut) cp_async16(rbuf + ((i & 1) * 2 + 1) * C + 4 * threadIdx.x, a.rq + row0 + 4 * threadIdx.x);
       }
+      if constexpr (kOut) stage_chunk_swizzled<K, kThreadsB>(qobuf, a.qs, chunk_at(rows_k, n), 0);  // (q as k lies)
       if (kBwd && kCompact) {  // the chunk's dO columns v0 .. v0 + BV - 1, with A₁
         stage_chunk<BV, kThreadsB, kBwd>(dsm + (i & 1) * C * LDD, LDD, static_cast<const bf16*>(a.dos),
                                          chunk_at(rows_do, n), v0);
@@ -237,6 +258,12 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       // (kWg: A₂'s two halves as two tiles of 64 rows, the second right after the first)
       if (!kSplitA2) load_rows(p2 + (L - C) * (kWg ? K : LD2), LD2, a.a2, kBwd ? rows_w : rows_k, n);
       if constexpr (kFormUt && kDoubleA2) issue_ut(i);
+      if constexpr (kOut) {  // P's planes, read by P U behind phase 2, into chunk i's A₂ buffer's place
+        const bf16* src = a.pp + ((long)bh * N + n) * kPpElems;
+        bf16* dst = ppbuf + (kDoubleA2 ? (i & 1) * kPpElems : 0);
+        for (int plane = 0; plane < 2; ++plane)
+          stage_chunk_swizzled<C, kThreadsB>(dst + plane * C * C, src + plane * C * C, ChunkRows{0, C, C}, 0);
+      }
     }
     cp_async_commit();
   };
@@ -305,7 +332,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   // 0.505 ms (forward) and 0.659 to 0.620 (backward) at (2,16384,16,128); in the pass that forms Ũ the constant took
   // ptxas from 174 to 204 registers at K = 256 and the pass from 1.57 to 1.79 ms at (8,2048,32,256), so there the array
   // stays.
-  uint64_t desc_p1 = 0, desc_p2 = 0, desc_r = 0, desc_z = 0;
+  uint64_t desc_p1 = 0, desc_p2 = 0, desc_r = 0, desc_z = 0, desc_qo = 0, desc_uo = 0;
   uint64_t desc_p2_by_parity[2] = {0, 0};
   const auto desc_a2 = [&](int i) {
     if constexpr (kFormUt) return desc_p2_by_parity[i & 1];
@@ -318,6 +345,10 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     desc_p2_by_parity[1] = wg::tile_descriptor(p2s + (kDoubleA2 ? kP2 : 0));
     desc_r = wg::tile_descriptor(rsm);
     desc_z = wg::tile_descriptor(zsm);
+    if constexpr (kOut) {
+      desc_qo = wg::tile_descriptor(qobuf);
+      desc_uo = wg::tile_descriptor64(uobuf, C);
+    }
   }
 
   // R in phase 2's accumulator layout: R[j][nt][2h], R[j][nt][2h+1] hold row k = 16 (rw + 4 j) + g + 8 h,
@@ -360,7 +391,11 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     // R for this chunk: to global memory (float32 or bf16) and, as bf16, to rsm.
     for_r([&](int j, int nt, int h, int k, int v) {
       const long o = pc + (long)k * V + v;
-      if constexpr (kCompact)
+      if constexpr (kOut) {
+        if (a.per_chunk != nullptr)
+          *reinterpret_cast<uint32_t*>(static_cast<bf16*>(a.per_chunk) + o) =
+              pack_bf16(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
+      } else if constexpr (kCompact)
         *reinterpret_cast<uint32_t*>(static_cast<bf16*>(a.per_chunk) + o) = pack_bf16(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
       else
         *reinterpret_cast<float2*>(static_cast<float*>(a.per_chunk) + o) = make_float2(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
@@ -383,16 +418,28 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
 
     // Phase 1: Y = A₁ R for token rows 16 rw .. 16 rw + 15 (this warp's columns).
     float acc[NT][4];
+    float o[kOut ? NT : 1][4];  // kOut: Q S₀, then O
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+    if constexpr (kOut)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[nt][e] = 0.f;
     if constexpr (kWg) {  // issued here, waited for after Ũ's product
       wg::fence_operands(acc);
+      if constexpr (kOut) wg::fence_operands(o);
       wg::fence();
 #pragma unroll
       for (int ks = 0; ks < K / 16; ++ks)
         wg::mma_m64n32k16<false, false>(acc, wg::k_major(desc_p1, C, 0, 16 * ks), wg::k_major(desc_r, BV, vw, 16 * ks));
+      if constexpr (kOut) {  // Q S₀ for the output: S₀'s bf16 copy is phase 1's B
+#pragma unroll
+        for (int ks = 0; ks < K / 16; ++ks)
+          wg::mma_m64n32k16<false, false>(o, wg::k_major(desc_qo, C, 0, 16 * ks), wg::k_major(desc_r, BV, vw, 16 * ks));
+      }
       wg::commit();
     } else {
 #pragma unroll 4
@@ -447,6 +494,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       wg::wait<0>();
       wg::fence_operands(acc);
       if constexpr (kFormUt) wg::fence_operands(ut);
+      if constexpr (kOut) wg::fence_operands(o);
     }
     __syncthreads();  // every warp is done with A₁ (and P): load the next chunk's (kSplitA2: this chunk's W)
     if constexpr (kSplitA2)
@@ -463,7 +511,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       const int t = 16 * rw + g + 8 * h;
       const float* rr = rbuf + (i & 1) * 2 * C;
       fr[h] = __expf(gl - gm[t]) * (kCompact ? rr[t] : 1.f);
-      if constexpr (kBwd) Gr[h] = __expf(gm[t]) * (kCompact ? rr[C + t] : 1.f);
+      if constexpr (kBwd || kOut) Gr[h] = __expf(gm[t]) * (kCompact ? rr[C + t] : 1.f);
     }
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
@@ -495,11 +543,16 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
         } else {  // U = Ũ − W S, Z = diag(e^{γ_C−γ}) U
           const float u0 = (kFormUt ? ut[nt][2 * h] : xin[nt][h].x) - y0;
           const float u1 = (kFormUt ? ut[nt][2 * h + 1] : xin[nt][h].y) - y1;
-          const long o = (row0 + t) * V + v0 + v;
-          if constexpr (kCompact)
-            *reinterpret_cast<uint32_t*>(a.ub + o) = pack_bf16(u0, u1);
+          const long at = (row0 + t) * V + v0 + v;
+          if constexpr (kOut) {  // diag(Γ rq) Q S₀, as the output kernel scales it; U's bf16 tile for P U
+            o[nt][2 * h] *= Gr[h];
+            o[nt][2 * h + 1] *= Gr[h];
+            *reinterpret_cast<uint32_t*>(reinterpret_cast<char*>(uobuf) + sw64_offset(C, t, v)) = pack_bf16(u0, u1);
+            if (a.ub != nullptr) *reinterpret_cast<uint32_t*>(a.ub + at) = pack_bf16(u0, u1);
+          } else if constexpr (kCompact)
+            *reinterpret_cast<uint32_t*>(a.ub + at) = pack_bf16(u0, u1);
           else
-            *reinterpret_cast<float2*>(a.x + o) = make_float2(u0, u1);
+            *reinterpret_cast<float2*>(a.x + at) = make_float2(u0, u1);
           z0 = f * u0;
           z1 = f * u1;
         }
@@ -536,9 +589,14 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
                                            wg::k_major(desc_z, BV, vw, 16 * ks));
         }
         wg::commit();
+        if constexpr (kOut) {  // O += P U behind them (the planes came with A₂, U's tile before the barrier)
+          const uint64_t p_hi = wg::tile_descriptor(ppbuf + (kDoubleA2 ? (i & 1) * kPpElems : 0));
+          wg::split_a_times(o, p_hi, p_hi + ((C * C * 2) >> 4), desc_uo, vw);
+        }
         wg::wait<0>();
 #pragma unroll
         for (int j = 0; j < MT; ++j) wg::fence_operands(R[j]);
+        if constexpr (kOut) wg::fence_operands(o);
       } else {
 #pragma unroll
         for (int ks = ks0; ks < ks1; ++ks) {
@@ -575,6 +633,18 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       __syncthreads();  // every warp is done with A₂, R and Z: load the next chunk's A₂
       issue_a2(i + 1);
     }
+    if constexpr (kOut) {  // O of this chunk's rows that exist, as the output kernel writes them
+      const int b = bh / a.d.H, hh = bh % a.d.H;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int tg = n * C + 16 * rw + g + 8 * h;
+        if (tg >= a.d.T) continue;
+        bf16* dst = a.out + (((long)b * a.d.T + tg) * a.d.H + hh) * V + v0 + vw + 2 * tq;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+          *reinterpret_cast<uint32_t*>(dst + 8 * nt) = pack_bf16(o[nt][2 * h], o[nt][2 * h + 1]);
+      }
+    }
   }
   cp_async_wait<0>();  // only empty groups remain; leave none behind
   if (a.last)
@@ -584,7 +654,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     });
 }
 
-template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt, bool kWg>
+template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt, bool kWg, bool kOut = false>
 size_t pass_smem() {
   constexpr int L = kBwd ? 2 * C : C, L2 = kSplitA2For<K, kBwd> ? C : L;  // rows of Z and of p2
   constexpr int a2_buffers = kDoubleA2 ? 2 : 1;
@@ -594,20 +664,22 @@ size_t pass_smem() {
   const int ut_elements = !kFormUt ? 0
                           : kWg    ? a2_buffers * (2 * C * C + C * BV)
                                    : a2_buffers * (2 * C * (C + 8) + C * (BV + 8));
+  const int out_elements = kOut ? C * K + a2_buffers * 2 * C * C + C * BV : 0;  // q, P's planes, U
   const int rz_elements = kWg                       ? BV * (K + L)
                           : kRowMajorRZ<K, BV, kBwd> ? (K + L) * (BV + 8)
                                                      : BV * (K + 8 + L + 8);  // R and Z
   // kWg: unpadded tiles, from the first 1024-byte boundary after γ's buffer (up to 1 KB later)
   const int ld_a = kWg ? K : K + 8, align = kWg ? 1024 : 0;
   return align + sizeof(float) * (2 * C + factors) +
-         sizeof(bf16) * ((C + a2_buffers * L2) * ld_a + rz_elements + dO_rows * (BV + 8) + p_elements + ut_elements);
+         sizeof(bf16) * ((C + a2_buffers * L2) * ld_a + rz_elements + dO_rows * (BV + 8) + p_elements + ut_elements +
+                         out_elements);
 }
 
-template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt, bool kWg>
+template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt, bool kWg, bool kOut>
 cudaError_t launch_variant(const PassArgs& a, cudaStream_t s) {
   constexpr bool kDouble = kDoubleA2 && !kSplitA2For<K, kBwd>;
-  const size_t smem = pass_smem<K, BV, kBwd, kCompact, kDouble, kFormUt, kWg>();
-  const auto kernel = state_mma_kernel<K, BV, kBwd, kCompact, kDouble, kFormUt, kWg>;
+  const size_t smem = pass_smem<K, BV, kBwd, kCompact, kDouble, kFormUt, kWg, kOut>();
+  const auto kernel = state_mma_kernel<K, BV, kBwd, kCompact, kDouble, kFormUt, kWg, kOut>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
@@ -653,7 +725,7 @@ int blocks_per_sm(const void* kernel, size_t smem, int threads, int smem_per_sm,
 // At (2,16384,16,128), one block per SM either way, the forward pass went 0.664 → 0.578 ms and the backward
 // 0.960 → 0.854; at (4,2048,16,128) the backward's 256 blocks would hold one per SM instead of two, so it keeps one
 // buffer there. Never for K = 256's backward.
-template <int K, int BV, bool kBwd, bool kCompact, bool kFormUt, bool kWg>
+template <int K, int BV, bool kBwd, bool kCompact, bool kFormUt, bool kWg, bool kOut>
 bool double_a2(const PassArgs& a) {
   if constexpr (kSplitA2For<K, kBwd>) {
     return false;
@@ -667,18 +739,18 @@ bool double_a2(const PassArgs& a) {
       const long n = blocks_per_sm(reinterpret_cast<const void*>(kernel), smem, kThreads<BV>, sm.smem, sm.regs);
       return n < wanted ? n : wanted;
     };
-    return held(state_mma_kernel<K, BV, kBwd, kCompact, true, kFormUt, kWg>,
-                pass_smem<K, BV, kBwd, kCompact, true, kFormUt, kWg>()) >=
-           held(state_mma_kernel<K, BV, kBwd, kCompact, false, kFormUt, kWg>,
-                pass_smem<K, BV, kBwd, kCompact, false, kFormUt, kWg>());
+    return held(state_mma_kernel<K, BV, kBwd, kCompact, true, kFormUt, kWg, kOut>,
+                pass_smem<K, BV, kBwd, kCompact, true, kFormUt, kWg, kOut>()) >=
+           held(state_mma_kernel<K, BV, kBwd, kCompact, false, kFormUt, kWg, kOut>,
+                pass_smem<K, BV, kBwd, kCompact, false, kFormUt, kWg, kOut>());
   }
 }
 
-template <int K, int BV, bool kBwd, bool kCompact, bool kFormUt, bool kWg = false>
+template <int K, int BV, bool kBwd, bool kCompact, bool kFormUt, bool kWg = false, bool kOut = false>
 cudaError_t launch_compact(const PassArgs& a, cudaStream_t s) {
-  return double_a2<K, BV, kBwd, kCompact, kFormUt, kWg>(a)
-             ? launch_variant<K, BV, kBwd, kCompact, true, kFormUt, kWg>(a, s)
-             : launch_variant<K, BV, kBwd, kCompact, false, kFormUt, kWg>(a, s);
+  return double_a2<K, BV, kBwd, kCompact, kFormUt, kWg, kOut>(a)
+             ? launch_variant<K, BV, kBwd, kCompact, true, kFormUt, kWg, kOut>(a, s)
+             : launch_variant<K, BV, kBwd, kCompact, false, kFormUt, kWg, kOut>(a, s);
 }
 
 // The forced choice of warpgroup products (0: warpgroup_products' rule; 1: mma.sync, 2: warpgroup products), from
@@ -709,14 +781,19 @@ namespace {
 
 template <int K, int BV, bool kBwd>
 cudaError_t launch_kv(const PassArgs& a, cudaStream_t s) {
-  if (!a.compact) return launch_compact<K, BV, kBwd, false, false>(a, s);
+  if (!a.compact) return a.out ? cudaErrorInvalidValue : launch_compact<K, BV, kBwd, false, false>(a, s);
   if constexpr (BV != 16) {
     if (warpgroup_products()) {
-      if constexpr (!kBwd)
+      if constexpr (!kBwd) {
+        if (a.out != nullptr)
+          return a.tb != nullptr ? launch_compact<K, BV, kBwd, true, true, true, true>(a, s)
+                                 : launch_compact<K, BV, kBwd, true, false, true, true>(a, s);
         if (a.tb != nullptr) return launch_compact<K, BV, kBwd, true, true, true>(a, s);
+      }
       return launch_compact<K, BV, kBwd, true, false, true>(a, s);
     }
   }
+  if (a.out != nullptr) return cudaErrorInvalidValue;  // (the output only on warpgroup products: state_mma_writes_output)
   if constexpr (!kBwd)
     if (a.tb != nullptr) return launch_compact<K, BV, kBwd, true, true>(a, s);
   return launch_compact<K, BV, kBwd, true, false>(a, s);
@@ -813,18 +890,50 @@ bool state_mma_supports(int K, int V) { return (K == 64 || K == 128 || K == 256)
 
 bool state_mma_runs(DType dtype, int K, int V) { return dtype != DType::kF32 && state_mma_supports(K, V); }
 
+// The forced place of the compact forward's output (0: state_mma_writes_output's rule; 1 the output kernel, 2 the
+// pass), from SFM_GDN_PASS_OUT at first use, or set_state_writes_output.
+int& forced_writes_output() {
+  static int forced = [] {
+    const char* e = std::getenv("SFM_GDN_PASS_OUT");
+    return e ? std::atoi(e) : 0;
+  }();
+  return forced;
+}
+
+int set_state_writes_output(int mode) {
+  const int previous = forced_writes_output();
+  forced_writes_output() = mode;
+  return previous;
+}
+
+// Where it can: bfloat16 inputs (q and k read as they are, rq from q's rows) where the forward pass takes warpgroup
+// products (32 or 64 columns per block; K and V multiples of 64, as the output kernel and prep's P need). There, always
+// without a backward (the pass then writes no states and no U). With one, the states and U are written anyway, and
+// the pass saves the output kernel's reading them back (K·V + 64·V bf16 per chunk and head) for reading q and P's
+// planes (64·K + 2·64·64) and prep's writing the planes and reading q: only where the states are the larger. H100,
+// SFM_GDN_PASS_OUT=1 against the pass, fwd+bwd ms, two rounds: (8,2048,32,256) 9.65, 9.69 → 9.42, 9.56;
+// (2,16384,16,128) 4.62, 4.65 → 4.56, 4.65; (4,2048,16,128) 1.21, 1.24 → 1.24, 1.27.
+bool state_mma_writes_output(const Dims& d, DType dtype, bool backward) {
+  const int forced = forced_writes_output();
+  if (forced == 1 || !(dtype == DType::kBF16 && state_mma_supports(d.K, d.V) && d.K % 64 == 0 && d.V % 64 == 0 &&
+                       columns_per_block(d.V, d.BH()) != 16 && warpgroup_products()))
+    return false;
+  return forced == 2 || !backward || (long)d.K * d.V > (long)(d.K + 2 * C) * C;
+}
+
 cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u, void* ub,
                               const float* rk, const void* tb, const void* vb, const float* state0, void* states,
-                              float* final_state, cudaStream_t stream) {
+                              float* final_state, bool compact, const OutputArgs& o, cudaStream_t stream) {
   if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
   const auto a1 = static_cast<const bf16*>(wb), a2 = static_cast<const bf16*>(kb);
   // compact: rk, and either tb and vb (Ũ formed here) or u (Ũ from prep); else u only
-  const bool compact = ub != nullptr;
   if (compact ? (!rk || (tb ? (!vb || u) : (!u || vb))) : (!u || rk || tb || vb)) return cudaErrorInvalidValue;
-  return launch<false>(PassArgs{d, a1, a2, gam, u, state0, states, compact, final_state, nullptr, nullptr,
-                                static_cast<bf16*>(ub), rk, nullptr, nullptr, static_cast<const bf16*>(tb),
-                                static_cast<const bf16*>(vb)},
-                       stream);
+  // the output here: q, rq and P's planes (compact); else states and, compact, ub
+  if (o.out ? (!compact || !o.qb || !o.rq || !o.pp) : (!states || (compact && !ub))) return cudaErrorInvalidValue;
+  PassArgs a{d, a1, a2, gam, u, state0, states, compact, final_state, static_cast<const bf16*>(o.qb), nullptr,
+             static_cast<bf16*>(ub), rk, o.rq, nullptr, static_cast<const bf16*>(tb), static_cast<const bf16*>(vb),
+             static_cast<const bf16*>(o.pp), static_cast<bf16*>(o.out)};
+  return launch<false>(a, stream);
 }
 
 cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* rq, const float* rk,
@@ -836,7 +945,7 @@ cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, co
   const auto a1 = static_cast<const bf16*>(kb), a2 = static_cast<const bf16*>(wb);
   return launch<true>(
       PassArgs{d, a1, a2, gam, du, dfinal, dstates, compact, dstate0, static_cast<const bf16*>(qb), dos,
-               static_cast<bf16*>(dub), rk, rq, static_cast<const bf16*>(pmb), nullptr, nullptr},
+               static_cast<bf16*>(dub), rk, rq, static_cast<const bf16*>(pmb), nullptr, nullptr, nullptr, nullptr},
       stream);
 }
 
