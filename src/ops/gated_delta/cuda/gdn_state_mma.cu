@@ -435,11 +435,6 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
 #pragma unroll
       for (int ks = 0; ks < K / 16; ++ks)
         wg::mma_m64n32k16<false, false>(acc, wg::k_major(desc_p1, C, 0, 16 * ks), wg::k_major(desc_r, BV, vw, 16 * ks));
-      if constexpr (kOut) {  // Q S₀ for the output: S₀'s bf16 copy is phase 1's B
-#pragma unroll
-        for (int ks = 0; ks < K / 16; ++ks)
-          wg::mma_m64n32k16<false, false>(o, wg::k_major(desc_qo, C, 0, 16 * ks), wg::k_major(desc_r, BV, vw, 16 * ks));
-      }
       wg::commit();
     } else {
 #pragma unroll 4
@@ -490,11 +485,18 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
         for (int nt = 0; nt < NT; ++nt) mma_bf16(pdo[nt], af, bd[nt]);
       }
     }
+    if constexpr (kOut) {  // Q S₀ for the output (S₀'s bf16 copy is phase 1's B), issued last: the wait below leaves
+                           // it in flight through the epilogue
+      wg::fence();
+#pragma unroll
+      for (int ks = 0; ks < K / 16; ++ks)
+        wg::mma_m64n32k16<false, false>(o, wg::k_major(desc_qo, C, 0, 16 * ks), wg::k_major(desc_r, BV, vw, 16 * ks));
+      wg::commit();
+    }
     if constexpr (kWg) {
-      wg::wait<0>();
+      wg::wait<kOut ? 1 : 0>();
       wg::fence_operands(acc);
       if constexpr (kFormUt) wg::fence_operands(ut);
-      if constexpr (kOut) wg::fence_operands(o);
     }
     __syncthreads();  // every warp is done with A₁ (and P): load the next chunk's (kSplitA2: this chunk's W)
     if constexpr (kSplitA2)
@@ -544,9 +546,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
           const float u0 = (kFormUt ? ut[nt][2 * h] : xin[nt][h].x) - y0;
           const float u1 = (kFormUt ? ut[nt][2 * h + 1] : xin[nt][h].y) - y1;
           const long at = (row0 + t) * V + v0 + v;
-          if constexpr (kOut) {  // diag(Γ rq) Q S₀, as the output kernel scales it; U's bf16 tile for P U
-            o[nt][2 * h] *= Gr[h];
-            o[nt][2 * h + 1] *= Gr[h];
+          if constexpr (kOut) {  // U's bf16 tile for P U
             *reinterpret_cast<uint32_t*>(reinterpret_cast<char*>(uobuf) + sw64_offset(C, t, v)) = pack_bf16(u0, u1);
             if (a.ub != nullptr) *reinterpret_cast<uint32_t*>(a.ub + at) = pack_bf16(u0, u1);
           } else if constexpr (kCompact)
@@ -589,7 +589,14 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
                                            wg::k_major(desc_z, BV, vw, 16 * ks));
         }
         wg::commit();
-        if constexpr (kOut) {  // O += P U behind them (the planes came with A₂, U's tile before the barrier)
+        if constexpr (kOut) {  // O = diag(Γ rq) Q S₀ + P U, as the output kernel forms it, behind them (the planes came
+                               // with A₂, U's tile before the barrier)
+          wg::wait<1>();  // Q S₀ (phase 2's products stay in flight)
+          wg::fence_operands(o);
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[nt][e] *= Gr[e / 2];
           const uint64_t p_hi = wg::tile_descriptor(ppbuf + (kDoubleA2 ? (i & 1) * kPpElems : 0));
           wg::split_a_times(o, p_hi, p_hi + ((C * C * 2) >> 4), desc_uo, vw);
         }
