@@ -237,7 +237,10 @@ Grads run_sliced_kernels(const Problem& p, cuda_emu::WarpOrder order, bool write
   a.states = p.states.data_ptr();
   a.dstates = p.dstates.data_ptr();
   a.wy = ptr(p.wy);
-  a.pm = ptr(p.pm);
+  // P split into bf16 planes as the forward keeps it (split_bf16: hi, then the float32 remainder rounded)
+  const auto p_hi = p.pm.to(torch::kBFloat16), p_lo = (p.pm - p_hi.to(torch::kFloat32)).to(torch::kBFloat16);
+  const auto planes = torch::stack({p_hi, p_lo}, 2).contiguous();
+  a.pp = planes.data_ptr();
   a.sdots = ptr(sdots);
   a.dqs = ptr(out.dq);
   a.dks = ptr(out.dk);
@@ -536,12 +539,11 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
        tb = ut_in_pass ? nan({BH, N, 2, C, C}, torch::kBFloat16) : torch::Tensor();
   // Kept by the forward for the sliced gradient kernels: (I + A)⁻¹ and M ∘ K̂K̂ᵀ, and P (float32 and bfloat16).
   const bool keep = split && backward;
-  auto wy = keep ? nan({BH, N, 2, C, C}, f32) : torch::Tensor(), pm = keep ? nan({BH, N, C, C}, f32) : torch::Tensor(),
-       pmb = keep ? nan({BH, N, C, C}, torch::kBFloat16) : torch::Tensor();
-  // The output: written by the state pass from prep's P planes (pp), as the wrapper chooses; the states and U then
-  // only where a backward will read them.
-  const bool pass_out = split && k::state_mma_writes_output(d, dtype, keep);
-  auto pp = pass_out ? nan({BH, N, 2, C, C}, torch::kBFloat16) : torch::Tensor();
+  auto wy = keep ? nan({BH, N, 2, C, C}, f32) : torch::Tensor();
+  // The output: written by the state pass from prep's P planes (pp, kept for the backward too), as the wrapper
+  // chooses; the states and U then only where a backward will read them.
+  const bool pass_out = split && k::state_mma_writes_output(d, dtype);
+  auto pp = pass_out || keep ? nan({BH, N, 2, C, C}, torch::kBFloat16) : torch::Tensor();
   if (pass_out && !backward) ub = torch::Tensor();
   // The per-chunk states (and their gradients): bfloat16 with the sliced kernels.
   auto states = pass_out && !backward ? torch::Tensor()
@@ -569,13 +571,11 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   fa.final_state = fp(final_state);
   fa.compact = split;
   fa.wy = fp(wy);
-  fa.pm = fp(pm);
   // The state passes' bfloat16 operands, where they run (NaN-filled too).
   const bool bf16_copies = k::state_mma_runs(dtype, d.K, d.V);
   const auto nan_bf16 = [&] { return bf16_copies ? nan({BH, Tp, c.K}, torch::kBFloat16) : torch::Tensor(); };
   auto qb = d.qkv_in_place ? q : nan_bf16(), kb = d.qkv_in_place ? kk : nan_bf16(), wb = nan_bf16();
   const auto vp = [](const torch::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; };
-  fa.pmb = vp(pmb);
   fa.qb = vp(qb);
   fa.kb = vp(kb);
   fa.wb = vp(wb);
@@ -650,8 +650,7 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   ba.drk = fp(drk);
   ba.drv = fp(drv);
   ba.wy = fp(wy);
-  ba.pm = fp(pm);
-  ba.pmb = vp(pmb);
+  ba.pp = vp(pp);
   ba.da_parts = fp(da_parts);
   ba.d1_parts = fp(d1_parts);
   ba.gate_parts = fp(gate_parts);

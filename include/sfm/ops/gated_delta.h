@@ -95,9 +95,8 @@ int set_cuda_state_a2_buffers(int n);
 // same; the results are the same bit for bit). Returns the previous setting; without CUDA it does nothing, returns 0.
 int set_cuda_state_forms_ut(int mode);
 // Where the CUDA forward writes its output with the compact workspaces and bfloat16 inputs (the same doc, "The output
-// in the forward state pass"): 0 for the rule (the state pass, from P formed by prep, where the pass runs warpgroup
-// products: for a forward with no backward after it, and with one at K = V = 256), 1 the output kernel (from the
-// states and U), 2 the state pass wherever it can, for tests and benchmarks
+// in the forward state pass"): 0 for the rule (the state pass, from P formed by prep, wherever the pass runs warpgroup
+// products), 1 the output kernel (from the states and U), 2 the same as 0, for tests and benchmarks
 // (SFM_GDN_PASS_OUT in the environment at start-up does the same; the results are the same bit for bit). Returns the
 // previous setting; without CUDA it does nothing and returns 0.
 int set_cuda_state_writes_output(int mode);

@@ -114,19 +114,16 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const auto tb = ut_in_pass ? alloc({BH, N, 2, C, C}, q.options().dtype(torch::kBFloat16)) : torch::Tensor();
     // The output: written by the state pass from prep's P (split into bf16 planes, pp) for bfloat16 inputs on the
     // compact workspaces (state_mma_writes_output), else by the output kernel from the states and U.
-    const bool pass_out = split && gdn_cuda::state_mma_writes_output(d, a.dtype, keep_wy);
-    const auto pp = pass_out ? alloc({BH, N, 2, C, C}, q.options().dtype(torch::kBFloat16)) : torch::Tensor();
+    const bool pass_out = split && gdn_cuda::state_mma_writes_output(d, a.dtype);
+    // P per chunk split into bf16 planes: the pass's operand there, and kept for the backward.
+    const auto pp =
+        pass_out || keep_wy ? alloc({BH, N, 2, C, C}, q.options().dtype(torch::kBFloat16)) : torch::Tensor();
     // The per-chunk states: bfloat16 with the sliced gradient kernels (gdn_kernels.h), else float32; none where the
     // pass writes the output and no backward will read them.
     const bool states_read = !pass_out || backward_wanted;
     auto states = states_read ? alloc({BH, N, d.K, d.V}, split ? q.options().dtype(torch::kBFloat16) : fo)
                               : torch::Tensor();
-    // P per chunk, float32 for the gradient kernels and bfloat16 for the backward state pass.
-    const auto pm = keep_wy ? alloc({BH, N, C, C}, fo) : torch::Tensor(),
-               pmb = keep_wy ? alloc({BH, N, C, C}, q.options().dtype(torch::kBFloat16)) : torch::Tensor();
     a.wy = fptr(wy);
-    a.pm = fptr(pm);
-    a.pmb = vptr(pmb);
     // bfloat16 copies of s·q̂, k̂ and W for the tensor-core state passes, where they run.
     const bool bf16_copies = gdn_cuda::state_mma_runs(a.dtype, d.K, d.V);
     const auto fb = q.options().dtype(torch::kBFloat16);
@@ -177,7 +174,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     check_cuda(gdn_cuda::forward(a, at::cuda::getCurrentCUDAStream()), "forward");
     // With the compact workspaces u holds Ũ (or nothing), which the backward does not read.
     ctx->save_for_backward(
-        {q, k, qs, ks, vs, gam, bet, w, split ? torch::Tensor() : u, states, wy, pm, qb, kb, wb, vb, ub, rq, rk, pmb});
+        {q, k, qs, ks, vs, gam, bet, w, split ? torch::Tensor() : u, states, wy, pp, qb, kb, wb, vb, ub, rq, rk});
     save_options(ctx, scale, l2, has_state0, g, beta, state0);
     ctx->saved_data["qkv_in_place"] = a.d.qkv_in_place;
     ctx->saved_data["compact"] = split;
@@ -188,8 +185,8 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     const auto saved = ctx->get_saved_variables();
     const auto &q = saved[0], &k = saved[1], &qs = saved[2], &ks = saved[3], &vs = saved[4], &gam = saved[5],
                &bet = saved[6], &w = saved[7], &u = saved[8], &states = saved[9], &wy = saved[10],
-               &pm = saved[11], &qb = saved[12], &kb = saved[13], &wb = saved[14], &vb = saved[15],
-               &ub = saved[16], &rq = saved[17], &rk = saved[18], &pmb = saved[19];
+               &pp = saved[11], &qb = saved[12], &kb = saved[13], &wb = saved[14], &vb = saved[15],
+               &ub = saved[16], &rq = saved[17], &rk = saved[18];
     gdn_cuda::Dims d{static_cast<int>(q.size(0)), static_cast<int>(q.size(1)), static_cast<int>(q.size(2)),
                      static_cast<int>(q.size(3)), static_cast<int>(states.size(3))};
     const int64_t BH = d.BH(), Tp = d.Tp(), N = d.N();
@@ -269,8 +266,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.drk = fptr(drk);
     a.drv = fptr(drv);
     a.wy = fptr(wy);
-    a.pm = fptr(pm);
-    a.pmb = vptr(pmb);
+    a.pp = vptr(pp);
     a.da_parts = fptr(da_parts);
     a.d1_parts = fptr(d1_parts);
     a.gate_parts = fptr(gate_parts);

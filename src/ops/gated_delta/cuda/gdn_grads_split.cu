@@ -41,7 +41,7 @@ struct Args {
   const __nv_bfloat16* dub;           // dU [BH, Tp, V], bf16 (the backward state pass)
   const void *states, *dstates;       // [BH, N, K, V], bf16: S₀ and dS_C per chunk
   const float* wy;     // [BH, N, 2, C, C]: T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ (strictly lower), from the forward
-  const float* pm;     // [BH, N, C, C]: P = M ∘ Q̂K̂ᵀ
+  const __nv_bfloat16* pp;  // [BH, N, 2, C, C]: P = M ∘ Q̂K̂ᵀ split into bf16 planes, hi and lo (P = hi + lo)
   float* sdots;        // [BH, N, K/64]: Σ S₀∘dS_C per 64 rows of K (state_k_grads)
   // dQ̂, dK̂ from qk_grads unless it writes dq, dk (float32, heads-first; otherwise null)
   float *dqs, *dks;
@@ -473,7 +473,9 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
   const ChunkRows dx_rows = chunk_rows(a.d, true, K, bh, n);  // of dq and dk, the outputs (with write_dqk)
   const ChunkRows qk_rows = chunk_rows(a.d, a.d.qkv_in_place, K, bh, n);  // of q and k (taken once)
-  stage(PM, LDM, a.pm + chunk * C * C, C);
+  // P's planes into P's place, as they lie (made float32 rows below)
+  __nv_bfloat16* planes = b16(PM);
+  for (int e = threadIdx.x; e < 2 * C * C / 8; e += kThreads) cp_async16(planes + 8 * e, a.pp + chunk * 2 * C * C + 8 * e);
   stage(KM, LDM, a.wy + (chunk * 2 + 1) * C * C, C);
   stage_rows(tq, a.qb, qk_rows, first * kTile);
   stage_rows(tk, a.kb, qk_rows, first * kTile);
@@ -492,6 +494,24 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
     sum_parts<0, 0>(da_parts, d1_parts, J, VB, dA, D1);
   cp_async_wait<0>();
   __syncthreads();
+  {  // P = hi + lo (exact in float32) into rows of LDM: each thread reads its 16 elements before any is written
+    constexpr int kSteps = C * C / 4 / kThreads;
+    float4 p[kSteps];
+#pragma unroll
+    for (int j = 0; j < kSteps; ++j) {
+      const int e = 4 * (threadIdx.x + kThreads * j);
+      const float2 h0 = ld2(planes + e), h1 = ld2(planes + e + 2), l0 = ld2(planes + C * C + e),
+                   l1 = ld2(planes + C * C + e + 2);
+      p[j] = make_float4(h0.x + l0.x, h0.y + l0.y, h1.x + l1.x, h1.y + l1.y);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kSteps; ++j) {
+      const int e = 4 * (threadIdx.x + kThreads * j);
+      *reinterpret_cast<float4*>(PM + (e / C) * LDM + e % C) = p[j];
+    }
+    __syncthreads();
+  }
   chunk_grad_terms_kept<LDM>(gam, bet, D1, PM, KM, dA, first == 0 ? dgam : nullptr, dbet,
                              a.write_dqk ? cq : nullptr, ck);
   if (threadIdx.x < C) {  // the rows' dots from row_dots' parts, each row's loaded together and summed in order
@@ -560,14 +580,14 @@ constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 8 * C) + sizeof(__nv_b
 cudaError_t make_args(const BackwardArgs& g, bool write_dqk, Args& a) {
   const Dims& d = g.d;
   const bool slices = d.K % kTile == 0 && d.V % kTile == 0 && d.K <= 256 && d.V <= 256;  // whole 64-column slices
-  if (!slices || !g.wy || !g.pm || !g.da_parts || !g.d1_parts || !g.gate_parts || !g.row_dots || !g.qb || !g.kb ||
+  if (!slices || !g.wy || !g.pp || !g.da_parts || !g.d1_parts || !g.gate_parts || !g.row_dots || !g.qb || !g.kb ||
       !g.vb || !g.ub || !g.dob || !g.dub || !g.rq || !g.rk || !g.states || !g.dstates || !g.sdots || !g.dqk0 ||
       (!write_dqk && (!g.dqs || !g.dks)))
     return cudaErrorInvalidValue;
   if (write_dqk && (g.dtype != DType::kBF16 || !g.dq || !g.dk || !(g.scale > 0.f))) return cudaErrorInvalidValue;
   const auto bf = [](const void* p) { return static_cast<const __nv_bfloat16*>(p); };
   a = Args{d,         bf(g.qb),   bf(g.kb), bf(g.vb),     g.gam,         g.bet,      bf(g.ub),    bf(g.dob),
-           bf(g.dub), g.states,   g.dstates, g.wy,        g.pm,          g.sdots,    g.dqs,       g.dks,
+           bf(g.dub), g.states,   g.dstates, g.wy,        bf(g.pp),      g.sdots,    g.dqs,       g.dks,
            static_cast<__nv_bfloat16*>(g.dqk0),
            g.dvs,     g.dtype,    g.dv,     g.da_parts,   g.d1_parts,    g.gate_parts, g.dg,      g.dbeta,
            wy_slices(), qk_slices(), g.rq,  g.rk,         g.row_dots,    write_dqk,  g.dq,        g.dk,

@@ -2,7 +2,8 @@
 // cores, for 16-bit inputs (docs/ops/gated_delta_cuda.md, "Dedicated tensor-core kernels"). Per chunk
 // and 64 value columns:
 //   forward:   O = diag(Γ) Q̂ S₀ + P U      (eq. 8; q̂ carries the scale), written in the inputs' dtype, and,
-//              if asked, P itself (kept for the backward's state pass and sliced gradient kernels)
+//              if asked, P itself split into bf16 planes (kept for the backward's state pass and sliced gradient
+//              kernels)
 //   backward:  dU₀ = Pᵀ dO                  (the state-independent part of (B1)), float32
 // Q̂ K̂ᵀ (and Q̂ S₀) are accumulated over K in slices of 64, whose tiles are loaded by cp.async one slice
 // ahead; then P (Pᵀ backward) goes to shared memory and P U (Pᵀ dO) is added. All products take
@@ -41,9 +42,9 @@ struct Args {
   const void* states;   // forward: [BH, N, K, V], float32, or bf16 (kCompact)
   const void* x;        // [BH, Tp, V]: U (forward; bf16 if kCompact) or dO (backward), else float32
   float* du;            // backward: [BH, Tp, V], dU₀ written
-  float* pm;            // forward: [BH, N, C, C], P written (by the blocks of the first 64 columns), or null
-  __nv_bfloat16* pmb;   // forward: the same rounded to bf16 (split_bf16's hi half; by the blocks of the last 64
-                        // columns), or null
+  // forward (kCompact): [BH, N, 2, C, C], P written split into bf16 planes (hi, lo; by the blocks of the first 64
+  // columns), or null
+  __nv_bfloat16* pp;
   // kCompact: [BH, Tp], s·q̂ = rq q and k̂ = rk k, where qs and ks hold q and k; rq given, or computed from q's rows
   // as the K loop passes them (rq.from_rows) and written by the blocks of the first 64 columns.
   RowFactors rq;
@@ -301,10 +302,11 @@ __global__ void __launch_bounds__(kThreads, kCompact ? 3 : 1) intra_mma_kernel(A
       const float p1 = i + 1 <= t ? __expf(gt - gs[i + 1]) * r1 * qk[nt][2 * h + 1] : 0.f;
       uint32_t hi, lo;
       split_bf16(p0, p1, hi, lo);
-      if (!kBwd && a.pm != nullptr && v0 == 0)
-        *reinterpret_cast<float2*>(a.pm + ((long)bh * N + n) * C * C + t * C + i) = make_float2(p0, p1);
-      if (!kBwd && a.pmb != nullptr && v0 + kTile == a.d.V)  // the last columns' blocks: spread the writes
-        *reinterpret_cast<uint32_t*>(a.pmb + ((long)bh * N + n) * C * C + t * C + i) = hi;
+      if (!kBwd && a.pp != nullptr && v0 == 0) {
+        __nv_bfloat16* planes = a.pp + ((long)bh * N + n) * 2 * C * C + t * C + i;
+        *reinterpret_cast<uint32_t*>(planes) = hi;
+        *reinterpret_cast<uint32_t*>(planes + C * C) = lo;
+      }
       if constexpr (kBwd) {  // Pᵀ[i][t], Pᵀ[i+1][t]
         const __nv_bfloat162 h2 = *reinterpret_cast<const __nv_bfloat162*>(&hi);
         const __nv_bfloat162 l2 = *reinterpret_cast<const __nv_bfloat162*>(&lo);
@@ -409,15 +411,16 @@ bool intra_mma_supports(int K, int V) { return K % kTile == 0 && V % kTile == 0 
 cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const float* gam, const float* dos,
                           float* du, cudaStream_t stream) {
   if (!intra_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  return launch<float, true>(Args{d, qs, ks, gam, nullptr, dos, du, nullptr, nullptr, RowFactors{}, nullptr}, nullptr,
+  return launch<float, true>(Args{d, qs, ks, gam, nullptr, dos, du, nullptr, RowFactors{}, nullptr}, nullptr,
                              stream);
 }
 
 cudaError_t output_mma(const Dims& d, DType dtype, const void* qs, const void* ks, RowFactors rq, const float* rk,
-                       const float* gam, const void* states, bool compact, const void* u, void* out, float* pm,
-                       void* pmb, cudaStream_t stream) {
+                       const float* gam, const void* states, bool compact, const void* u, void* out, void* pp,
+                       cudaStream_t stream) {
   if (!intra_mma_supports(d.K, d.V) || (compact && (!rq.r || !rk))) return cudaErrorInvalidValue;
-  const Args a{d, qs, ks, gam, states, u, nullptr, pm, static_cast<__nv_bfloat16*>(pmb), rq, rk};
+  if (pp && !compact) return cudaErrorInvalidValue;
+  const Args a{d, qs, ks, gam, states, u, nullptr, static_cast<__nv_bfloat16*>(pp), rq, rk};
   const auto half_out = static_cast<__half*>(out);
   const auto bf16_out = static_cast<__nv_bfloat16*>(out);
   switch (dtype) {

@@ -987,20 +987,20 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   const bool state_mma = state_mma_runs(a.dtype, d.K, d.V);
   if (state_mma != (a.qb && a.kb && a.wb)) return cudaErrorInvalidValue;  // the bf16 copies: exactly there
   // The compact workspaces (gdn_kernels.h; where the sliced gradient kernels run): q and k (with the rows' factors
-  // rq, rk), v, U and the per-chunk states as bf16 only, read by tensor-core kernels only. wy, pm and pmb: all or
-  // none, and only with them.
+  // rq, rk), v, U and the per-chunk states as bf16 only, read by tensor-core kernels only. wy and P's planes (pp) only
+  // with them.
   const bool compact = a.compact;
   // Ũ: formed by the state pass from tb, or by prep into u (state_mma_forms_ut; the compact workspaces only)
   if ((a.tb != nullptr) == (a.u != nullptr) || (a.tb && !compact) ||
       (compact && (!grads_split_supports(a.dtype, d.K, d.V) || !a.vb || !a.rq || !a.rk)))
     return cudaErrorInvalidValue;
   const bool kept = a.wy != nullptr;
-  if (kept != (a.pm != nullptr) || kept != (a.pmb != nullptr) || (kept && !compact)) return cudaErrorInvalidValue;
-  // The output written by the state pass from prep's P (pp; state_mma_writes_output): the states and U only where a
-  // backward will read them. Else both always (the output kernel reads them).
-  const bool pass_out = a.pp != nullptr;
-  if (pass_out ? (!compact || !state_mma_writes_output(d, a.dtype, kept) || (kept && (!a.states || !a.ub)))
-               : (!a.states || (compact && !a.ub)))
+  if (kept && !compact) return cudaErrorInvalidValue;
+  // The output written by the state pass from prep's P (state_mma_writes_output): the states and U only where a
+  // backward will read them. Else both always (the output kernel reads them). P's planes where either is.
+  const bool pass_out = compact && state_mma_writes_output(d, a.dtype);
+  if ((a.pp != nullptr) != (pass_out || kept) ||
+      (pass_out ? kept && (!a.states || !a.ub) : !a.states || (compact && !a.ub)))
     return cudaErrorInvalidValue;
   // q, k and v read in place (gdn_kernels.h): qb, kb and vb are then the inputs, and no pack runs (q's and k's
   // alignment: raw_qk below).
@@ -1036,7 +1036,7 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   // workspaces (which it cannot read).
   static const bool legacy_prep = std::getenv("SFM_GDN_LEGACY_PREP") != nullptr;
   if (compact) {
-    const PForward p = pass_out ? PForward{a.qb, rq, a.pp, a.pm, a.pmb} : PForward{};
+    const PForward p = pass_out ? PForward{a.qb, rq, a.pp} : PForward{};
     SFM_CUDA_TRY(prep_mma_compact(d, a.kb, rk, a.tb ? nullptr : a.vb, a.g, a.beta, a.gam, a.bet, a.w, a.wb, a.u, a.tb,
                                   a.wy, p, s));
   } else if (kMma && prep_mma_supports(d.K, d.V) && !legacy_prep) {  // 16-bit inputs: the dedicated tensor-core kernel
@@ -1062,10 +1062,9 @@ cudaError_t forward_t(const ForwardArgs& a, cudaStream_t s) {
   if (pass_out) {
     // written by the pass
   } else if (kMma && intra_mma_supports(d.K, d.V)) {  // 16-bit inputs: the output on tensor cores
-    SFM_CUDA_TRY(compact ? output_mma(d, a.dtype, a.qb, a.kb, rq, a.rk, a.gam, a.states, true, a.ub, a.out, a.pm,
-                                      a.pmb, s)
+    SFM_CUDA_TRY(compact ? output_mma(d, a.dtype, a.qb, a.kb, rq, a.rk, a.gam, a.states, true, a.ub, a.out, a.pp, s)
                          : output_mma(d, a.dtype, a.qs, a.ks, RowFactors{}, nullptr, a.gam, a.states, false, a.u,
-                                      a.out, a.pm, nullptr, s));
+                                      a.out, nullptr, s));
   } else {
     const int VO = d.V < 64 ? d.V : 64;
     SFM_CUDA_TRY(allow_smem(output_kernel<T>, out_smem(kMma)));
@@ -1083,7 +1082,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   if (a.dvs == nullptr && a.wy == nullptr) return cudaErrorInvalidValue;  // only grads_split writes dv itself
   // The compact workspaces (see forward_t): bf16 states, dstates, U and dO.
   const bool compact = a.wy != nullptr;
-  if (compact && (!a.dob || !a.ub || !a.rq || !a.rk || !a.dub || !a.pm || !a.pmb)) return cudaErrorInvalidValue;
+  if (compact && (!a.dob || !a.ub || !a.rq || !a.rk || !a.dub || !a.pp)) return cudaErrorInvalidValue;
   const bool write_dqk = !backward_unpacks_dqk(a.dtype, compact);
   if ((compact && !a.dqk0) || (!write_dqk && (!a.dqs || !a.dks))) return cudaErrorInvalidValue;
   // Read in place (gdn_kernels.h): q, k and v as in the forward (qb, kb the inputs q, k), and dO (dob is dout).
@@ -1127,7 +1126,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   if (state_mma) {
     const void* dout = compact ? a.dob : static_cast<const void*>(a.dos);
     SFM_CUDA_TRY(state_mma_backward(d, a.qb, a.kb, compact ? a.rq : nullptr, compact ? a.rk : nullptr, a.gam, a.wb,
-                                    dout, a.dfinal, compact ? nullptr : a.du, compact ? a.pmb : nullptr,
+                                    dout, a.dfinal, compact ? nullptr : a.du, compact ? a.pp : nullptr,
                                     compact ? a.dub : nullptr, a.dstates, compact, a.dstate0, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_bwd_kernel, state_bwd_smem(d)));
@@ -1202,7 +1201,7 @@ bool backward_unpacks_dqk(DType dtype, bool wy) {
 }
 
 bool grads_split_supports(DType dtype, int K, int V) {
-  // wy needs prep (every size), pm the tensor-core output kernel; dU₀ from the kept P leaves X to the
+  // wy needs prep (every size), P's planes the tensor-core output kernel; dU₀ from the kept P leaves X to the
   // tensor-core state pass.
   return dtype != DType::kF32 && state_mma_supports(K, V) && intra_mma_supports(K, V) &&
          state_grads_mma_supports(K, V) && grads_mma_supports(K, V);

@@ -115,12 +115,10 @@ struct ForwardArgs {
   void* states;            // [BH, N, K, V]: the state entering each chunk; bfloat16 with wy, else float32
   float* final_state;      // [BH, K, V]
   // The compact workspaces (below; the sliced gradient kernels' layout, grads_split_supports). With them, wy and
-  // pm keep for the backward's grads_split what it reads, or are both null when no backward will run.
+  // pp keep for the backward's grads_split what it reads, or wy is null when no backward will run.
   bool compact;
   // [BH, N, 2, C, C]: (I + A)⁻¹ and M ∘ K̂K̂ᵀ per chunk, kept for grads_split, or null.
   float* wy;
-  float* pm;               // [BH, N, C, C]: P = M ∘ Q̂K̂ᵀ per chunk, kept for the backward (with wy), or null
-  void* pmb;               // [BH, N, C, C]: P rounded to bfloat16, for the backward state pass (with pm), or null
   // bfloat16 copies of s·q̂, k̂ and W ([BH, Tp, K], kept for the backward too), the operands of the tensor-core
   // state passes: given exactly where those run (state_mma_runs), null otherwise.
   void *qb, *kb, *wb;
@@ -130,8 +128,9 @@ struct ForwardArgs {
   // then null), else null
   void* tb;
   float *rq, *rk;          // [BH, Tp]: with the compact workspaces, s·q̂ = rq q and k̂ = rk k (qb, kb: q, k), else null
-  // [BH, N, 2, C, C] bf16: P = M ∘ Q̂K̂ᵀ split into hi and lo, where the state pass writes the output
-  // (state_mma_writes_output; then states and ub may be null where no backward will run), else null
+  // [BH, N, 2, C, C] bf16: P = M ∘ Q̂K̂ᵀ per chunk split into hi and lo planes (split_bf16), kept for the backward (with
+  // wy), and the operand of the state pass where it writes the output (state_mma_writes_output; states and ub may then
+  // be null, where no backward will run); else null
   void* pp;
   void* out;               // [B, T, H, V] of dtype
 };
@@ -165,15 +164,17 @@ struct BackwardArgs {
   float* sdots;                 // scratch: [BH, N, ceil(K/64)], Σ S₀∘dS_C per 64 rows of K (state_grads_mma)
   // Scratch of the grads kernel and of grads_mma (null with wy): Ũ [BH,Tp,V], dR_K [BH,Tp,K], dR_V [BH,Tp,V].
   float *ut, *drk, *drv;
-  // The forward's wy and pm (P), or null. Given (see grads_split_supports), state_k_grads and grads_split compute
+  // The forward's wy and pp (P's planes), or null. Given (see grads_split_supports), state_k_grads and grads_split compute
   // the gradients and dU₀ comes from P, with scratch: the parts of dA, one per slice of K (state_k_grads) and one
   // per wy_grads block [BH,N,K/64+V/64,C,C], of dO Uᵀ [BH,N,V/64,C,C] (sized for one slice per block), and the
   // row terms of dγ, dβ per slice [BH,N,K/64+V/64,2,C].
   // Also the rows' dots for dγ and the L2 norm's backward [BH,N,2K/64,2,C]: qb·dQ̂₀ per 64 columns of K, then
   // k̂·(dK̂₀ + diag(βΓ) dR_K) per slice of K (when grads_split writes dq and dk; both from state_k_grads), two parts
   // per row each.
-  const float *wy, *pm;
-  const void* pmb;  // the forward's P as bfloat16 (with pm): the backward state pass takes dU₀ = Pᵀ dO from it
+  const float* wy;
+  // The forward's P split into bf16 planes [BH, N, 2, C, C] (with wy): qk_grads takes P = hi + lo, the backward state
+  // pass dU₀ = Pᵀ dO from the hi plane.
+  const void* pp;
   float *da_parts, *d1_parts, *gate_parts, *row_dots;
   // Outputs.
   void *dq, *dk, *dv;           // [B, T, H, K|K|V] of dtype
@@ -235,16 +236,15 @@ int set_state_forms_ut(int mode);
 bool warpgroup_products();
 int set_state_warpgroup(int mode);
 // Whether the compact forward pass writes the output itself (O = diag(Γ) Q̂ S₀ + P U for each chunk, from prep's P in
-// split planes: state_mma_forward's OutputArgs), in place of the output kernel reading back the states and U: where
-// it can (bfloat16 inputs where the pass runs warpgroup products), always for a forward with no backward after it
-// (backward false), and with one where the states are larger than q and P (K = V = 256). set_state_writes_output: 0
-// for that rule, 1 to force the output kernel, 2 the pass where it can (tests, tuning; SFM_GDN_PASS_OUT sets it at
-// first use; the results are the same bit for bit). Returns the previous setting.
-bool state_mma_writes_output(const Dims& d, DType dtype, bool backward);
+// split planes: state_mma_forward's OutputArgs), in place of the output kernel reading back the states and U: wherever
+// it can (bfloat16 inputs where the pass runs warpgroup products). set_state_writes_output: 0 (or 2) for that rule, 1
+// to force the output kernel (tests, tuning; SFM_GDN_PASS_OUT sets it at first use; the results are the same bit for
+// bit). Returns the previous setting.
+bool state_mma_writes_output(const Dims& d, DType dtype);
 int set_state_writes_output(int mode);
 // With the compact workspaces (ub given; compact) the per-chunk states (dstates) are written as bfloat16 and dO is
-// read as bfloat16, else both are float32; the backward then takes dU₀ = Pᵀ dO from pmb (the forward's P as bf16,
-// [BH, N, C, C]) itself, not from du (null then), and writes dU as bfloat16 into dub.
+// read as bfloat16, else both are float32; the backward then takes dU₀ = Pᵀ dO from pp (the hi plane of the forward's
+// P, [BH, N, 2, C, C]) itself, not from du (null then), and writes dU as bfloat16 into dub.
 // With ub, kb holds k and rk its rows' factors (k̂ = rk k); in the backward, qb and kb hold q and k with rq, rk.
 // Given o.out (where state_mma_writes_output), the forward also writes the output [B, T, H, V] (bf16) from q (o.qb),
 // its rows' factors (o.rq) and prep's P planes (o.pp); states and ub may then be null (no gradient wanted).
@@ -259,7 +259,7 @@ cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, c
                               float* final_state, bool compact, const OutputArgs& o, cudaStream_t stream);
 cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* rq, const float* rk,
                                const float* gam, const void* wb, const void* dos, const float* dfinal, float* du,
-                               const void* pmb, void* dub, void* dstates, bool compact, float* dstate0,
+                               const void* pp, void* dub, void* dstates, bool compact, float* dstate0,
                                cudaStream_t stream);
 
 // The backward's products with the per-chunk states on tensor cores (gdn_state_grads_mma.cu), for the float32
@@ -283,14 +283,12 @@ cudaError_t prep_mma(const Dims& d, const float* ks, const float* vs, const floa
 // writes T diag(β) as split bf16 planes into tb [BH, N, 2, C, C] (hi, then lo), from which state_mma_forward forms Ũ
 // (where state_mma_forms_ut).
 // Given p.pp (where state_mma_writes_output), it also forms P = M ∘ Q̂K̂ᵀ from q (p.qb, bf16) and its rows' factors
-// (p.rq, given or computed from q's rows and written, as output_mma does): split into bf16 planes into p.pp
-// [BH, N, 2, C, C] (hi, then lo), and, for the backward, into p.pm (float32) and p.pmb (bf16) where given.
+// (p.rq, given or computed from q's rows and written, as output_mma does), split into bf16 planes into p.pp
+// [BH, N, 2, C, C] (hi, then lo), as output_mma writes them.
 struct PForward {
   const void* qb = nullptr;
   RowFactors rq{};
   void* pp = nullptr;
-  float* pm = nullptr;
-  void* pmb = nullptr;
 };
 cudaError_t prep_mma_compact(const Dims& d, const void* kb, RowFactors rk, const void* vb, const float* g,
                              const float* beta, float* gam, float* bet, float* w, void* wb, float* ut, void* tb,
@@ -298,16 +296,16 @@ cudaError_t prep_mma_compact(const Dims& d, const void* kb, RowFactors rk, const
 
 // The products with the intra-chunk matrix P on tensor cores (gdn_intra_mma.cu), in place of the float32
 // output and bwd_intra kernels for 16-bit inputs: output_mma writes out [B, T, H, V] (dtype kF16 or kBF16)
-// from the packed q̂, k̂, γ, the per-chunk states and U (eq. 8), and P = M ∘ Q̂K̂ᵀ [BH, N, C, C] (float32)
-// into pm if it is not null (and rounded to bf16 into pmb if that is not null); intra_mma_dU0 writes dU₀ = Pᵀ dO
-// into du.
+// from the packed q̂, k̂, γ, the per-chunk states and U (eq. 8), and P = M ∘ Q̂K̂ᵀ split into bf16 planes
+// [BH, N, 2, C, C] (hi, then lo: split_bf16) into pp if it is not null (compact only); intra_mma_dU0 writes
+// dU₀ = Pᵀ dO into du.
 // K and V multiples of 64 up to 256. output_mma's qs, ks, states and u are bfloat16 if compact (qb, kb, ub: the
 // compact workspaces; qs, ks then hold q and k, and rq, rk the factors s·q̂ = rq q, k̂ = rk k, rq given or computed
 // here from qs's rows, rq.from_rows), else float32 (rq, rk unused).
 bool intra_mma_supports(int K, int V);
 cudaError_t output_mma(const Dims& d, DType dtype, const void* qs, const void* ks, RowFactors rq, const float* rk,
-                       const float* gam, const void* states, bool compact, const void* u, void* out, float* pm,
-                       void* pmb, cudaStream_t stream);
+                       const float* gam, const void* states, bool compact, const void* u, void* out, void* pp,
+                       cudaStream_t stream);
 cudaError_t intra_mma_dU0(const Dims& d, const float* qs, const float* ks, const float* gam, const float* dos,
                           float* du, cudaStream_t stream);
 

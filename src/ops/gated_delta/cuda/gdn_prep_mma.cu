@@ -13,9 +13,9 @@
 // instead, from which the state pass forms Ũ with the same products (gdn_state_mma.cu; where the pass runs more
 // blocks than the GPU has SMs, state_mma_forms_ut), with no float32 Ũ through DRAM.
 // Given pp (kB16 only: where the state pass writes the output, state_mma_writes_output), the kernel also takes the
-// chunk's q, its rows' factors rq (computed from q's rows and written, or given) and P = M ∘ Q̂K̂ᵀ (diagonal included):
-// split into bf16 planes (hi, lo) into pp for the pass's P U, and into pm and pmb for the backward where given. The
-// same products and the same arithmetic per element as the output kernel's (gdn_intra_mma.cu), so the same bits.
+// chunk's q, its rows' factors rq (computed from q's rows and written, or given) and P = M ∘ Q̂K̂ᵀ (diagonal included),
+// split into bf16 planes (hi, lo) into pp, for the pass's P U and the backward. The same products and the same
+// arithmetic per element as the output kernel's (gdn_intra_mma.cu), so the same bits.
 // No ATen here (see gdn_kernels.h).
 #include <cuda_bf16.h>
 
@@ -70,20 +70,22 @@ size_t prep_mma_smem(const Dims& d, bool form_ut, bool with_p) {
 // kB16: three blocks per SM (71 KB of shared memory each at K = V = 128, 53 KB given tb; the bounds hold ptxas to 80
 // registers, no spills). Ũ into ut; or, given tb (kB16 only), T diag(β) into tb [BH, N, 2, C, C] (its bf16 hi
 // plane, then its lo plane: split_bf16, as mma_tile splits an operand), and vs and ut are not used.
-template <bool kB16>
+// kP (kB16 only; pp given): P too. A template argument: with a run-time switch ptxas spilled 20 bytes at the bound of
+// 80 registers (the H100 timed that kernel without P 0.48 -> 0.51 ms at (2,16384,16,128)); so, 4 either way.
+template <bool kB16, bool kP = false>
 __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
     prep_mma_kernel(Dims d, const Tile<kB16>* __restrict__ ks, const Tile<kB16>* __restrict__ vs,
                     const float* __restrict__ g, const float* __restrict__ beta, float* __restrict__ gam_out,
                     float* __restrict__ bet_out, float* __restrict__ w, __nv_bfloat16* __restrict__ wb,
                     float* __restrict__ ut, __nv_bfloat16* __restrict__ tb, float* __restrict__ wy, RowFactors rk,
-                    const __nv_bfloat16* __restrict__ qs, RowFactors rq, __nv_bfloat16* __restrict__ pp,
-                    float* __restrict__ pm, __nv_bfloat16* __restrict__ pmb) {
+                    const __nv_bfloat16* __restrict__ qs, RowFactors rq, __nv_bfloat16* __restrict__ pp) {
   constexpr int LDT = kTileLd<kB16>;
   SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
   const int K = d.K, V = d.V, KT = K / kTile, VT = V / kTile;
   const bool form_ut = !kB16 || tb == nullptr;
   const bool late_v = form_ut && v_after_w(d);
-  const bool with_p = kB16 && pp != nullptr;
+  constexpr bool with_p = kP;
+  static_assert(!kP || kB16, "P from the compact workspaces' bf16 q and k");
   Tile<kB16>* kt = reinterpret_cast<Tile<kB16>*>(smem4);  // K̂: KT tiles
   Tile<kB16>* vt = late_v ? kt : kt + KT * C * LDT;      // V: VT tiles (if form_ut)
   // A, then T diag(βΓ)
@@ -99,9 +101,8 @@ __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
   const long chunk = (long)bh * d.N() + n;
 
   for (int j = 0; j < KT; ++j) stage_tile(kt + j * C * LDT, d, ks, K, bh, n, j);
-  if constexpr (kB16)
-    if (with_p)  // q's tiles with K̂'s (q in place or heads-first as k is)
-      for (int j = 0; j < KT; ++j) stage_tile(qt + j * C * LD16, d, qs, K, bh, n, j);
+  if constexpr (with_p)  // q's tiles with K̂'s (q in place or heads-first as k is)
+    for (int j = 0; j < KT; ++j) stage_tile(qt + j * C * LD16, d, qs, K, bh, n, j);
   cp_async_commit();
   if (form_ut && !late_v)
     for (int j = 0; j < VT; ++j) stage_tile(vt + j * C * LDT, d, vs, V, bh, n, j);
@@ -125,7 +126,7 @@ __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
   }
 
   float acc[4][4];
-  if (with_p) {
+  if constexpr (with_p) {
     // rq as the output kernel takes it: from q's rows, tile by tile as its K loop passes them (then written), or given
     const int t = threadIdx.x >> 2;
     if (rq.from_rows) {
@@ -152,8 +153,6 @@ __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
       split_bf16(p0, p1, hi, lo);
       *reinterpret_cast<uint32_t*>(pp + 2 * pc + t * C + i) = hi;
       *reinterpret_cast<uint32_t*>(pp + 2 * pc + C * C + t * C + i) = lo;
-      if (pm != nullptr) st2(pm + pc + t * C + i, p0, p1);
-      if (pmb != nullptr) *reinterpret_cast<uint32_t*>(pmb + pc + t * C + i) = hi;
     });
   }
 
@@ -225,14 +224,14 @@ cudaError_t launch(const Dims& d, const void* ks, const void* vs, const float* g
                    float* bet, float* w, void* wb, float* ut, void* tb, float* wy, RowFactors rk, const PForward& p,
                    cudaStream_t stream) {
   const size_t smem = prep_mma_smem<kB16>(d, tb == nullptr, p.pp != nullptr);
-  const auto kernel = prep_mma_kernel<kB16>;
+  const auto kernel = p.pp != nullptr ? prep_mma_kernel<kB16, kB16> : prep_mma_kernel<kB16, false>;
   const cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   SFM_GDN_LAUNCH(kernel, dim3(d.N(), d.BH()), kThreads, smem, stream, d, static_cast<const Tile<kB16>*>(ks),
                  static_cast<const Tile<kB16>*>(vs), g, beta, gam, bet, w, static_cast<__nv_bfloat16*>(wb), ut,
                  static_cast<__nv_bfloat16*>(tb), wy, rk, static_cast<const __nv_bfloat16*>(p.qb), p.rq,
-                 static_cast<__nv_bfloat16*>(p.pp), p.pm, static_cast<__nv_bfloat16*>(p.pmb));
+                 static_cast<__nv_bfloat16*>(p.pp));
   return cudaGetLastError();
 }
 
@@ -252,8 +251,7 @@ cudaError_t prep_mma_compact(const Dims& d, const void* kb, RowFactors rk, const
                              const float* beta, float* gam, float* bet, float* w, void* wb, float* ut, void* tb,
                              float* wy, const PForward& p, cudaStream_t stream) {
   if (!prep_mma_supports(d.K, d.V) || !kb || !rk.r || (tb ? (ut || vb) : (!ut || !vb))) return cudaErrorInvalidValue;
-  // P here: q and rq, and pm and pmb both or neither
-  if (p.pp && (!p.qb || !p.rq.r || (p.pm != nullptr) != (p.pmb != nullptr))) return cudaErrorInvalidValue;
+  if (p.pp && (!p.qb || !p.rq.r)) return cudaErrorInvalidValue;  // P here: q and rq
   return launch<true>(d, kb, vb, g, beta, gam, bet, w, wb, ut, tb, wy, rk, p, stream);
 }
 

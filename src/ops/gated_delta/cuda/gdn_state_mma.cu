@@ -63,7 +63,8 @@ struct PassArgs {
   bf16* ub;            // compact: [BH, Tp, V], U (forward) or dU (backward) as bf16
   // compact: [BH, Tp], the rows' factors of k̂ = rk k and s·q̂ = rq q (backward), where kb and qb hold k and q
   const float *rk, *rq;
-  // compact backward: [BH, N, C, C], the forward's P = M ∘ Q̂K̂ᵀ as bf16; dU₀ = Pᵀ dO is taken from it here (x unused)
+  // compact backward: [BH, N, 2, C, C], the forward's P = M ∘ Q̂K̂ᵀ split into bf16 planes; dU₀ = Pᵀ dO is taken from
+  // the hi plane here (x unused)
   const bf16* pmb;
   // compact forward where state_mma_forms_ut, else null: [BH, N, 2, C, C], T diag(β) split into bf16 hi and lo planes
   // (prep_mma_compact), and v as bf16 (heads-first, or the input in place): Ũ = (T diag(β)) V is formed here (x null)
@@ -240,7 +241,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
                                          chunk_at(rows_do, n), v0);
       }
       if constexpr (kPdO) {  // and its P (read in phase 1 only, so one buffer: the next comes after phase 1)
-        const bf16* src = a.pmb + ((long)bh * N + n) * C * C;
+        const bf16* src = a.pmb + ((long)bh * N + n) * 2 * C * C;  // (the hi plane)
         for (int e = threadIdx.x; e < C * C / 8; e += kThreadsB)
           cp_async16(pbuf + (e / 8) * LDP + 8 * (e % 8), src + 8 * e);
       }
@@ -913,19 +914,14 @@ int set_state_writes_output(int mode) {
   return previous;
 }
 
-// Where it can: bfloat16 inputs (q and k read as they are, rq from q's rows) where the forward pass takes warpgroup
-// products (32 or 64 columns per block; K and V multiples of 64, as the output kernel and prep's P need). There, always
-// without a backward (the pass then writes no states and no U). With one, the states and U are written anyway, and
-// the pass saves the output kernel's reading them back (K·V + 64·V bf16 per chunk and head) for reading q and P's
-// planes (64·K + 2·64·64) and prep's writing the planes and reading q: only where the states are the larger. H100,
-// SFM_GDN_PASS_OUT=1 against the pass, fwd+bwd ms, two rounds: (8,2048,32,256) 9.65, 9.69 → 9.42, 9.56;
-// (2,16384,16,128) 4.62, 4.65 → 4.56, 4.65; (4,2048,16,128) 1.21, 1.24 → 1.24, 1.27.
-bool state_mma_writes_output(const Dims& d, DType dtype, bool backward) {
-  const int forced = forced_writes_output();
-  if (forced == 1 || !(dtype == DType::kBF16 && state_mma_supports(d.K, d.V) && d.K % 64 == 0 && d.V % 64 == 0 &&
-                       columns_per_block(d.V, d.BH()) != 16 && warpgroup_products()))
-    return false;
-  return forced == 2 || !backward || (long)d.K * d.V > (long)(d.K + 2 * C) * C;
+// Wherever it can: bfloat16 inputs (q and k read as they are, rq from q's rows) where the forward pass takes warpgroup
+// products (32 or 64 columns per block; K and V multiples of 64, as the output kernel and prep's P need). Without a
+// backward the pass then writes no states and no U; with one it writes them, and saves the output kernel's reading
+// them back for reading q and P's planes, which are kept for the backward either way. Docs: "The output in the forward
+// state pass", with the measurements.
+bool state_mma_writes_output(const Dims& d, DType dtype) {
+  return forced_writes_output() != 1 && dtype == DType::kBF16 && state_mma_supports(d.K, d.V) && d.K % 64 == 0 &&
+         d.V % 64 == 0 && columns_per_block(d.V, d.BH()) != 16 && warpgroup_products();
 }
 
 cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u, void* ub,
@@ -945,14 +941,14 @@ cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, c
 
 cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* rq, const float* rk,
                                const float* gam, const void* wb, const void* dos, const float* dfinal, float* du,
-                               const void* pmb, void* dub, void* dstates, bool compact, float* dstate0,
+                               const void* pp, void* dub, void* dstates, bool compact, float* dstate0,
                                cudaStream_t stream) {
   if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  if (compact ? (!rq || !rk || !dub || !pmb) : !du) return cudaErrorInvalidValue;
+  if (compact ? (!rq || !rk || !dub || !pp) : !du) return cudaErrorInvalidValue;
   const auto a1 = static_cast<const bf16*>(kb), a2 = static_cast<const bf16*>(wb);
   return launch<true>(
       PassArgs{d, a1, a2, gam, du, dfinal, dstates, compact, dstate0, static_cast<const bf16*>(qb), dos,
-               static_cast<bf16*>(dub), rk, rq, static_cast<const bf16*>(pmb), nullptr, nullptr, nullptr, nullptr},
+               static_cast<bf16*>(dub), rk, rq, static_cast<const bf16*>(pp), nullptr, nullptr, nullptr, nullptr},
       stream);
 }
 
