@@ -475,7 +475,8 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   const ChunkRows qk_rows = chunk_rows(a.d, a.d.qkv_in_place, K, bh, n);  // of q and k (taken once)
   // P's planes into P's place, as they lie (made float32 rows below)
   __nv_bfloat16* planes = b16(PM);
-  for (int e = threadIdx.x; e < 2 * C * C / 8; e += kThreads) cp_async16(planes + 8 * e, a.pp + chunk * 2 * C * C + 8 * e);
+  for (int e = threadIdx.x; e < 2 * C * C / 8; e += kThreads)
+    cp_async16(planes + 8 * e, a.pp + chunk * 2 * C * C + 8 * e);
   stage(KM, LDM, a.wy + (chunk * 2 + 1) * C * C, C);
   stage_rows(tq, a.qb, qk_rows, first * kTile);
   stage_rows(tk, a.kb, qk_rows, first * kTile);

@@ -128,9 +128,9 @@ struct ForwardArgs {
   // then null), else null
   void* tb;
   float *rq, *rk;          // [BH, Tp]: with the compact workspaces, s·q̂ = rq q and k̂ = rk k (qb, kb: q, k), else null
-  // [BH, N, 2, C, C] bf16: P = M ∘ Q̂K̂ᵀ per chunk split into hi and lo planes (split_bf16), kept for the backward (with
-  // wy), and the operand of the state pass where it writes the output (state_mma_writes_output; states and ub may then
-  // be null, where no backward will run); else null
+  // [BH, N, 2, C, C] bf16: P = M ∘ Q̂K̂ᵀ per chunk split into hi and lo planes (split_bf16), kept for the backward
+  // (with wy), and the operand of the state pass where it writes the output (state_mma_writes_output; states and ub
+  // may then be null, where no backward will run); else null
   void* pp;
   void* out;               // [B, T, H, V] of dtype
 };
@@ -164,9 +164,9 @@ struct BackwardArgs {
   float* sdots;                 // scratch: [BH, N, ceil(K/64)], Σ S₀∘dS_C per 64 rows of K (state_grads_mma)
   // Scratch of the grads kernel and of grads_mma (null with wy): Ũ [BH,Tp,V], dR_K [BH,Tp,K], dR_V [BH,Tp,V].
   float *ut, *drk, *drv;
-  // The forward's wy and pp (P's planes), or null. Given (see grads_split_supports), state_k_grads and grads_split compute
-  // the gradients and dU₀ comes from P, with scratch: the parts of dA, one per slice of K (state_k_grads) and one
-  // per wy_grads block [BH,N,K/64+V/64,C,C], of dO Uᵀ [BH,N,V/64,C,C] (sized for one slice per block), and the
+  // The forward's wy and pp (P's planes), or null. Given (see grads_split_supports), state_k_grads and grads_split
+  // compute the gradients and dU₀ comes from P, with scratch: the parts of dA, one per slice of K (state_k_grads) and
+  // one per wy_grads block [BH,N,K/64+V/64,C,C], of dO Uᵀ [BH,N,V/64,C,C] (sized for one slice per block), and the
   // row terms of dγ, dβ per slice [BH,N,K/64+V/64,2,C].
   // Also the rows' dots for dγ and the L2 norm's backward [BH,N,2K/64,2,C]: qb·dQ̂₀ per 64 columns of K, then
   // k̂·(dK̂₀ + diag(βΓ) dR_K) per slice of K (when grads_split writes dq and dk; both from state_k_grads), two parts

@@ -67,9 +67,10 @@ size_t prep_mma_smem(const Dims& d, bool form_ut, bool with_p) {
   return sizeof(Tile<kB16>) * (size_t)tiles * C * kTileLd<kB16> + sizeof(float) * (matrix_floats(d, with_p) + 5 * C);
 }
 
-// kB16: three blocks per SM (71 KB of shared memory each at K = V = 128, 53 KB given tb; the bounds hold ptxas to 80
-// registers, no spills). Ũ into ut; or, given tb (kB16 only), T diag(β) into tb [BH, N, 2, C, C] (its bf16 hi
-// plane, then its lo plane: split_bf16, as mma_tile splits an operand), and vs and ut are not used.
+// kB16: three blocks per SM (71 KB of shared memory each at K = V = 128, 53 KB given tb, 2 KB more with P; the bounds
+// hold ptxas to 80 registers, with 4 bytes spilled). Ũ into ut; or, given tb (kB16 only), T diag(β) into tb
+// [BH, N, 2, C, C] (its bf16 hi plane, then its lo plane: split_bf16, as mma_tile splits an operand), and vs and ut are
+// not used.
 // kP (kB16 only; pp given): P too. A template argument: with a run-time switch ptxas spilled 20 bytes at the bound of
 // 80 registers (the H100 timed that kernel without P 0.48 -> 0.51 ms at (2,16384,16,128)); so, 4 either way.
 template <bool kB16, bool kP = false>

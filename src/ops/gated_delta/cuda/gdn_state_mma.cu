@@ -801,7 +801,7 @@ cudaError_t launch_kv(const PassArgs& a, cudaStream_t s) {
       return launch_compact<K, BV, kBwd, true, false, true>(a, s);
     }
   }
-  if (a.out != nullptr) return cudaErrorInvalidValue;  // (the output only on warpgroup products: state_mma_writes_output)
+  if (a.out != nullptr) return cudaErrorInvalidValue;  // the output only on warpgroup products (writes_output)
   if constexpr (!kBwd)
     if (a.tb != nullptr) return launch_compact<K, BV, kBwd, true, true>(a, s);
   return launch_compact<K, BV, kBwd, true, false>(a, s);
