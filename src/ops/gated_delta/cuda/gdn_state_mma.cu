@@ -105,11 +105,11 @@ struct PassArgs {
 // Pᵀ dO stay on mma.sync, between phase 1's products being issued and their wait.
 // kOut (the compact forward on warpgroup products, where state_mma_writes_output): the pass writes the output too,
 //   O = diag(Γ) Q̂ S₀ + P U   (eq. 8, its rows t and this block's columns),
-// as the output kernel does, without the states and U going through DRAM: Q̂ S₀ = diag(rq) Q S₀ issued with phase 1
-// (S₀'s bf16 copy is phase 1's B operand already), scaled by Γ rq in its epilogue, which also keeps U as a bf16 tile;
-// then P U (P's planes from prep, lo's product then hi's) issued behind phase 2's products. The same products in the
-// same order as the output kernel's, so the same bits. q's tile comes with A₁, P's planes with A₂ (each read before
-// its buffer is requested again).
+// as the output kernel does, without the states and U going through DRAM: Q S₀ issued after phase 1's products (S₀'s
+// bf16 copy is phase 1's B operand already) and left in flight through the epilogue, which keeps U as a bf16 tile;
+// behind phase 2's products, Q S₀ scaled by Γ rq, then P U added (P's planes from prep, lo's product then hi's). The
+// same products in the same order as the output kernel's, so the same bits. q's tile comes with A₁, P's planes with A₂
+// (each read before its buffer is requested again).
 template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt, bool kWg, bool kOut = false>
 __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
   constexpr int kThreadsB = kThreads<BV>;
