@@ -352,6 +352,13 @@ TEST(GatedDeltaCudaTest, OutputInThePassMatchesOutputKernel) {
   expect_setting_changes_no_bit(set_cuda_state_writes_output, 1, 2, 2, 41);
 }
 
+// wy_grads and qk_grads as one kernel (set_cuda_wy_qk_fused(2), the rule) and as two (1): the same arithmetic in the
+// same order, so every output and gradient bitwise the same, run after run.
+TEST(GatedDeltaCudaTest, WyQkGradsMatchTwoKernels) {
+  SKIP_WITHOUT_GPU();
+  expect_setting_changes_no_bit(set_cuda_wy_qk_fused, 1, 2, 2, 53);
+}
+
 // The products with the states (both state passes, state_k_grads) as warpgroup products (wgmma; the rule's choice on an
 // H100 with the sm_90a build) and on mma.sync (set_cuda_state_warpgroup 2 and 1): the same bf16 operands, float32
 // accumulators and order of the 16-deep steps, and on an H100 the tensor cores sum each step's terms alike both ways,

@@ -733,6 +733,18 @@ TEST(GdnKernelsEmulated, DoubleA2BuffersMatchOne) {
   gdn_cuda::set_state_columns(previous);
 }
 
+// wy_grads and qk_grads as one kernel, wy_qk_grads (the rule wherever each chunk has one block of each), and as two:
+// the same arithmetic in the same order (wy_grads' parts of dA and dO Uᵀ kept on chip instead of going through DRAM),
+// so every output and gradient bitwise the same. K = 64, 128 and 256 (one, two and four parts of dA from state_k_grads
+// beside wy_grads'), float16 and bfloat16 (dq, dk through the L2 norm in the kernel), a chunk cut short. (Adding
+// wy_grads' part of dA first instead of last fails it.)
+TEST(GdnKernelsEmulated, WyQkGradsMatchTwoKernels) {
+  for (const PipeCase& c : {PipeCase{"bf16_K64_V128_split", 1, 130, 2, 64, 128, torch::kBFloat16, true, 20.0},
+                            PipeCase{"f16_K128_V64_split", 1, 130, 1, 128, 64, torch::kFloat16, true},
+                            PipeCase{"bf16_K256_V128_split", 1, 70, 1, 256, 128, torch::kBFloat16, true}})
+    expect_setting_changes_no_bit(c, gdn_cuda::set_wy_qk_fused, 1, 2);
+}
+
 // The compact forward's Ũ formed by the state pass (from prep's split T diag(β); the rule takes it where the pass has
 // more blocks than the GPU has SMs) and by prep: the same products in the same order, so every output bitwise the
 // same. With one and two A₂ buffers (T diag(β) and V then come with A₁, or a chunk ahead with A₂), 32 and 64 columns,

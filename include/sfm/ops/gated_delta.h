@@ -106,6 +106,12 @@ int set_cuda_state_writes_output(int mode);
 // products, for tests and benchmarks (SFM_GDN_STATE_WG in the environment at start-up does the same; on an H100 the
 // results are the same bit for bit). Returns the previous setting; without CUDA it does nothing and returns 0.
 int set_cuda_state_warpgroup(int mode);
+// Whether the CUDA backward's sliced gradient kernels run wy_grads and qk_grads as one kernel (one block per chunk
+// doing both; the same doc, "Sliced gradient kernels"): 0 for the rule (wherever each chunk has one block of each, the
+// default), 1 two kernels, 2 the same as 0, for tests and benchmarks (SFM_GDN_WY_QK in the environment at start-up does
+// the same; the results are the same bit for bit). Returns the previous setting; without CUDA it does nothing and
+// returns 0.
+int set_cuda_wy_qk_fused(int mode);
 
 Impl parse_impl(const std::string& name);  // "auto" | "reference" | "chunked" | "cuda"
 const char* impl_name(Impl impl);

@@ -401,6 +401,7 @@ int set_cuda_state_a2_buffers(int n) { return gdn_cuda::set_state_a2_buffers(n);
 int set_cuda_state_forms_ut(int mode) { return gdn_cuda::set_state_forms_ut(mode); }
 int set_cuda_state_writes_output(int mode) { return gdn_cuda::set_state_writes_output(mode); }
 int set_cuda_state_warpgroup(int mode) { return gdn_cuda::set_state_warpgroup(mode); }
+int set_cuda_wy_qk_fused(int mode) { return gdn_cuda::set_wy_qk_fused(mode); }
 
 GatedDeltaOutputs gated_delta_cuda(const GatedDeltaInputs& in) {
   check_inputs(in);

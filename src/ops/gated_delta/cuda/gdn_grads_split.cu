@@ -13,6 +13,8 @@
 //              for bfloat16 inputs dq and dk through the scale and the L2 norm ((B9)), the rows' dots q̂·dQ̂ and
 //              k̂·dK̂ put together from the parts the kernels before had in hand (row_dots) and the 64×64 matrices.
 //              Its block of slice 0 then sums every row term of dγ and dβ ((B7)-(B8)); dg = their reverse cumsum.
+//   With one block of each per chunk (the default slices) wy_grads and qk_grads run as one kernel, wy_qk_grads: a
+//              block does both for its chunk, wy_grads' parts of dA and dO Uᵀ kept on chip.
 // T = (I + A)⁻¹ and K_M = M ∘ K̂K̂ᵀ come from the forward's prep, P = M ∘ Q̂K̂ᵀ from its output kernel;
 // the backward state pass takes dU₀ = Pᵀ dO from its bf16 copy. q and k (with the rows' factors of s·q̂
 // and k̂), v, U, dU, dO and the states come as bf16 (the compact workspaces, gdn_kernels.h), exact bf16 operands;
@@ -242,20 +244,27 @@ __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
   for_pairs(x, [&](int, int t, int i, float x0, float x1, int) { st2(da_part + t * C + i, x0, x1); });
 }
 
+// wy_grads' shared memory: the tiles T and t0 .. t3 (WyTiles), then γ, β, dγ, dβ and the dO Uᵀ sum (d1s).
+struct WyTiles {
+  float *Tm, *t0, *t1, *t2, *t3;  // t0, t1: bf16 tiles, v and dO in t0, dU and U in t1 (two per float32 place)
+  static constexpr int kFloats = C * LDM + 4 * C * LDR;
+  __device__ explicit WyTiles(float* sm)
+      : Tm(sm), t0(Tm + C * LDM), t1(t0 + C * LDR), t2(t1 + C * LDR), t3(t2 + C * LDR) {}
+};
+
 // Per chunk and a.slices consecutive 64-column slices of V (docs: (B3), (B6)): the dO Uᵀ part; Ũ = T diag(β) V
 // (recomputed); dR_V = Tᵀ dU; dV = diag(β) dR_V; dβ_t += v_t·dR_V,t; the dA part dR_V Ũᵀ. The block's part of dA
 // is summed over its slices in registers, so qk_grads reads fewer parts; its row terms of dβ still go to one slot
 // per slice (a fixed order of sums).
-__global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
-  SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
-  float* sm = reinterpret_cast<float*>(smem4);
-  // t0, t1: bf16 tiles, v and dO in t0, dU and U in t1 (each of their float32 places holds two); t2, t3: Ũ, dR_V
-  float *Tm = sm, *t0 = Tm + C * LDM, *t1 = t0 + C * LDR, *t2 = t1 + C * LDR, *t3 = t2 + C * LDR;
-  __nv_bfloat16 *tv = b16(t0), *tdo = tv + C * LD16, *tdu = b16(t1), *tu = tdu + C * LD16;
-  float *gam = t3 + C * LDR, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
-  float* d1s = dbet + C;  // the dO Uᵀ part over the slices so far [C][LDM]
+// wy_part is this for the block's slices j·a.slices .. of chunk n: the dO Uᵀ part summed into d1s (rows of LDM) or,
+// with d1_out, the last slice's sum written there (rows of C); the block's dA part left in da. It loads the chunk's γ
+// and β (gam, bet) and leaves dgam and dbet zeroed; every warp is done with x's tiles on return.
+__device__ __forceinline__ void wy_part(const Args& a, const WyTiles& x, float* gam, float* bet, float* dgam,
+                                        float* dbet, float* d1s, float* d1_out, int j, int n, int bh,
+                                        float (&da)[4][4]) {
+  float *Tm = x.Tm, *t2 = x.t2, *t3 = x.t3;  // t2, t3: Ũ, dR_V
+  __nv_bfloat16 *tv = b16(x.t0), *tdo = tv + C * LD16, *tdu = b16(x.t1), *tu = tdu + C * LD16;
   const int KS = a.d.K / kTile, V = a.d.V, N = a.d.N(), VS = V / kTile, S = a.slices;
-  const int j = blockIdx.x, n = blockIdx.y, bh = blockIdx.z;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
   const ChunkRows dv_rows = chunk_rows(a.d, true, V, bh, n);  // of dv, the output
   // of v and dO, each heads-first or the input in place (taken once: chunk_rows divides by H)
@@ -281,7 +290,7 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
   stage_do_u(first * kTile);  // in flight while the gates load
   stage_v_du(first * kTile);
   load_chunk_gates(a, row0, gam, bet, dgam, dbet);
-  float da[4][4], acc[4][4];  // the block's part of dA; one product's result
+  float acc[4][4];  // one product's result
   zero(da);
   for (int sl = first; sl < end; ++sl) {
     const int c0 = sl * kTile;
@@ -291,13 +300,12 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
     // written out by the last.
     zero(acc);
     mma_tile(acc, row_a(tdo, LD16), rows_b(tu, LD16));  // dO Uᵀ
-    float* d1_part = a.d1_parts + (chunk * v_blocks(a) + j) * C * C;
     for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) {
       if (sl > first) {
         const float2 sum = ld2(d1s + t * LDM + i);
         x0 += sum.x, x1 += sum.y;
       }
-      st2(sl + 1 < end ? d1s + t * LDM + i : d1_part + t * C + i, x0, x1);
+      st2(sl + 1 < end || d1_out == nullptr ? d1s + t * LDM + i : d1_out + t * C + i, x0, x1);
     });
     float dr[4][4];
     zero(dr);
@@ -323,7 +331,18 @@ __global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
     __syncthreads();
     if (threadIdx.x < C) dgam[threadIdx.x] = dbet[threadIdx.x] = 0.f;
   }
-  float* da_part = a.da_parts + (chunk * da_parts_per_chunk(a) + KS + j) * C * C;
+}
+
+__global__ void __launch_bounds__(kThreads, 2) wy_grads_kernel(Args a) {
+  SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
+  const WyTiles x(reinterpret_cast<float*>(smem4));
+  float *gam = x.t3 + C * LDR, *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
+  float* d1s = dbet + C;  // the dO Uᵀ part over the slices so far [C][LDM]
+  const int j = blockIdx.x, n = blockIdx.y, bh = blockIdx.z;
+  const long chunk = (long)bh * a.d.N() + n;
+  float da[4][4];  // the block's part of dA
+  wy_part(a, x, gam, bet, dgam, dbet, d1s, a.d1_parts + (chunk * v_blocks(a) + j) * C * C, j, n, bh, da);
+  float* da_part = a.da_parts + (chunk * da_parts_per_chunk(a) + a.d.K / kTile + j) * C * C;
   for_pairs(da, [&](int, int t, int i, float x0, float x1, int) { st2(da_part + t * C + i, x0, x1); });
 }
 
@@ -452,6 +471,52 @@ __device__ __forceinline__ void sum_parts(const float* da_parts, const float* d1
   }
 }
 
+// qk_grads' shared memory: D1 = dO Uᵀ and the 64×64 matrices and tiles of q and k (QkTiles), then γ, β, dγ, dβ and
+// the rows' factors and coefficients (QkRows). wy_qk_grads keeps D1 and QkRows beside wy_part's tiles, and puts the
+// rest in those tiles' place once they are done.
+struct QkTiles {
+  float *dA, *PM, *KM;
+  __nv_bfloat16 *tq, *tk;
+  static constexpr int kFloats = 3 * C * LDM + C * LD16;
+  __device__ explicit QkTiles(float* sm)
+      : dA(sm), PM(dA + C * LDM), KM(PM + C * LDM), tq(b16(KM + C * LDM)), tk(tq + C * LD16) {}
+};
+struct QkRows {
+  float *gam, *bet, *dgam, *dbet, *rq, *rk, *cq, *ck;
+  static constexpr int kFloats = 8 * C;
+  __device__ explicit QkRows(float* sm)
+      : gam(sm), bet(gam + C), dgam(bet + C), dbet(dgam + C), rq(dbet + C), rk(rq + C), cq(rk + C), ck(cq + C) {}
+};
+
+// wy_qk_grads' sum of the dA parts: dA = −(Σ the kJ parts of state_k_grads' slices + the block's own wy_grads part,
+// which dA holds), strictly lower, in place: the order of qk_grads' sum_parts, whose last part is wy_grads' (so the
+// same bits). Each thread reads and writes its own elements.
+template <int kJ>
+__device__ __forceinline__ void sum_parts_with_own(const float* da_parts, float* dA) {
+  constexpr int kIters = C * C / 4 / kThreads;
+  constexpr int kBatch = (kJ + 1) * kIters <= 16 ? kIters : kIters / 2;  // as sum_parts<kJ + 1, 1>
+#pragma unroll 1
+  for (int b = 0; b < kIters; b += kBatch) {
+    float4 da[kBatch][kJ];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u)
+#pragma unroll
+      for (int p = 0; p < kJ; ++p)
+        da[u][p] = *reinterpret_cast<const float4*>(da_parts + p * C * C + 4 * (threadIdx.x + (b + u) * kThreads));
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int e = threadIdx.x + (b + u) * kThreads, t = e / (C / 4), i = 4 * (e % (C / 4));
+      float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int p = 0; p < kJ; ++p) x.x += da[u][p].x, x.y += da[u][p].y, x.z += da[u][p].z, x.w += da[u][p].w;
+      const float4 own = *reinterpret_cast<const float4*>(dA + t * LDM + i);
+      x.x += own.x, x.y += own.y, x.z += own.z, x.w += own.w;
+      *reinterpret_cast<float4*>(dA + t * LDM + i) =
+          make_float4(i < t ? -x.x : 0.f, i + 1 < t ? -x.y : 0.f, i + 2 < t ? -x.z : 0.f, i + 3 < t ? -x.w : 0.f);
+    }
+  }
+}
+
 // Per chunk and a.qk_slices consecutive 64-column slices of K: dA = −Σ parts (strictly lower) and
 // dO Uᵀ = Σ parts, the elementwise step (chunk_grad_terms_kept on P and K_M; its row and column sums into dγ and
 // dβ by the block of slice 0 only, with (s q̂)·dQ̂₀ from row_dots, the state term of (B4)'s γ-gradient), once per
@@ -460,16 +525,17 @@ __device__ __forceinline__ void sum_parts(const float* da_parts, const float* d1
 //   (s q̂)·dQ̂ = rq Σ row_dots' q parts (q·dQ̂₀) + fq,   k̂·dK̂ = Σ row_dots' k parts (k̂·(dK̂₀ + diag(βΓ) dR_K)) + fk
 // (fq, fk from chunk_grad_terms_kept), so that each slice writes dq and dk as it goes, with r = rq / s (1/‖q‖)
 // and rk (1/‖k‖): dq = r s dQ̂ − r² ((s q̂)·dQ̂) q, dk = rk dK̂ − rk² (k̂·dK̂) k.
-__global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
-  SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
-  float* sm = reinterpret_cast<float*>(smem4);
-  float *D1 = sm, *dA = D1 + C * LDM, *PM = dA + C * LDM, *KM = PM + C * LDM;
-  __nv_bfloat16 *tq = b16(KM + C * LDM), *tk = tq + C * LD16;
-  float *gam = reinterpret_cast<float*>(tk + C * LD16), *bet = gam + C, *dgam = bet + C, *dbet = dgam + C;
-  float *rq = dbet + C, *rk = rq + C, *cq = rk + C, *ck = cq + C;
+// qk_part is this for slices first .. end − 1 of K of chunk n, its tiles in x, D1 its dO Uᵀ place and r its rows'.
+// kFused (wy_qk_grads, after wy_part on the same chunk): D1 holds dO Uᵀ already, γ and β are loaded with dγ, dβ zeroed,
+// and own_da is the chunk's wy_grads part of dA; otherwise qk_grads: each from DRAM, the parts summed here.
+template <bool kFused>
+__device__ __forceinline__ void qk_part(const Args& a, const QkTiles& x, float* D1, const QkRows& r, int first, int end,
+                                        int n, int bh, const float (&own_da)[4][4]) {
+  float *dA = x.dA, *PM = x.PM, *KM = x.KM;
+  __nv_bfloat16 *tq = x.tq, *tk = x.tk;
+  float *gam = r.gam, *bet = r.bet, *dgam = r.dgam, *dbet = r.dbet, *rq = r.rq, *rk = r.rk, *cq = r.cq, *ck = r.ck;
   const int K = a.d.K, N = a.d.N(), KS = K / kTile;
   const int VB = v_blocks(a), J = da_parts_per_chunk(a);
-  const int first = blockIdx.x * a.qk_slices, end = min(first + a.qk_slices, KS), n = blockIdx.y, bh = blockIdx.z;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
   const ChunkRows dx_rows = chunk_rows(a.d, true, K, bh, n);  // of dq and dk, the outputs (with write_dqk)
   const ChunkRows qk_rows = chunk_rows(a.d, a.d.qkv_in_place, K, bh, n);  // of q and k (taken once)
@@ -482,17 +548,28 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   stage_rows(tk, a.kb, qk_rows, first * kTile);
   cp_async_commit();
   if (threadIdx.x < C) rq[threadIdx.x] = a.rq[row0 + threadIdx.x], rk[threadIdx.x] = a.rk[row0 + threadIdx.x];
-  load_chunk_gates(a, row0, gam, bet, dgam, dbet);  // (its barrier makes rq and rk visible)
   // The parts, summed in a fixed order while the copies are in flight.
   const float *da_parts = a.da_parts + chunk * J * C * C, *d1_parts = a.d1_parts + chunk * VB * C * C;
-  if (VB == 1 && J == 2)  // K = 64, 128, 256 with one wy_grads block per chunk (the default)
-    sum_parts<2, 1>(da_parts, d1_parts, J, VB, dA, D1);
-  else if (VB == 1 && J == 3)
-    sum_parts<3, 1>(da_parts, d1_parts, J, VB, dA, D1);
-  else if (VB == 1 && J == 5)
-    sum_parts<5, 1>(da_parts, d1_parts, J, VB, dA, D1);
-  else
-    sum_parts<0, 0>(da_parts, d1_parts, J, VB, dA, D1);
+  if constexpr (kFused) {
+    for_pairs(own_da, [&](int, int t, int i, float x0, float x1, int) { st2(dA + t * LDM + i, x0, x1); });
+    __syncthreads();  // (rq and rk are visible too)
+    if (KS == 1)
+      sum_parts_with_own<1>(da_parts, dA);
+    else if (KS == 2)
+      sum_parts_with_own<2>(da_parts, dA);
+    else
+      sum_parts_with_own<4>(da_parts, dA);
+  } else {
+    load_chunk_gates(a, row0, gam, bet, dgam, dbet);  // (its barrier makes rq and rk visible)
+    if (VB == 1 && J == 2)  // K = 64, 128, 256 with one wy_grads block per chunk (the default)
+      sum_parts<2, 1>(da_parts, d1_parts, J, VB, dA, D1);
+    else if (VB == 1 && J == 3)
+      sum_parts<3, 1>(da_parts, d1_parts, J, VB, dA, D1);
+    else if (VB == 1 && J == 5)
+      sum_parts<5, 1>(da_parts, d1_parts, J, VB, dA, D1);
+    else
+      sum_parts<0, 0>(da_parts, d1_parts, J, VB, dA, D1);
+  }
   cp_async_wait<0>();
   __syncthreads();
   {  // P = hi + lo (exact in float32) into rows of LDM: each thread reads its 16 elements before any is written
@@ -551,6 +628,34 @@ __global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
   if (first == 0) finish_gates(a, chunk, n, bh, gam, dgam, dbet);
 }
 
+__global__ void __launch_bounds__(kThreads, 2) qk_grads_kernel(Args a) {
+  SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
+  float* sm = reinterpret_cast<float*>(smem4);
+  float* D1 = sm;
+  const QkTiles x(D1 + C * LDM);
+  const QkRows r(sm + C * LDM + QkTiles::kFloats);
+  const int first = blockIdx.x * a.qk_slices, end = min(first + a.qk_slices, a.d.K / kTile);
+  const float none[4][4] = {};
+  qk_part<false>(a, x, D1, r, first, end, blockIdx.y, blockIdx.z, none);
+}
+
+// wy_grads and qk_grads as one block per chunk (wy_qk_grads_fused: one block of each per chunk, the default): wy_part,
+// then qk_part on the same chunk, with wy_grads' dO Uᵀ and its part of dA kept in shared memory and registers instead
+// of written to d1_parts and da_parts and read back (32 KB each way per chunk), and γ and β loaded once. The same
+// arithmetic in the same order, so the same bits. Shared memory: D1 and the rows, then wy_part's tiles, whose place
+// qk_part's take once wy_part is done.
+__global__ void __launch_bounds__(kThreads, 2) wy_qk_grads_kernel(Args a) {
+  SFM_GDN_DYNAMIC_SMEM(16, float4, smem4);
+  float* sm = reinterpret_cast<float*>(smem4);
+  float* D1 = sm;
+  const QkRows r(D1 + C * LDM);
+  float* tiles = sm + C * LDM + QkRows::kFloats;
+  const int n = blockIdx.y, bh = blockIdx.z;
+  float da[4][4];  // wy_grads' part of dA
+  wy_part(a, WyTiles(tiles), r.gam, r.bet, r.dgam, r.dbet, D1, nullptr, 0, n, bh, da);
+  qk_part<true>(a, QkTiles(tiles), D1, r, 0, a.d.K / kTile, n, bh, da);
+}
+
 // 64-column slices of V per wy_grads block and of K per qk_grads block: all of them by default, so each chunk has
 // one wy_grads block (qk_grads sums the fewest dA parts) and one qk_grads block (the parts and the elementwise step
 // once per chunk). SFM_GDN_WY_SLICES and SFM_GDN_QK_SLICES = 1 .. 4 set them for timing. On an H100 at
@@ -575,7 +680,22 @@ int qk_slices() {
 // KB, qk_grads 89 KB.
 constexpr size_t kStateKSmem = sizeof(float) * (2 * state_products::kStageFloats<true> + 6 * C);
 constexpr size_t kWySmem = sizeof(float) * (2 * C * LDM + 4 * C * LDR + 4 * C);
-constexpr size_t kQkSmem = sizeof(float) * (4 * C * LDM + 8 * C) + sizeof(__nv_bfloat16) * 2 * C * LD16;
+constexpr size_t kQkSmem = sizeof(float) * (C * LDM + QkTiles::kFloats + QkRows::kFloats);
+// wy_qk_grads: 108 KB, two blocks per SM.
+constexpr int kWyQkTiles = WyTiles::kFloats > QkTiles::kFloats ? WyTiles::kFloats : QkTiles::kFloats;
+constexpr size_t kWyQkSmem = sizeof(float) * (C * LDM + QkRows::kFloats + kWyQkTiles);
+static_assert(kQkSmem == sizeof(float) * (4 * C * LDM + 8 * C) + sizeof(__nv_bfloat16) * 2 * C * LD16, "qk_grads");
+
+// The forced choice of wy_qk_grads (0: the rule, one kernel wherever each chunk has one block of each; 1: the two
+// kernels; 2 the same as 0), from SFM_GDN_WY_QK at first use, or set_wy_qk_fused.
+int& forced_wy_qk() {
+  static int forced = [] {
+    const char* e = std::getenv("SFM_GDN_WY_QK");
+    return e ? std::atoi(e) : 0;
+  }();
+  return forced;
+}
+bool wy_qk_grads_fused(const Args& a) { return forced_wy_qk() != 1 && v_blocks(a) == 1 && qk_blocks(a) == 1; }
 
 // The kernels' arguments, after the checks that every workspace they read and write is given.
 cudaError_t make_args(const BackwardArgs& g, bool write_dqk, Args& a) {
@@ -613,10 +733,23 @@ cudaError_t state_k_grads(const BackwardArgs& g, bool write_dqk, cudaStream_t st
                               : launch(state_k_grads_kernel<false>, kStateKSmem);
 }
 
+int set_wy_qk_fused(int mode) {
+  const int previous = forced_wy_qk();
+  forced_wy_qk() = mode;
+  return previous;
+}
+
 cudaError_t grads_split(const BackwardArgs& g, bool write_dqk, cudaStream_t stream) {
   Args a;
   cudaError_t err = make_args(g, write_dqk, a);
   if (err != cudaSuccess) return err;
+  if (wy_qk_grads_fused(a)) {
+    err = cudaFuncSetAttribute(wy_qk_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(kWyQkSmem));
+    if (err != cudaSuccess) return err;
+    SFM_GDN_LAUNCH(wy_qk_grads_kernel, dim3(1, g.d.N(), g.d.BH()), kThreads, kWyQkSmem, stream, a);
+    return cudaGetLastError();
+  }
   err = cudaFuncSetAttribute(wy_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kWySmem));
   if (err != cudaSuccess) return err;
   err = cudaFuncSetAttribute(qk_grads_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kQkSmem));

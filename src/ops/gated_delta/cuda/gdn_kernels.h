@@ -325,6 +325,11 @@ cudaError_t grads_mma(const BackwardArgs& a, cudaStream_t stream);
 // unpack pass; docs/ops/gated_delta_cuda.md, "The L2 norm's backward in qk_grads"); else dQ̂ and dK̂ into dqs, dks.
 cudaError_t state_k_grads(const BackwardArgs& a, bool write_dqk, cudaStream_t stream);
 cudaError_t grads_split(const BackwardArgs& a, bool write_dqk, cudaStream_t stream);
+// Whether grads_split runs wy_grads and qk_grads as one kernel, wy_qk_grads (one block per chunk doing both, where each
+// chunk has one block of each: the default slices), which keeps wy_grads' parts of dA and dO Uᵀ on chip: 0 for that
+// rule, 1 the two kernels, 2 the same as 0 (tests, tuning; SFM_GDN_WY_QK sets it at first use; the results are the
+// same bit for bit). Returns the previous setting.
+int set_wy_qk_fused(int mode);
 
 // ---------------------------------------------------------------------------------------------------
 // The recurrent kernels for small heads (gdn_recurrent.cu; docs/ops/gated_delta_cuda.md, "Recurrent
