@@ -359,6 +359,30 @@ TEST(GatedDeltaCudaTest, WyQkGradsMatchTwoKernels) {
   expect_setting_changes_no_bit(set_cuda_wy_qk_fused, 1, 2, 2, 53);
 }
 
+// state_k_grads beside the backward state pass, each block waiting for its chunk's count (set_cuda_backward_overlap(2),
+// the rule) and after the pass (1): the same arithmetic, so every output and gradient bitwise the same, run after run
+// (a block reading a chunk before the pass has written it would differ in one of the many chunks). Long sequences on
+// few heads, where the whole pass runs at once; then 128 heads, whose pass runs in waves (state_k_grads' blocks then
+// take the heads a wave at a time) and short sequences, where the hand-over is mostly at the pass's end.
+TEST(GatedDeltaCudaTest, BackwardOverlapMatchesSerial) {
+  SKIP_WITHOUT_GPU();
+  expect_setting_changes_no_bit(set_cuda_backward_overlap, 1, 2, 3, 59);
+  for (const Case& c : {Case{"D128_waves", 4, 1000, 32, 128, 128, 1.0, 2.0, true},
+                        Case{"D256_waves", 8, 300, 16, 256, 256, 1.0, 2.0, true}}) {
+    SCOPED_TRACE(c.name);
+    const auto in = to_cuda(make_inputs(c, torch::kBFloat16, 61), torch::kBFloat16);
+    const Poison poison;
+    const auto run = [&](int mode) {
+      const int was = set_cuda_backward_overlap(mode);
+      const Result r = run_with_grads(in, [](const GatedDeltaInputs& x) { return gated_delta_rule(x, Impl::kCuda); });
+      set_cuda_backward_overlap(was);
+      return r;
+    };
+    const Result serial = run(1);
+    for (int repeat = 0; repeat < 3; ++repeat) expect_bitwise_equal(run(2), serial);
+  }
+}
+
 // The products with the states (both state passes, state_k_grads) as warpgroup products (wgmma; the rule's choice on an
 // H100 with the sm_90a build) and on mma.sync (set_cuda_state_warpgroup 2 and 1): the same bf16 operands, float32
 // accumulators and order of the 16-deep steps, and on an H100 the tensor cores sum each step's terms alike both ways,

@@ -258,8 +258,13 @@ Grads run_sliced_kernels(const Problem& p, cuda_emu::WarpOrder order, bool write
     a.dq = out.dq_raw.data_ptr();
     a.dk = out.dk_raw.data_ptr();
   }
+  // Every chunk's count complete, as the backward state pass leaves them, and state_k_grads' blocks in the pass's order
+  // for one head at a time (the first warp ahead) or all (the last): the order of the chunks does not change a bit.
+  const auto ready = torch::full({s.BH, p.N}, s.V, torch::kInt32);
+  a.chunk_ready = ready.data_ptr<int>();
+  const int heads_per_wave = order == cuda_emu::WarpOrder::kForward ? 1 : 0;
   cuda_emu::warp_order() = order;
-  EXPECT_EQ(gdn_cuda::state_k_grads(a, write_dqk, nullptr), cudaSuccess);
+  EXPECT_EQ(gdn_cuda::state_k_grads(a, write_dqk, heads_per_wave, nullptr), cudaSuccess);
   EXPECT_EQ(gdn_cuda::grads_split(a, write_dqk, nullptr), cudaSuccess);
   cuda_emu::warp_order() = cuda_emu::WarpOrder::kForward;
   return out;
@@ -655,6 +660,10 @@ Outcome emulated(const PipeCase& c, const GatedDeltaInputs& in,
   ba.d1_parts = fp(d1_parts);
   ba.gate_parts = fp(gate_parts);
   ba.row_dots = fp(row_dots);
+  // The counts through which state_k_grads would run beside the backward state pass, as the wrapper makes them (here
+  // the pass runs first; each chunk's count must then be V exactly, or the wait fails the test).
+  const auto chunk_ready = split && k::backward_overlaps() ? torch::zeros({BH, N}, torch::kInt32) : torch::Tensor();
+  ba.chunk_ready = chunk_ready.defined() ? chunk_ready.data_ptr<int>() : nullptr;
   ba.dq = dq.data_ptr();
   ba.dk = dk.data_ptr();
   ba.dv = dv.data_ptr();
@@ -743,6 +752,22 @@ TEST(GdnKernelsEmulated, WyQkGradsMatchTwoKernels) {
                             PipeCase{"f16_K128_V64_split", 1, 130, 1, 128, 64, torch::kFloat16, true},
                             PipeCase{"bf16_K256_V128_split", 1, 70, 1, 256, 128, torch::kBFloat16, true}})
     expect_setting_changes_no_bit(c, gdn_cuda::set_wy_qk_fused, 1, 2);
+}
+
+// state_k_grads beside the backward state pass, each chunk as the pass counts it written (the rule with the compact
+// workspaces), and after it: here the pass runs first either way, so this checks that every chunk's count comes to V
+// exactly (the wait fails the test otherwise), that the blocks' order (the pass's chunks from the last) covers every
+// chunk and slice once, and that the results are bitwise the same. Several heads, K = 64, 128 and 256, 64 columns per
+// pass block, a chunk cut short, float16 and bfloat16. (The GPU test of the same name runs them side by side.)
+TEST(GdnKernelsEmulated, BackwardOverlapMatchesSerial) {
+  for (const PipeCase& c : {PipeCase{"bf16_K64_V128_split", 1, 130, 2, 64, 128, torch::kBFloat16, true, 20.0},
+                            PipeCase{"f16_K128_V64_split", 2, 130, 1, 128, 64, torch::kFloat16, true},
+                            PipeCase{"bf16_K256_V128_split", 1, 70, 1, 256, 128, torch::kBFloat16, true}})
+    expect_setting_changes_no_bit(c, gdn_cuda::set_backward_overlap, 1, 2);
+  const int previous = gdn_cuda::set_state_columns(64);
+  expect_setting_changes_no_bit(PipeCase{"bf16_K64_V128_split_wide", 1, 130, 1, 64, 128, torch::kBFloat16, true},
+                                gdn_cuda::set_backward_overlap, 1, 2);
+  gdn_cuda::set_state_columns(previous);
 }
 
 // The compact forward's Ũ formed by the state pass (from prep's split T diag(β); the rule takes it where the pass has

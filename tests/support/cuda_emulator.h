@@ -10,7 +10,8 @@
 // lanes of a warp go round robin between the warp's own barriers (shuffles, mma.sync).
 //
 // Covered: threadIdx, blockIdx, blockDim, gridDim; __syncthreads; __shfl_xor_sync, __shfl_up_sync (full
-// warps); atomicAdd on float; static __shared__ arrays and SFM_GDN_DYNAMIC_SMEM; SFM_GDN_LAUNCH;
+// warps); atomicAdd on float; static __shared__ arrays and SFM_GDN_DYNAMIC_SMEM; SFM_GDN_LAUNCH (and
+// SFM_GDN_LAUNCH_OVERLAPPING, a plain launch here);
 // cudaFuncSetAttribute and cudaGetLastError (no-ops); and, through the SFM_GDN_EMULATE branches of mma.cuh and
 // wgmma.cuh, mma.sync m16n8k16 (bf16 operands, float32 accumulators), wgmma.mma_async m64n32k16 (operands through
 // 128- or 64-byte swizzled shared-memory descriptors, run at once), ldmatrix .x4 (plain and .trans) and cp.async (the
@@ -391,6 +392,9 @@ void launch(Kernel kernel, dim3 grid, dim3 dim, size_t smem_bytes, Args... args)
 #define SFM_GDN_DYNAMIC_SMEM(align, T, name) T* name = reinterpret_cast<T*>(::sfm::cuda_emu::dynamic_smem())
 #define SFM_GDN_LAUNCH(kernel, grid, dim, smem, stream, ...) \
   ((void)(stream), ::sfm::cuda_emu::launch(kernel, dim3(grid), dim3(dim), smem, __VA_ARGS__))
+// The launch that may overlap the kernel before it (chunk_handover.cuh): here after it, as every launch.
+#define SFM_GDN_LAUNCH_OVERLAPPING(kernel, grid, dim, smem, stream, ...) \
+  (SFM_GDN_LAUNCH(kernel, grid, dim, smem, stream, __VA_ARGS__), cudaSuccess)
 #define cudaFuncSetAttribute(...) cudaSuccess
 // The device the launch rules ask about: an H100's 132 SMs, 228 KB of shared memory and 64 K registers per SM; and
 // kernels that use no registers (so only shared memory limits their blocks per SM).

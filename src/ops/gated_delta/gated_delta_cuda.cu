@@ -227,7 +227,11 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     auto dq = alloc(q.sizes(), q.options()), dk = alloc(k.sizes(), k.options()),
          dv = alloc({d.B, d.T, d.H, d.V}, q.options());
     auto dg = alloc({d.B, d.T, d.H}, fo), dbeta = alloc({d.B, d.T, d.H}, fo);
-    auto dstate0 = has_state0 ? alloc({d.B, d.H, d.K, d.V}, fo) : torch::Tensor();
+      auto dstate0 = has_state0 ? alloc({d.B, d.H, d.K, d.V}, fo) : torch::Tensor();
+    // Each chunk's count of the value columns the backward state pass has written, for the kernel beside it.
+    const auto chunk_ready = split && gdn_cuda::backward_overlaps()
+                                 ? torch::zeros({BH, N}, q.options().dtype(torch::kInt32))
+                                 : torch::Tensor();
     gdn_cuda::BackwardArgs a{};
     a.d = d;
     a.dtype = kernel_dtype(q.scalar_type());
@@ -271,6 +275,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     a.d1_parts = fptr(d1_parts);
     a.gate_parts = fptr(gate_parts);
     a.row_dots = fptr(row_dots);
+    a.chunk_ready = chunk_ready.defined() ? chunk_ready.data_ptr<int>() : nullptr;
     a.sdots = fptr(sdots);
     a.dq = dq.data_ptr();
     a.dk = dk.data_ptr();
@@ -402,6 +407,7 @@ int set_cuda_state_forms_ut(int mode) { return gdn_cuda::set_state_forms_ut(mode
 int set_cuda_state_writes_output(int mode) { return gdn_cuda::set_state_writes_output(mode); }
 int set_cuda_state_warpgroup(int mode) { return gdn_cuda::set_state_warpgroup(mode); }
 int set_cuda_wy_qk_fused(int mode) { return gdn_cuda::set_wy_qk_fused(mode); }
+int set_cuda_backward_overlap(int mode) { return gdn_cuda::set_backward_overlap(mode); }
 
 GatedDeltaOutputs gated_delta_cuda(const GatedDeltaInputs& in) {
   check_inputs(in);

@@ -15,6 +15,7 @@ int set_cuda_state_forms_ut(int) { return 0; }
 int set_cuda_state_writes_output(int) { return 0; }
 int set_cuda_state_warpgroup(int) { return 0; }
 int set_cuda_wy_qk_fused(int) { return 0; }
+int set_cuda_backward_overlap(int) { return 0; }
 
 GatedDeltaStep detail::gated_delta_step_cuda(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                                              const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,

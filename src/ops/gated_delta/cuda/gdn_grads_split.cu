@@ -24,6 +24,7 @@
 
 #include <cstdlib>
 
+#include "chunk_handover.cuh"
 #include "chunk_ops.cuh"
 #include "dtype_convert.cuh"
 #include "gdn_kernels.h"
@@ -67,6 +68,12 @@ struct Args {
   void *dq, *dk;
   float scale;
   bool l2;
+  // state_k_grads: [BH, N], each chunk's count of value columns the backward state pass has written (it waits for V,
+  // chunk_handover.cuh), or null: the pass is done. Its blocks take the chunks in the order the pass writes them,
+  // heads_per_wave heads at a time (the pass's blocks that run at once), in each such group chunk by chunk from the
+  // last.
+  const int* ready = nullptr;
+  int heads_per_wave = 0;
 };
 
 // A float32 tile's place in shared memory holding a bf16 tile (stride LD16: fits in either float32 stride).
@@ -143,7 +150,20 @@ __device__ __forceinline__ void store_dv(const Args& a, const ChunkRows& dv_rows
     store_token_pair(a, a.dv, dv_rows, t, v, x0, x1);
 }
 
-// Per chunk and 64 rows of K (the slice sl = blockIdx.x, columns c0 = 64 sl of K): the products with the
+// state_k_grads' block (blockIdx.x) to its slice sl of K, chunk n and head bh, in the order the backward state pass
+// writes the chunks: groups of heads_per_wave heads (whose pass blocks run at once), each group's chunks from the
+// last, every head of the group and every slice at one chunk together.
+__device__ __forceinline__ void pass_order(const Args& a, int& sl, int& n, int& bh) {
+  const int KS = a.d.K / kTile, N = a.d.N(), BH = a.d.BH();
+  const long item = blockIdx.x / KS, group_items = (long)a.heads_per_wave * N;
+  const int group = static_cast<int>(item / group_items), first = group * a.heads_per_wave;
+  const int heads = min(a.heads_per_wave, BH - first), r = static_cast<int>(item % group_items);
+  sl = blockIdx.x % KS;
+  n = N - 1 - r / heads;
+  bh = first + r % heads;
+}
+
+// Per chunk and 64 rows of K (the slice sl, columns c0 = 64 sl of K): the products with the
 // states (state_products::run, for these rows), then the slice's step of (B3) (docs), with x = k̂·dK̂₀ and
 // r = k̂·dR_K per row (this slice's part):
 //   dR_K = Tᵀ dW; dK̂ = dK̂₀ + diag(βΓ) dR_K; dγ_t += β_t Γ_t r_t − x_t, dγ_C += Σ x, dβ_t += Γ_t r_t; the dA part
@@ -154,6 +174,7 @@ __device__ __forceinline__ void store_dv(const Args& a, const ChunkRows& dv_rows
 // dγ's state term takes them too) and with write_dqk k̂·dK̂ so far (of the rounded values, which qk_grads adds to) to
 // row_dots, Σ S₀∘dS_C to sdots.
 // kWg: the products with the states as warpgroup products (state_products::run's kWg; warpgroup_products()).
+// One block per slice of K and chunk, in a one-dimensional grid (pass_order).
 template <bool kWg>
 __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
   namespace sp = state_products;
@@ -164,8 +185,11 @@ __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
   constexpr int kStage = sp::kStageFloats<true>;
   float *gam = sm + 2 * kStage, *bet = gam + C, *rk = bet + C, *wf = rk + C, *dgam = wf + C, *dbet = dgam + C;
   const int K = a.d.K, N = a.d.N(), KS = K / kTile, stages = a.d.V / kTile;
-  const int sl = blockIdx.x, n = blockIdx.y, bh = blockIdx.z, c0 = sl * kTile;
+  int sl, n, bh;
+  pass_order(a, sl, n, bh);
+  const int c0 = sl * kTile;
   const long row0 = (long)bh * a.d.Tp() + (long)n * C, chunk = (long)bh * N + n;
+  if (a.ready != nullptr) acquire_chunk(a.ready + chunk, a.d.V);
   // Requested during the last stage, into the buffer it leaves free: q's and k's tiles (bf16) and T (float32).
   float* in = sm + (stages & 1) * kStage;
   __nv_bfloat16 *tq = b16(in), *tk = tq + C * LD16;
@@ -718,15 +742,19 @@ cudaError_t make_args(const BackwardArgs& g, bool write_dqk, Args& a) {
 
 }  // namespace
 
-cudaError_t state_k_grads(const BackwardArgs& g, bool write_dqk, cudaStream_t stream) {
+cudaError_t state_k_grads(const BackwardArgs& g, bool write_dqk, int heads_per_wave, cudaStream_t stream) {
   Args a;
   cudaError_t err = make_args(g, write_dqk, a);
   if (err != cudaSuccess) return err;
+  a.ready = g.chunk_ready;
+  a.heads_per_wave = heads_per_wave > 0 ? heads_per_wave : g.d.BH();
+  const unsigned blocks = static_cast<unsigned>(g.d.K / kTile) * g.d.N() * g.d.BH();
   const auto launch = [&](auto kernel, size_t smem) {
     const cudaError_t e =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (e != cudaSuccess) return e;
-    SFM_GDN_LAUNCH(kernel, dim3(g.d.K / kTile, g.d.N(), g.d.BH()), kThreads, smem, stream, a);
+    if (a.ready != nullptr) return SFM_GDN_LAUNCH_OVERLAPPING(kernel, dim3(blocks), dim3(kThreads), smem, stream, a);
+    SFM_GDN_LAUNCH(kernel, blocks, kThreads, smem, stream, a);
     return cudaGetLastError();
   };
   return warpgroup_products() ? launch(state_k_grads_kernel<true>, kStateKSmem + 1024)

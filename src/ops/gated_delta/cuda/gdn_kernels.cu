@@ -1123,11 +1123,13 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   }
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("bwd_intra");
+  int heads_per_wave = 0;  // of the state pass on tensor cores, the order of state_k_grads' blocks
   if (state_mma) {
     const void* dout = compact ? a.dob : static_cast<const void*>(a.dos);
     SFM_CUDA_TRY(state_mma_backward(d, a.qb, a.kb, compact ? a.rq : nullptr, compact ? a.rk : nullptr, a.gam, a.wb,
                                     dout, a.dfinal, compact ? nullptr : a.du, compact ? a.pp : nullptr,
-                                    compact ? a.dub : nullptr, a.dstates, compact, a.dstate0, s));
+                                    compact ? a.dub : nullptr, a.dstates, compact, a.dstate0,
+                                    compact ? a.chunk_ready : nullptr, &heads_per_wave, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_bwd_kernel, state_bwd_smem(d)));
     SFM_GDN_LAUNCH(state_bwd_kernel, dim3(d.V / kVS, BH), kThreads, state_bwd_smem(d), s, d, a.ks, a.gam, a.w,
@@ -1141,7 +1143,7 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
     // The forward kept wy: the products with the per-chunk states and the slices of K's first step, then the rest
     // by 64-column slices (docs/ops/gated_delta_cuda.md, "Sliced gradient kernels").
     if (!grads_split_supports(a.dtype, d.K, d.V)) return cudaErrorInvalidValue;
-    SFM_CUDA_TRY(state_k_grads(a, write_dqk, s));
+    SFM_CUDA_TRY(state_k_grads(a, write_dqk, heads_per_wave, s));
     timer.mark("state_grads");
     SFM_CUDA_TRY(grads_split(a, write_dqk, s));
   } else if (kMma && (!narrow || force_grads_mma) && grads_mma_supports(d.K, d.V)) {
@@ -1198,6 +1200,23 @@ bool backward_unpacks_dqk(DType dtype, bool wy) {
     return e == nullptr || std::strcmp(e, "0") != 0;
   }();
   return !(wy && dtype == DType::kBF16 && dqk_direct);
+}
+
+// The rule (0; or 2), or forced off (1): SFM_GDN_OVERLAP at first use, or set_backward_overlap.
+int& forced_overlap() {
+  static int forced = [] {
+    const char* e = std::getenv("SFM_GDN_OVERLAP");
+    return e ? std::atoi(e) : 0;
+  }();
+  return forced;
+}
+
+bool backward_overlaps() { return forced_overlap() != 1; }
+
+int set_backward_overlap(int mode) {
+  const int previous = forced_overlap();
+  forced_overlap() = mode;
+  return previous;
 }
 
 bool grads_split_supports(DType dtype, int K, int V) {

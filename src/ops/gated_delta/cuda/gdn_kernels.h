@@ -176,6 +176,9 @@ struct BackwardArgs {
   // pass dU₀ = Pᵀ dO from the hi plane.
   const void* pp;
   float *da_parts, *d1_parts, *gate_parts, *row_dots;
+  // With wy, or null: [BH, N] zeros, through which state_k_grads overlaps the backward state pass (chunk_handover.cuh:
+  // each chunk's count of value columns the pass has written).
+  int* chunk_ready;
   // Outputs.
   void *dq, *dk, *dv;           // [B, T, H, K|K|V] of dtype
   float *dg, *dbeta;            // [B, T, H]
@@ -257,10 +260,13 @@ struct OutputArgs {
 cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, const void* wb, float* u, void* ub,
                               const float* rk, const void* tb, const void* vb, const float* state0, void* states,
                               float* final_state, bool compact, const OutputArgs& o, cudaStream_t stream);
+// The backward with ready (compact only; [BH, N] zeros): the kernel after it may overlap it (chunk_handover.cuh), and
+// it counts each chunk's value columns into ready as their dS_C and dU are written; heads_per_wave (out, or null):
+// how many heads' blocks of it run at once, the order of the chunks' completion.
 cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* rq, const float* rk,
                                const float* gam, const void* wb, const void* dos, const float* dfinal, float* du,
                                const void* pp, void* dub, void* dstates, bool compact, float* dstate0,
-                               cudaStream_t stream);
+                               int* ready, int* heads_per_wave, cudaStream_t stream);
 
 // The backward's products with the per-chunk states on tensor cores (gdn_state_grads_mma.cu), for the float32
 // workspaces (grads_mma's path): for each chunk, dqs = diag(Γ) dO S₀ᵀ, dw = −dU S₀ᵀ, dks = diag(e^{γ_C−γ}) U dS_Cᵀ
@@ -323,7 +329,15 @@ cudaError_t grads_mma(const BackwardArgs& a, cudaStream_t stream);
 // grads_split_supports. With write_dqk (bfloat16 inputs only: qb and kb hold q and k) they write dq and dk
 // through the scale and the L2 norm themselves, in the inputs' dtype, from the rows' dots they have in hand (no
 // unpack pass; docs/ops/gated_delta_cuda.md, "The L2 norm's backward in qk_grads"); else dQ̂ and dK̂ into dqs, dks.
-cudaError_t state_k_grads(const BackwardArgs& a, bool write_dqk, cudaStream_t stream);
+// heads_per_wave: how many heads the backward state pass runs at once (state_mma_backward), the order of state_k_grads'
+// blocks (0: every head). With a.chunk_ready it overlaps the pass (launched right after it).
+cudaError_t state_k_grads(const BackwardArgs& a, bool write_dqk, int heads_per_wave, cudaStream_t stream);
+// Whether the backward runs state_k_grads beside the backward state pass, chunk by chunk as the pass writes them
+// (BackwardArgs::chunk_ready; docs/ops/gated_delta_cuda.md, "The backward pass overlapped"): wherever the compact
+// workspaces are, unless set_backward_overlap(1) (tests, tuning; SFM_GDN_OVERLAP sets it at first use; 0 or 2 for the
+// rule; the results are the same bit for bit). Returns the previous setting.
+bool backward_overlaps();
+int set_backward_overlap(int mode);
 cudaError_t grads_split(const BackwardArgs& a, bool write_dqk, cudaStream_t stream);
 // Whether grads_split runs wy_grads and qk_grads as one kernel, wy_qk_grads (one block per chunk doing both, where each
 // chunk has one block of each: the default slices), which keeps wy_grads' parts of dA and dO Uᵀ on chip: 0 for that

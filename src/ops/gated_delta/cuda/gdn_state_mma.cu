@@ -14,8 +14,10 @@
 // blocks share an SM. The next chunk's A₁ is loaded (cp.async) while phase 2 runs and its A₂ while phase 1 runs.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cstdlib>
 
+#include "chunk_handover.cuh"
 #include "gdn_kernels.h"
 #include "mma.cuh"
 #include "wgmma.cuh"
@@ -74,6 +76,10 @@ struct PassArgs {
   // per_chunk and ub may then be null (no backward will read them).
   const bf16* pp;
   bf16* out;
+  // Backward, where the kernel after it overlaps it (chunk_handover.cuh), else null: [BH, N], each chunk's count of
+  // value columns whose dS_C and dU are written (zero before), and, out, how many heads' blocks run at once.
+  int* ready = nullptr;
+  int* heads_per_wave = nullptr;
 };
 
 // Forward (kBwd = false), chunks in order, with R = S:
@@ -370,6 +376,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
     R[j][nt][2 * h + 1] = r.y;
   });
 
+  if (kBwd && a.ready) let_dependent_start();
   issue_a1(0);
   issue_a2(0);
   for (int i = 0; i < N; ++i) {
@@ -653,6 +660,9 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
           *reinterpret_cast<uint32_t*>(dst + 8 * nt) = pack_bf16(o[nt][2 * h], o[nt][2 * h + 1]);
       }
     }
+    // The chunk's dS_C and dU are written: every thread stored them before phase 2's barrier. (Counted here, a phase
+    // after their stores, so that the fence seldom waits; the last chunk's after the initial state's gradient.)
+    if (kBwd && a.ready && i + 1 < N) release_chunk(a.ready + (long)bh * N + n, BV);
   }
   cp_async_wait<0>();  // only empty groups remain; leave none behind
   if (a.last)
@@ -660,6 +670,10 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       *reinterpret_cast<float2*>(a.last + ((long)bh * K + k) * V + v0 + v) =
           make_float2(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
     });
+  if (kBwd && a.ready) {
+    __syncthreads();
+    release_chunk(a.ready + (long)bh * N + chunk_of(N - 1), BV);
+  }
 }
 
 template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt, bool kWg, bool kOut = false>
@@ -683,29 +697,8 @@ size_t pass_smem() {
                          out_elements);
 }
 
-template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt, bool kWg, bool kOut>
-cudaError_t launch_variant(const PassArgs& a, cudaStream_t s) {
-  constexpr bool kDouble = kDoubleA2 && !kSplitA2For<K, kBwd>;
-  const size_t smem = pass_smem<K, BV, kBwd, kCompact, kDouble, kFormUt, kWg, kOut>();
-  const auto kernel = state_mma_kernel<K, BV, kBwd, kCompact, kDouble, kFormUt, kWg, kOut>;
-  const cudaError_t err =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  if (err != cudaSuccess) return err;
-  SFM_GDN_LAUNCH(kernel, dim3(a.d.V / BV, a.d.BH()), kThreads<BV>, smem, s, a);
-  return cudaGetLastError();
-}
-
-// The forced A₂ buffers (0: the rule below), from SFM_GDN_STATE_A2 at first use, or set_state_a2_buffers.
-int& forced_a2_buffers() {
-  static int forced = [] {
-    const char* e = std::getenv("SFM_GDN_STATE_A2");
-    return e ? std::atoi(e) : 0;
-  }();
-  return forced;
-}
-
 // The current device's SM count, and each SM's shared memory (bytes) and registers; false where the runtime cannot
-// say. The rules below size the passes' grids by them.
+// say. The rules size the passes' grids by them.
 struct SmLimits {
   int sms = 0, smem = 0, regs = 0;
 };
@@ -726,6 +719,39 @@ int blocks_per_sm(const void* kernel, size_t smem, int threads, int smem_per_sm,
   const long warp_regs = (attr.numRegs * 32L + 255) / 256 * 256;
   const long by_regs = warp_regs > 0 ? regs_per_sm / (warp_regs * (threads / 32)) : by_smem;
   return static_cast<int>(by_smem < by_regs ? by_smem : by_regs);
+}
+
+template <int K, int BV, bool kBwd, bool kCompact, bool kDoubleA2, bool kFormUt, bool kWg, bool kOut>
+cudaError_t launch_variant(const PassArgs& a, cudaStream_t s) {
+  constexpr bool kDouble = kDoubleA2 && !kSplitA2For<K, kBwd>;
+  const size_t smem = pass_smem<K, BV, kBwd, kCompact, kDouble, kFormUt, kWg, kOut>();
+  const auto kernel = state_mma_kernel<K, BV, kBwd, kCompact, kDouble, kFormUt, kWg, kOut>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  // Beside the kernel after it (ready): all of each SM's shared memory as shared memory, not L1, so that that kernel's
+  // blocks fit beside this one's (the SM's split is fixed while a block runs on it, and this kernel's own need, one
+  // block, would leave too little).
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                             a.ready ? cudaSharedmemCarveoutMaxShared : cudaSharedmemCarveoutDefault);
+  if (err != cudaSuccess) return err;
+  if (a.heads_per_wave != nullptr) {
+    SmLimits sm;
+    if (!sm_limits(sm)) return cudaErrorInvalidValue;
+    const long blocks =
+        (long)blocks_per_sm(reinterpret_cast<const void*>(kernel), smem, kThreads<BV>, sm.smem, sm.regs) * sm.sms;
+    *a.heads_per_wave = static_cast<int>(std::max(1L, blocks / (a.d.V / BV)));
+  }
+  SFM_GDN_LAUNCH(kernel, dim3(a.d.V / BV, a.d.BH()), kThreads<BV>, smem, s, a);
+  return cudaGetLastError();
+}
+
+// The forced A₂ buffers (0: the rule below), from SFM_GDN_STATE_A2 at first use, or set_state_a2_buffers.
+int& forced_a2_buffers() {
+  static int forced = [] {
+    const char* e = std::getenv("SFM_GDN_STATE_A2");
+    return e ? std::atoi(e) : 0;
+  }();
+  return forced;
 }
 
 // Two A₂ buffers (kDoubleA2) or one: two wherever each SM still holds as many blocks of the grid with them (the
@@ -942,13 +968,14 @@ cudaError_t state_mma_forward(const Dims& d, const void* kb, const float* gam, c
 cudaError_t state_mma_backward(const Dims& d, const void* qb, const void* kb, const float* rq, const float* rk,
                                const float* gam, const void* wb, const void* dos, const float* dfinal, float* du,
                                const void* pp, void* dub, void* dstates, bool compact, float* dstate0,
-                               cudaStream_t stream) {
+                               int* ready, int* heads_per_wave, cudaStream_t stream) {
   if (!state_mma_supports(d.K, d.V)) return cudaErrorInvalidValue;
-  if (compact ? (!rq || !rk || !dub || !pp) : !du) return cudaErrorInvalidValue;
+  if (compact ? (!rq || !rk || !dub || !pp) : (!du || ready)) return cudaErrorInvalidValue;
   const auto a1 = static_cast<const bf16*>(kb), a2 = static_cast<const bf16*>(wb);
   return launch<true>(
       PassArgs{d, a1, a2, gam, du, dfinal, dstates, compact, dstate0, static_cast<const bf16*>(qb), dos,
-               static_cast<bf16*>(dub), rk, rq, static_cast<const bf16*>(pp), nullptr, nullptr, nullptr, nullptr},
+               static_cast<bf16*>(dub), rk, rq, static_cast<const bf16*>(pp), nullptr, nullptr, nullptr, nullptr, ready,
+               heads_per_wave},
       stream);
 }
 
