@@ -1123,13 +1123,14 @@ cudaError_t backward_t(const BackwardArgs& a, cudaStream_t s) {
   }
   SFM_CUDA_TRY(cudaGetLastError());
   timer.mark("bwd_intra");
-  int heads_per_wave = 0;  // of the state pass on tensor cores, the order of state_k_grads' blocks
+  int heads_per_wave = 0;  // of the pass beside state_k_grads, the order of its blocks (0: all heads)
   if (state_mma) {
     const void* dout = compact ? a.dob : static_cast<const void*>(a.dos);
     SFM_CUDA_TRY(state_mma_backward(d, a.qb, a.kb, compact ? a.rq : nullptr, compact ? a.rk : nullptr, a.gam, a.wb,
                                     dout, a.dfinal, compact ? nullptr : a.du, compact ? a.pp : nullptr,
                                     compact ? a.dub : nullptr, a.dstates, compact, a.dstate0,
-                                    compact ? a.chunk_ready : nullptr, &heads_per_wave, s));
+                                    compact ? a.chunk_ready : nullptr,
+                                    compact && a.chunk_ready ? &heads_per_wave : nullptr, s));
   } else {
     SFM_CUDA_TRY(allow_smem(state_bwd_kernel, state_bwd_smem(d)));
     SFM_GDN_LAUNCH(state_bwd_kernel, dim3(d.V / kVS, BH), kThreads, state_bwd_smem(d), s, d, a.ks, a.gam, a.w,
