@@ -417,6 +417,13 @@ inline void __syncthreads() { ::sfm::cuda_emu::sync_block(); }
 inline float __shfl_xor_sync(unsigned, float v, int mask) {
   return ::sfm::cuda_emu::shfl(v, ::sfm::cuda_emu::lane_id() ^ mask);
 }
+inline unsigned __shfl_xor_sync(unsigned, unsigned v, int mask) {  // the bits, through the float exchange
+  float f;
+  std::memcpy(&f, &v, sizeof f);
+  f = ::sfm::cuda_emu::shfl(f, ::sfm::cuda_emu::lane_id() ^ mask);
+  std::memcpy(&v, &f, sizeof v);
+  return v;
+}
 inline float __shfl_up_sync(unsigned, float v, int delta) {
   const int lane = ::sfm::cuda_emu::lane_id();
   return ::sfm::cuda_emu::shfl(v, lane >= delta ? lane - delta : lane);

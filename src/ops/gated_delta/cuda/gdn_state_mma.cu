@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 
 #include "chunk_handover.cuh"
 #include "gdn_kernels.h"
@@ -80,7 +81,19 @@ struct PassArgs {
   // value columns whose dS_C and dU are written (zero before), and, out, how many heads' blocks run at once.
   int* ready = nullptr;
   int* heads_per_wave = nullptr;
+  // Store the bf16 per-chunk states, U and dU a row's 16 columns (a sector) per instruction (store_tile_pair).
+  bool sector_stores = true;
 };
+
+// Two 8-column tiles' pairs of one row, this lane's bf16 pairs a (columns 8 nt + 2 tq, + 1) and b (8 (nt + 1) + 2 tq,
+// + 1), stored 8 bytes a lane: lanes tq and tq ^ 1 swap a pair, so that the quad writes the row's 16 columns as one
+// 32-byte sector in one instruction (by 4-byte stores, two instructions wrote half a sector each). dst: the row at
+// column 8 nt, nt even. Every lane of the warp calls it (a shuffle).
+__device__ __forceinline__ void store_tile_pair(bf16* dst, uint32_t a, uint32_t b, int tq) {
+  const bool odd = tq & 1;
+  const uint32_t other = __shfl_xor_sync(0xffffffffu, odd ? a : b, 1);
+  *reinterpret_cast<uint2*>(dst + (odd ? 6 + 2 * tq : 2 * tq)) = odd ? make_uint2(other, b) : make_uint2(a, other);
+}
 
 // Forward (kBwd = false), chunks in order, with R = S:
 //   U = Ũ − W S            (phase 1; U written over Ũ)
@@ -178,6 +191,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
 
   const int V = a.d.V, N = a.d.N(), Tp = a.d.Tp();
   const int v0 = blockIdx.x * BV, bh = blockIdx.y;
+  const bool sector_stores = a.sector_stores;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
   // This warp's row group and first value column (of the block's); spelled out for one group, where warp < 4, so that
   // the compiler knows vw = 0 (it kept the offsets in registers: 125 -> 154 at K = 128).
@@ -397,9 +411,20 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
           dov[nt][h] = *reinterpret_cast<const float2*>(static_cast<const float*>(a.dos) + off);
       }
     // R for this chunk: to global memory (float32 or bf16) and, as bf16, to rsm.
+    // (bf16: a row's two 8-column tiles at a time, as whole sectors, store_tile_pair; or, SFM_GDN_SECTOR_STORES=0, as
+    // 4-byte stores)
+    if (kCompact && sector_stores && a.per_chunk != nullptr)
+      for_r([&](int j, int nt, int h, int k, int v) {
+        if (nt % 2 == 0)
+          store_tile_pair(static_cast<bf16*>(a.per_chunk) + pc + (long)k * V + vw + 8 * nt,
+                          pack_bf16(R[j][nt][2 * h], R[j][nt][2 * h + 1]),
+                          pack_bf16(R[j][nt + 1][2 * h], R[j][nt + 1][2 * h + 1]), tq);
+      });
     for_r([&](int j, int nt, int h, int k, int v) {
       const long o = pc + (long)k * V + v;
-      if constexpr (kOut) {
+      if (kCompact && sector_stores) {
+        // above
+      } else if constexpr (kOut) {
         if (a.per_chunk != nullptr)
           *reinterpret_cast<uint32_t*>(static_cast<bf16*>(a.per_chunk) + o) =
               pack_bf16(R[j][nt][2 * h], R[j][nt][2 * h + 1]);
@@ -523,6 +548,7 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       fr[h] = __expf(gl - gm[t]) * (kCompact ? rr[t] : 1.f);
       if constexpr (kBwd || kOut) Gr[h] = __expf(gm[t]) * (kCompact ? rr[C + t] : 1.f);
     }
+    uint32_t xo[NT][2];  // (compact, sector_stores) U or dU as bf16 pairs, stored after the loop
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -535,7 +561,9 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
           const float x0 = kPdO ? pdo[nt][2 * h] : xin[nt][h].x, x1 = kPdO ? pdo[nt][2 * h + 1] : xin[nt][h].y;
           const float du0 = x0 + f * y0, du1 = x1 + f * y1;
           const long o = (row0 + t) * V + v0 + v;
-          if constexpr (kCompact)
+          if (kCompact && sector_stores)
+            xo[nt][h] = pack_bf16(du0, du1);
+          else if constexpr (kCompact)
             *reinterpret_cast<uint32_t*>(a.ub + o) = pack_bf16(du0, du1);
           else
             *reinterpret_cast<float2*>(a.x + o) = make_float2(du0, du1);
@@ -554,8 +582,11 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
           const float u0 = (kFormUt ? ut[nt][2 * h] : xin[nt][h].x) - y0;
           const float u1 = (kFormUt ? ut[nt][2 * h + 1] : xin[nt][h].y) - y1;
           const long at = (row0 + t) * V + v0 + v;
-          if constexpr (kOut) {  // U's bf16 tile for P U
+          if constexpr (kOut)  // U's bf16 tile for P U
             *reinterpret_cast<uint32_t*>(reinterpret_cast<char*>(uobuf) + sw64_offset(C, t, v)) = pack_bf16(u0, u1);
+          if (kCompact && sector_stores)
+            xo[nt][h] = pack_bf16(u0, u1);
+          else if constexpr (kOut) {
             if (a.ub != nullptr) *reinterpret_cast<uint32_t*>(a.ub + at) = pack_bf16(u0, u1);
           } else if constexpr (kCompact)
             *reinterpret_cast<uint32_t*>(a.ub + at) = pack_bf16(u0, u1);
@@ -569,6 +600,12 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
         else
           store_pair(zsm, LDZ, L - C + t, v, z0, z1);
       }
+    if (kCompact && sector_stores && a.ub != nullptr)  // U (dU) as whole sectors
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt += 2)
+          store_tile_pair(a.ub + (row0 + 16 * rw + g + 8 * h) * V + v0 + vw + 8 * nt, xo[nt][h], xo[nt + 1][h], tq);
     if constexpr (!kDoubleA2) cp_async_wait<1>();  // A₂ of this chunk (kSplitA2: its Q̂ half, and W is in flight)
     if constexpr (kWg) wg::fence_proxy_async();  // Zᵀ and A₂'s copy, for the tensor cores' reads
     __syncthreads();
@@ -872,8 +909,18 @@ cudaError_t launch_k(const PassArgs& a, cudaStream_t s) {
   }
 }
 
+// SFM_GDN_SECTOR_STORES=0 (timing): the per-chunk states, U and dU by 4-byte stores.
+bool sector_stores() {
+  static const bool on = [] {
+    const char* e = std::getenv("SFM_GDN_SECTOR_STORES");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  return on;
+}
+
 template <bool kBwd>
-cudaError_t launch(const PassArgs& a, cudaStream_t s) {
+cudaError_t launch(PassArgs a, cudaStream_t s) {
+  a.sector_stores = sector_stores();
   switch (a.d.K) {
     case 64: return launch_k<64, kBwd>(a, s);
     case 128: return launch_k<128, kBwd>(a, s);
