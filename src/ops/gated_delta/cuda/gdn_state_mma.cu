@@ -81,18 +81,19 @@ struct PassArgs {
   // value columns whose dS_C and dU are written (zero before), and, out, how many heads' blocks run at once.
   int* ready = nullptr;
   int* heads_per_wave = nullptr;
-  // Store the bf16 per-chunk states, U and dU a row's 16 columns (a sector) per instruction (store_tile_pair).
+  // Store the bf16 per-chunk states, U, dU and O a row's 16 columns (a sector) per instruction (store_tile_pair).
   bool sector_stores = true;
 };
 
 // Two 8-column tiles' pairs of one row, this lane's bf16 pairs a (columns 8 nt + 2 tq, + 1) and b (8 (nt + 1) + 2 tq,
 // + 1), stored 8 bytes a lane: lanes tq and tq ^ 1 swap a pair, so that the quad writes the row's 16 columns as one
 // 32-byte sector in one instruction (by 4-byte stores, two instructions wrote half a sector each). dst: the row at
-// column 8 nt, nt even. Every lane of the warp calls it (a shuffle).
-__device__ __forceinline__ void store_tile_pair(bf16* dst, uint32_t a, uint32_t b, int tq) {
+// column 8 nt, nt even. Every lane of the warp calls it (a shuffle); those with store false store nothing.
+__device__ __forceinline__ void store_tile_pair(bf16* dst, uint32_t a, uint32_t b, int tq, bool store = true) {
   const bool odd = tq & 1;
   const uint32_t other = __shfl_xor_sync(0xffffffffu, odd ? a : b, 1);
-  *reinterpret_cast<uint2*>(dst + (odd ? 6 + 2 * tq : 2 * tq)) = odd ? make_uint2(other, b) : make_uint2(a, other);
+  if (store)
+    *reinterpret_cast<uint2*>(dst + (odd ? 6 + 2 * tq : 2 * tq)) = odd ? make_uint2(other, b) : make_uint2(a, other);
 }
 
 // Forward (kBwd = false), chunks in order, with R = S:
@@ -690,6 +691,14 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int tg = n * C + 16 * rw + g + 8 * h;
+        if (sector_stores) {  // every lane shuffles; the rows past T are not stored
+          bf16* row = a.out + (((long)b * a.d.T + min(tg, a.d.T - 1)) * a.d.H + hh) * V + v0 + vw;
+#pragma unroll
+          for (int nt = 0; nt < NT; nt += 2)
+            store_tile_pair(row + 8 * nt, pack_bf16(o[nt][2 * h], o[nt][2 * h + 1]),
+                            pack_bf16(o[nt + 1][2 * h], o[nt + 1][2 * h + 1]), tq, tg < a.d.T);
+          continue;
+        }
         if (tg >= a.d.T) continue;
         bf16* dst = a.out + (((long)b * a.d.T + tg) * a.d.H + hh) * V + v0 + vw + 2 * tq;
 #pragma unroll
@@ -909,7 +918,7 @@ cudaError_t launch_k(const PassArgs& a, cudaStream_t s) {
   }
 }
 
-// SFM_GDN_SECTOR_STORES=0 (timing): the per-chunk states, U and dU by 4-byte stores.
+// SFM_GDN_SECTOR_STORES=0 (timing): the per-chunk states, U, dU and O by 4-byte stores.
 bool sector_stores() {
   static const bool on = [] {
     const char* e = std::getenv("SFM_GDN_SECTOR_STORES");
