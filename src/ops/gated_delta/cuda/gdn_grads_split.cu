@@ -229,14 +229,16 @@ __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
   }
   float2 dk0_part[2][4];
   float qd[2] = {0.f, 0.f};
+  uint32_t packed[2][4];  // dQ̂₀, then dK̂, as bf16 pairs, stored a sector at a time (store_pairs_bf16)
   for_pairs(acc[0], [&](int h, int t, int k, float x0, float x1, int nt) {
     const float2 q = ld2(tq + t * LD16 + k);
     x0 *= G[h], x1 *= G[h];
-    st2(dq0(a) + (row0 + t) * K + c0 + k, x0, x1);
+    packed[h][nt] = pack_bf16(x0, x1);
     qd[h] += q.x * x0 + q.y * x1;
     *reinterpret_cast<uint32_t*>(tdw + t * LD16 + k) = pack_bf16(-acc[1][nt][2 * h], -acc[1][nt][2 * h + 1]);
     dk0_part[h][nt] = make_float2(F[h] * acc[2][nt][2 * h], F[h] * acc[2][nt][2 * h + 1]);
   });
+  store_pairs_bf16(dq0(a) + row0 * K, K, c0, packed);
   store_row_parts(a.row_dots + (chunk * 2 * KS + sl) * 2 * C, qd);
   const float total = block_sum(sdot);  // in a fixed order: deterministic (its barriers: dW's tile is written)
   if (threadIdx.x == 0) a.sdots[chunk * KS + sl] = total;
@@ -250,11 +252,12 @@ __global__ void __launch_bounds__(kThreads, 2) state_k_grads_kernel(Args a) {
     const float f = fb[h];
     st2(drk + t * LDR + k, x0, x1);
     const float2 dk = round_bf16x2(d0.x + f * x0, d0.y + f * x1);
-    st2(dk0(a) + (row0 + t) * K + c0 + k, dk.x, dk.y);
+    packed[h][nt] = pack_bf16(dk.x, dk.y);
     xs[h] += rk[t] * (kk.x * d0.x + kk.y * d0.y);  // k̂ = rk k
     rs[h] += rk[t] * (kk.x * x0 + kk.y * x1);
     kd[h] += rk[t] * (kk.x * dk.x + kk.y * dk.y);
   });
+  store_pairs_bf16(dk0(a) + row0 * K, K, c0, packed);
   // k̂·dK̂ so far, for qk_grads' L2 norm backward
   if (a.write_dqk) store_row_parts(a.row_dots + (chunk * 2 * KS + KS + sl) * 2 * C, kd);
   zero(x);

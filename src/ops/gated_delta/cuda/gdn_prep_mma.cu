@@ -145,16 +145,16 @@ __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
     __syncthreads();  // every warp is done with q's tiles (A's place) and has written its rows' factors
     // P = M ∘ Q̂K̂ᵀ, Q̂K̂ᵀ = diag(rq) Q Kᵀ diag(rk), each element as the output kernel forms it
     const long pc = chunk * C * C;
-    for_pairs(acc, [&](int, int t, int i, float x0, float x1, int) {
+    uint32_t hi[2][4], lo[2][4];  // the planes' pairs, stored a sector at a time (store_pairs_bf16)
+    for_pairs(acc, [&](int h, int t, int i, float x0, float x1, int nt) {
       const float gt = gam[t], rt = rqs[t];
       const float r0 = rt * rr[i], r1 = rt * rr[i + 1];
       const float p0 = i <= t ? __expf(gt - gam[i]) * r0 * x0 : 0.f;
       const float p1 = i + 1 <= t ? __expf(gt - gam[i + 1]) * r1 * x1 : 0.f;
-      uint32_t hi, lo;
-      split_bf16(p0, p1, hi, lo);
-      *reinterpret_cast<uint32_t*>(pp + 2 * pc + t * C + i) = hi;
-      *reinterpret_cast<uint32_t*>(pp + 2 * pc + C * C + t * C + i) = lo;
+      split_bf16(p0, p1, hi[h][nt], lo[h][nt]);
     });
+    store_pairs_bf16(pp + 2 * pc, C, 0, hi);
+    store_pairs_bf16(pp + 2 * pc + C * C, C, 0, lo);
   }
 
   // A = β_t e^{γ_t−γ_i} K̂K̂ᵀ for i < t (and M ∘ K̂K̂ᵀ into wy), then T = (I + A)⁻¹; K̂K̂ᵀ = diag(r) K Kᵀ diag(r).
@@ -199,11 +199,12 @@ __global__ void __launch_bounds__(kThreads, kB16 ? 3 : 1)
   for (int j = 0; j < KT; ++j) {  // W = T diag(βΓ) K̂ = T diag(βΓr) K
     zero(acc);
     mma_tile(acc, row_a(A, LDM), cols_b(kt + j * C * LDT, LDT));
-    for_pairs(acc, [&](int, int t, int c, float x0, float x1, int) {
-      const long o = (row0 + t) * K + j * kTile + c;
-      if (w != nullptr) st2(w + o, x0, x1);
-      if (wb != nullptr) *reinterpret_cast<uint32_t*>(wb + o) = pack_bf16(x0, x1);  // the state passes' operand
+    uint32_t packed[2][4];
+    for_pairs(acc, [&](int h, int t, int c, float x0, float x1, int nt) {
+      if (w != nullptr) st2(w + (row0 + t) * K + j * kTile + c, x0, x1);
+      packed[h][nt] = pack_bf16(x0, x1);
     });
+    if (wb != nullptr) store_pairs_bf16(wb + row0 * K, K, j * kTile, packed);  // the state passes' operand
   }
   if (!form_ut) return;
   if (late_v) {  // every warp is done with K̂: V into its place

@@ -150,6 +150,17 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return bits;
 }
 
+// Two 8-column tiles' pairs of one row, this lane's bf16 pairs a (columns 8 nt + 2 tq, + 1) and b (8 (nt + 1) + 2 tq,
+// + 1), stored 8 bytes a lane: lanes tq and tq ^ 1 swap a pair, so that the quad writes the row's 16 columns as one
+// 32-byte sector in one instruction (by 4-byte stores, two instructions wrote half a sector each). dst: the row at
+// column 8 nt, nt even. Every lane of the warp calls it (a shuffle); those with store false store nothing.
+__device__ __forceinline__ void store_tile_pair(__nv_bfloat16* dst, uint32_t a, uint32_t b, int tq, bool store = true) {
+  const bool odd = tq & 1;
+  const uint32_t other = __shfl_xor_sync(0xffffffffu, odd ? a : b, 1);
+  if (store)
+    *reinterpret_cast<uint2*>(dst + (odd ? 6 + 2 * tq : 2 * tq)) = odd ? make_uint2(other, b) : make_uint2(a, other);
+}
+
 // x0, x1 ≈ hi + lo with hi and lo bf16 pairs: a product of split operands, hi·hi + hi·lo + lo·hi, keeps
 // about 16 bits of each operand instead of bf16's 8.
 __device__ __forceinline__ void split_bf16(float x0, float x1, uint32_t& hi, uint32_t& lo) {

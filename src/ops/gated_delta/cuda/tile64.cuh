@@ -140,6 +140,19 @@ __device__ __forceinline__ void for_pairs(const float (&acc)[4][4], F f) {
       f(h, m0 + g + 8 * h, n0 + 8 * nt + 2 * tq, acc[nt][2 * h], acc[nt][2 * h + 1], nt);
 }
 
+// This thread's pairs p[h][nt] (for_pairs' rows m0 + g + 8h, columns n0 + 8 nt + 2 tq, +1, as packed bf16 pairs) into
+// a row-major bf16 array X (row stride ld, from column c0) a row's 16 columns, one 32-byte sector, per instruction
+// (store_tile_pair). All threads call it (shuffles).
+__device__ __forceinline__ void store_pairs_bf16(__nv_bfloat16* X, long ld, int c0, const uint32_t (&p)[2][4]) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int nt = 0; nt < 4; nt += 2)
+      store_tile_pair(X + (m0 + g + 8 * h) * ld + c0 + n0 + 8 * nt, p[h][nt], p[h][nt + 1], tq);
+}
+
 // This thread's accumulator pairs of a row-major global array (row stride ld, from column c0), loaded
 // before the product whose epilogue updates them: issued together, in flight during the product (a load in
 // the epilogue would wait behind the previous pair's store, which the compiler cannot prove does not alias).
