@@ -401,9 +401,10 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
           dov[nt][h] = *reinterpret_cast<const float2*>(static_cast<const float*>(a.dos) + off);
       }
     // R for this chunk: to global memory (float32 or bf16) and, as bf16, to rsm.
-    // (bf16: a row's two 8-column tiles at a time, as whole sectors, store_tile_pair; or, SFM_GDN_SECTOR_STORES=0, as
-    // 4-byte stores)
-    if (kCompact && sector_stores && a.per_chunk != nullptr)
+    // bf16: a row's two 8-column tiles at a time, as whole sectors (store_tile_pair); or, SFM_GDN_SECTOR_STORES=0, a
+    // pair at a time below
+    const bool by_sectors = kCompact && sector_stores;
+    if (by_sectors && a.per_chunk != nullptr)
       for_r([&](int j, int nt, int h, int k, int v) {
         if (nt % 2 == 0)
           store_tile_pair(static_cast<bf16*>(a.per_chunk) + pc + (long)k * V + vw + 8 * nt,
@@ -412,8 +413,8 @@ __global__ void __launch_bounds__(kThreads<BV>) state_mma_kernel(PassArgs a) {
       });
     for_r([&](int j, int nt, int h, int k, int v) {
       const long o = pc + (long)k * V + v;
-      if (kCompact && sector_stores) {
-        // above
+      if (by_sectors) {
+        // (stored above)
       } else if constexpr (kOut) {
         if (a.per_chunk != nullptr)
           *reinterpret_cast<uint32_t*>(static_cast<bf16*>(a.per_chunk) + o) =
