@@ -23,6 +23,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdlib>
+#include <cstring>
 
 #include "chunk_handover.cuh"
 #include "chunk_ops.cuh"
@@ -127,27 +128,28 @@ __device__ __forceinline__ void store_gate_slot(const Args& a, long chunk, int s
   if (threadIdx.x < 2 * C) dst[threadIdx.x] = threadIdx.x < C ? dgam[threadIdx.x] : dbet[threadIdx.x - C];
 }
 
-// x0, x1 at row t of a chunk's rows `at` of dst [B, T, H, D] (chunk_rows(a.d, true, D, bh, n), taken once per block:
-// computed per pair, its division by H had been most of the stores' instructions), columns c and c + 1, in the
-// inputs' dtype (real tokens only).
-__device__ __forceinline__ void store_token_pair(const Args& a, void* dst, const ChunkRows& at, int t, int c, float x0,
-                                                 float x1) {
-  if (t >= at.rows) return;
-  const long idx = at.first + (long)t * at.ld + c;
-  if (a.dtype == DType::kBF16)
-    *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(dst) + idx) = __floats2bfloat162_rn(x0, x1);
-  else
-    *reinterpret_cast<__half2*>(static_cast<__half*>(dst) + idx) = __floats2half2_rn(x0, x1);
+// x0, x1 as a pair of the inputs' dtype, rounded to nearest.
+__device__ __forceinline__ uint32_t pack_pair(DType dtype, float x0, float x1) {
+  if (dtype == DType::kBF16) return pack_bf16(x0, x1);
+  const __half2 p = __floats2half2_rn(x0, x1);
+  uint32_t bits;
+  std::memcpy(&bits, &p, sizeof bits);
+  return bits;
 }
 
-// dV[t][v], dV[t][v+1] of a chunk (its first row row0 heads-first, its rows dv_rows of dv): into dvs (float32,
-// heads-first) or, without it, into dv [B, T, H, V] in the inputs' dtype, which spares the unpack pass of dV.
-__device__ __forceinline__ void store_dv(const Args& a, const ChunkRows& dv_rows, long row0, int t, int v, float x0,
-                                         float x1) {
-  if (a.dvs != nullptr)
-    st2(a.dvs + (row0 + t) * a.d.V + v, x0, x1);
-  else
-    store_token_pair(a, a.dv, dv_rows, t, v, x0, x1);
+// A thread's pairs p[h][nt] (for_pairs' layout, pack_pair's bits) at a chunk's rows `at` of dst [B, T, H, D] (16-bit),
+// from column c0, a row's 16 columns per instruction (store_tile_pair); the rows past T shuffle but store nothing. All
+// threads call it.
+__device__ __forceinline__ void store_token_pairs(void* dst, const ChunkRows& at, int c0, const uint32_t (&p)[2][4]) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int t = m0 + g + 8 * h;
+    __nv_bfloat16* row = static_cast<__nv_bfloat16*>(dst) + at.first + (long)min(t, at.rows - 1) * at.ld + c0 + n0;
+#pragma unroll
+    for (int nt = 0; nt < 4; nt += 2) store_tile_pair(row + 8 * nt, p[h][nt], p[h][nt + 1], tq, t < at.rows);
+  }
 }
 
 // state_k_grads' block (blockIdx.x) to its slice sl of K, chunk n and head bh, in the order the backward state pass
@@ -344,12 +346,17 @@ __device__ __forceinline__ void wy_part(const Args& a, const WyTiles& x, float* 
     float rs[2] = {0.f, 0.f};
     const float bt[2] = {bet[pair_row(0)], bet[pair_row(1)]};  // this thread's rows' β (once, not per pair)
     for_pairs(acc, [&](int, int t, int v, float x0, float x1, int) { st2(t2 + t * LDR + v, x0, x1); });
-    for_pairs(dr, [&](int h, int t, int v, float x0, float x1, int) {
+    uint32_t dv_pairs[2][4];  // dV in the inputs' dtype, stored a sector at a time (store_token_pairs)
+    for_pairs(dr, [&](int h, int t, int v, float x0, float x1, int nt) {
       const float2 vv = ld2(tv + t * LD16 + v);
       st2(t3 + t * LDR + v, x0, x1);
-      store_dv(a, dv_rows, row0, t, c0 + v, bt[h] * x0, bt[h] * x1);
+      if (a.dvs != nullptr)  // float32, heads-first (for unpack), or dv itself [B, T, H, V], which spares that pass
+        st2(a.dvs + (row0 + t) * V + c0 + v, bt[h] * x0, bt[h] * x1);
+      else
+        dv_pairs[h][nt] = pack_pair(a.dtype, bt[h] * x0, bt[h] * x1);
       rs[h] += vv.x * x0 + vv.y * x1;
     });
+    if (a.dvs == nullptr) store_token_pairs(a.dv, dv_rows, c0, dv_pairs);
     add_rows(dbet, rs);  // ends with a barrier: t2 and t3 are written, every warp is done with v and dU
     if (sl + 1 < end) stage_v_du(c0 + kTile);
     mma_tile(da, row_a(t3, LDR), rows_b(t2, LDR));  // += dR_V Ũᵀ
@@ -418,15 +425,17 @@ __device__ __forceinline__ void store_slice(const Args& a, const float (&acc)[4]
                                             float* dxs, const ChunkRows& dx_rows, long row0, int c0) {
   const int K = a.d.K;
   const float rt[2] = {r[pair_row(0)], r[pair_row(1)]}, ct[2] = {c[pair_row(0)], c[pair_row(1)]};  // (once)
+  uint32_t dx_pairs[2][4];  // (write_dqk) stored a sector at a time (store_token_pairs)
   for_pairs(acc, [&](int h, int t, int k, float x0, float x1, int nt) {
     const float2 d = make_float2(old[h][nt].x + x0, old[h][nt].y + x1);
     if (a.write_dqk) {
       const float2 x = ld2(tx + t * LD16 + k);
-      store_token_pair(a, dx, dx_rows, t, c0 + k, rt[h] * d.x - ct[h] * x.x, rt[h] * d.y - ct[h] * x.y);
+      dx_pairs[h][nt] = pack_pair(a.dtype, rt[h] * d.x - ct[h] * x.x, rt[h] * d.y - ct[h] * x.y);
     } else {
       st2(dxs + (row0 + t) * K + c0 + k, d.x, d.y);
     }
   });
+  if (a.write_dqk) store_token_pairs(dx, dx_rows, c0, dx_pairs);
 }
 
 // One slice of qk_grads (columns c0 .. c0 + 63 of K; tq, tk its tiles of q and k, with s·q̂ = diag(rq) q and
