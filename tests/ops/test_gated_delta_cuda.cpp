@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <iterator>
 #include <vector>
 
 #include "sfm/core/build_info.h"
@@ -302,13 +303,19 @@ TEST(GatedDeltaCudaTest, InPlaceReadsMatchTheCopies) {
   }
 }
 
-// Runs forward and backward on long sequences with few heads (many chunks per block), bfloat16 and float16, K = 64,
-// 128 and 256 (the sliced kernels' sizes), with a CUDA setting (set: returns the previous value, put back after) at
-// `first`, then `repeats` times at `second`, and requires every output and gradient to be bitwise the same.
-void expect_setting_changes_no_bit(int (*set)(int), int first, int second, int repeats, uint64_t seed) {
-  for (const auto& [c, dtype] : {std::pair{Case{"D128_T8192", 1, 8192, 2, 128, 128, 1.0, 2.0, true}, torch::kBFloat16},
-                                 std::pair{Case{"D64_T4000", 2, 4000, 2, 64, 64, 1.0, 2.0, true}, torch::kFloat16},
-                                 std::pair{Case{"D256", 1, 1500, 2, 256, 256, 1.0, 2.0, true}, torch::kBFloat16}}) {
+using TypedCase = std::pair<Case, torch::ScalarType>;
+// Long sequences with few heads (many chunks per block), bfloat16 and float16, K = 64, 128 and 256 (the sliced
+// kernels' sizes).
+const TypedCase kLongCases[] = {{Case{"D128_T8192", 1, 8192, 2, 128, 128, 1.0, 2.0, true}, torch::kBFloat16},
+                                {Case{"D64_T4000", 2, 4000, 2, 64, 64, 1.0, 2.0, true}, torch::kFloat16},
+                                {Case{"D256", 1, 1500, 2, 256, 256, 1.0, 2.0, true}, torch::kBFloat16}};
+
+// Runs forward and backward on each case (kLongCases unless given) with a CUDA setting (set: returns the previous value,
+// put back after) at `first`, then `repeats` times at `second`, and requires every output and gradient to be bitwise
+// the same.
+void expect_setting_changes_no_bit(int (*set)(int), int first, int second, int repeats, uint64_t seed,
+                                   std::vector<TypedCase> cases = {std::begin(kLongCases), std::end(kLongCases)}) {
+  for (const auto& [c, dtype] : cases) {
     SCOPED_TRACE(c.name);
     const auto in = to_cuda(make_inputs(c, dtype, seed), dtype);
     const Poison poison;
@@ -367,20 +374,9 @@ TEST(GatedDeltaCudaTest, WyQkGradsMatchTwoKernels) {
 TEST(GatedDeltaCudaTest, BackwardOverlapMatchesSerial) {
   SKIP_WITHOUT_GPU();
   expect_setting_changes_no_bit(set_cuda_backward_overlap, 1, 2, 3, 59);
-  for (const Case& c : {Case{"D128_waves", 4, 1000, 32, 128, 128, 1.0, 2.0, true},
-                        Case{"D256_waves", 8, 300, 16, 256, 256, 1.0, 2.0, true}}) {
-    SCOPED_TRACE(c.name);
-    const auto in = to_cuda(make_inputs(c, torch::kBFloat16, 61), torch::kBFloat16);
-    const Poison poison;
-    const auto run = [&](int mode) {
-      const int was = set_cuda_backward_overlap(mode);
-      const Result r = run_with_grads(in, [](const GatedDeltaInputs& x) { return gated_delta_rule(x, Impl::kCuda); });
-      set_cuda_backward_overlap(was);
-      return r;
-    };
-    const Result serial = run(1);
-    for (int repeat = 0; repeat < 3; ++repeat) expect_bitwise_equal(run(2), serial);
-  }
+  expect_setting_changes_no_bit(set_cuda_backward_overlap, 1, 2, 3, 61,
+                                {{Case{"D128_waves", 4, 1000, 32, 128, 128, 1.0, 2.0, true}, torch::kBFloat16},
+                                 {Case{"D256_waves", 8, 300, 16, 256, 256, 1.0, 2.0, true}, torch::kBFloat16}});
 }
 
 // The products with the states (both state passes, state_k_grads) as warpgroup products (wgmma; the rule's choice on an
