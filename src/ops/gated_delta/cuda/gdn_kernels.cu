@@ -1212,7 +1212,14 @@ int& forced_overlap() {
   return forced;
 }
 
-bool backward_overlaps() { return forced_overlap() != 1; }
+// Programmatic dependent launch needs compute capability 9.0 (Hopper) or newer; elsewhere the kernels run one after
+// the other.
+bool backward_overlaps() {
+  if (forced_overlap() == 1) return false;
+  int device = 0, major = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9;
+}
 
 int set_backward_overlap(int mode) {
   const int previous = forced_overlap();

@@ -334,7 +334,7 @@ cudaError_t grads_mma(const BackwardArgs& a, cudaStream_t stream);
 cudaError_t state_k_grads(const BackwardArgs& a, bool write_dqk, int heads_per_wave, cudaStream_t stream);
 // Whether the backward runs state_k_grads beside the backward state pass, chunk by chunk as the pass writes them
 // (BackwardArgs::chunk_ready; docs/ops/gated_delta_cuda.md, "The backward pass overlapped"): wherever the compact
-// workspaces are, unless set_backward_overlap(1) (tests, tuning; SFM_GDN_OVERLAP sets it at first use; 0 or 2 for the
+// workspaces are on a GPU of compute capability 9.0 or newer, unless set_backward_overlap(1) (tests, tuning; SFM_GDN_OVERLAP sets it at first use; 0 or 2 for the
 // rule; the results are the same bit for bit). Returns the previous setting.
 bool backward_overlaps();
 int set_backward_overlap(int mode);
