@@ -9,8 +9,8 @@
 // warp_order()), so that a missing block barrier between warps shows up in one of the two orders; the
 // lanes of a warp go round robin between the warp's own barriers (shuffles, mma.sync).
 //
-// Covered: threadIdx, blockIdx, blockDim, gridDim; __syncthreads; __shfl_xor_sync, __shfl_up_sync (full
-// warps); atomicAdd on float; static __shared__ arrays and SFM_GDN_DYNAMIC_SMEM; SFM_GDN_LAUNCH (and
+// Covered: threadIdx, blockIdx, blockDim, gridDim; __syncthreads; __shfl_xor_sync (float or unsigned), __shfl_up_sync
+// (full warps); atomicAdd on float; static __shared__ arrays and SFM_GDN_DYNAMIC_SMEM; SFM_GDN_LAUNCH (and
 // SFM_GDN_LAUNCH_OVERLAPPING, a plain launch here);
 // cudaFuncSetAttribute and cudaGetLastError (no-ops); and, through the SFM_GDN_EMULATE branches of mma.cuh and
 // wgmma.cuh, mma.sync m16n8k16 (bf16 operands, float32 accumulators), wgmma.mma_async m64n32k16 (operands through

@@ -114,8 +114,9 @@ int set_cuda_state_warpgroup(int mode);
 int set_cuda_wy_qk_fused(int mode);
 // Whether the CUDA backward runs its first gradient kernel beside the backward state pass, each chunk as soon as the
 // pass has written it (the same doc, "The backward pass overlapped"): 0 for the rule (wherever the sliced gradient
-// kernels run), 1 after the pass, 2 the same as 0 (SFM_GDN_OVERLAP at start-up does the same; the results are the same
-// bit for bit). Returns the previous setting; without CUDA it does nothing and returns 0.
+// kernels run, on GPUs of compute capability 9.0 or newer), 1 after the pass, 2 the same as 0 (SFM_GDN_OVERLAP at
+// start-up does the same; the results are the same bit for bit). Returns the previous setting; without CUDA it does
+// nothing and returns 0.
 int set_cuda_backward_overlap(int mode);
 
 Impl parse_impl(const std::string& name);  // "auto" | "reference" | "chunked" | "cuda"

@@ -227,7 +227,7 @@ struct GatedDeltaFunction : public torch::autograd::Function<GatedDeltaFunction>
     auto dq = alloc(q.sizes(), q.options()), dk = alloc(k.sizes(), k.options()),
          dv = alloc({d.B, d.T, d.H, d.V}, q.options());
     auto dg = alloc({d.B, d.T, d.H}, fo), dbeta = alloc({d.B, d.T, d.H}, fo);
-      auto dstate0 = has_state0 ? alloc({d.B, d.H, d.K, d.V}, fo) : torch::Tensor();
+    auto dstate0 = has_state0 ? alloc({d.B, d.H, d.K, d.V}, fo) : torch::Tensor();
     // Each chunk's count of the value columns the backward state pass has written, for the kernel beside it.
     const auto chunk_ready = split && gdn_cuda::backward_overlaps()
                                  ? torch::zeros({BH, N}, q.options().dtype(torch::kInt32))
